@@ -1,0 +1,306 @@
+//! One shard file: independent zstd frames of JSONL records, then a seek index.
+//!
+//! ```text
+//! [zstd frame 0][zstd frame 1]…[zstd frame F-1][zstd skippable frame: index]
+//! ```
+//! The whole file is a valid zstd stream (`zstd -dc shard-00000.jsonl.zst` prints JSONL): the
+//! index lives in a skippable frame that decoders ignore. Each data frame has zstd's content
+//! checksum on and holds at most `frame_records` records. Index payload (little-endian):
+//!
+//! ```text
+//! "DSTLIDX1" | u32 version | u32 n_frames | u64 n_records
+//! n_frames × { u64 offset | u32 compressed | u32 raw | u32 records | u32 0 | [u8;16] blake3(frame) }
+//! u32 ids_len | zstd("id\nid\n…") | [u8;32] blake3(everything above) | u64 payload_len | "DSTLEND1"
+//! ```
+//! A reader finds the index from the last 16 bytes. A damaged index is detected by its own
+//! checksum, and the frames can then still be found by walking the zstd frame headers.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use crate::error::{Error, IoContext, Result};
+
+const SKIPPABLE_MAGIC: u32 = 0x184D_2A5E;
+const INDEX_MAGIC: &[u8; 8] = b"DSTLIDX1";
+const FOOTER_MAGIC: &[u8; 8] = b"DSTLEND1";
+const INDEX_VERSION: u32 = 1;
+const ENTRY_BYTES: usize = 40;
+const FOOTER_BYTES: usize = 16;
+/// Frames larger than this are not ones we wrote; refuse rather than allocate.
+pub const MAX_FRAME_RAW: u64 = 1 << 30;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameEntry {
+    /// Byte offset of the frame in the shard file.
+    pub offset: u64,
+    pub compressed: u32,
+    pub raw: u32,
+    pub records: u32,
+    /// First 16 bytes of blake3 of the compressed frame.
+    pub hash: [u8; 16],
+}
+
+/// The decoded seek index of a shard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardIndex {
+    pub frames: Vec<FrameEntry>,
+    /// Record index (within the shard) of the first record of each frame; one more entry at the end.
+    pub starts: Vec<u64>,
+    /// Record ids in order.
+    pub ids: Vec<String>,
+}
+
+impl ShardIndex {
+    pub fn new(frames: Vec<FrameEntry>, ids: Vec<String>) -> Self {
+        let mut starts = Vec::with_capacity(frames.len() + 1);
+        let mut n = 0u64;
+        for f in &frames {
+            starts.push(n);
+            n += f.records as u64;
+        }
+        starts.push(n);
+        ShardIndex { frames, starts, ids }
+    }
+
+    pub fn records(&self) -> u64 {
+        *self.starts.last().unwrap_or(&0)
+    }
+
+    /// `(frame, line within frame)` of record `i` of this shard.
+    pub fn locate(&self, i: u64) -> (usize, usize) {
+        let f = self.starts.partition_point(|&s| s <= i) - 1;
+        (f, (i - self.starts[f]) as usize)
+    }
+
+    /// The index as a complete skippable zstd frame.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut p = Vec::with_capacity(64 + self.frames.len() * ENTRY_BYTES);
+        p.extend_from_slice(INDEX_MAGIC);
+        p.extend_from_slice(&INDEX_VERSION.to_le_bytes());
+        p.extend_from_slice(&(self.frames.len() as u32).to_le_bytes());
+        p.extend_from_slice(&self.records().to_le_bytes());
+        for f in &self.frames {
+            p.extend_from_slice(&f.offset.to_le_bytes());
+            p.extend_from_slice(&f.compressed.to_le_bytes());
+            p.extend_from_slice(&f.raw.to_le_bytes());
+            p.extend_from_slice(&f.records.to_le_bytes());
+            p.extend_from_slice(&0u32.to_le_bytes());
+            p.extend_from_slice(&f.hash);
+        }
+        let mut joined = Vec::new();
+        for id in &self.ids {
+            joined.extend_from_slice(id.as_bytes());
+            joined.push(b'\n');
+        }
+        let ids = zstd::bulk::compress(&joined, 3).expect("in-memory zstd compression");
+        p.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+        p.extend_from_slice(&ids);
+        let sum = blake3::hash(&p);
+        p.extend_from_slice(sum.as_bytes());
+        let payload_len = (p.len() + FOOTER_BYTES) as u64;
+        p.extend_from_slice(&payload_len.to_le_bytes());
+        p.extend_from_slice(FOOTER_MAGIC);
+        let mut out = Vec::with_capacity(8 + p.len());
+        out.extend_from_slice(&SKIPPABLE_MAGIC.to_le_bytes());
+        out.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        out.extend_from_slice(&p);
+        out
+    }
+
+    /// Read the index trailer of the shard at `path` (`file_len` bytes long).
+    pub fn read(file: &File, file_len: u64, shard: &str) -> Result<ShardIndex> {
+        let bad = |msg: String| Error::Shard { shard: shard.to_string(), msg: format!("index trailer: {msg}") };
+        if file_len < (8 + FOOTER_BYTES) as u64 {
+            return Err(bad(format!("file is only {file_len} bytes")));
+        }
+        let mut foot = [0u8; FOOTER_BYTES];
+        file.read_exact_at(&mut foot, file_len - FOOTER_BYTES as u64).at(shard)?;
+        if &foot[8..] != FOOTER_MAGIC {
+            return Err(bad("no end marker (file truncated or not a distill shard)".into()));
+        }
+        let payload_len = u64::from_le_bytes(foot[..8].try_into().unwrap());
+        if payload_len < (FOOTER_BYTES + 56) as u64 || payload_len + 8 > file_len || payload_len > u32::MAX as u64 {
+            return Err(bad(format!("payload length {payload_len} does not fit a {file_len}-byte file")));
+        }
+        let start = file_len - payload_len - 8;
+        let mut buf = vec![0u8; payload_len as usize + 8];
+        file.read_exact_at(&mut buf, start).at(shard)?;
+        if u32::from_le_bytes(buf[..4].try_into().unwrap()) != SKIPPABLE_MAGIC
+            || u32::from_le_bytes(buf[4..8].try_into().unwrap()) as u64 != payload_len
+        {
+            return Err(bad("skippable frame header does not match".into()));
+        }
+        let p = &buf[8..];
+        let body = &p[..p.len() - FOOTER_BYTES - 32];
+        let sum = &p[p.len() - FOOTER_BYTES - 32..p.len() - FOOTER_BYTES];
+        if blake3::hash(body).as_bytes() != sum {
+            return Err(bad("checksum mismatch (the index is damaged)".into()));
+        }
+        Self::parse_body(body, start).map_err(bad)
+    }
+
+    fn parse_body(b: &[u8], index_offset: u64) -> std::result::Result<ShardIndex, String> {
+        let mut r = Cursor { b, pos: 0 };
+        if r.take(8)? != INDEX_MAGIC {
+            return Err("bad magic".into());
+        }
+        let version = r.u32()?;
+        if version != INDEX_VERSION {
+            return Err(format!("index version {version} is not supported (expected {INDEX_VERSION}); upgrade distill"));
+        }
+        let n_frames = r.u32()? as usize;
+        let n_records = r.u64()?;
+        if n_frames.checked_mul(ENTRY_BYTES).is_none_or(|n| n > b.len()) {
+            return Err(format!("{n_frames} frames do not fit the index"));
+        }
+        let mut frames = Vec::with_capacity(n_frames);
+        let mut expect_offset = 0u64;
+        for i in 0..n_frames {
+            let f = FrameEntry {
+                offset: r.u64()?,
+                compressed: r.u32()?,
+                raw: r.u32()?,
+                records: r.u32()?,
+                hash: {
+                    r.u32()?;
+                    r.take(16)?.try_into().unwrap()
+                },
+            };
+            if f.offset != expect_offset || f.raw as u64 > MAX_FRAME_RAW {
+                return Err(format!("frame {i} entry is inconsistent (offset {}, expected {expect_offset})", f.offset));
+            }
+            expect_offset += f.compressed as u64;
+            frames.push(f);
+        }
+        if expect_offset != index_offset {
+            return Err(format!("frames end at {expect_offset} but the index starts at {index_offset}"));
+        }
+        let ids_len = r.u32()? as usize;
+        let ids_z = r.take(ids_len)?;
+        let joined = zstd::bulk::decompress(ids_z, (n_records as usize).saturating_mul(256).max(1 << 16))
+            .map_err(|e| format!("record ids do not decompress: {e}"))?;
+        let joined = String::from_utf8(joined).map_err(|_| "record ids are not UTF-8".to_string())?;
+        let ids: Vec<String> = joined.split_terminator('\n').map(str::to_string).collect();
+        let idx = ShardIndex::new(frames, ids);
+        if idx.records() != n_records || idx.ids.len() as u64 != n_records {
+            return Err(format!("{n_records} records declared, frames hold {}, {} ids", idx.records(), idx.ids.len()));
+        }
+        Ok(idx)
+    }
+}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.b.len()).ok_or("index is truncated")?;
+        let s = &self.b[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u32(&mut self) -> std::result::Result<u32, String> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    fn u64(&mut self) -> std::result::Result<u64, String> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+}
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// Compress one frame's JSONL with content size and content checksum.
+pub fn compress_frame(raw: &[u8], level: i32) -> Vec<u8> {
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            let mut z = zstd::bulk::Compressor::new(level).expect("zstd compressor");
+            z.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true)).expect("zstd checksum flag");
+            z.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true)).expect("zstd size flag");
+            *c = Some((level, z));
+        }
+        c.as_mut().unwrap().1.compress(raw).expect("in-memory zstd compression")
+    })
+}
+
+/// Decompress one frame, checking its size and zstd checksum.
+pub fn decompress_frame(bytes: &[u8], raw_len: usize) -> std::result::Result<Vec<u8>, String> {
+    DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        let d = d.get_or_insert_with(|| zstd::bulk::Decompressor::new().expect("zstd decompressor"));
+        let out = d.decompress(bytes, raw_len.max(1)).map_err(|e| format!("zstd: {e}"))?;
+        if out.len() != raw_len {
+            return Err(format!("decompressed to {} bytes, index says {raw_len}", out.len()));
+        }
+        Ok(out)
+    })
+}
+
+pub fn frame_hash(bytes: &[u8]) -> [u8; 16] {
+    blake3::hash(bytes).as_bytes()[..16].try_into().unwrap()
+}
+
+/// Read frame `f` of an open shard file.
+pub fn read_frame_bytes(file: &File, f: &FrameEntry, shard: &str) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; f.compressed as usize];
+    file.read_exact_at(&mut buf, f.offset).at(shard)?;
+    Ok(buf)
+}
+
+/// Rebuild a shard's index by walking its zstd frames, for when the trailer is damaged.
+/// Every frame must decode; a frame that does not makes the shard unindexable.
+pub fn scan_frames(bytes: &[u8], shard: &str) -> Result<ShardIndex> {
+    let mut frames = Vec::new();
+    let mut ids = Vec::new();
+    let mut off = 0usize;
+    while off < bytes.len() {
+        let rest = &bytes[off..];
+        if rest.len() >= 4 && u32::from_le_bytes(rest[..4].try_into().unwrap()) & 0xFFFF_FFF0 == SKIPPABLE_MAGIC & 0xFFFF_FFF0 {
+            break; // the (damaged) index
+        }
+        let frame = frames.len();
+        let err = |msg: String| Error::Frame { shard: shard.to_string(), frame, msg };
+        let len = zstd::zstd_safe::find_frame_compressed_size(rest).map_err(|_| err("cannot find the frame's end".into()))?;
+        let raw_len = match zstd::zstd_safe::get_frame_content_size(&rest[..len]) {
+            Ok(Some(n)) if n <= MAX_FRAME_RAW => n,
+            Ok(Some(n)) => return Err(err(format!("frame declares {n} bytes"))),
+            _ => return Err(err("frame header has no content size".into())),
+        };
+        let raw = decompress_frame(&rest[..len], raw_len as usize).map_err(err)?;
+        let mut n = 0u32;
+        for line in raw.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            ids.push(record_id_of(line).map_err(err)?);
+            n += 1;
+        }
+        frames.push(FrameEntry {
+            offset: off as u64,
+            compressed: len as u32,
+            raw: raw_len as u32,
+            records: n,
+            hash: frame_hash(&rest[..len]),
+        });
+        off += len;
+    }
+    Ok(ShardIndex::new(frames, ids))
+}
+
+/// The `id` of a JSON record line, without parsing the rest.
+pub fn record_id_of(line: &[u8]) -> std::result::Result<String, String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: String,
+    }
+    serde_json::from_slice::<Id>(line).map(|r| r.id).map_err(|e| format!("record without an id: {e}"))
+}
+
+/// Size of the file at `path`.
+pub fn file_len(path: &Path) -> Result<u64> {
+    Ok(std::fs::metadata(path).at(path)?.len())
+}

@@ -1,0 +1,137 @@
+//! Prompt files: the three shapes, stable ids, and `file:line` errors for bad input.
+
+use distill_data::prompts::{FieldMap, ReadOptions, read_prompts};
+use distill_data::{Error, Role};
+use std::io::Write;
+use std::path::PathBuf;
+
+fn file(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.path().join(name);
+    std::fs::File::create(&p).unwrap().write_all(bytes).unwrap();
+    p
+}
+
+#[test]
+fn reads_the_three_shapes() {
+    let d = tempfile::tempdir().unwrap();
+    let math = file(&d, "math.jsonl", br#"{"problem": "What is $\\frac{1}{2}+\\frac{1}{3}$?", "answer": "\\frac{5}{6}", "level": 3}
+{"problem": "Compute 2^10.", "answer": "1024"}
+"#);
+    let map = FieldMap { keep: vec!["level".into()], ..FieldMap::math() };
+    let (ps, rep) = read_prompts(&math, "math", &map, &ReadOptions::default()).unwrap();
+    assert_eq!(rep.prompts, 2);
+    assert_eq!(ps[0].messages.len(), 1);
+    assert_eq!(ps[0].messages[0].role, Role::User);
+    assert_eq!(ps[0].reference.as_deref(), Some("\\frac{5}{6}"));
+    assert_eq!(ps[0].metadata["level"], 3);
+    assert_eq!(ps[1].source.row, 1);
+    assert!(ps[0].id.starts_with("math/") && ps[0].id != ps[1].id);
+
+    let gsm = file(&d, "gsm.jsonl", b"{\"question\": \"Tom has 3 apples and buys 4. How many?\", \"answer\": \"3+4=<<3+4=7>>7\\n#### 7\"}\n");
+    let (ps, _) = read_prompts(&gsm, "gsm", &FieldMap::gsm8k(), &ReadOptions::default()).unwrap();
+    assert_eq!(ps[0].reference.as_deref(), Some("7"));
+    assert_eq!(ps[0].metadata["solution"], "3+4=<<3+4=7>>7");
+
+    let chat = file(&d, "chat.jsonl", br#"{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+"#);
+    let (ps, _) = read_prompts(&chat, "chat", &FieldMap::chat(), &ReadOptions::default()).unwrap();
+    assert_eq!(ps[0].messages.len(), 2, "the dataset's own assistant reply is not part of the prompt");
+    assert_eq!(ps[0].messages[0].role, Role::System);
+}
+
+#[test]
+fn ids_are_stable_under_reordering_and_templates_apply() {
+    let d = tempfile::tempdir().unwrap();
+    let a = file(&d, "a.jsonl", b"{\"problem\": \"one\", \"answer\": \"1\"}\n{\"problem\": \"two\", \"answer\": \"2\"}\n");
+    let b = file(&d, "b.jsonl", b"{\"problem\": \"two\", \"answer\": \"2\"}\n\n{\"problem\": \"one\", \"answer\": \"1\"}\n{\"problem\": \"one\", \"answer\": \"1\"}\n");
+    let (pa, _) = read_prompts(&a, "x", &FieldMap::math(), &ReadOptions::default()).unwrap();
+    let (pb, rb) = read_prompts(&b, "x", &FieldMap::math(), &ReadOptions::default()).unwrap();
+    assert_eq!(pa[0].id, pb[1].id);
+    assert_eq!(pa[1].id, pb[0].id);
+    assert_eq!((rb.blank, rb.duplicates, rb.prompts), (1, 1, 2));
+
+    let map = FieldMap { template: Some("{prompt}\nPut the answer in \\boxed{}.".into()), system: Some("sys".into()), ..FieldMap::math() };
+    let (p, _) = read_prompts(&a, "x", &map, &ReadOptions::default()).unwrap();
+    assert_eq!(p[0].messages[1].content, "one\nPut the answer in \\boxed{}.");
+    assert_eq!(p[0].messages[0].role, Role::System);
+}
+
+fn line_error(bytes: &[u8], map: &FieldMap) -> (u64, String) {
+    let d = tempfile::tempdir().unwrap();
+    let p = file(&d, "bad.jsonl", bytes);
+    match read_prompts(&p, "bad", map, &ReadOptions::default()).unwrap_err() {
+        Error::Line { path, line, msg } => {
+            assert_eq!(path, p);
+            let shown = Error::Line { path: path.clone(), line, msg: msg.clone() }.to_string();
+            assert!(shown.starts_with(&format!("{}:{line}: ", p.display())), "{shown}");
+            (line, msg)
+        }
+        e => panic!("expected a line error, got {e}"),
+    }
+}
+
+#[test]
+fn malformed_lines_are_file_line_errors() {
+    let good = b"{\"problem\": \"ok\", \"answer\": \"1\"}\n";
+    let m = FieldMap::math();
+
+    let (line, msg) = line_error(&[good.as_slice(), b"{\"problem\": \"unterminated\n"].concat(), &m);
+    assert_eq!(line, 2);
+    assert!(msg.contains("invalid JSON"), "{msg}");
+
+    let (line, msg) = line_error(&[good.as_slice(), good, b"{\"problem\": \"caf\xe9\", \"answer\": \"1\"}\n"].concat(), &m);
+    assert_eq!(line, 3);
+    assert!(msg.contains("invalid UTF-8"), "{msg}");
+
+    let (line, msg) = line_error(b"{\"question\": \"no problem field\", \"answer\": \"1\"}\n", &m);
+    assert_eq!(line, 1);
+    assert!(msg.contains("missing field 'problem'"), "{msg}");
+
+    let mut huge = b"{\"problem\": \"".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 10 << 20));
+    huge.extend(b"\", \"answer\": \"1\"}\n");
+    let (line, msg) = line_error(&[good.as_slice(), &huge, good].concat(), &m);
+    assert_eq!(line, 2);
+    assert!(msg.contains("over the limit"), "{msg}");
+
+    let (line, msg) = line_error(b"[1, 2]\n", &m);
+    assert_eq!(line, 1);
+    assert!(msg.contains("not a JSON object"), "{msg}");
+
+    let (_, msg) = line_error(b"{\"question\": \"q\", \"answer\": \"no hashes\"}\n", &FieldMap::gsm8k());
+    assert!(msg.contains("####"), "{msg}");
+}
+
+#[test]
+fn skip_bad_counts_instead_of_failing() {
+    let d = tempfile::tempdir().unwrap();
+    let mut bytes = b"{\"problem\": \"a\", \"answer\": \"1\"}\nnot json\n{\"problem\": \"b\"\xff}\n".to_vec();
+    bytes.extend(b"{\"problem\": \"c\", \"answer\": \"3\"}\n");
+    let p = file(&d, "mixed.jsonl", &bytes);
+    let opts = ReadOptions { skip_bad: true, ..Default::default() };
+    let (ps, rep) = read_prompts(&p, "m", &FieldMap::math(), &opts).unwrap();
+    assert_eq!(ps.len(), 2);
+    assert_eq!(rep.skipped.iter().map(|s| s.0).collect::<Vec<_>>(), vec![2, 3]);
+    assert_eq!(rep.lines, 4);
+}
+
+/// The real shared datasets, when this checkout has them beside it.
+#[test]
+fn reads_the_shared_eval_and_prompt_sets() {
+    let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
+    if !shared.exists() {
+        eprintln!("skipping: {} not present", shared.display());
+        return;
+    }
+    for (file, map, rows) in [
+        ("eval/math500.jsonl", FieldMap::math(), 500),
+        ("eval/aime24.jsonl", FieldMap::math(), 30),
+        ("eval/gsm8k-test.jsonl", FieldMap::gsm8k(), 1319),
+        ("prompts/gsm8k-train.jsonl", FieldMap::gsm8k(), 7473),
+    ] {
+        let (ps, rep) = read_prompts(&shared.join(file), "s", &map, &ReadOptions::default()).unwrap();
+        assert_eq!(rep.lines, rows, "{file}");
+        assert_eq!(ps.len() as u64 + rep.duplicates, rows, "{file}");
+        assert!(ps.iter().all(|p| p.reference.as_ref().is_some_and(|r| !r.is_empty())), "{file}");
+    }
+}
