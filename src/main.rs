@@ -1,1 +1,43 @@
-fn main(){}
+//! `distill`: teacher traces → compressed corpus → SFT → exported student.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+mod progress;
+
+#[derive(Parser)]
+#[command(name = "distill", version, about = "Knowledge distillation for LLMs: teacher traces -> compressed corpus -> SFT -> HF export")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect, check, convert and combine trace corpora.
+    #[command(subcommand)]
+    Corpus(cmd::corpus::CorpusCommand),
+    /// Benchmarks whose figures go into docs/benchmarks.md.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
+    /// Offline demo of the corpus on generated R1-like traces.
+    Demo(cmd::demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Corpus(c) => cmd::corpus::run(c),
+        Command::Bench(c) => cmd::bench::run(c),
+        Command::Demo(a) => cmd::demo::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -54,6 +54,8 @@ pub struct FrameLoc {
     pub frame: usize,
     /// Global index of the frame's first record.
     pub first_record: u64,
+    /// Records in the frame.
+    pub records: u32,
 }
 
 /// A read-only view of a corpus.
@@ -117,7 +119,8 @@ impl Corpus {
         let mut out = Vec::new();
         for (si, s) in self.shards.iter().enumerate() {
             for fi in 0..s.index.frames.len() {
-                out.push(FrameLoc { shard: si, frame: fi, first_record: s.first + s.index.starts[fi] });
+                let records = s.index.frames[fi].records;
+                out.push(FrameLoc { shard: si, frame: fi, first_record: s.first + s.index.starts[fi], records });
             }
         }
         out
@@ -153,7 +156,8 @@ impl Corpus {
         let si = self.shards.partition_point(|s| s.first <= index) - 1;
         let s = &self.shards[si];
         let (frame, line) = s.index.locate(index - s.first);
-        let raw = self.read_frame_raw(FrameLoc { shard: si, frame, first_record: 0 })?;
+        let loc = FrameLoc { shard: si, frame, first_record: index, records: s.index.frames[frame].records };
+        let raw = self.read_frame_raw(loc)?;
         let bad = |msg: &str| Error::Frame { shard: s.entry.file.clone(), frame, msg: msg.to_string() };
         let bytes = raw.split(|&b| b == b'\n').nth(line).ok_or_else(|| bad("holds fewer records than its index says"))?;
         String::from_utf8(bytes.to_vec()).map_err(|_| bad("not UTF-8"))

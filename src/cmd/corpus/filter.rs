@@ -1,0 +1,56 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use distill_data::corpus::ops::{self, FilterSpec};
+use distill_data::{Corpus, CorpusWriter, FinishReason};
+
+use super::WriteArgs;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Source corpus.
+    src: PathBuf,
+    /// Destination corpus (created, or resumed: ids it holds are skipped).
+    #[arg(long)]
+    out: PathBuf,
+    /// Keep only records whose verdicts all passed.
+    #[arg(long, conflicts_with = "failed")]
+    passed: bool,
+    /// Keep only records that failed a verdict.
+    #[arg(long)]
+    failed: bool,
+    /// Drop records with this finish_reason (repeatable), e.g. `length`.
+    #[arg(long = "drop-finish")]
+    drop_finish: Vec<String>,
+    /// Bounds on reasoning + answer length, in characters.
+    #[arg(long)]
+    min_chars: Option<u64>,
+    #[arg(long)]
+    max_chars: Option<u64>,
+    /// Bounds on completion tokens.
+    #[arg(long)]
+    min_tokens: Option<u64>,
+    #[arg(long)]
+    max_tokens: Option<u64>,
+    #[command(flatten)]
+    write: WriteArgs,
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let spec = FilterSpec {
+        passed: if a.passed { Some(true) } else if a.failed { Some(false) } else { None },
+        drop_finish: a.drop_finish.iter().cloned().map(FinishReason::from).collect(),
+        min_chars: a.min_chars,
+        max_chars: a.max_chars,
+        min_tokens: a.min_tokens,
+        max_tokens: a.max_tokens,
+    };
+    let src = Corpus::open(&a.src)?;
+    let mut w = CorpusWriter::open(&a.out, a.write.options(super::provenance()))?;
+    let r = ops::filter(&src, &mut w, &spec)?;
+    println!("read {}, kept {}, already present {}", r.read, r.written, r.already_present);
+    for (why, n) in &r.dropped {
+        println!("  dropped {n}: {why}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,96 @@
+use std::fs::File;
+use std::io::BufReader;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use distill_data::import::{ImportFormat, parse_line};
+use distill_data::prompts::{JsonlLines, dataset_name};
+use distill_data::CorpusWriter;
+
+use super::WriteArgs;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// JSONL files to import.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Destination corpus (created, or resumed: records whose id it holds are skipped).
+    #[arg(long)]
+    out: PathBuf,
+    /// native (distill records), chat (messages with a final assistant turn) or openr1.
+    #[arg(long, default_value = "native")]
+    format: ImportFormat,
+    /// Dataset name used in ids (default: the file name without .jsonl).
+    #[arg(long)]
+    dataset: Option<String>,
+    /// Teacher model name to record when the rows do not say.
+    #[arg(long, default_value = "unknown")]
+    model: String,
+    /// Skip bad lines (counted and reported) instead of stopping at the first.
+    #[arg(long)]
+    skip_bad: bool,
+    /// Commit (make durable) every N records; a crash loses at most this many.
+    #[arg(long, default_value_t = 10_000)]
+    commit_every: u64,
+    /// Lines longer than this are bad input.
+    #[arg(long, default_value_t = 64 << 20)]
+    max_line_bytes: usize,
+    #[command(flatten)]
+    write: WriteArgs,
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let mut w = CorpusWriter::open(&a.out, a.write.options(super::provenance()))?;
+    for p in w.removed_leftovers() {
+        eprintln!("removed crash leftover {}", p.display());
+    }
+    let already = w.committed_records();
+    let (mut imported, mut skipped, mut bad) = (0u64, 0u64, Vec::new());
+    let pb = crate::progress::bar(None, "records");
+    for path in &a.files {
+        let dataset = a.dataset.clone().unwrap_or_else(|| dataset_name(path));
+        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        for item in JsonlLines::new(BufReader::with_capacity(1 << 20, file), path, a.max_line_bytes) {
+            let (line, text) = item?;
+            let parsed = text.and_then(|t| {
+                if t.trim().is_empty() { Ok(vec![]) } else { parse_line(a.format, &dataset, &a.model, line - 1, &t) }
+            });
+            let traces = match parsed {
+                Ok(ts) => ts,
+                Err(msg) if a.skip_bad => {
+                    bad.push(format!("{}:{line}: {msg}", path.display()));
+                    continue;
+                }
+                Err(msg) => bail!("{}:{line}: {msg}", path.display()),
+            };
+            for t in traces {
+                if w.contains(&t.id) {
+                    skipped += 1;
+                    continue;
+                }
+                w.append(t)?;
+                imported += 1;
+                pb.inc(1);
+                if w.pending_records() >= a.commit_every {
+                    w.commit()?;
+                }
+            }
+        }
+    }
+    w.commit()?;
+    pb.finish_and_clear();
+    println!(
+        "imported {imported} records into {} ({} committed before, {skipped} already present, {} bad lines)",
+        a.out.display(),
+        already,
+        bad.len()
+    );
+    for b in bad.iter().take(20) {
+        println!("  skipped {b}");
+    }
+    if bad.len() > 20 {
+        println!("  … and {} more", bad.len() - 20);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,27 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use distill_data::corpus::ops;
+use distill_data::{Corpus, CorpusWriter};
+
+use super::WriteArgs;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Source corpora, in order; the first copy of an id wins.
+    #[arg(required = true)]
+    srcs: Vec<PathBuf>,
+    /// Destination corpus (created, or resumed).
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    write: WriteArgs,
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let srcs = a.srcs.iter().map(|p| Corpus::open(p)).collect::<Result<Vec<_>, _>>()?;
+    let mut w = CorpusWriter::open(&a.out, a.write.options(super::provenance()))?;
+    let r = ops::merge(&srcs, &mut w)?;
+    println!("read {}, written {}, duplicates skipped {}", r.read, r.written, r.already_present);
+    Ok(ExitCode::SUCCESS)
+}

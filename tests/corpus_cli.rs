@@ -1,0 +1,184 @@
+//! The `distill corpus` commands end to end, including a writer killed with SIGKILL.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use distill_data::synth::{self, Rng};
+use distill_data::{Corpus, Trace};
+
+fn distill(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_distill")).args(args).output().expect("run distill")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn write_jsonl(path: &Path, traces: &[Trace]) {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    for t in traces {
+        writeln!(f, "{}", t.to_json()).unwrap();
+    }
+}
+
+/// Every record readable, none twice, each equal to its source; returns the ids.
+fn check_corpus(dir: &Path, source: &HashMap<String, Trace>) -> HashSet<String> {
+    let c = Corpus::open(dir).expect("a killed writer must leave a readable corpus");
+    let mut ids = HashSet::new();
+    for t in c.iter() {
+        let t = t.expect("no partial record may be visible");
+        assert_eq!(Some(&t), source.get(&t.id), "record {} differs from its source", t.id);
+        assert!(ids.insert(t.id.clone()), "record {} appears twice", t.id);
+    }
+    assert_eq!(ids.len() as u64, c.len());
+    ids
+}
+
+#[test]
+fn import_killed_at_random_moments_loses_and_duplicates_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("traces.jsonl");
+    let corpus = d.path().join("corpus");
+    let traces: Vec<Trace> = synth::traces(5, 2000, 2).collect();
+    write_jsonl(&input, &traces);
+    let source: HashMap<String, Trace> = traces.iter().map(|t| (t.id.clone(), t.clone())).collect();
+    let (inp, out) = (input.to_str().unwrap(), corpus.to_str().unwrap());
+    let args = ["corpus", "import", inp, "--out", out, "--commit-every", "40", "--frame-records", "8", "--shard-records", "64"];
+
+    let mut rng = Rng::new(42);
+    let mut committed = HashSet::new();
+    let mut kills = 0;
+    for round in 0..60 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_distill"))
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.range(1, 40)));
+        let finished = child.try_wait().unwrap().is_some();
+        child.kill().ok(); // SIGKILL
+        child.wait().unwrap();
+        if !finished {
+            kills += 1;
+        }
+        if !corpus.join("manifest.json").exists() {
+            continue; // killed before the corpus was created
+        }
+        let ids = check_corpus(&corpus, &source);
+        assert!(committed.is_subset(&ids), "round {round}: a committed record was lost");
+        committed = ids;
+        if kills >= 20 && committed.len() < traces.len() {
+            break;
+        }
+    }
+    assert!(kills >= 20, "only {kills} runs were killed mid-way");
+    let o = distill(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    let ids = check_corpus(&corpus, &source);
+    assert_eq!(ids, source.keys().cloned().collect::<HashSet<_>>());
+    let v = distill(&["corpus", "verify", out]);
+    assert!(v.status.success(), "{}", text(&v));
+}
+
+#[test]
+fn verify_names_the_damaged_shard_and_frame() {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("t.jsonl");
+    let corpus = d.path().join("c");
+    write_jsonl(&input, &synth::traces(3, 40, 1).collect::<Vec<_>>());
+    let out = corpus.to_str().unwrap();
+    let o = distill(&["corpus", "import", input.to_str().unwrap(), "--out", out, "--frame-records", "5"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let shard = corpus.join("shard-00000.jsonl.zst");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let c = Corpus::open(&corpus).unwrap();
+    let entry = distill_data::corpus::reader::load_index(&corpus, &c.manifest().shards[0]).unwrap();
+    let f3 = &entry.frames[3];
+    bytes[(f3.offset + f3.compressed as u64 / 2) as usize] ^= 0x20;
+    std::fs::write(&shard, bytes).unwrap();
+    let v = distill(&["corpus", "verify", out]);
+    assert_eq!(v.status.code(), Some(1), "{}", text(&v));
+    assert!(text(&v).contains("DAMAGED shard-00000.jsonl.zst frame 3"), "{}", text(&v));
+    // Other frames still read by index.
+    let g = distill(&["corpus", "get", out, "--index", "0", "--raw"]);
+    assert!(g.status.success(), "{}", text(&g));
+    let g = distill(&["corpus", "get", out, "--index", "16"]);
+    assert!(!g.status.success());
+    assert!(text(&g).contains("shard-00000.jsonl.zst, frame 3"), "{}", text(&g));
+}
+
+#[test]
+fn export_then_import_reproduces_the_corpus_and_cat_get_agree() {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("t.jsonl");
+    let traces: Vec<Trace> = synth::traces(8, 30, 2).collect();
+    write_jsonl(&input, &traces);
+    let (a, b, exported) = (d.path().join("a"), d.path().join("b"), d.path().join("e.jsonl"));
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    assert!(distill(&["corpus", "import", &s(&input), "--out", &s(&a)]).status.success());
+    let o = distill(&["corpus", "export", &s(&a), "--out", &s(&exported)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read(&exported).unwrap(), std::fs::read(&input).unwrap());
+    assert!(distill(&["corpus", "import", &s(&exported), "--out", &s(&b)]).status.success());
+    let cat = distill(&["corpus", "cat", &s(&b)]);
+    assert_eq!(cat.stdout, std::fs::read(&input).unwrap());
+    let cat = distill(&["corpus", "cat", &s(&b), "--skip", "10", "--limit", "3"]);
+    let lines: Vec<&str> = std::str::from_utf8(&cat.stdout).unwrap().lines().collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(Trace::from_json(lines[0]).unwrap(), traces[10]);
+    let get = distill(&["corpus", "get", &s(&b), &traces[17].id, "--raw"]);
+    assert_eq!(String::from_utf8(get.stdout).unwrap().trim_end(), traces[17].to_json());
+
+    let chat = d.path().join("chat.jsonl");
+    assert!(distill(&["corpus", "export", &s(&a), "--format", "chat", "--out", &s(&chat)]).status.success());
+    let first: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&chat).unwrap().lines().next().unwrap()).unwrap();
+    let reply = first["messages"][1]["content"].as_str().unwrap();
+    assert!(reply.starts_with("<think>\n") && reply.contains("\n</think>\n\n"), "{reply}");
+    let st = distill(&["corpus", "stats", &s(&a)]);
+    assert!(text(&st).contains("records     60 in 1 shards"), "{}", text(&st));
+}
+
+#[test]
+fn import_reports_bad_lines_by_file_and_line() {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("mixed.jsonl");
+    let good = synth::traces(1, 2, 1).map(|t| t.to_json()).collect::<Vec<_>>();
+    std::fs::write(&input, format!("{}\n{{not json\n{}\n", good[0], good[1])).unwrap();
+    let out = d.path().join("c");
+    let o = distill(&["corpus", "import", input.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains(&format!("{}:2:", input.display())), "{}", text(&o));
+    let o = distill(&["corpus", "import", input.to_str().unwrap(), "--out", out.to_str().unwrap(), "--skip-bad"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("imported 2 records") && text(&o).contains("1 bad lines"), "{}", text(&o));
+}
+
+#[test]
+fn import_reads_chat_and_openr1_rows() {
+    let d = tempfile::tempdir().unwrap();
+    let chat = d.path().join("chat.jsonl");
+    std::fs::write(&chat, r#"{"id": "q1", "answer": "4", "messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "<think>\ntwo and two\n</think>\n\n\\boxed{4}"}]}
+{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello", "reasoning_content": "greet back"}]}
+"#).unwrap();
+    let r1 = d.path().join("openr1.jsonl");
+    std::fs::write(&r1, r#"{"uuid": "u-7", "problem": "1+1?", "answer": "2", "generations": ["<think>one plus one</think>2", "<think>hmm"], "correctness_math_verify": [true, false], "finish_reasons": ["stop", "length"]}
+"#).unwrap();
+    let out = d.path().join("c");
+    let o = distill(&["corpus", "import", chat.to_str().unwrap(), "--format", "chat", "--out", out.to_str().unwrap(), "--model", "r1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = distill(&["corpus", "import", r1.to_str().unwrap(), "--format", "openr1", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let c = Corpus::open(&out).unwrap();
+    let t = c.get_by_id("chat/q1#0").unwrap().unwrap();
+    assert_eq!((t.reasoning.as_str(), t.answer.as_str(), t.reference.as_deref()), ("two and two", "\\boxed{4}", Some("4")));
+    assert_eq!(t.teacher.model, "r1");
+    let t = c.get(1).unwrap();
+    assert_eq!((t.reasoning.as_str(), t.answer.as_str()), ("greet back", "hello"));
+    let t = c.get_by_id("openr1/u-7#1").unwrap().unwrap();
+    assert!(!t.passed());
+    assert_eq!(t.finish_reason, distill_data::FinishReason::Length);
+    assert_eq!(c.len(), 4);
+}
