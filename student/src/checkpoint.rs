@@ -1,0 +1,228 @@
+//! Hugging Face safetensors checkpoints: single-file or sharded (`model.safetensors.index.json`),
+//! memory-mapped, treated as untrusted input; and sharded writing with an index.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde_json::Value;
+
+use crate::error::{Error, IoContext, Result};
+
+pub const SINGLE_FILE: &str = "model.safetensors";
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// One memory-mapped safetensors file.
+struct Shard {
+    path: PathBuf,
+    mmap: Mmap,
+}
+
+/// Where one tensor lives.
+struct Entry {
+    shard: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    /// Absolute byte range in the shard file.
+    range: std::ops::Range<usize>,
+}
+
+/// All tensors of a checkpoint directory, by name.
+pub struct Checkpoint {
+    shards: Vec<Shard>,
+    entries: BTreeMap<String, Entry>,
+}
+
+impl Checkpoint {
+    /// Open `dir/model.safetensors`, or every shard named by `dir/model.safetensors.index.json`.
+    pub fn open(dir: &Path) -> Result<Checkpoint> {
+        let index = dir.join(INDEX_FILE);
+        let files: Vec<PathBuf> = if index.exists() {
+            let text = std::fs::read_to_string(&index).at(&index)?;
+            let v: Value = serde_json::from_str(&text)
+                .map_err(|e| Error::Safetensors { path: index.clone(), msg: format!("index is not JSON: {e}") })?;
+            let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| Error::Safetensors {
+                path: index.clone(),
+                msg: "index has no `weight_map` object".into(),
+            })?;
+            let mut files: Vec<String> = map.values().filter_map(Value::as_str).map(str::to_string).collect();
+            files.sort();
+            files.dedup();
+            for f in &files {
+                if f.contains('/') || f.contains('\\') || f.contains("..") {
+                    return Err(Error::Safetensors { path: index.clone(), msg: format!("shard name '{f}' is not a plain file name") });
+                }
+            }
+            files.into_iter().map(|f| dir.join(f)).collect()
+        } else if dir.join(SINGLE_FILE).exists() {
+            vec![dir.join(SINGLE_FILE)]
+        } else {
+            let e = std::io::Error::new(std::io::ErrorKind::NotFound, "no model.safetensors or model.safetensors.index.json");
+            return Err(Error::io(dir.join(SINGLE_FILE), e));
+        };
+        Self::open_files(&files)
+    }
+
+    pub fn open_files(files: &[PathBuf]) -> Result<Checkpoint> {
+        let mut shards = Vec::new();
+        let mut entries = BTreeMap::new();
+        for (i, path) in files.iter().enumerate() {
+            let file = File::open(path).at(path)?;
+            // SAFETY: read-only map; as with any memory-mapped loader, truncating the file while
+            // it is mapped would fault.
+            let mmap = unsafe { Mmap::map(&file) }.at(path)?;
+            // Validates the header size, JSON, dtypes, and that every offset lies inside the file.
+            let (header_len, meta) = SafeTensors::read_metadata(&mmap)
+                .map_err(|e| Error::Safetensors { path: path.clone(), msg: describe(&e, mmap.len()) })?;
+            let base = 8 + header_len;
+            for (name, info) in meta.tensors() {
+                let (a, b) = info.data_offsets;
+                let entry = Entry { shard: i, dtype: info.dtype, shape: info.shape.clone(), range: base + a..base + b };
+                if entries.insert(name.clone(), entry).is_some() {
+                    return Err(Error::Safetensors { path: path.clone(), msg: format!("tensor '{name}' appears in two shards") });
+                }
+            }
+            shards.push(Shard { path: path.clone(), mmap });
+        }
+        Ok(Checkpoint { shards, entries })
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.entries.get(name).map(|e| e.shape.as_slice())
+    }
+
+    /// Tensor `name` as f32, checking its shape against `expected`.
+    pub fn read_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
+        let e = self.entries.get(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+            where_: format!("{} file(s) searched", self.shards.len()),
+        })?;
+        let shard = &self.shards[e.shard];
+        if e.shape != expected {
+            return Err(Error::ShapeMismatch {
+                name: name.to_string(),
+                file: shard.path.clone(),
+                found: e.shape.clone(),
+                expected: expected.to_vec(),
+            });
+        }
+        to_f32(e.dtype, &shard.mmap[e.range.clone()]).ok_or_else(|| Error::Dtype {
+            name: name.to_string(),
+            file: shard.path.clone(),
+            dtype: format!("{:?}", e.dtype),
+        })
+    }
+}
+
+fn describe(e: &safetensors::SafeTensorError, len: usize) -> String {
+    use safetensors::SafeTensorError as E;
+    match e {
+        E::HeaderTooLarge => "the header length field is larger than 100 MB (corrupt or not safetensors)".into(),
+        E::HeaderTooSmall => format!("the file is only {len} bytes, too small for a header"),
+        E::InvalidHeaderLength => format!("the header length field points past the end of the {len}-byte file (truncated?)"),
+        E::MetadataIncompleteBuffer => format!("the tensors described in the header need more bytes than the {len}-byte file has (truncated?)"),
+        other => other.to_string(),
+    }
+}
+
+fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
+        Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        _ => return None,
+    })
+}
+
+/// The on-disk dtype of an export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaveDtype {
+    F32,
+    Bf16,
+}
+
+impl SaveDtype {
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            SaveDtype::F32 => "float32",
+            SaveDtype::Bf16 => "bfloat16",
+        }
+    }
+    fn st(self) -> Dtype {
+        match self {
+            SaveDtype::F32 => Dtype::F32,
+            SaveDtype::Bf16 => Dtype::BF16,
+        }
+    }
+    fn bytes(self, v: &[f32]) -> Vec<u8> {
+        match self {
+            SaveDtype::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            SaveDtype::Bf16 => v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect(),
+        }
+    }
+}
+
+/// Write `tensors` (name, shape, f32 data) into `dir` as safetensors shards of at most
+/// `max_shard_bytes` each (one tensor never spans shards), plus the index when there is more
+/// than one shard. Returns the files written.
+pub fn write_sharded(
+    dir: &Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    dtype: SaveDtype,
+    max_shard_bytes: u64,
+    metadata: &HashMap<String, String>,
+) -> Result<Vec<PathBuf>> {
+    let elem = match dtype {
+        SaveDtype::F32 => 4,
+        SaveDtype::Bf16 => 2,
+    };
+    let mut groups: Vec<Vec<usize>> = vec![vec![]];
+    let mut size = 0u64;
+    for (i, (_, _, data)) in tensors.iter().enumerate() {
+        let b = (data.len() * elem) as u64;
+        if size > 0 && size + b > max_shard_bytes {
+            groups.push(vec![]);
+            size = 0;
+        }
+        groups.last_mut().unwrap().push(i);
+        size += b;
+    }
+    let n = groups.len();
+    let mut files = Vec::new();
+    let mut weight_map = serde_json::Map::new();
+    let mut total = 0u64;
+    for (g, idxs) in groups.iter().enumerate() {
+        let name = if n == 1 { SINGLE_FILE.to_string() } else { format!("model-{:05}-of-{n:05}.safetensors", g + 1) };
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
+            idxs.iter().map(|&i| (tensors[i].0.clone(), tensors[i].1.clone(), dtype.bytes(&tensors[i].2))).collect();
+        let views: Vec<(String, TensorView)> = bytes
+            .iter()
+            .map(|(nm, shape, b)| (nm.clone(), TensorView::new(dtype.st(), shape.clone(), b).expect("consistent view")))
+            .collect();
+        for (nm, _, b) in &bytes {
+            weight_map.insert(nm.clone(), Value::String(name.clone()));
+            total += b.len() as u64;
+        }
+        let path = dir.join(&name);
+        safetensors::serialize_to_file(views, Some(metadata.clone()), &path)
+            .map_err(|e| Error::Safetensors { path: path.clone(), msg: e.to_string() })?;
+        files.push(path);
+    }
+    if n > 1 {
+        let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        let path = dir.join(INDEX_FILE);
+        std::fs::write(&path, serde_json::to_vec_pretty(&index).expect("json")).at(&path)?;
+        files.push(path);
+    }
+    Ok(files)
+}

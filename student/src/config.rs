@@ -1,0 +1,338 @@
+//! A serde mirror of Hugging Face `config.json` for `LlamaForCausalLM`, `Qwen2ForCausalLM` and
+//! `Qwen3ForCausalLM`, tolerant of what is found in the wild: `rope_theta` at the top level or in
+//! transformers 5's `rope_parameters`; `rope_scaling` of type llama3, linear, yarn or default;
+//! `torch_dtype` or `dtype`; unknown keys ignored. Missing required keys are errors naming the key.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, IoContext, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Arch {
+    /// Llama 2/3 (and SmolLM2): no biases unless `attention_bias`.
+    Llama,
+    /// Qwen2 / Qwen2.5: bias on q/k/v, none on o.
+    Qwen2,
+    /// Qwen3: q/k RMSNorm over the head dimension; biases only if `attention_bias`.
+    Qwen3,
+}
+
+impl Arch {
+    pub fn hf_class(self) -> &'static str {
+        match self {
+            Arch::Llama => "LlamaForCausalLM",
+            Arch::Qwen2 => "Qwen2ForCausalLM",
+            Arch::Qwen3 => "Qwen3ForCausalLM",
+        }
+    }
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+        }
+    }
+    fn from_name(name: &str) -> Option<Arch> {
+        match name {
+            "LlamaForCausalLM" | "llama" => Some(Arch::Llama),
+            "Qwen2ForCausalLM" | "qwen2" => Some(Arch::Qwen2),
+            "Qwen3ForCausalLM" | "qwen3" => Some(Arch::Qwen3),
+            _ => None,
+        }
+    }
+}
+
+/// How RoPE frequencies are scaled for long context.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum RopeScaling {
+    None,
+    /// Positions divided by `factor`.
+    Linear { factor: f64 },
+    /// Llama 3.1's frequency-dependent scaling.
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
+    /// YaRN (Qwen2.5/Qwen3 long context).
+    Yarn { factor: f64, original_max_position_embeddings: f64, beta_fast: f64, beta_slow: f64, attention_factor: Option<f64> },
+}
+
+/// The resolved model configuration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub max_position_embeddings: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: RopeScaling,
+    pub tie_word_embeddings: bool,
+    /// Bias on q/k/v projections.
+    pub qkv_bias: bool,
+    /// Bias on the output projection.
+    pub o_bias: bool,
+    pub mlp_bias: bool,
+    /// Qwen3's per-head RMSNorm on q and k.
+    pub qk_norm: bool,
+    /// dtype of the stored weights (`bfloat16`, `float32`…), as the config said.
+    pub dtype: Option<String>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+    pub pad_token_id: Option<u32>,
+}
+
+/// The raw JSON, as loose as the wild requires.
+#[derive(Deserialize)]
+struct Raw {
+    architectures: Option<Vec<String>>,
+    model_type: Option<String>,
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    max_position_embeddings: Option<usize>,
+    rms_norm_eps: Option<f64>,
+    rope_theta: Option<f64>,
+    rope_parameters: Option<Value>,
+    rope_scaling: Option<Value>,
+    #[serde(default)]
+    tie_word_embeddings: Option<bool>,
+    attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
+    hidden_act: Option<String>,
+    torch_dtype: Option<String>,
+    dtype: Option<String>,
+    bos_token_id: Option<Value>,
+    eos_token_id: Option<Value>,
+    pad_token_id: Option<Value>,
+    use_sliding_window: Option<bool>,
+}
+
+fn ids(v: &Option<Value>) -> Vec<u32> {
+    match v {
+        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        _ => vec![],
+    }
+}
+
+impl ModelConfig {
+    pub fn from_file(path: &Path) -> Result<ModelConfig> {
+        let text = std::fs::read_to_string(path).at(path)?;
+        Self::from_json(&text).map_err(|msg| Error::Config { path: path.to_path_buf(), msg })
+    }
+
+    /// Parse config.json text. The error is a message naming the key.
+    pub fn from_json(text: &str) -> std::result::Result<ModelConfig, String> {
+        let raw: Raw = serde_json::from_str(text).map_err(|e| {
+            let m = e.to_string();
+            match m.strip_prefix("missing field ") {
+                Some(rest) => format!("missing required key {}", rest.split(" at ").next().unwrap_or(rest)),
+                None => m,
+            }
+        })?;
+        let arch_name = raw
+            .architectures
+            .as_ref()
+            .and_then(|a| a.first().cloned())
+            .or(raw.model_type.clone())
+            .ok_or("missing required key `architectures` (or `model_type`)")?;
+        let arch = Arch::from_name(&arch_name).ok_or_else(|| {
+            format!("unsupported architecture '{arch_name}' (supported: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)")
+        })?;
+        if raw.hidden_act.as_deref().is_some_and(|a| a != "silu") {
+            return Err(format!("unsupported hidden_act '{}' (only silu)", raw.hidden_act.unwrap()));
+        }
+        if raw.use_sliding_window == Some(true) {
+            return Err("use_sliding_window = true is not supported".into());
+        }
+        if raw.num_attention_heads == 0 || raw.hidden_size == 0 {
+            return Err("num_attention_heads and hidden_size must be positive".into());
+        }
+        let kv = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
+        if kv == 0 || raw.num_attention_heads % kv != 0 {
+            return Err(format!("num_attention_heads ({}) must be a multiple of num_key_value_heads ({kv})", raw.num_attention_heads));
+        }
+        let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / raw.num_attention_heads);
+        if head_dim % 2 != 0 {
+            return Err(format!("head_dim {head_dim} must be even for RoPE"));
+        }
+
+        // transformers 5 puts theta and scaling together in `rope_parameters`.
+        let params = raw.rope_parameters.as_ref().or(raw.rope_scaling.as_ref());
+        let rope_theta = raw
+            .rope_theta
+            .or_else(|| params.and_then(|p| p.get("rope_theta")).and_then(Value::as_f64))
+            .unwrap_or(10_000.0);
+        let rope_scaling = match params {
+            None | Some(Value::Null) => RopeScaling::None,
+            Some(p) => parse_scaling(p, raw.max_position_embeddings)?,
+        };
+        let attention_bias = raw.attention_bias.unwrap_or(false);
+        Ok(ModelConfig {
+            arch,
+            vocab_size: raw.vocab_size,
+            hidden_size: raw.hidden_size,
+            intermediate_size: raw.intermediate_size,
+            num_hidden_layers: raw.num_hidden_layers,
+            num_attention_heads: raw.num_attention_heads,
+            num_key_value_heads: kv,
+            head_dim,
+            max_position_embeddings: raw.max_position_embeddings.unwrap_or(4096),
+            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
+            rope_theta,
+            rope_scaling,
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            qkv_bias: match arch {
+                Arch::Qwen2 => true,
+                Arch::Llama | Arch::Qwen3 => attention_bias,
+            },
+            o_bias: match arch {
+                Arch::Qwen2 => false,
+                Arch::Llama | Arch::Qwen3 => attention_bias,
+            },
+            mlp_bias: raw.mlp_bias.unwrap_or(false),
+            qk_norm: arch == Arch::Qwen3,
+            dtype: raw.dtype.or(raw.torch_dtype),
+            bos_token_id: ids(&raw.bos_token_id).first().copied(),
+            eos_token_ids: ids(&raw.eos_token_id),
+            pad_token_id: ids(&raw.pad_token_id).first().copied(),
+        })
+    }
+
+    /// Write as a transformers-loadable config.json (both `rope_theta` spellings, both dtype keys).
+    pub fn to_hf_json(&self, dtype: &str) -> Value {
+        let rope_scaling = match &self.rope_scaling {
+            RopeScaling::None => Value::Null,
+            RopeScaling::Linear { factor } => serde_json::json!({"rope_type": "linear", "factor": factor}),
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => serde_json::json!({
+                "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
+                "high_freq_factor": high_freq_factor, "original_max_position_embeddings": original_max_position_embeddings,
+            }),
+            RopeScaling::Yarn { factor, original_max_position_embeddings, beta_fast, beta_slow, attention_factor } => serde_json::json!({
+                "rope_type": "yarn", "factor": factor, "original_max_position_embeddings": original_max_position_embeddings,
+                "beta_fast": beta_fast, "beta_slow": beta_slow, "attention_factor": attention_factor,
+            }),
+        };
+        let mut v = serde_json::json!({
+            "architectures": [self.arch.hf_class()],
+            "model_type": self.arch.model_type(),
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "max_position_embeddings": self.max_position_embeddings,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": rope_scaling,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "hidden_act": "silu",
+            "mlp_bias": self.mlp_bias,
+            "torch_dtype": dtype,
+            "dtype": dtype,
+            "use_cache": true,
+        });
+        if self.arch != Arch::Qwen2 {
+            v["attention_bias"] = Value::Bool(self.qkv_bias);
+        }
+        if let Some(b) = self.bos_token_id {
+            v["bos_token_id"] = b.into();
+        }
+        match self.eos_token_ids.as_slice() {
+            [] => {}
+            [e] => v["eos_token_id"] = (*e).into(),
+            es => v["eos_token_id"] = es.into(),
+        }
+        if let Some(p) = self.pad_token_id {
+            v["pad_token_id"] = p.into();
+        }
+        v
+    }
+}
+
+fn parse_scaling(p: &Value, max_pos: Option<usize>) -> std::result::Result<RopeScaling, String> {
+    let kind = p.get("rope_type").or_else(|| p.get("type")).and_then(Value::as_str).unwrap_or("default");
+    let num = |k: &str| p.get(k).and_then(Value::as_f64);
+    let need = |k: &str| num(k).ok_or_else(|| format!("rope scaling '{kind}': missing required key `{k}`"));
+    Ok(match kind {
+        "default" => RopeScaling::None,
+        "linear" => RopeScaling::Linear { factor: need("factor")? },
+        "llama3" => RopeScaling::Llama3 {
+            factor: need("factor")?,
+            low_freq_factor: need("low_freq_factor")?,
+            high_freq_factor: need("high_freq_factor")?,
+            original_max_position_embeddings: need("original_max_position_embeddings")?,
+        },
+        "yarn" => RopeScaling::Yarn {
+            factor: need("factor")?,
+            original_max_position_embeddings: num("original_max_position_embeddings")
+                .or(max_pos.map(|m| m as f64))
+                .ok_or("rope scaling 'yarn': missing required key `original_max_position_embeddings`")?,
+            beta_fast: num("beta_fast").unwrap_or(32.0),
+            beta_slow: num("beta_slow").unwrap_or(1.0),
+            attention_factor: num("attention_factor"),
+        },
+        other => return Err(format!("unsupported rope scaling type '{other}' (supported: default, linear, llama3, yarn)")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMOL: &str = r#"{"architectures": null, "model_type": "llama", "vocab_size": 49152, "hidden_size": 576,
+        "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+        "rms_norm_eps": 1e-5, "tie_word_embeddings": true, "rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"},
+        "head_dim": 64, "dtype": "float32", "some_future_key": {"x": 1}}"#;
+
+    #[test]
+    fn reads_transformers_5_rope_parameters_and_ignores_unknown_keys() {
+        let c = ModelConfig::from_json(SMOL).unwrap();
+        assert_eq!((c.arch, c.rope_theta, c.num_key_value_heads, c.head_dim), (Arch::Llama, 100000.0, 3, 64));
+        assert!(c.tie_word_embeddings && !c.qkv_bias && !c.qk_norm);
+        assert_eq!(c.rope_scaling, RopeScaling::None);
+    }
+
+    #[test]
+    fn reads_llama3_scaling_and_qwen_variants() {
+        let llama31 = r#"{"architectures": ["LlamaForCausalLM"], "vocab_size": 128256, "hidden_size": 4096,
+            "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+            "rope_theta": 500000.0, "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192, "rope_type": "llama3"}, "torch_dtype": "bfloat16",
+            "eos_token_id": [128001, 128008, 128009]}"#;
+        let c = ModelConfig::from_json(llama31).unwrap();
+        assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { factor: 8.0, .. }));
+        assert_eq!(c.eos_token_ids, vec![128001, 128008, 128009]);
+        assert_eq!(c.dtype.as_deref(), Some("bfloat16"));
+        let qwen2 = llama31.replace("LlamaForCausalLM", "Qwen2ForCausalLM");
+        let c = ModelConfig::from_json(&qwen2).unwrap();
+        assert!(c.qkv_bias && !c.o_bias);
+        let qwen3 = llama31.replace("LlamaForCausalLM", "Qwen3ForCausalLM");
+        assert!(ModelConfig::from_json(&qwen3).unwrap().qk_norm);
+    }
+
+    #[test]
+    fn missing_keys_and_unknown_architectures_are_named() {
+        let e = ModelConfig::from_json(&SMOL.replace("\"hidden_size\": 576,", "")).unwrap_err();
+        assert!(e.contains("missing required key `hidden_size`"), "{e}");
+        let e = ModelConfig::from_json(&SMOL.replace("\"model_type\": \"llama\",", "")).unwrap_err();
+        assert!(e.contains("`architectures`"), "{e}");
+        let e = ModelConfig::from_json(&SMOL.replace("\"llama\"", "\"mistral\"")).unwrap_err();
+        assert!(e.contains("unsupported architecture 'mistral'"), "{e}");
+        let bad = SMOL.replace("\"rope_type\": \"default\"", "\"rope_type\": \"llama3\", \"factor\": 8.0");
+        let e = ModelConfig::from_json(&bad).unwrap_err();
+        assert!(e.contains("missing required key `low_freq_factor`"), "{e}");
+    }
+}

@@ -1,0 +1,20 @@
+//! `distill-student`: the student (and local teacher) models.
+//!
+//! Config → init → forward: [`config::ModelConfig`] mirrors HF `config.json`; [`model::CausalLm`]
+//! is Llama / Qwen2 / Qwen3 in burn, generic over the backend; [`hf`] loads and exports the Hugging
+//! Face layout; [`gguf`] imports llama.cpp files; [`tokenizer`] wraps `tokenizer.json` and renders
+//! chat templates; [`generate`] samples with a KV cache.
+
+pub mod checkpoint;
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod hf;
+pub mod masks;
+pub mod model;
+pub mod rope;
+pub mod weights;
+
+pub use config::{Arch, ModelConfig};
+pub use error::{Error, Result};
+pub use model::CausalLm;

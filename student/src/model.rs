@@ -1,0 +1,345 @@
+//! The decoder-only transformer shared by Llama, Qwen2 and Qwen3 (HF `modeling_llama.py`,
+//! `modeling_qwen2.py`, `modeling_qwen3.py`). They differ only in switches read from the config:
+//! q/k/v bias (Qwen2), q/k RMSNorm over the head dimension (Qwen3), tied embeddings, and RoPE
+//! scaling (Llama 3). Struct fields carry the Hugging Face tensor names, so loading is a path walk
+//! (`model.layers.3.self_attn.q_proj.weight`) and export is the same walk backwards.
+
+use burn::module::{Module, Param};
+use burn::prelude::*;
+use burn::tensor::activation::silu;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+
+use crate::config::ModelConfig;
+use crate::error::Result;
+use crate::rope::{self, Rope};
+use crate::weights::{WeightSink, WeightSource};
+
+/// `y = x Wᵀ + b` with `W` stored as HF does, `[out, in]`.
+#[derive(Module, Debug)]
+pub struct Linear<B: Backend> {
+    pub weight: Param<Tensor<B, 2>>,
+    pub bias: Option<Param<Tensor<B, 1>>>,
+}
+
+impl<B: Backend> Linear<B> {
+    fn load(src: &mut dyn WeightSource, name: &str, d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Result<Self> {
+        Ok(Linear {
+            weight: Param::from_tensor(src.take(&format!("{name}.weight"), &[d_out, d_in], device)?),
+            bias: if bias { Some(Param::from_tensor(src.take(&format!("{name}.bias"), &[d_out], device)?)) } else { None },
+        })
+    }
+
+    fn export(&self, name: &str, sink: &mut dyn WeightSink) {
+        sink.put(&format!("{name}.weight"), self.weight.val());
+        if let Some(b) = &self.bias {
+            sink.put(&format!("{name}.bias"), b.val());
+        }
+    }
+
+    /// `[.., in]` → `[.., out]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        burn::tensor::module::linear(x, self.weight.val().transpose(), self.bias.as_ref().map(|b| b.val()))
+    }
+}
+
+/// RMSNorm as HF computes it: `weight * x / sqrt(mean(x²) + eps)`, in f32.
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+    pub eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    fn load(src: &mut dyn WeightSource, name: &str, dim: usize, eps: f64, device: &B::Device) -> Result<Self> {
+        Ok(RmsNorm { weight: Param::from_tensor(src.take(&format!("{name}.weight"), &[dim], device)?), eps })
+    }
+
+    fn export(&self, name: &str, sink: &mut dyn WeightSink) {
+        sink.put(&format!("{name}.weight"), self.weight.val());
+    }
+
+    /// `[.., dim]` → `[.., dim]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let var = x.clone().square().mean_dim(D - 1);
+        let x = x * (var + self.eps).sqrt().recip();
+        x * self.weight.val().unsqueeze()
+    }
+}
+
+/// Which keys each query may see.
+#[derive(Debug, Clone)]
+pub enum AttnMask<B: Backend> {
+    /// Plain causal attention over the whole sequence (queries aligned to the last keys).
+    Causal,
+    /// No mask at all (a single query attending to every cached key).
+    None,
+    /// Explicit mask `[batch, 1, q, k]`, `true` = masked: block-diagonal documents, padding.
+    Custom(Tensor<B, 4, Bool>),
+}
+
+/// Keys and values of earlier positions, per layer: `[batch, kv_heads, seq, head_dim]`.
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    pub layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn new(layers: usize) -> Self {
+        KvCache { layers: vec![None; layers] }
+    }
+
+    /// Cached positions.
+    pub fn len(&self) -> usize {
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dims()[2])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keep only the rows in `keep` (finished sequences dropped from a batch).
+    pub fn select_rows(&mut self, keep: Tensor<B, 1, Int>) {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.clone().select(0, keep.clone());
+            *v = v.clone().select(0, keep.clone());
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub o_proj: Linear<B>,
+    /// Qwen3 only.
+    pub q_norm: Option<RmsNorm<B>>,
+    pub k_norm: Option<RmsNorm<B>>,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    fn load(src: &mut dyn WeightSource, p: &str, c: &ModelConfig, device: &B::Device) -> Result<Self> {
+        let (h, kv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let qk_norm = |name: &str, src: &mut dyn WeightSource| -> Result<Option<RmsNorm<B>>> {
+            if c.qk_norm { Ok(Some(RmsNorm::load(src, &format!("{p}.{name}"), hd, c.rms_norm_eps, device)?)) } else { Ok(None) }
+        };
+        Ok(Attention {
+            q_proj: Linear::load(src, &format!("{p}.q_proj"), c.hidden_size, h * hd, c.qkv_bias, device)?,
+            k_proj: Linear::load(src, &format!("{p}.k_proj"), c.hidden_size, kv * hd, c.qkv_bias, device)?,
+            v_proj: Linear::load(src, &format!("{p}.v_proj"), c.hidden_size, kv * hd, c.qkv_bias, device)?,
+            o_proj: Linear::load(src, &format!("{p}.o_proj"), h * hd, c.hidden_size, c.o_bias, device)?,
+            q_norm: qk_norm("q_norm", src)?,
+            k_norm: qk_norm("k_norm", src)?,
+            n_heads: h,
+            n_kv_heads: kv,
+            head_dim: hd,
+        })
+    }
+
+    fn export(&self, p: &str, sink: &mut dyn WeightSink) {
+        for (name, l) in [("q_proj", &self.q_proj), ("k_proj", &self.k_proj), ("v_proj", &self.v_proj), ("o_proj", &self.o_proj)] {
+            l.export(&format!("{p}.{name}"), sink);
+        }
+        if let (Some(q), Some(k)) = (&self.q_norm, &self.k_norm) {
+            q.export(&format!("{p}.q_norm"), sink);
+            k.export(&format!("{p}.k_norm"), sink);
+        }
+    }
+
+    /// `x` `[batch, seq, hidden]` → `[batch, seq, hidden]`.
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        mask: &AttnMask<B>,
+        cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    ) -> Tensor<B, 3> {
+        let [b, t, _] = x.dims();
+        let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, hd]);
+        let mut q = heads(self.q_proj.forward(x.clone()), h);
+        let mut k = heads(self.k_proj.forward(x.clone()), kv);
+        let v = heads(self.v_proj.forward(x), kv).swap_dims(1, 2); // [b, kv, t, hd]
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = qn.forward(q);
+            k = kn.forward(k);
+        }
+        let q = rope::apply(q.swap_dims(1, 2), cos, sin); // [b, h, t, hd]
+        let k = rope::apply(k.swap_dims(1, 2), cos, sin); // [b, kv, t, hd]
+        let (k, v) = match cache {
+            Some(slot) => {
+                let kv_all = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+                    None => (k, v),
+                };
+                *slot = Some(kv_all.clone());
+                kv_all
+            }
+            None => (k, v),
+        };
+        let s = k.dims()[2];
+        // Grouped-query attention: each kv head serves h / kv query heads.
+        let (k, v) = if h == kv {
+            (k, v)
+        } else {
+            let rep = |y: Tensor<B, 4>| y.unsqueeze_dim::<5>(2).expand([b, kv, h / kv, s, hd]).reshape([b, h, s, hd]);
+            (rep(k), rep(v))
+        };
+        let (mask, is_causal) = match mask {
+            AttnMask::Causal => (None, t > 1),
+            AttnMask::None => (None, false),
+            AttnMask::Custom(m) => (Some(m.clone().expand([b, h, t, s])), false),
+        };
+        let opts = AttentionModuleOptions { scale: None, softcap: None, is_causal };
+        let out = attention(q, k, v, mask, None, opts); // [b, h, t, hd]
+        self.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, h * hd]))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    pub gate_proj: Linear<B>,
+    pub up_proj: Linear<B>,
+    pub down_proj: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    fn load(src: &mut dyn WeightSource, p: &str, c: &ModelConfig, device: &B::Device) -> Result<Self> {
+        let (d, f) = (c.hidden_size, c.intermediate_size);
+        Ok(Mlp {
+            gate_proj: Linear::load(src, &format!("{p}.gate_proj"), d, f, c.mlp_bias, device)?,
+            up_proj: Linear::load(src, &format!("{p}.up_proj"), d, f, c.mlp_bias, device)?,
+            down_proj: Linear::load(src, &format!("{p}.down_proj"), f, d, c.mlp_bias, device)?,
+        })
+    }
+
+    fn export(&self, p: &str, sink: &mut dyn WeightSink) {
+        self.gate_proj.export(&format!("{p}.gate_proj"), sink);
+        self.up_proj.export(&format!("{p}.up_proj"), sink);
+        self.down_proj.export(&format!("{p}.down_proj"), sink);
+    }
+
+    /// SwiGLU: `down(silu(gate(x)) * up(x))`.
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.down_proj.forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    pub self_attn: Attention<B>,
+    pub mlp: Mlp<B>,
+    pub input_layernorm: RmsNorm<B>,
+    pub post_attention_layernorm: RmsNorm<B>,
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    fn load(src: &mut dyn WeightSource, p: &str, c: &ModelConfig, device: &B::Device) -> Result<Self> {
+        Ok(DecoderLayer {
+            self_attn: Attention::load(src, &format!("{p}.self_attn"), c, device)?,
+            mlp: Mlp::load(src, &format!("{p}.mlp"), c, device)?,
+            input_layernorm: RmsNorm::load(src, &format!("{p}.input_layernorm"), c.hidden_size, c.rms_norm_eps, device)?,
+            post_attention_layernorm: RmsNorm::load(
+                src,
+                &format!("{p}.post_attention_layernorm"),
+                c.hidden_size,
+                c.rms_norm_eps,
+                device,
+            )?,
+        })
+    }
+
+    fn export(&self, p: &str, sink: &mut dyn WeightSink) {
+        self.self_attn.export(&format!("{p}.self_attn"), sink);
+        self.mlp.export(&format!("{p}.mlp"), sink);
+        self.input_layernorm.export(&format!("{p}.input_layernorm"), sink);
+        self.post_attention_layernorm.export(&format!("{p}.post_attention_layernorm"), sink);
+    }
+}
+
+/// HF's `LlamaModel`: embeddings, layers, final norm (the `model.` prefix).
+#[derive(Module, Debug)]
+pub struct Decoder<B: Backend> {
+    /// `[vocab, hidden]`.
+    pub embed_tokens: Param<Tensor<B, 2>>,
+    pub layers: Vec<DecoderLayer<B>>,
+    pub norm: RmsNorm<B>,
+}
+
+/// `LlamaForCausalLM` / `Qwen2ForCausalLM` / `Qwen3ForCausalLM`.
+#[derive(Module, Debug)]
+pub struct CausalLm<B: Backend> {
+    pub model: Decoder<B>,
+    /// `None` when the embeddings are tied (`lm_head.weight` = `model.embed_tokens.weight`).
+    pub lm_head: Option<Linear<B>>,
+}
+
+impl<B: Backend> CausalLm<B> {
+    /// Build the model by pulling every tensor by its HF name from `src`.
+    pub fn load(cfg: &ModelConfig, src: &mut dyn WeightSource, device: &B::Device) -> Result<Self> {
+        let embed = src.take("model.embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size], device)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::load(src, &format!("model.layers.{i}"), cfg, device))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(src, "model.norm", cfg.hidden_size, cfg.rms_norm_eps, device)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(Linear::load(src, "lm_head", cfg.hidden_size, cfg.vocab_size, false, device)?)
+        };
+        Ok(CausalLm { model: Decoder { embed_tokens: Param::from_tensor(embed), layers, norm }, lm_head })
+    }
+
+    /// Hand every tensor to `sink` under its HF name, in checkpoint order.
+    pub fn export(&self, sink: &mut dyn WeightSink) {
+        sink.put("model.embed_tokens.weight", self.model.embed_tokens.val());
+        for (i, l) in self.model.layers.iter().enumerate() {
+            l.export(&format!("model.layers.{i}"), sink);
+        }
+        self.model.norm.export("model.norm", sink);
+        if let Some(h) = &self.lm_head {
+            h.export("lm_head", sink);
+        }
+    }
+
+    /// Final hidden states `[batch, seq, hidden]` for `input_ids` `[batch, seq]` at `positions`
+    /// `[batch, seq]`. With a cache, keys/values are appended to it.
+    pub fn forward_hidden(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        positions: Tensor<B, 2, Int>,
+        rope: &Rope<B>,
+        mask: &AttnMask<B>,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        let [b, t] = input_ids.dims();
+        let d = self.model.embed_tokens.dims()[1];
+        let mut x = self.model.embed_tokens.val().select(0, input_ids.reshape([b * t])).reshape([b, t, d]);
+        let (cos, sin) = rope.cos_sin(&positions);
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let a = layer.self_attn.forward(layer.input_layernorm.forward(x.clone()), &cos, &sin, mask, slot);
+            x = x + a;
+            x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
+        }
+        self.model.norm.forward(x)
+    }
+
+    /// Logits `[.., vocab]` from hidden states `[.., hidden]`.
+    pub fn logits<const D: usize>(&self, hidden: Tensor<B, D>) -> Tensor<B, D> {
+        match &self.lm_head {
+            Some(h) => h.forward(hidden),
+            None => burn::tensor::module::linear(hidden, self.model.embed_tokens.val().transpose(), None),
+        }
+    }
+
+    /// Logits `[batch, seq, vocab]` for every position (no cache).
+    pub fn forward(&self, input_ids: Tensor<B, 2, Int>, positions: Tensor<B, 2, Int>, rope: &Rope<B>, mask: &AttnMask<B>) -> Tensor<B, 3> {
+        self.logits(self.forward_hidden(input_ids, positions, rope, mask, None))
+    }
+}
