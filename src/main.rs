@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod models;
 mod progress;
 
 #[derive(Parser)]
@@ -24,6 +25,13 @@ enum Command {
     Bench(cmd::bench::BenchCommand),
     /// Offline demo of the corpus on generated R1-like traces.
     Demo(cmd::demo::DemoArgs),
+    /// Import models from other formats into the Hugging Face layout.
+    #[command(subcommand)]
+    Import(cmd::import::ImportCommand),
+    /// Fetch a model distill knows how to get without a model hub (cached).
+    Fetch(cmd::fetch::Args),
+    /// Generate text from a model directory (a quick look).
+    GenerateText(cmd::generate_text::Args),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +40,9 @@ fn main() -> ExitCode {
         Command::Corpus(c) => cmd::corpus::run(c),
         Command::Bench(c) => cmd::bench::run(c),
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Import(c) => cmd::import::run(c),
+        Command::Fetch(a) => cmd::fetch::run(a),
+        Command::GenerateText(a) => cmd::generate_text::run(a),
     };
     match result {
         Ok(code) => code,

@@ -92,6 +92,20 @@ impl Default for ExportOptions {
 
 /// Write `model` as a Hugging Face directory at `out`, via a temp directory renamed into place.
 pub fn export<B: Backend>(model: &CausalLm<B>, config: &ModelConfig, assets: &Assets, out: &Path, opts: &ExportOptions) -> Result<Vec<PathBuf>> {
+    let mut sink = Collect::default();
+    model.export(&mut sink as &mut dyn WeightSink);
+    write_dir(out, &sink.0, config, assets, opts)
+}
+
+/// Write tensors `(HF name, shape, data)` and the JSON files as a Hugging Face directory at `out`:
+/// everything goes into a temp directory beside it, is fsynced, and is renamed into place.
+pub fn write_dir(
+    out: &Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    config: &ModelConfig,
+    assets: &Assets,
+    opts: &ExportOptions,
+) -> Result<Vec<PathBuf>> {
     if out.exists() && !opts.overwrite {
         return Err(Error::Invalid(format!("{} exists; refusing to overwrite it", out.display())));
     }
@@ -104,11 +118,9 @@ pub fn export<B: Backend>(model: &CausalLm<B>, config: &ModelConfig, assets: &As
     }
     std::fs::create_dir_all(&tmp).at(&tmp)?;
 
-    let mut sink = Collect::default();
-    model.export(&mut sink as &mut dyn WeightSink);
     let mut meta = opts.metadata.clone();
     meta.insert("format".into(), "pt".into());
-    let mut files = checkpoint::write_sharded(&tmp, &sink.0, opts.dtype, opts.max_shard_bytes, &meta)?;
+    let mut files = checkpoint::write_sharded(&tmp, tensors, opts.dtype, opts.max_shard_bytes, &meta)?;
 
     let write_json = |name: &str, v: &Value, files: &mut Vec<PathBuf>| -> Result<()> {
         let p = tmp.join(name);

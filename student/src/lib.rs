@@ -5,14 +5,18 @@
 //! Face layout; [`gguf`] imports llama.cpp files; [`tokenizer`] wraps `tokenizer.json` and renders
 //! chat templates; [`generate`] samples with a KV cache.
 
+pub mod chat;
 pub mod checkpoint;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod generate;
+pub mod gguf;
 pub mod hf;
 pub mod masks;
 pub mod model;
 pub mod rope;
+pub mod tokenizer;
 pub mod weights;
 
 pub use config::{Arch, ModelConfig};

@@ -1,0 +1,86 @@
+//! `distill generate-text --model DIR --prompt …`: a quick look at what a model says.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use distill_data::{Message, Role};
+use distill_student::device::{Cpu, CpuDevice};
+use distill_student::generate::{Engine, SamplingParams};
+use distill_student::hf;
+use distill_student::tokenizer::TextTokenizer;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A Hugging Face model directory (e.g. from `distill import gguf` or an export).
+    #[arg(long)]
+    model: PathBuf,
+    /// User prompts; each is one conversation (they run as one batch).
+    #[arg(long, required = true)]
+    prompt: Vec<String>,
+    /// Optional system message.
+    #[arg(long)]
+    system: Option<String>,
+    /// Feed the prompt as raw text instead of through the chat template.
+    #[arg(long)]
+    raw: bool,
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop strings (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let device = CpuDevice::default();
+    let t0 = Instant::now();
+    let loaded = hf::load_model::<Cpu>(&a.model, &device)?;
+    let tok = TextTokenizer::from_dir(&a.model)?;
+    eprintln!("loaded {} ({:?}, {} layers) in {:.1}s", a.model.display(), loaded.config.arch, loaded.config.num_hidden_layers, t0.elapsed().as_secs_f64());
+    let mut prompts = Vec::new();
+    for p in &a.prompt {
+        let text = if a.raw {
+            p.clone()
+        } else {
+            let chat = tok.chat.as_ref().ok_or_else(|| anyhow::anyhow!("the model has no chat template; use --raw"))?;
+            let mut msgs = Vec::new();
+            if let Some(s) = &a.system {
+                msgs.push(Message::new(Role::System, s.clone()));
+            }
+            msgs.push(Message::new(Role::User, p.clone()));
+            chat.render(&msgs, true)?
+        };
+        prompts.push(tok.encode(&text)?);
+    }
+    let params = SamplingParams {
+        temperature: a.temperature,
+        top_p: a.top_p,
+        top_k: a.top_k,
+        max_tokens: a.max_tokens,
+        seed: a.seed,
+        stop_ids: tok.eos_ids(&loaded.config.eos_token_ids),
+        stop_strings: a.stop.clone(),
+        logprobs: 0,
+    };
+    let engine = Engine::new(&loaded.model, &loaded.config, Some(&tok), device);
+    let t0 = Instant::now();
+    let pb = crate::progress::bar(None, "tokens");
+    let outs = engine.generate(&prompts, &params, |n| pb.inc(n as u64))?;
+    pb.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    let total: usize = outs.iter().map(|o| o.ids.len()).sum();
+    for (p, o) in a.prompt.iter().zip(&outs) {
+        println!("### {p}\n{}\n[{} tokens, finish_reason={}]\n", o.text, o.ids.len(), o.finish_reason.as_str());
+    }
+    eprintln!("{total} tokens in {secs:.2}s ({:.1} tokens/s)", total as f64 / secs);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,142 @@
+//! SmolLM2-135M-Instruct, imported from its real Q4_1 GGUF, against what transformers 5.24 gives
+//! for the same file (`../shared/reference/smollm2-135m-instruct/golden.json`): the chat-templated
+//! prompt ids exactly, the top-20 last-position logits within 1e-3, the 32-token greedy
+//! continuations exactly; and our tokenizer.json against transformers' on varied text.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use distill_data::{Message, Role};
+use distill_student::device::{Cpu, CpuDevice};
+use distill_student::generate::{Engine, SamplingParams};
+use distill_student::masks;
+use distill_student::model::AttnMask;
+use distill_student::rope::Rope;
+use distill_student::tokenizer::TextTokenizer;
+use serde_json::Value;
+
+fn reference_dir() -> Option<PathBuf> {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/smollm2-135m-instruct");
+    d.exists().then_some(d)
+}
+
+/// The imported model directory (fetched and imported once, through the CLI).
+fn model_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Command::new(env!("CARGO_BIN_EXE_distill")).args(["fetch", "smollm2"]).output().expect("run distill fetch");
+        assert!(out.status.success(), "distill fetch smollm2 failed: {}", String::from_utf8_lossy(&out.stderr));
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+}
+
+fn golden() -> Option<Vec<Value>> {
+    let d = reference_dir()?;
+    Some(serde_json::from_str::<Value>(&std::fs::read_to_string(d.join("golden.json")).unwrap()).unwrap().as_array().unwrap().clone())
+}
+
+fn messages(case: &Value) -> Vec<Message> {
+    case["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let role = match m["role"].as_str().unwrap() {
+                "system" => Role::System,
+                "assistant" => Role::Assistant,
+                _ => Role::User,
+            };
+            Message::new(role, m["content"].as_str().unwrap())
+        })
+        .collect()
+}
+
+fn ids(case: &Value, key: &str) -> Vec<u32> {
+    case[key].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+}
+
+#[test]
+fn reproduces_the_transformers_golden_outputs() {
+    let Some(cases) = golden() else {
+        eprintln!("skipping: ../shared/reference is not present");
+        return;
+    };
+    let dir = model_dir();
+    let dev = CpuDevice::default();
+    let loaded = distill_student::hf::load_model::<Cpu>(dir, &dev).unwrap();
+    let tok = TextTokenizer::from_dir(dir).unwrap();
+    let chat = tok.chat.as_ref().expect("the GGUF carries a chat template");
+    let rope = Rope::<Cpu>::new(&loaded.config, &dev);
+
+    let mut prompts = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let text = chat.render(&messages(case), true).unwrap();
+        let got = tok.encode(&text).unwrap();
+        assert_eq!(got, ids(case, "prompt_ids"), "case {i}: chat-templated prompt ids");
+
+        // Last-position logits of the prompt.
+        let n = got.len();
+        let input = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(got.iter().map(|&x| x as i64).collect::<Vec<_>>(), [1, n]), &dev);
+        let logits = loaded.model.forward(input, masks::positions(1, n, 0, &dev), &rope, &AttnMask::Causal);
+        let last: Vec<f32> = logits.narrow(1, n - 1, 1).into_data().convert::<f32>().into_vec().unwrap();
+        let top = &case["last_logits_top20"];
+        let mut worst = 0f32;
+        for (id, want) in top["ids"].as_array().unwrap().iter().zip(top["values"].as_array().unwrap()) {
+            let (id, want) = (id.as_u64().unwrap() as usize, want.as_f64().unwrap() as f32);
+            worst = worst.max((last[id] - want).abs());
+        }
+        eprintln!("case {i}: max |logit - transformers| over the top 20 = {worst:.2e}");
+        assert!(worst <= 1e-3, "case {i}: top-20 logits differ by {worst}");
+        let mut order: Vec<usize> = (0..last.len()).collect();
+        order.sort_by(|&a, &b| last[b].total_cmp(&last[a]));
+        let want_top: Vec<usize> = top["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        assert_eq!(&order[..5], &want_top[..5], "case {i}: top-5 order");
+        prompts.push(got);
+    }
+
+    // Greedy continuations, all conversations in one left-padded batch (and the first alone).
+    let engine = Engine::new(&loaded.model, &loaded.config, Some(&tok), dev);
+    let params = SamplingParams { max_tokens: 32, stop_ids: tok.eos_ids(&loaded.config.eos_token_ids), ..Default::default() };
+    let batch = engine.generate(&prompts, &params, |_| {}).unwrap();
+    for (i, (case, out)) in cases.iter().zip(&batch).enumerate() {
+        assert_eq!(out.ids, ids(case, "greedy_ids"), "case {i}: greedy ids (batched)");
+        let text = tok.decode(&out.ids, false).unwrap();
+        assert_eq!(text, case["greedy_text"].as_str().unwrap(), "case {i}: greedy text");
+    }
+    let alone = engine.generate(&prompts[..1], &params, |_| {}).unwrap();
+    assert_eq!(alone[0].ids, ids(&cases[0], "greedy_ids"), "case 0 alone");
+    assert_eq!(alone[0].finish_reason, distill_data::FinishReason::Stop);
+}
+
+#[test]
+fn the_tokenizer_built_from_the_gguf_encodes_like_transformers() {
+    let Some(refdir) = reference_dir() else {
+        eprintln!("skipping: ../shared/reference is not present");
+        return;
+    };
+    let ours = tokenizers::Tokenizer::from_file(model_dir().join("tokenizer.json")).unwrap();
+    let theirs = tokenizers::Tokenizer::from_file(refdir.join("tokenizer.json")).unwrap();
+    let texts = [
+        "Hello, world! How are you today?",
+        "안녕하세요, 세계! 한국어 텍스트입니다. 日本語もあります。中文也有。Привет, мир! Γειά σου Κόσμε! مرحبا بالعالم",
+        "def f(x):\n    return x ** 2  # square\n\nclass A:\n\tpass\r\n",
+        "$$\\int_0^1 x^2\\,dx = \\frac{1}{3}$$ and \\boxed{\\sqrt{2}} with \\left( 3, \\frac{\\pi}{2} \\right)",
+        "emoji 🙂🚀👩‍👩‍👧‍👦 and flags 🇰🇷🇫🇷, math ∑∫√≤≥ ½ ² ³",
+        "  odd   whitespace\t\ttabs\n\n\nnewlines \u{a0}nbsp \u{2003}em-space trailing   ",
+        "Numbers: 12345 3.14159 1,000,000 -42 1e-10 0x1F 2024-11-29",
+        "<|im_start|>user\nspecial tokens inline<|im_end|>\n<|endoftext|>",
+        "don't won't it's I'm they're we've he'd you'll",
+        "",
+        "a",
+        "URL https://example.com/path?q=1&r=2#frag and email a.b@c.de",
+    ];
+    for t in texts {
+        let a = ours.encode(t, false).unwrap();
+        let b = theirs.encode(t, false).unwrap();
+        assert_eq!(a.get_ids(), b.get_ids(), "text {t:?}");
+        assert_eq!(ours.decode(a.get_ids(), false).unwrap(), theirs.decode(b.get_ids(), false).unwrap());
+    }
+}
