@@ -8,6 +8,7 @@ use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
+use burn::tensor::TensorData;
 use burn::tensor::ops::AttentionModuleOptions;
 
 use crate::config::ModelConfig;
@@ -15,23 +16,32 @@ use crate::error::Result;
 use crate::rope::{self, Rope};
 use crate::weights::{WeightSink, WeightSource};
 
-/// `y = x Wᵀ + b` with `W` stored as HF does, `[out, in]`.
+/// `y = x Wᵀ + b`. HF stores `W` as `[out, in]`; it is kept here transposed, `[in, out]`, so
+/// that `x W` reads it contiguously (3× faster for the few-row matmuls of decoding on CPU).
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
+    /// `[in, out]`: the transpose of HF's `weight`.
     pub weight: Param<Tensor<B, 2>>,
     pub bias: Option<Param<Tensor<B, 1>>>,
 }
 
 impl<B: Backend> Linear<B> {
     fn load(src: &mut dyn WeightSource, name: &str, d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Result<Self> {
+        let w = src.read(&format!("{name}.weight"), &[d_out, d_in])?;
+        let mut t = vec![0f32; w.len()];
+        for o in 0..d_out {
+            for i in 0..d_in {
+                t[i * d_out + o] = w[o * d_in + i];
+            }
+        }
         Ok(Linear {
-            weight: Param::from_tensor(src.take(&format!("{name}.weight"), &[d_out, d_in], device)?),
+            weight: Param::from_tensor(Tensor::from_data(TensorData::new(t, [d_in, d_out]), device)),
             bias: if bias { Some(Param::from_tensor(src.take(&format!("{name}.bias"), &[d_out], device)?)) } else { None },
         })
     }
 
     fn export(&self, name: &str, sink: &mut dyn WeightSink) {
-        sink.put(&format!("{name}.weight"), self.weight.val());
+        sink.put(&format!("{name}.weight"), self.weight.val().transpose());
         if let Some(b) = &self.bias {
             sink.put(&format!("{name}.bias"), b.val());
         }
@@ -39,8 +49,22 @@ impl<B: Backend> Linear<B> {
 
     /// `[.., in]` → `[.., out]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        burn::tensor::module::linear(x, self.weight.val().transpose(), self.bias.as_ref().map(|b| b.val()))
+        let y = matmul_2d(x, self.weight.val());
+        match &self.bias {
+            Some(b) => y + b.val().unsqueeze(),
+            None => y,
+        }
     }
+}
+
+/// `x W` for `x` `[.., in]` and `W` `[in, out]` as one 2-D matmul (burn's `linear` reshapes the
+/// weight to 3-D, which copies a transposed view on some backends).
+pub fn matmul_2d<B: Backend, const D: usize>(x: Tensor<B, D>, w: Tensor<B, 2>) -> Tensor<B, D> {
+    let dims = x.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let mut out_dims = dims;
+    out_dims[D - 1] = w.dims()[1];
+    x.reshape([rows, dims[D - 1]]).matmul(w).reshape(out_dims)
 }
 
 /// RMSNorm as HF computes it: `weight * x / sqrt(mean(x²) + eps)`, in f32.
@@ -183,11 +207,24 @@ impl<B: Backend> Attention<B> {
             None => (k, v),
         };
         let s = k.dims()[2];
-        // Grouped-query attention: each kv head serves h / kv query heads.
-        let (k, v) = if h == kv {
+        let g = h / kv;
+        let scale = AttentionModuleOptions { scale: None, softcap: None, is_causal: false };
+        if t == 1 && g > 1 {
+            // One query per row: the g query heads of a kv head become g query rows against
+            // that kv head, so the cache is never repeated. q: [b, h, 1, hd] → [b, kv, g, hd].
+            let q = q.reshape([b, kv, g, hd]);
+            let mask = match mask {
+                AttnMask::Custom(m) => Some(m.clone().expand([b, kv, g, s])),
+                AttnMask::Causal | AttnMask::None => None,
+            };
+            let out = attention(q, k, v, mask, None, scale); // [b, kv, g, hd]
+            return self.o_proj.forward(out.reshape([b, 1, h * hd]));
+        }
+        // Grouped-query attention: each kv head serves g query heads.
+        let (k, v) = if g == 1 {
             (k, v)
         } else {
-            let rep = |y: Tensor<B, 4>| y.unsqueeze_dim::<5>(2).expand([b, kv, h / kv, s, hd]).reshape([b, h, s, hd]);
+            let rep = |y: Tensor<B, 4>| y.unsqueeze_dim::<5>(2).expand([b, kv, g, s, hd]).reshape([b, h, s, hd]);
             (rep(k), rep(v))
         };
         let (mask, is_causal) = match mask {
@@ -195,7 +232,7 @@ impl<B: Backend> Attention<B> {
             AttnMask::None => (None, false),
             AttnMask::Custom(m) => (Some(m.clone().expand([b, h, t, s])), false),
         };
-        let opts = AttentionModuleOptions { scale: None, softcap: None, is_causal };
+        let opts = AttentionModuleOptions { is_causal, ..scale };
         let out = attention(q, k, v, mask, None, opts); // [b, h, t, hd]
         self.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, h * hd]))
     }
@@ -334,7 +371,8 @@ impl<B: Backend> CausalLm<B> {
     pub fn logits<const D: usize>(&self, hidden: Tensor<B, D>) -> Tensor<B, D> {
         match &self.lm_head {
             Some(h) => h.forward(hidden),
-            None => burn::tensor::module::linear(hidden, self.model.embed_tokens.val().transpose(), None),
+            // Tied: the embedding `[vocab, hidden]` read through a transposed view.
+            None => matmul_2d(hidden, self.model.embed_tokens.val().transpose()),
         }
     }
 

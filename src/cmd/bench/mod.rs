@@ -5,16 +5,20 @@ use std::process::ExitCode;
 use clap::Subcommand;
 
 mod corpus;
+mod model;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// Corpus size against JSONL/gzip/Parquet, write and read speed, random-access latency.
     Corpus(corpus::Args),
+    /// Forward and generation tokens/s, a training step, peak memory; PyTorch beside it.
+    Model(model::Args),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::Corpus(a) => corpus::run(a),
+        BenchCommand::Model(a) => model::run(a),
     }
 }
 

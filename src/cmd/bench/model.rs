@@ -1,0 +1,137 @@
+//! `distill bench model`: forward and generation throughput, a training step, and peak memory,
+//! side by side with PyTorch eager (transformers) on the same shapes when `--python` has torch.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use distill_student::device::{Autodiff, Cpu, CpuDevice};
+use distill_student::generate::{Engine, SamplingParams};
+use distill_student::hf;
+use distill_student::masks;
+use distill_student::model::AttnMask;
+use distill_student::rope::Rope;
+use serde_json::{Value, json};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model directory (default: SmolLM2-135M-Instruct imported from its GGUF).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Which parts: forward, generate, train (comma-separated).
+    #[arg(long, default_value = "forward,generate,train")]
+    only: String,
+    /// Python with torch + transformers for the side-by-side run (skipped if it fails).
+    #[arg(long, default_value = "python3")]
+    python: String,
+    /// Skip the PyTorch run.
+    #[arg(long)]
+    no_torch: bool,
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn ids<B: Backend>(b: usize, t: usize, dev: &B::Device) -> Tensor<B, 2, Int> {
+    let v: Vec<i64> = (0..b * t).map(|i| (17 + (i * 7919) % 40000) as i64).collect();
+    Tensor::from_data(TensorData::new(v, [b, t]), dev)
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Median of `reps` timed runs after one warm-up.
+fn time(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t0 = Instant::now();
+            f();
+            t0.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let dir = match &a.model {
+        Some(d) => d.clone(),
+        None => crate::models::smollm2_hf()?,
+    };
+    let parts: Vec<&str> = a.only.split(',').collect();
+    let dev = CpuDevice::default();
+    let mut r = json!({"machine": super::machine(), "model": dir.display().to_string(), "backend": "flex (f32)"});
+
+    if parts.contains(&"forward") || parts.contains(&"generate") {
+        let m = hf::load_model::<Cpu>(&dir, &dev)?;
+        let rope = Rope::<Cpu>::new(&m.config, &dev);
+        if parts.contains(&"forward") {
+            let mut fwd = serde_json::Map::new();
+            for (b, t) in [(1usize, 256usize), (8, 256)] {
+                let secs = time(3, || {
+                    let x = m.model.forward(ids::<Cpu>(b, t, &dev), masks::positions(b, t, 0, &dev), &rope, &AttnMask::Causal);
+                    std::hint::black_box(x.into_data());
+                });
+                eprintln!("forward b={b} t={t}: {:.3}s ({:.0} tokens/s)", secs, (b * t) as f64 / secs);
+                fwd.insert(format!("b{b}_t{t}_tokens_s"), json!((b * t) as f64 / secs));
+            }
+            r["forward"] = Value::Object(fwd);
+        }
+        if parts.contains(&"generate") {
+            let engine = Engine::new(&m.model, &m.config, None, dev);
+            let mut gen_ = serde_json::Map::new();
+            for b in [1usize, 8] {
+                let prompts: Vec<Vec<u32>> = (0..b).map(|i| (0..32).map(|j| (100 + i * 31 + j * 7) as u32).collect()).collect();
+                let params = SamplingParams { max_tokens: 64, ..Default::default() };
+                let secs = time(2, || {
+                    std::hint::black_box(engine.generate(&prompts, &params, |_| {}).unwrap());
+                });
+                let tps = (b * 64) as f64 / secs;
+                eprintln!("generate b={b}, 32-token prompts, 64 new tokens: {secs:.3}s ({tps:.1} tokens/s)");
+                gen_.insert(format!("b{b}_tokens_s"), json!(tps));
+            }
+            r["generate"] = Value::Object(gen_);
+        }
+    }
+    if parts.contains(&"train") {
+        type Ad = Autodiff<Cpu>;
+        let m = hf::load_model::<Ad>(&dir, &dev)?;
+        let rope = Rope::<Ad>::new(&m.config, &dev);
+        let (b, t) = (4usize, 512usize);
+        let secs = time(2, || {
+            let x = ids::<Ad>(b, t, &dev);
+            let logits = m.model.forward(x.clone(), masks::positions(b, t, 0, &dev), &rope, &AttnMask::Causal);
+            let v = logits.dims()[2];
+            let logp = burn::tensor::activation::log_softmax(logits.reshape([b * t, v]), 1);
+            let target = x.reshape([b * t, 1]);
+            let loss = logp.gather(1, target).mean().neg();
+            std::hint::black_box(loss.backward());
+        });
+        eprintln!("train step (forward+backward) b={b} t={t}: {secs:.3}s ({:.0} tokens/s)", (b * t) as f64 / secs);
+        r["train_step"] = json!({"b4_t512_seconds": secs, "tokens_s": (b * t) as f64 / secs});
+    }
+    r["peak_rss_mb"] = json!(peak_rss_mb());
+    eprintln!("peak RSS {:.0} MB", peak_rss_mb());
+
+    if !a.no_torch {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench/torch_model.py");
+        match Command::new(&a.python).arg(&script).arg(&dir).arg(&a.only).output() {
+            Ok(o) if o.status.success() => {
+                r["torch"] = serde_json::from_slice(o.stdout.rsplit(|&c| c == b'\n').find(|l| !l.is_empty()).unwrap_or(b"null")).unwrap_or(Value::Null);
+            }
+            Ok(o) => eprintln!("PyTorch run skipped: {}", String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")),
+            Err(e) => eprintln!("PyTorch run skipped: {e}"),
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&r)?);
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&r)?)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
