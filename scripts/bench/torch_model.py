@@ -4,7 +4,6 @@
     torch_model.py MODEL_DIR forward,generate,train
 """
 import json
-import resource
 import statistics
 import sys
 import time
@@ -62,5 +61,6 @@ if "train" in parts:
 
     s = timed(2, step)
     out["train_step"] = {"b4_t512_seconds": s, "tokens_s": b * t / s}
-out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM is this process's own peak (ru_maxrss is inherited across exec on Linux).
+out["peak_rss_mb"] = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
 print(json.dumps(out))

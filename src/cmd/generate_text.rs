@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use burn::prelude::Backend;
 use distill_data::{Message, Role};
-use distill_student::device::{Cpu, CpuDevice};
+use distill_student::device::DeviceKind;
 use distill_student::generate::{Engine, SamplingParams};
 use distill_student::hf;
 use distill_student::tokenizer::TextTokenizer;
@@ -38,12 +39,18 @@ pub struct Args {
     /// Stop strings (repeatable).
     #[arg(long)]
     stop: Vec<String>,
+    /// cpu, cuda or cuda:N (CUDA only in builds with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceKind,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let device = CpuDevice::default();
+    crate::backend::dispatch!(a.device, |B, device| run_on::<B>(&a, device))
+}
+
+fn run_on<B: Backend>(a: &Args, device: B::Device) -> anyhow::Result<ExitCode> {
     let t0 = Instant::now();
-    let loaded = hf::load_model::<Cpu>(&a.model, &device)?;
+    let loaded = hf::load_model::<B>(&a.model, &device)?;
     let tok = TextTokenizer::from_dir(&a.model)?;
     eprintln!("loaded {} ({:?}, {} layers) in {:.1}s", a.model.display(), loaded.config.arch, loaded.config.num_hidden_layers, t0.elapsed().as_secs_f64());
     let mut prompts = Vec::new();

@@ -83,11 +83,14 @@ impl<B: Backend> RmsNorm<B> {
         sink.put(&format!("{name}.weight"), self.weight.val());
     }
 
-    /// `[.., dim]` → `[.., dim]`.
+    /// `[.., dim]` → `[.., dim]`, computed on a 2-D view (contiguous element-wise ops).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let var = x.clone().square().mean_dim(D - 1);
+        let dims = x.dims();
+        let d = dims[D - 1];
+        let x = x.reshape([dims.iter().product::<usize>() / d, d]);
+        let var = x.clone().square().mean_dim(1);
         let x = x * (var + self.eps).sqrt().recip();
-        x * self.weight.val().unsqueeze()
+        (x * self.weight.val().unsqueeze_dim(0)).reshape(dims)
     }
 }
 
@@ -178,8 +181,8 @@ impl<B: Backend> Attention<B> {
     fn forward(
         &self,
         x: Tensor<B, 3>,
-        cos: &Tensor<B, 4>,
-        sin: &Tensor<B, 4>,
+        rope_q: &(Tensor<B, 2>, Tensor<B, 2>),
+        rope_k: &(Tensor<B, 2>, Tensor<B, 2>),
         mask: &AttnMask<B>,
         cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     ) -> Tensor<B, 3> {
@@ -193,8 +196,8 @@ impl<B: Backend> Attention<B> {
             q = qn.forward(q);
             k = kn.forward(k);
         }
-        let q = rope::apply(q.swap_dims(1, 2), cos, sin); // [b, h, t, hd]
-        let k = rope::apply(k.swap_dims(1, 2), cos, sin); // [b, kv, t, hd]
+        let q = rope::apply(q, &rope_q.0, &rope_q.1).swap_dims(1, 2); // [b, h, t, hd]
+        let k = rope::apply(k, &rope_k.0, &rope_k.1).swap_dims(1, 2); // [b, kv, t, hd]
         let (k, v) = match cache {
             Some(slot) => {
                 let kv_all = match slot.take() {
@@ -357,10 +360,13 @@ impl<B: Backend> CausalLm<B> {
         let [b, t] = input_ids.dims();
         let d = self.model.embed_tokens.dims()[1];
         let mut x = self.model.embed_tokens.val().select(0, input_ids.reshape([b * t])).reshape([b, t, d]);
-        let (cos, sin) = rope.cos_sin(&positions);
+        let tables = rope.tables(&positions);
+        let (h, kv) = self.model.layers.first().map_or((1, 1), |l| (l.self_attn.n_heads, l.self_attn.n_kv_heads));
+        let rope_q = tables.for_heads(h);
+        let rope_k = if kv == h { rope_q.clone() } else { tables.for_heads(kv) };
         for (i, layer) in self.model.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            let a = layer.self_attn.forward(layer.input_layernorm.forward(x.clone()), &cos, &sin, mask, slot);
+            let a = layer.self_attn.forward(layer.input_layernorm.forward(x.clone()), &rope_q, &rope_k, mask, slot);
             x = x + a;
             x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
         }

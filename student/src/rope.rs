@@ -72,27 +72,44 @@ impl<B: Backend> Rope<B> {
         Rope { inv_freq: Tensor::from_data(TensorData::new(f, [1, n]), device), scale }
     }
 
-    /// cos and sin for `positions` `[batch, seq]`, each `[batch, 1, seq, head_dim]`.
-    pub fn cos_sin(&self, positions: &Tensor<B, 2, Int>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    /// Tables for `positions` `[batch, seq]`, laid out for heads of width `head_dim`.
+    pub fn tables(&self, positions: &Tensor<B, 2, Int>) -> RopeTables<B> {
         let [b, t] = positions.dims();
-        let half = self.inv_freq.dims()[1];
         let pos = positions.clone().float().reshape([b * t, 1]);
         let freqs = pos.matmul(self.inv_freq.clone()); // [b*t, half]
-        let emb = Tensor::cat(vec![freqs.clone(), freqs], 1).reshape([b, 1, t, 2 * half]);
-        let (mut cos, mut sin) = (emb.clone().cos(), emb.sin());
+        let (mut cos, mut sin) = (freqs.clone().cos(), freqs.sin());
         if self.scale != 1.0 {
             cos = cos.mul_scalar(self.scale);
             sin = sin.mul_scalar(self.scale);
         }
-        (cos, sin)
+        // rotate_half(x) * sin == swap_halves(x) * [-sin, sin]
+        RopeTables { cos: Tensor::cat(vec![cos.clone(), cos], 1), sin_signed: Tensor::cat(vec![sin.clone().neg(), sin], 1), rows: b * t }
     }
 }
 
-/// `x * cos + rotate_half(x) * sin` for `x` `[batch, heads, seq, head_dim]`.
-pub fn apply<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
-    let d = x.dims()[3];
-    let x1 = x.clone().narrow(3, 0, d / 2);
-    let x2 = x.clone().narrow(3, d / 2, d / 2);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    x * cos.clone() + rotated * sin.clone()
+/// cos and sign-folded sin per (batch, position), `[batch*seq, head_dim]`.
+#[derive(Debug, Clone)]
+pub struct RopeTables<B: Backend> {
+    cos: Tensor<B, 2>,
+    sin_signed: Tensor<B, 2>,
+    rows: usize,
+}
+
+impl<B: Backend> RopeTables<B> {
+    /// The tables repeated for `n` heads: `[batch*seq*n, head_dim]`, rows in (batch, seq, head) order.
+    pub fn for_heads(&self, n: usize) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let d = self.cos.dims()[1];
+        let rep = |x: &Tensor<B, 2>| x.clone().reshape([self.rows, 1, d]).expand([self.rows, n, d]).reshape([self.rows * n, d]);
+        (rep(&self.cos), rep(&self.sin_signed))
+    }
+}
+
+/// Rotate `x` `[batch, seq, heads, head_dim]` (HF's rotate_half convention) with tables from
+/// [`RopeTables::for_heads`]. Works on 2-D views so every element-wise op is a contiguous one.
+pub fn apply<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 2>, sin_signed: &Tensor<B, 2>) -> Tensor<B, 4> {
+    let dims = x.dims();
+    let d = dims[3];
+    let x2 = x.reshape([dims[0] * dims[1] * dims[2], d]);
+    let swapped = Tensor::cat(vec![x2.clone().narrow(1, d / 2, d / 2), x2.clone().narrow(1, 0, d / 2)], 1);
+    (x2 * cos.clone() + swapped * sin_signed.clone()).reshape(dims)
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use distill_student::device::{Autodiff, Cpu, CpuDevice};
+use distill_student::device::{Autodiff, Cpu, CpuDevice, NdArray, NdArrayDevice};
 use distill_student::generate::{Engine, SamplingParams};
 use distill_student::hf;
 use distill_student::masks;
@@ -29,6 +29,9 @@ pub struct Args {
     /// Skip the PyTorch run.
     #[arg(long)]
     no_torch: bool,
+    /// CPU backend: flex (the default everywhere) or ndarray (for comparison).
+    #[arg(long, default_value = "flex", value_parser = ["flex", "ndarray"])]
+    backend: String,
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -64,18 +67,34 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         Some(d) => d.clone(),
         None => crate::models::smollm2_hf()?,
     };
+    let mut r = json!({"machine": super::machine(), "model": dir.display().to_string(), "backend": format!("{} (f32)", a.backend)});
+    if a.backend == "ndarray" {
+        measure::<NdArray>(&a, &dir, &NdArrayDevice::default(), &mut r)?;
+    } else {
+        measure::<Cpu>(&a, &dir, &CpuDevice::default(), &mut r)?;
+    }
+    r["peak_rss_mb"] = json!(peak_rss_mb());
+    eprintln!("peak RSS {:.0} MB", peak_rss_mb());
+    torch_side(&a, &dir, &mut r);
+    println!("{}", serde_json::to_string_pretty(&r)?);
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&r)?)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn measure<B: Backend>(a: &Args, dir: &std::path::Path, dev: &B::Device, r: &mut Value) -> anyhow::Result<()> {
     let parts: Vec<&str> = a.only.split(',').collect();
-    let dev = CpuDevice::default();
-    let mut r = json!({"machine": super::machine(), "model": dir.display().to_string(), "backend": "flex (f32)"});
+    let dev = dev.clone();
 
     if parts.contains(&"forward") || parts.contains(&"generate") {
-        let m = hf::load_model::<Cpu>(&dir, &dev)?;
-        let rope = Rope::<Cpu>::new(&m.config, &dev);
+        let m = hf::load_model::<B>(dir, &dev)?;
+        let rope = Rope::<B>::new(&m.config, &dev);
         if parts.contains(&"forward") {
             let mut fwd = serde_json::Map::new();
             for (b, t) in [(1usize, 256usize), (8, 256)] {
                 let secs = time(3, || {
-                    let x = m.model.forward(ids::<Cpu>(b, t, &dev), masks::positions(b, t, 0, &dev), &rope, &AttnMask::Causal);
+                    let x = m.model.forward(ids::<B>(b, t, &dev), masks::positions(b, t, 0, &dev), &rope, &AttnMask::Causal);
                     std::hint::black_box(x.into_data());
                 });
                 eprintln!("forward b={b} t={t}: {:.3}s ({:.0} tokens/s)", secs, (b * t) as f64 / secs);
@@ -84,7 +103,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             r["forward"] = Value::Object(fwd);
         }
         if parts.contains(&"generate") {
-            let engine = Engine::new(&m.model, &m.config, None, dev);
+            let engine = Engine::new(&m.model, &m.config, None, dev.clone());
             let mut gen_ = serde_json::Map::new();
             for b in [1usize, 8] {
                 let prompts: Vec<Vec<u32>> = (0..b).map(|i| (0..32).map(|j| (100 + i * 31 + j * 7) as u32).collect()).collect();
@@ -100,12 +119,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
     }
     if parts.contains(&"train") {
-        type Ad = Autodiff<Cpu>;
-        let m = hf::load_model::<Ad>(&dir, &dev)?;
-        let rope = Rope::<Ad>::new(&m.config, &dev);
+        type Ad<B> = Autodiff<B>;
+        let m = hf::load_model::<Ad<B>>(dir, &dev)?;
+        let rope = Rope::<Ad<B>>::new(&m.config, &dev);
         let (b, t) = (4usize, 512usize);
         let secs = time(2, || {
-            let x = ids::<Ad>(b, t, &dev);
+            let x = ids::<Ad<B>>(b, t, &dev);
             let logits = m.model.forward(x.clone(), masks::positions(b, t, 0, &dev), &rope, &AttnMask::Causal);
             let v = logits.dims()[2];
             let logp = burn::tensor::activation::log_softmax(logits.reshape([b * t, v]), 1);
@@ -116,12 +135,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         eprintln!("train step (forward+backward) b={b} t={t}: {secs:.3}s ({:.0} tokens/s)", (b * t) as f64 / secs);
         r["train_step"] = json!({"b4_t512_seconds": secs, "tokens_s": (b * t) as f64 / secs});
     }
-    r["peak_rss_mb"] = json!(peak_rss_mb());
-    eprintln!("peak RSS {:.0} MB", peak_rss_mb());
+    Ok(())
+}
 
+fn torch_side(a: &Args, dir: &std::path::Path, r: &mut Value) {
     if !a.no_torch {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench/torch_model.py");
-        match Command::new(&a.python).arg(&script).arg(&dir).arg(&a.only).output() {
+        match Command::new(&a.python).arg(&script).arg(dir).arg(&a.only).output() {
             Ok(o) if o.status.success() => {
                 r["torch"] = serde_json::from_slice(o.stdout.rsplit(|&c| c == b'\n').find(|l| !l.is_empty()).unwrap_or(b"null")).unwrap_or(Value::Null);
             }
@@ -129,9 +149,4 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             Err(e) => eprintln!("PyTorch run skipped: {e}"),
         }
     }
-    println!("{}", serde_json::to_string_pretty(&r)?);
-    if let Some(p) = &a.json {
-        std::fs::write(p, serde_json::to_string_pretty(&r)?)?;
-    }
-    Ok(ExitCode::SUCCESS)
 }

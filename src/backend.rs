@@ -1,0 +1,27 @@
+//! Choosing the backend from `--device`: CPU (flex) always, CUDA only in `cuda` builds. Never
+//! implicit.
+
+/// `dispatch!(kind, |B, device| expr)` runs `expr` with `B` bound to the backend type and
+/// `device` to its device for the `DeviceKind` `kind`.
+macro_rules! dispatch {
+    ($kind:expr, |$b:ident, $dev:ident| $body:expr) => {{
+        use distill_student::device::DeviceKind;
+        match $kind {
+            DeviceKind::Cpu => {
+                type $b = distill_student::device::Cpu;
+                let $dev = distill_student::device::CpuDevice::default();
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            DeviceKind::Cuda(index) => {
+                type $b = distill_student::device::Cuda;
+                let $dev = distill_student::device::CudaDevice { index };
+                $body
+            }
+            #[cfg(not(feature = "cuda"))]
+            DeviceKind::Cuda(_) => anyhow::bail!("this distill was built without CUDA; rebuild with `cargo build --release --features cuda`"),
+        }
+    }};
+}
+
+pub(crate) use dispatch;
