@@ -1,0 +1,375 @@
+//! Math answer checking: extract the final answer, decide equivalence with the reference.
+//!
+//! Equivalence is decided on meaning, not spelling: LaTeX is normalised (`\dfrac`→`\frac`,
+//! `\left`/`\right`, `\text{}`, spacing, `^\circ`, `\%`, units, thousands separators, trailing
+//! `.0`), then both sides are parsed into small expressions and compared — exactly as rationals
+//! when both are rational, numerically (relative 1e-6) when radicals, π or i are involved, and at
+//! random points when they contain variables. Tuples and intervals compare element-wise (bracket
+//! kinds must match), bare lists as multisets, `±` as the pair it stands for, multiple-choice
+//! letters by letter.
+
+/// The content of the last `\boxed{…}` (or `\fbox{…}`), with nested braces.
+pub fn last_boxed(text: &str) -> Option<String> {
+    let mut best = None;
+    for pat in ["\\boxed", "\\fbox"] {
+        let mut from = 0;
+        while let Some(i) = text[from..].find(pat) {
+            let start = from + i + pat.len();
+            from = start;
+            let rest = &text[start..];
+            let rest_trim = rest.trim_start();
+            let got = if let Some(inner) = rest_trim.strip_prefix('{') {
+                matching_brace(inner).map(|end| inner[..end].to_string())
+            } else if rest.starts_with(' ') {
+                // `\boxed 5`
+                rest_trim.split(['$', '\n']).next().map(|s| s.trim().trim_end_matches('.').to_string())
+            } else {
+                None
+            };
+            if let Some(g) = got {
+                if best.as_ref().is_none_or(|(p, _)| start > *p) {
+                    best = Some((start, g));
+                }
+            }
+        }
+    }
+    best.map(|(_, s)| s)
+}
+
+/// Byte index of the `}` closing an already-opened brace in `s`.
+fn matching_brace(s: &str) -> Option<usize> {
+    let mut depth = 1;
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' => escaped = true,
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// GSM8K's `#### N` answer line.
+pub fn gsm8k_answer(text: &str) -> Option<String> {
+    let (_, after) = text.rsplit_once("####")?;
+    let a = after.lines().next().unwrap_or("").trim();
+    (!a.is_empty()).then(|| a.to_string())
+}
+
+/// The final answer of a completion: `\boxed{}`, else `#### N`, else "the answer is X", else the
+/// last number.
+pub fn extract_answer(text: &str) -> Option<String> {
+    if let Some(b) = last_boxed(text) {
+        return Some(b);
+    }
+    if let Some(g) = gsm8k_answer(text) {
+        return Some(g);
+    }
+    let lower = text.to_lowercase();
+    for key in ["the answer is", "answer:", "final answer is", "answer is"] {
+        if let Some(i) = lower.rfind(key) {
+            let tail = text[i + key.len()..].trim_start_matches([' ', ':', '*']);
+            let line = tail.split(['\n']).next().unwrap_or("").trim();
+            let cut = line.strip_suffix('.').unwrap_or(line).trim_matches(['$', '*', ' ']);
+            if !cut.is_empty() {
+                return Some(cut.to_string());
+            }
+        }
+    }
+    last_number(text)
+}
+
+fn last_number(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let mut end = b.len();
+    while end > 0 {
+        if b[end - 1].is_ascii_digit() {
+            let mut start = end;
+            while start > 0 && (b[start - 1].is_ascii_digit() || b[start - 1] == b'.' || b[start - 1] == b',') {
+                start -= 1;
+            }
+            if start > 0 && b[start - 1] == b'-' {
+                start -= 1;
+            }
+            return Some(text[start..end].trim_start_matches([',', '.']).to_string());
+        }
+        end -= 1;
+    }
+    None
+}
+
+/// LaTeX and formatting normalisation (spelling only; meaning is compared later).
+pub fn normalize(s: &str) -> String {
+    // Protect LaTeX row breaks (`\\`) from the single-backslash rewrites below.
+    let mut s = s.trim().replace("\\\\", "\u{1}");
+    for (a, b) in [
+        ("\\dfrac", "\\frac"),
+        ("\\tfrac", "\\frac"),
+        ("\\displaystyle", ""),
+        ("\\left", ""),
+        ("\\right", ""),
+        ("\\!", ""),
+        ("\\,", ""),
+        ("\\;", ""),
+        ("\\:", ""),
+        ("\\ ", ""),
+        ("~", ""),
+        ("\\$", ""),
+        ("\\%", ""),
+        ("%", ""),
+        ("^{\\circ}", ""),
+        ("^\\circ", ""),
+        ("\\circ", ""),
+        ("°", ""),
+        ("\\(", ""),
+        ("\\)", ""),
+        ("\\[", ""),
+        ("\\]", ""),
+        ("\\cdot", "*"),
+        ("\\times", "*"),
+        ("\\le", "≤"),
+        ("\\ge", "≥"),
+    ] {
+        s = s.replace(a, b);
+    }
+    // `\text{…}` and friends: keep the content.
+    for cmd in ["\\textbf", "\\textrm", "\\textit", "\\mathrm", "\\mathbf", "\\mbox", "\\text", "\\operatorname"] {
+        while let Some(i) = s.find(&format!("{cmd}{{")) {
+            let inner_start = i + cmd.len() + 1;
+            let Some(end) = matching_brace(&s[inner_start..]) else { break };
+            let inner = s[inner_start..inner_start + end].to_string();
+            s.replace_range(i..inner_start + end + 1, &inner);
+        }
+    }
+    s = s.trim_matches(|c: char| c == '$' || c.is_whitespace()).trim_end_matches('.').to_string();
+    // Units and words after a number: "5.4 cents", "864 inches^2", "270/7 degrees".
+    if let Some(cut) = strip_units(&s) {
+        s = cut;
+    }
+    s.retain(|c| !c.is_whitespace());
+    // `^{2}` → `^2`, `_{5}` → `_5` for a single token.
+    for op in ['^', '_'] {
+        let mut out = String::with_capacity(s.len());
+        let chars: Vec<char> = s.chars().collect();
+        let mut i = 0;
+        while i < chars.len() {
+            if chars[i] == op && i + 3 < chars.len() + 1 && chars.get(i + 1) == Some(&'{') {
+                if let Some(close) = chars[i + 2..].iter().position(|&c| c == '}') {
+                    let inner: String = chars[i + 2..i + 2 + close].iter().collect();
+                    if !inner.is_empty() && inner.chars().all(|c| c.is_ascii_alphanumeric()) {
+                        out.push(op);
+                        if inner.len() > 1 {
+                            out.push('{');
+                            out.push_str(&inner);
+                            out.push('}');
+                        } else {
+                            out.push_str(&inner);
+                        }
+                        i += close + 3;
+                        continue;
+                    }
+                }
+            }
+            out.push(chars[i]);
+            i += 1;
+        }
+        s = out;
+    }
+    s = strip_thousands(&s).replace('\u{1}', "\\\\");
+    // A lone variable assignment: "x=5" → "5".
+    if let Some((lhs, rhs)) = s.split_once('=')
+        && lhs.len() == 1
+        && lhs.chars().all(|c| c.is_ascii_alphabetic())
+        && !rhs.contains('=')
+        && !rhs.is_empty()
+    {
+        s = rhs.to_string();
+    }
+    s
+}
+
+fn strip_units(s: &str) -> Option<String> {
+    let words_start = s.char_indices().find(|&(i, c)| c.is_ascii_alphabetic() && i > 0 && s[..i].ends_with(' '))?.0;
+    let (head, tail) = s.split_at(words_start);
+    let tail_ok = tail.chars().all(|c| c.is_ascii_alphabetic() || c == ' ' || c == '^' || c.is_ascii_digit());
+    // Letters in the head may only be LaTeX command names (`\frac`) or the imaginary unit.
+    let mut bare = String::new();
+    let mut in_cmd = false;
+    for c in head.chars() {
+        in_cmd = if c == '\\' { true } else { in_cmd && c.is_ascii_alphabetic() };
+        if !in_cmd {
+            bare.push(c);
+        }
+    }
+    let head_numeric = bare.chars().any(|c| c.is_ascii_digit()) && !bare.chars().any(|c| c.is_ascii_alphabetic() && c != 'i');
+    (tail_ok && head_numeric).then(|| head.trim().to_string())
+}
+
+/// "1,000,000" → "1000000" when the commas are exactly thousands separators.
+fn strip_thousands(s: &str) -> String {
+    let t = s.strip_prefix('-').unwrap_or(s);
+    let (int, frac) = t.split_once('.').map_or((t, None), |(a, b)| (a, Some(b)));
+    let groups: Vec<&str> = int.split(',').collect();
+    let ok = groups.len() > 1
+        && !groups[0].is_empty()
+        && groups[0].len() <= 3
+        && groups.iter().all(|g| g.chars().all(|c| c.is_ascii_digit()))
+        && groups[1..].iter().all(|g| g.len() == 3)
+        && frac.is_none_or(|f| f.chars().all(|c| c.is_ascii_digit()));
+    if ok { s.replace(',', "") } else { s.to_string() }
+}
+
+/// Is `pred` the same answer as `gold`?
+pub fn equivalent(gold: &str, pred: &str) -> bool {
+    let (g, p) = (normalize(gold), normalize(pred));
+    if g.is_empty() || p.is_empty() {
+        return false;
+    }
+    if g == p || g.eq_ignore_ascii_case(&p) {
+        return true;
+    }
+    // Multiple choice: "(C)" vs "C".
+    if let (Some(a), Some(b)) = (choice_letter(&g), choice_letter(&p)) {
+        return a == b;
+    }
+    // ± as the pair it stands for.
+    if g.contains("\\pm") && !p.contains("\\pm") {
+        let (x, y) = (g.replacen("\\pm", "+", 1), g.replacen("\\pm", "-", 1));
+        return same_list(&[x, y], &split_top(&p));
+    }
+    // Tuples and intervals: same brackets, element-wise.
+    if let (Some((go, gi, gc)), Some((po, pi, pc))) = (brackets(&g), brackets(&p)) {
+        if go != po || gc != pc {
+            return false;
+        }
+        let (ge, pe) = (split_top(gi), split_top(pi));
+        return ge.len() == pe.len() && ge.iter().zip(&pe).all(|(a, b)| value_equal(a, b));
+    }
+    // Matrices element-wise.
+    if let (Some(gm), Some(pm)) = (matrix(&g), matrix(&p)) {
+        return gm.len() == pm.len() && gm.iter().zip(&pm).all(|(a, b)| value_equal(a, b));
+    }
+    // Bare lists as multisets.
+    let (gl, pl) = (split_top(&g), split_top(&p));
+    if gl.len() > 1 || pl.len() > 1 {
+        return same_list(&gl, &pl);
+    }
+    value_equal(&g, &p)
+}
+
+fn choice_letter(s: &str) -> Option<char> {
+    let t = s.trim_start_matches('(').trim_end_matches(')');
+    let mut cs = t.chars();
+    let c = cs.next()?;
+    (cs.next().is_none() && c.is_ascii_alphabetic() && "ABCDEabcde".contains(c) && (s.starts_with('(') || c.is_ascii_uppercase()))
+        .then(|| c.to_ascii_uppercase())
+}
+
+fn brackets(s: &str) -> Option<(char, &str, char)> {
+    let o = s.chars().next()?;
+    let c = s.chars().last()?;
+    if !"([".contains(o) || !")]".contains(c) || s.len() < 2 {
+        return None;
+    }
+    let inner = &s[1..s.len() - 1];
+    // The outer pair must enclose everything, and hold a comma at the top level.
+    let mut depth = 0i32;
+    for ch in inner.chars() {
+        match ch {
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' => {
+                depth -= 1;
+                if depth < 0 {
+                    return None;
+                }
+            }
+            _ => {}
+        }
+    }
+    (depth == 0 && split_top(inner).len() > 1).then_some((o, inner, c))
+}
+
+/// Split at top-level commas.
+fn split_top(s: &str) -> Vec<String> {
+    let mut parts = vec![];
+    let mut depth = 0i32;
+    let mut cur = String::new();
+    for ch in s.chars() {
+        match ch {
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(std::mem::take(&mut cur));
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(ch);
+    }
+    parts.push(cur);
+    parts
+}
+
+fn matrix(s: &str) -> Option<Vec<String>> {
+    let begin = s.find("\\begin{")?;
+    let inner_start = s[begin..].find('}')? + begin + 1;
+    let end = s.rfind("\\end{")?;
+    Some(s[inner_start..end].split("\\\\").flat_map(|row| row.split('&')).map(str::to_string).filter(|x| !x.is_empty()).collect())
+}
+
+fn same_list(a: &[String], b: &[String]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut used = vec![false; b.len()];
+    a.iter().all(|x| {
+        (0..b.len()).any(|j| {
+            if !used[j] && value_equal(x, &b[j]) {
+                used[j] = true;
+                true
+            } else {
+                false
+            }
+        })
+    })
+}
+
+/// Two single expressions: exact rational, numeric, or at random points for variables.
+fn value_equal(a: &str, b: &str) -> bool {
+    let (a, b) = (normalize(a), normalize(b));
+    if a == b || a.eq_ignore_ascii_case(&b) {
+        return true;
+    }
+    let (Ok(ea), Ok(eb)) = (expr::parse(&a), expr::parse(&b)) else { return false };
+    let mut vars = ea.vars();
+    vars.extend(eb.vars());
+    if vars.is_empty() {
+        return match (ea.exact(), eb.exact()) {
+            (Some(x), Some(y)) => x == y,
+            _ => match (ea.eval(&[]), eb.eval(&[])) {
+                (Some(x), Some(y)) => x.close(y),
+                _ => false,
+            },
+        };
+    }
+    // Same function of the same variables: agree at several points.
+    let points = [0.37, 1.91, -2.63, 0.83];
+    (0..3).all(|k| {
+        let env: Vec<(char, f64)> = vars.iter().enumerate().map(|(j, &v)| (v, points[(j + k) % points.len()] + k as f64 * 0.5)).collect();
+        matches!((ea.eval(&env), eb.eval(&env)), (Some(x), Some(y)) if x.close(y))
+    })
+}
+
+mod expr;
+pub use expr::Rational;
