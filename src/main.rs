@@ -13,6 +13,7 @@ mod backend;
 mod cmd;
 mod models;
 mod progress;
+mod recipe;
 
 #[derive(Parser)]
 #[command(name = "distill", version, about = "Knowledge distillation for LLMs: teacher traces -> compressed corpus -> SFT -> HF export")]
@@ -38,6 +39,8 @@ enum Command {
     Fetch(cmd::fetch::Args),
     /// Generate text from a model directory (a quick look).
     GenerateText(cmd::generate_text::Args),
+    /// The teacher stage: sample, verify and rejection-sample traces into a corpus.
+    Generate(cmd::generate::Args),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Import(c) => cmd::import::run(c),
         Command::Fetch(a) => cmd::fetch::run(a),
         Command::GenerateText(a) => cmd::generate_text::run(a),
+        Command::Generate(a) => cmd::generate::run(a),
     };
     match result {
         Ok(code) => code,

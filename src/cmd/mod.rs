@@ -4,5 +4,6 @@ pub mod bench;
 pub mod corpus;
 pub mod demo;
 pub mod fetch;
+pub mod generate;
 pub mod generate_text;
 pub mod import;

@@ -86,8 +86,19 @@ impl<'a, B: Backend> Engine<'a, B> {
     }
 
     /// Generate one completion per prompt. `on_step` is called with the number of tokens
-    /// produced in each step (for progress bars).
-    pub fn generate(&self, prompts: &[Vec<u32>], params: &SamplingParams, mut on_step: impl FnMut(usize)) -> Result<Vec<Completion>> {
+    /// produced in each step (for progress bars). Prompt `i` samples with seed
+    /// `params.seed ^ mix(i)`; use [`Engine::generate_seeded`] to give each prompt its own.
+    pub fn generate(&self, prompts: &[Vec<u32>], params: &SamplingParams, on_step: impl FnMut(usize)) -> Result<Vec<Completion>> {
+        let seeds: Vec<u64> = (0..prompts.len()).map(|i| params.seed ^ (i as u64).wrapping_mul(0xA24B_AED4_963E_E407)).collect();
+        self.generate_seeded(prompts, &seeds, params, on_step)
+    }
+
+    /// Like [`Engine::generate`], with one seed per prompt, so that what a prompt samples does
+    /// not depend on the rest of the batch.
+    pub fn generate_seeded(&self, prompts: &[Vec<u32>], seeds: &[u64], params: &SamplingParams, mut on_step: impl FnMut(usize)) -> Result<Vec<Completion>> {
+        if seeds.len() != prompts.len() {
+            return Err(Error::Generate(format!("{} seeds for {} prompts", seeds.len(), prompts.len())));
+        }
         if prompts.iter().any(Vec::is_empty) {
             return Err(Error::Generate("empty prompt".into()));
         }
@@ -101,7 +112,7 @@ impl<'a, B: Backend> Engine<'a, B> {
             .map(|i| Row {
                 req: i,
                 ids: vec![],
-                rng: Rng(params.seed ^ (i as u64).wrapping_mul(0xA24B_AED4_963E_E407)),
+                rng: Rng(seeds[i]),
                 logprobs: (params.logprobs > 0).then(|| TokenLogprobs::new(params.logprobs as u32)),
                 done: None,
                 text: String::new(),

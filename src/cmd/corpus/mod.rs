@@ -6,6 +6,7 @@ use clap::{Args, Subcommand};
 use distill_data::WriterOptions;
 
 mod cat;
+mod decontaminate;
 mod export;
 mod filter;
 mod get;
@@ -30,6 +31,8 @@ pub enum CorpusCommand {
     Merge(merge::Args),
     /// Write a corpus as a JSONL file (native records, or chat messages for other trainers).
     Export(export::Args),
+    /// Drop traces whose prompt shares a word 8-gram with an eval set (Open-R1's rule).
+    Decontaminate(decontaminate::Args),
     /// Import JSONL traces from elsewhere (native, chat messages or Open-R1 rows) into a corpus.
     Import(import::Args),
 }
@@ -44,6 +47,7 @@ pub fn run(cmd: CorpusCommand) -> anyhow::Result<ExitCode> {
         CorpusCommand::Merge(a) => merge::run(a),
         CorpusCommand::Export(a) => export::run(a),
         CorpusCommand::Import(a) => import::run(a),
+        CorpusCommand::Decontaminate(a) => decontaminate::run(a),
     }
 }
 

@@ -1,0 +1,296 @@
+//! OpenAI-compatible chat completions (vLLM, SGLang, llama.cpp's llama-server, DeepSeek's API).
+//!
+//! Keeps what the server says about reasoning (`reasoning_content`, or `reasoning`),
+//! truncation (`finish_reason`), usage and log-probabilities. Token ids for log-probs come from
+//! the entry's `id` (llama-server), a `token_id:N` token (vLLM with
+//! `return_tokens_as_token_ids`), or the teacher tokenizer's vocabulary when given one.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::time::Duration;
+
+use distill_data::{EndpointKind, FinishReason, Role, TokenLogprobs};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::retry::parse_retry_after;
+use super::{ChatRequest, Choice, Completion, Teacher};
+use crate::error::BackendError;
+
+/// One endpoint (recipe section `[generate.backend]` with `kind = "openai"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiConfig {
+    /// e.g. `http://127.0.0.1:8080/v1`; `/chat/completions` is appended.
+    pub base_url: String,
+    /// The model name to request.
+    pub model: String,
+    /// Name of the environment variable holding the API key (never the key itself).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Requests in flight at once against this endpoint.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Whole-request timeout, seconds.
+    #[serde(default = "default_timeout")]
+    pub timeout_s: f64,
+    /// Use server-sent events (streaming) instead of one JSON body.
+    #[serde(default)]
+    pub stream: bool,
+    /// Most completions per request (`n`); larger sample counts are split.
+    #[serde(default = "default_max_n")]
+    pub max_n: u32,
+}
+
+fn default_concurrency() -> usize {
+    4
+}
+fn default_timeout() -> f64 {
+    600.0
+}
+fn default_max_n() -> u32 {
+    8
+}
+
+pub struct OpenAiClient {
+    cfg: OpenAiConfig,
+    url: String,
+    auth: Option<String>,
+    agent: ureq::Agent,
+    /// Token string → id, for servers that return only token strings.
+    vocab: Option<HashMap<String, u32>>,
+}
+
+impl OpenAiClient {
+    /// The API key is read from the environment here; a named variable that is unset is an error.
+    pub fn new(cfg: OpenAiConfig, vocab: Option<HashMap<String, u32>>) -> Result<OpenAiClient, String> {
+        let auth = match &cfg.api_key_env {
+            None => None,
+            Some(var) => match std::env::var(var) {
+                Ok(k) if !k.is_empty() => Some(format!("Bearer {k}")),
+                _ => return Err(format!("the API key variable {var} (api_key_env) is not set")),
+            },
+        };
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs_f64(cfg.timeout_s.max(0.001))))
+            .http_status_as_error(false)
+            .max_idle_connections_per_host(cfg.concurrency.max(1) * 2)
+            .build()
+            .into();
+        let url = format!("{}/chat/completions", cfg.base_url.trim_end_matches('/'));
+        Ok(OpenAiClient { cfg, url, auth, agent, vocab })
+    }
+
+    fn body(&self, req: &ChatRequest) -> Value {
+        let messages: Vec<Value> = req.messages.iter().map(|m| json!({"role": m.role.as_str(), "content": m.content})).collect();
+        let s = &req.sampling;
+        let mut b = json!({
+            "model": self.cfg.model,
+            "messages": messages,
+            "n": req.n,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "max_tokens": s.max_tokens,
+            "stream": self.cfg.stream,
+        });
+        if let Some(k) = s.top_k {
+            b["top_k"] = k.into();
+        }
+        if let Some(seed) = req.seed {
+            b["seed"] = seed.into();
+        }
+        if !s.stop.is_empty() {
+            b["stop"] = json!(s.stop);
+        }
+        if let Some(k) = req.logprobs {
+            b["logprobs"] = true.into();
+            b["top_logprobs"] = k.into();
+        }
+        if self.cfg.stream {
+            b["stream_options"] = json!({"include_usage": true});
+        }
+        b
+    }
+
+    fn transport(&self, msg: impl std::fmt::Display) -> BackendError {
+        BackendError::Transport { endpoint: self.cfg.base_url.clone(), msg: msg.to_string() }
+    }
+
+    fn malformed(&self, msg: impl std::fmt::Display) -> BackendError {
+        BackendError::Malformed { endpoint: self.cfg.base_url.clone(), msg: msg.to_string() }
+    }
+
+    fn token_id(&self, entry: &Value) -> Option<u32> {
+        if let Some(id) = entry.get("id").and_then(Value::as_u64) {
+            return Some(id as u32);
+        }
+        let tok = entry.get("token").and_then(Value::as_str)?;
+        if let Some(n) = tok.strip_prefix("token_id:") {
+            return n.parse().ok();
+        }
+        self.vocab.as_ref()?.get(tok).copied()
+    }
+
+    /// `logprobs.content` entries → compact top-k arrays. `None` if any id is unknown.
+    fn logprobs(&self, entries: &[Value], k: u32) -> Option<TokenLogprobs> {
+        let mut lp = TokenLogprobs::new(k);
+        for e in entries {
+            let id = self.token_id(e)?;
+            let logprob = e.get("logprob").and_then(Value::as_f64)? as f32;
+            let top: Vec<(u32, f32)> = e
+                .get("top_logprobs")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|t| Some((self.token_id(t)?, t.get("logprob")?.as_f64()? as f32))).collect())
+                .unwrap_or_default();
+            lp.push(id, logprob, &top);
+        }
+        Some(lp)
+    }
+
+    fn parse_full(&self, v: &Value, req: &ChatRequest) -> Result<Completion, BackendError> {
+        let choices = v.get("choices").and_then(Value::as_array).ok_or_else(|| self.malformed("no `choices` array"))?;
+        let mut out = Vec::with_capacity(choices.len());
+        for c in choices {
+            let msg = c.get("message").ok_or_else(|| self.malformed("choice without `message`"))?;
+            let content = msg.get("content").and_then(Value::as_str).unwrap_or("").to_string();
+            let reasoning = msg.get("reasoning_content").or_else(|| msg.get("reasoning")).and_then(Value::as_str).map(str::to_string);
+            let finish = c.get("finish_reason").and_then(Value::as_str).ok_or_else(|| self.malformed("choice without `finish_reason`"))?;
+            let entries = c.pointer("/logprobs/content").and_then(Value::as_array);
+            let logprobs = match (req.logprobs, entries) {
+                (Some(k), Some(e)) => self.logprobs(e, k),
+                _ => None,
+            };
+            out.push(Choice {
+                content,
+                reasoning,
+                finish_reason: FinishReason::from(finish.to_string()),
+                completion_tokens: entries.map(|e| e.len() as u64),
+                logprobs,
+            });
+        }
+        let usage = v.get("usage");
+        let get = |k: &str| usage.and_then(|u| u.get(k)).and_then(Value::as_u64).unwrap_or(0);
+        Ok(Completion {
+            choices: out,
+            prompt_tokens: get("prompt_tokens"),
+            completion_tokens: get("completion_tokens"),
+            model: v.get("model").and_then(Value::as_str).unwrap_or(&self.cfg.model).to_string(),
+        })
+    }
+
+    /// Server-sent events: accumulate deltas per choice until `[DONE]`.
+    fn read_stream(&self, body: impl Read, req: &ChatRequest) -> Result<Completion, BackendError> {
+        #[derive(Default)]
+        struct Acc {
+            content: String,
+            reasoning: String,
+            finish: Option<String>,
+            logprobs: Vec<Value>,
+        }
+        let mut accs: Vec<Acc> = Vec::new();
+        let mut usage = None;
+        let mut model = None;
+        let mut done = false;
+        for line in BufReader::new(body).lines() {
+            let line = line.map_err(|e| self.transport(format!("stream broke: {e}")))?;
+            let Some(data) = line.strip_prefix("data:") else { continue };
+            let data = data.trim();
+            if data == "[DONE]" {
+                done = true;
+                break;
+            }
+            let v: Value = serde_json::from_str(data).map_err(|e| self.malformed(format!("bad stream chunk: {e}")))?;
+            if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+                usage = Some(u.clone());
+            }
+            if model.is_none() {
+                model = v.get("model").and_then(Value::as_str).map(str::to_string);
+            }
+            for c in v.get("choices").and_then(Value::as_array).into_iter().flatten() {
+                let i = c.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
+                if accs.len() <= i {
+                    accs.resize_with(i + 1, Acc::default);
+                }
+                let a = &mut accs[i];
+                if let Some(d) = c.get("delta") {
+                    if let Some(t) = d.get("content").and_then(Value::as_str) {
+                        a.content.push_str(t);
+                    }
+                    if let Some(t) = d.get("reasoning_content").or_else(|| d.get("reasoning")).and_then(Value::as_str) {
+                        a.reasoning.push_str(t);
+                    }
+                }
+                if let Some(f) = c.get("finish_reason").and_then(Value::as_str) {
+                    a.finish = Some(f.to_string());
+                }
+                if let Some(e) = c.pointer("/logprobs/content").and_then(Value::as_array) {
+                    a.logprobs.extend(e.iter().cloned());
+                }
+            }
+        }
+        if !done {
+            return Err(self.transport("stream ended before [DONE]"));
+        }
+        let mut choices = Vec::with_capacity(accs.len());
+        for (i, a) in accs.into_iter().enumerate() {
+            let finish = a.finish.ok_or_else(|| self.malformed(format!("choice {i} has no finish_reason")))?;
+            choices.push(Choice {
+                completion_tokens: (!a.logprobs.is_empty()).then_some(a.logprobs.len() as u64),
+                logprobs: req.logprobs.and_then(|k| (!a.logprobs.is_empty()).then(|| self.logprobs(&a.logprobs, k)).flatten()),
+                content: a.content,
+                reasoning: (!a.reasoning.is_empty()).then_some(a.reasoning),
+                finish_reason: FinishReason::from(finish),
+            });
+        }
+        let get = |k: &str| usage.as_ref().and_then(|u| u.get(k)).and_then(Value::as_u64).unwrap_or(0);
+        Ok(Completion { choices, prompt_tokens: get("prompt_tokens"), completion_tokens: get("completion_tokens"), model: model.unwrap_or_else(|| self.cfg.model.clone()) })
+    }
+}
+
+impl Teacher for OpenAiClient {
+    fn complete(&self, req: &ChatRequest) -> Result<Completion, BackendError> {
+        if req.messages.iter().any(|m| m.role == Role::Tool) {
+            return Err(BackendError::Fatal("tool messages are not supported by the teacher client".into()));
+        }
+        let mut call = self.agent.post(&self.url).header("Content-Type", "application/json");
+        if let Some(a) = &self.auth {
+            call = call.header("Authorization", a);
+        }
+        let body = serde_json::to_vec(&self.body(req)).expect("request JSON");
+        let mut resp = call.send(&body[..]).map_err(|e| self.transport(e))?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+            let text = resp.body_mut().read_to_string().unwrap_or_default();
+            let msg: String = text.chars().take(300).collect();
+            return Err(BackendError::Http { endpoint: self.cfg.base_url.clone(), status, retry_after, msg });
+        }
+        let out = if self.cfg.stream {
+            self.read_stream(resp.body_mut().as_reader(), req)?
+        } else {
+            let text = resp.body_mut().with_config().limit(1 << 30).read_to_string().map_err(|e| self.transport(format!("reading body: {e}")))?;
+            let v: Value = serde_json::from_str(&text).map_err(|e| self.malformed(e))?;
+            self.parse_full(&v, req)?
+        };
+        if out.choices.len() != req.n as usize {
+            return Err(self.malformed(format!("asked for n={} completions, got {}", req.n, out.choices.len())));
+        }
+        Ok(out)
+    }
+
+    fn concurrency(&self) -> usize {
+        self.cfg.concurrency.max(1)
+    }
+
+    fn kind(&self) -> EndpointKind {
+        EndpointKind::OpenaiChat
+    }
+
+    fn model(&self) -> String {
+        self.cfg.model.clone()
+    }
+
+    fn describe(&self) -> String {
+        self.cfg.base_url.clone()
+    }
+}
