@@ -1,0 +1,298 @@
+//! Shared helpers for end-to-end tests: the distill binary, a real llama-server on loopback, and
+//! a fault-injecting HTTP proxy in front of it.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn distill(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_distill")).args(args).output().expect("run distill")
+}
+
+pub fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+pub fn shared() -> Option<PathBuf> {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
+    d.exists().then_some(d)
+}
+
+/// SmolLM2's GGUF and its HF import (fetched and imported once, cached).
+pub fn smollm2() -> (PathBuf, PathBuf) {
+    let gguf = distill(&["fetch", "smollm2", "--gguf"]);
+    assert!(gguf.status.success(), "{}", text(&gguf));
+    let hf = distill(&["fetch", "smollm2"]);
+    assert!(hf.status.success(), "{}", text(&hf));
+    let p = |o: &Output| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+    (p(&gguf), p(&hf))
+}
+
+/// Tests that start llama-server take turns: the machine has two cores.
+pub static SERVER_LOCK: Mutex<()> = Mutex::new(());
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A llama-server on 127.0.0.1, killed on drop.
+pub struct LlamaServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl LlamaServer {
+    /// `None` when `DISTILL_LLAMA_SERVER_DIR` is unset (scripts/test sets it after building the
+    /// server); the caller skips with a message.
+    pub fn start(gguf: &Path, slots: usize) -> Option<LlamaServer> {
+        let dir = PathBuf::from(std::env::var_os("DISTILL_LLAMA_SERVER_DIR")?);
+        let port = free_port();
+        let child = Command::new(dir.join("llama-server"))
+            .env("LD_LIBRARY_PATH", &dir)
+            .args(["-m"])
+            .arg(gguf)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "-t", "2", "-c", "4096", "-np", &slots.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start llama-server");
+        let s = LlamaServer { child, port };
+        let t0 = Instant::now();
+        loop {
+            if let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) {
+                let _ = c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let mut r = String::new();
+                let _ = c.read_to_string(&mut r);
+                if r.contains("\"ok\"") {
+                    return Some(s);
+                }
+            }
+            assert!(t0.elapsed() < Duration::from_secs(120), "llama-server did not become healthy");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1", self.port)
+    }
+}
+
+impl Drop for LlamaServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Fault {
+    TooMany,
+    ServerError,
+    Reset,
+    Stall,
+    Truncated,
+}
+
+/// A loopback HTTP proxy that forwards chat requests to `upstream` and, for a share of them,
+/// answers with a fault instead. Counts requests per prompt (the last user message).
+pub struct Proxy {
+    pub port: u16,
+    pub counts: Arc<Mutex<HashMap<String, u32>>>,
+    pub faults: Arc<Mutex<Vec<Fault>>>,
+    stop: Arc<AtomicBool>,
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+impl Proxy {
+    pub fn start(upstream: u16, fault_rate: f64, kinds: &[Fault], seed: u64) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let counts = Arc::new(Mutex::new(HashMap::new()));
+        let faults = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let rng = Arc::new(Mutex::new(Rng(seed | 1)));
+        let kinds = kinds.to_vec();
+        let (c2, f2, s2) = (counts.clone(), faults.clone(), stop.clone());
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            while !s2.load(Ordering::Relaxed) {
+                let Ok((conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                };
+                conn.set_nonblocking(false).unwrap();
+                let (counts, faults, rng, kinds) = (c2.clone(), f2.clone(), rng.clone(), kinds.clone());
+                std::thread::spawn(move || handle(conn, upstream, fault_rate, &kinds, &rng, &counts, &faults));
+            }
+        });
+        Proxy { port, counts, faults, stop }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1", self.port)
+    }
+
+    pub fn total(&self) -> u32 {
+        self.counts.lock().unwrap().values().sum()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn read_request(r: &mut BufReader<TcpStream>) -> Option<(String, Vec<u8>)> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let len = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))).unwrap_or(0);
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).ok()?;
+    Some((head, body))
+}
+
+fn handle(conn: TcpStream, upstream: u16, rate: f64, kinds: &[Fault], rng: &Mutex<Rng>, counts: &Mutex<HashMap<String, u32>>, faults: &Mutex<Vec<Fault>>) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut conn = conn;
+    while let Some((head, body)) = read_request(&mut reader) {
+        let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+        let is_chat = path.ends_with("/chat/completions");
+        if is_chat {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let prompt = v["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["content"].as_str()).unwrap_or("").to_string();
+            *counts.lock().unwrap().entry(prompt).or_default() += 1;
+        }
+        // Which requests fail is random; the kinds take turns, so every kind occurs.
+        let fault = {
+            let mut r = rng.lock().unwrap();
+            let mut seen = faults.lock().unwrap();
+            let f = (is_chat && !kinds.is_empty() && r.next() < rate).then(|| kinds[seen.len() % kinds.len()]);
+            seen.extend(f);
+            f
+        };
+        match fault {
+            Some(Fault::TooMany) => {
+                let _ = conn.write_all(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                return;
+            }
+            Some(Fault::ServerError) => {
+                let _ = conn.write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 5\r\nConnection: close\r\n\r\noops!");
+                return;
+            }
+            Some(Fault::Reset) => return,
+            Some(Fault::Stall) => {
+                std::thread::sleep(Duration::from_secs(10));
+                return;
+            }
+            _ => {}
+        }
+        // Forward upstream, one connection per request.
+        let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)) else { return };
+        let head_fwd: String = head
+            .lines()
+            .filter(|l| !l.to_ascii_lowercase().starts_with("connection:") && !l.is_empty())
+            .map(|l| format!("{l}\r\n"))
+            .collect::<String>()
+            + "Connection: close\r\n\r\n";
+        if up.write_all(head_fwd.as_bytes()).and_then(|_| up.write_all(&body)).is_err() {
+            return;
+        }
+        let mut resp = Vec::new();
+        let _ = up.read_to_end(&mut resp);
+        let split = resp.windows(4).position(|w| w == b"\r\n\r\n").map_or(resp.len(), |i| i + 4);
+        let (h, b) = resp.split_at(split);
+        let h = String::from_utf8_lossy(h);
+        let status_line = h.lines().next().unwrap_or("HTTP/1.1 502 Bad Gateway").to_string();
+        let ctype = h.lines().find(|l| l.to_ascii_lowercase().starts_with("content-type:")).unwrap_or("Content-Type: application/json").to_string();
+        // llama-server may answer chunked; normalise to a plain body.
+        let body = if h.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(b) } else { b.to_vec() };
+        let body = if fault == Some(Fault::Truncated) { body[..body.len() / 2].to_vec() } else { body };
+        let out = format!("{status_line}\r\n{ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+        let _ = conn.write_all(out.as_bytes()).and_then(|_| conn.write_all(&body));
+        return;
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(i) = b.windows(2).position(|w| w == b"\r\n") else { return out };
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..i]).unwrap_or("0").trim(), 16).unwrap_or(0);
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[i + 2..i + 2 + n]);
+        b = &b[i + 2 + n + 2..];
+    }
+}
+
+/// A teach recipe against `url`.
+pub fn openai_recipe(dir: &Path, prompts: &Path, url: &str, extra: &str) -> PathBuf {
+    let r = dir.join("teach.toml");
+    std::fs::write(
+        &r,
+        format!(
+            r#"[generate]
+prompts = "{}"
+output = "{}"
+fields = {{ prompt = "question", answer = "answer", answer_style = "gsm8k", template = "{{prompt}}\nPut the final answer in \\boxed{{}}." }}
+{extra}
+
+[generate.backend]
+kind = "openai"
+
+[[generate.backend.endpoints]]
+base_url = "{url}"
+model = "smollm2"
+concurrency = 4
+timeout_s = 3
+
+[generate.retry]
+max_attempts = 10
+base_ms = 50
+cap_s = 1.0
+
+[generate.verify]
+require_reasoning = false
+"#,
+            prompts.display(),
+            dir.join("corpus").display()
+        ),
+    )
+    .unwrap();
+    r
+}
+
+/// The first `n` GSM8K training prompts, from ../shared.
+pub fn gsm8k_prompts(dir: &Path, n: usize) -> Option<PathBuf> {
+    let src = shared()?.join("data/prompts/gsm8k-train.jsonl");
+    let lines: Vec<String> = std::fs::read_to_string(src).ok()?.lines().take(n).map(str::to_string).collect();
+    let p = dir.join("prompts.jsonl");
+    std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+    Some(p)
+}
