@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
+mod client;
 mod corpus;
 mod model;
 
@@ -11,6 +12,8 @@ mod model;
 pub enum BenchCommand {
     /// Corpus size against JSONL/gzip/Parquet, write and read speed, random-access latency.
     Corpus(corpus::Args),
+    /// The teacher client's overhead against an instant local stub server.
+    Client(client::Args),
     /// Forward and generation tokens/s, a training step, peak memory; PyTorch beside it.
     Model(model::Args),
 }
@@ -19,6 +22,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::Corpus(a) => corpus::run(a),
         BenchCommand::Model(a) => model::run(a),
+        BenchCommand::Client(a) => client::run(a),
     }
 }
 
