@@ -42,6 +42,9 @@ pub enum Error {
     #[error("generation: {0}")]
     Generate(String),
 
+    #[error(transparent)]
+    Data(#[from] distill_data::Error),
+
     #[error("{0}")]
     Invalid(String),
 }

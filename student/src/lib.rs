@@ -16,6 +16,7 @@ pub mod hf;
 pub mod masks;
 pub mod model;
 pub mod rope;
+pub mod sft;
 pub mod tokenizer;
 pub mod weights;
 

@@ -387,3 +387,48 @@ impl<B: Backend> CausalLm<B> {
         self.logits(self.forward_hidden(input_ids, positions, rope, mask, None))
     }
 }
+
+/// A mutable model parameter, for optimizers.
+pub enum ParamMut<'a, B: Backend> {
+    Vector(&'a mut Param<Tensor<B, 1>>),
+    Matrix(&'a mut Param<Tensor<B, 2>>),
+}
+
+impl<B: Backend> CausalLm<B> {
+    /// Every parameter with its HF name, in checkpoint order. (Linear weights are held `[in, out]`;
+    /// the name is the HF one.)
+    pub fn params_mut(&mut self) -> Vec<(String, ParamMut<'_, B>)> {
+        let mut out: Vec<(String, ParamMut<'_, B>)> = Vec::new();
+        fn lin<'a, B: Backend>(out: &mut Vec<(String, ParamMut<'a, B>)>, name: String, l: &'a mut Linear<B>) {
+            out.push((format!("{name}.weight"), ParamMut::Matrix(&mut l.weight)));
+            if let Some(b) = l.bias.as_mut() {
+                out.push((format!("{name}.bias"), ParamMut::Vector(b)));
+            }
+        }
+        out.push(("model.embed_tokens.weight".into(), ParamMut::Matrix(&mut self.model.embed_tokens)));
+        for (i, l) in self.model.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            let a = &mut l.self_attn;
+            lin(&mut out, format!("{p}.self_attn.q_proj"), &mut a.q_proj);
+            lin(&mut out, format!("{p}.self_attn.k_proj"), &mut a.k_proj);
+            lin(&mut out, format!("{p}.self_attn.v_proj"), &mut a.v_proj);
+            lin(&mut out, format!("{p}.self_attn.o_proj"), &mut a.o_proj);
+            if let Some(n) = a.q_norm.as_mut() {
+                out.push((format!("{p}.self_attn.q_norm.weight"), ParamMut::Vector(&mut n.weight)));
+            }
+            if let Some(n) = a.k_norm.as_mut() {
+                out.push((format!("{p}.self_attn.k_norm.weight"), ParamMut::Vector(&mut n.weight)));
+            }
+            lin(&mut out, format!("{p}.mlp.gate_proj"), &mut l.mlp.gate_proj);
+            lin(&mut out, format!("{p}.mlp.up_proj"), &mut l.mlp.up_proj);
+            lin(&mut out, format!("{p}.mlp.down_proj"), &mut l.mlp.down_proj);
+            out.push((format!("{p}.input_layernorm.weight"), ParamMut::Vector(&mut l.input_layernorm.weight)));
+            out.push((format!("{p}.post_attention_layernorm.weight"), ParamMut::Vector(&mut l.post_attention_layernorm.weight)));
+        }
+        out.push(("model.norm.weight".into(), ParamMut::Vector(&mut self.model.norm.weight)));
+        if let Some(h) = self.lm_head.as_mut() {
+            lin(&mut out, "lm_head".into(), h);
+        }
+        out
+    }
+}

@@ -1,0 +1,245 @@
+//! Corpus → training examples: each kept trace becomes a chat whose assistant turn is
+//! `<think>\n{reasoning}\n</think>\n\n{answer}` (configurable), rendered with the student's own
+//! chat template; the loss goes on the assistant tokens only, located by the spans the renderer
+//! reports. Teacher top-k log-probs are attached when they line up with the student's tokens.
+
+use std::path::PathBuf;
+
+use distill_data::{Corpus, FinishReason, Message, Role, Trace};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::tokenizer::TextTokenizer;
+
+/// What to do with examples longer than `max_seq_len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlong {
+    /// Skip them (counted). Keeps every trained trace whole.
+    Drop,
+    /// Keep the first `max_seq_len` tokens (the end of the reasoning and the answer are lost).
+    Truncate,
+}
+
+/// `[train.data]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Trace corpora to train on.
+    pub corpus: Vec<PathBuf>,
+    /// Train only on traces whose verdicts all passed.
+    #[serde(default = "yes")]
+    pub only_passed: bool,
+    /// Skip traces cut off by the teacher's token limit.
+    #[serde(default = "yes")]
+    pub drop_truncated: bool,
+    /// The assistant turn for a trace with reasoning. R1-Distill templates prefill `<think>\n`;
+    /// the renderer then does not repeat it.
+    #[serde(default = "think_format")]
+    pub assistant_format: String,
+    /// The assistant turn for a trace without reasoning.
+    #[serde(default = "plain_format")]
+    pub plain_format: String,
+    /// Longest training sequence (packed row length).
+    pub max_seq_len: usize,
+    #[serde(default = "drop")]
+    pub overlong: Overlong,
+    /// Pack examples into full rows (best-fit decreasing) with a block-diagonal mask; off pads
+    /// each example to the longest in its micro-batch.
+    #[serde(default = "yes")]
+    pub packing: bool,
+    /// Share of prompts held out for the eval loss (split by prompt, so samples of one prompt
+    /// never straddle the split).
+    #[serde(default = "eval_fraction")]
+    pub eval_fraction: f64,
+    /// Shuffling seed.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn think_format() -> String {
+    "<think>\n{reasoning}\n</think>\n\n{answer}".into()
+}
+fn plain_format() -> String {
+    "{answer}".into()
+}
+fn drop() -> Overlong {
+    Overlong::Drop
+}
+fn eval_fraction() -> f64 {
+    0.05
+}
+
+/// Teacher top-k log-probs aligned to the example's tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KdTargets {
+    /// Token index (in the example) of the first position the teacher scored.
+    pub start: usize,
+    pub k: usize,
+    /// `[n, k]` ids and log-probs; rows for tokens `start..start + n`.
+    pub ids: Vec<u32>,
+    pub logprobs: Vec<f32>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub id: String,
+    pub prompt_id: String,
+    pub ids: Vec<u32>,
+    /// `true` where the token is assistant output (a loss target).
+    pub assistant: Vec<bool>,
+    pub kd: Option<KdTargets>,
+}
+
+/// What became of the corpus.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DataReport {
+    pub traces: u64,
+    pub examples: u64,
+    pub dropped_failed: u64,
+    pub dropped_truncated: u64,
+    pub dropped_overlong: u64,
+    pub truncated: u64,
+    pub kd_aligned: u64,
+    pub kd_misaligned: u64,
+    pub train_examples: u64,
+    pub eval_examples: u64,
+    pub train_tokens: u64,
+    pub assistant_tokens: u64,
+    /// blake3 of each corpus's manifest, in order: what the model is distilled from.
+    pub corpus_checksums: Vec<String>,
+}
+
+impl DataConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Invalid(format!("[train.data] {m}")));
+        if self.corpus.is_empty() {
+            return bad("corpus: name at least one corpus directory".into());
+        }
+        if self.max_seq_len < 8 {
+            return bad(format!("max_seq_len {} is too small", self.max_seq_len));
+        }
+        if !(0.0..1.0).contains(&self.eval_fraction) {
+            return bad(format!("eval_fraction {} must be in [0, 1)", self.eval_fraction));
+        }
+        if !self.assistant_format.contains("{answer}") {
+            return bad("assistant_format must contain {answer}".into());
+        }
+        Ok(())
+    }
+
+    /// The assistant text of a trace.
+    pub fn completion(&self, t: &Trace) -> String {
+        let f = if t.reasoning.trim().is_empty() { &self.plain_format } else { &self.assistant_format };
+        f.replace("{reasoning}", t.reasoning.trim()).replace("{answer}", t.answer.trim())
+    }
+}
+
+/// Held-out split by prompt id: stable across runs and corpus order.
+pub fn is_eval(prompt_id: &str, fraction: f64, seed: u64) -> bool {
+    let h = blake3::hash(format!("{seed}:{prompt_id}").as_bytes());
+    let x = u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap());
+    (x as f64 / u64::MAX as f64) < fraction
+}
+
+/// Turn one trace into an example (or say why not).
+pub fn example(t: &Trace, tok: &TextTokenizer, cfg: &DataConfig) -> std::result::Result<(Example, bool), &'static str> {
+    if cfg.only_passed && !t.passed() {
+        return Err("failed");
+    }
+    if cfg.drop_truncated && t.finish_reason == FinishReason::Length {
+        return Err("truncated");
+    }
+    let chat = tok.chat.as_ref().ok_or("no template")?;
+    let prompt: Vec<Message> = t.messages.iter().filter(|m| m.role != Role::Assistant).cloned().collect();
+    let (text, span) = chat.render_for_training(&prompt, &cfg.completion(t)).map_err(|_| "render")?;
+    let (mut ids, offsets) = tok.encode_with_offsets(&text).map_err(|_| "tokenize")?;
+    let mut assistant: Vec<bool> = offsets.iter().map(|&(s, _)| s >= span.start).collect();
+    if tok.add_bos
+        && let Some(b) = tok.bos_token.as_deref().and_then(|b| tok.token_id(b))
+        && ids.first() != Some(&b)
+    {
+        ids.insert(0, b);
+        assistant.insert(0, false);
+    }
+    let mut truncated = false;
+    if ids.len() > cfg.max_seq_len {
+        match cfg.overlong {
+            Overlong::Drop => return Err("overlong"),
+            Overlong::Truncate => {
+                ids.truncate(cfg.max_seq_len);
+                assistant.truncate(cfg.max_seq_len);
+                truncated = true;
+            }
+        }
+    }
+    // Teacher log-probs line up when the student tokenizes the completion into the same ids.
+    let kd = t.logprobs.as_ref().and_then(|lp| {
+        let start = assistant.iter().position(|&a| a)?;
+        let n = lp.len().min(ids.len() - start);
+        (n > 0 && ids[start..start + n] == lp.tokens[..n]).then(|| KdTargets {
+            start,
+            k: lp.k as usize,
+            ids: lp.top_ids[..n * lp.k as usize].to_vec(),
+            logprobs: lp.top_logprobs[..n * lp.k as usize].to_vec(),
+        })
+    });
+    Ok((Example { id: t.id.clone(), prompt_id: t.prompt_id.clone(), ids, assistant, kd }, truncated))
+}
+
+/// Read every corpus, build examples in parallel, split train/eval.
+pub fn load(cfg: &DataConfig, tok: &TextTokenizer) -> Result<(Vec<Example>, Vec<Example>, DataReport)> {
+    cfg.validate()?;
+    let mut report = DataReport::default();
+    let mut traces = Vec::new();
+    for dir in &cfg.corpus {
+        let c = Corpus::open(dir)?;
+        report.corpus_checksums.push(c.manifest_checksum().to_string());
+        for t in c.iter() {
+            traces.push(t?);
+        }
+    }
+    report.traces = traces.len() as u64;
+    if traces.is_empty() {
+        return Err(Error::Invalid(format!("the corpus {} holds no traces", cfg.corpus.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))));
+    }
+    let results: Vec<_> = traces.par_iter().map(|t| example(t, tok, cfg)).collect();
+    let (mut train, mut eval) = (Vec::new(), Vec::new());
+    for (t, r) in traces.iter().zip(results) {
+        match r {
+            Ok((ex, truncated)) => {
+                report.truncated += truncated as u64;
+                if ex.kd.is_some() {
+                    report.kd_aligned += 1;
+                } else if t.logprobs.is_some() {
+                    report.kd_misaligned += 1;
+                }
+                if is_eval(&ex.prompt_id, cfg.eval_fraction, cfg.seed) {
+                    eval.push(ex);
+                } else {
+                    report.train_tokens += ex.ids.len() as u64;
+                    report.assistant_tokens += ex.assistant.iter().filter(|&&a| a).count() as u64;
+                    train.push(ex);
+                }
+            }
+            Err("failed") => report.dropped_failed += 1,
+            Err("truncated") => report.dropped_truncated += 1,
+            Err("overlong") => report.dropped_overlong += 1,
+            Err(why) => return Err(Error::Invalid(format!("a trace could not be turned into an example ({why})"))),
+        }
+    }
+    report.examples = (train.len() + eval.len()) as u64;
+    report.train_examples = train.len() as u64;
+    report.eval_examples = eval.len() as u64;
+    if train.is_empty() {
+        return Err(Error::Invalid(format!(
+            "no training examples: all {} traces were filtered out ({} failed verification, {} truncated, {} longer than max_seq_len {}, {} held out for eval)",
+            report.traces, report.dropped_failed, report.dropped_truncated, report.dropped_overlong, cfg.max_seq_len, eval.len()
+        )));
+    }
+    Ok((train, eval, report))
+}

@@ -1,0 +1,79 @@
+//! Losses: token-sum cross-entropy over assistant tokens, and forward KL to the teacher's
+//! renormalised top-k. Both return sums; the trainer divides by counts over the whole accumulated
+//! batch, which makes the loss a token mean across micro-batches (as TRL computes it).
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use burn::tensor::activation::log_softmax;
+
+use super::pack::Batch;
+use crate::masks;
+use crate::model::CausalLm;
+use crate::rope::Rope;
+
+/// Sums for one micro-batch.
+pub struct LossSums<B: Backend> {
+    /// Σ −log p(target) over loss tokens (scalar tensor).
+    pub ce: Tensor<B, 1>,
+    /// Σ KL(teacher top-k ‖ student top-k) over scored positions, if any.
+    pub kd: Option<Tensor<B, 1>>,
+    pub tokens: usize,
+    pub kd_positions: usize,
+}
+
+/// Forward the batch and compute the loss sums. Only positions with a target go through the
+/// LM head, so prompt tokens and padding cost no vocabulary-sized logits.
+pub fn losses<B: Backend>(model: &CausalLm<B>, rope: &Rope<B>, batch: &Batch, device: &B::Device) -> LossSums<B> {
+    let (r, t) = (batch.rows, batch.len);
+    let ids: Vec<i64> = batch.ids.iter().map(|&x| x as i64).collect();
+    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [r, t]), device);
+    let docs: Vec<Vec<u32>> = batch.docs.chunks(t).map(<[u32]>::to_vec).collect();
+    let (mask, positions) = masks::packed::<B>(&docs, device);
+    let hidden = model.forward_hidden(input, positions, rope, &mask, None); // [r, t, d]
+    let d = hidden.dims()[2];
+    let flat = hidden.reshape([r * t, d]);
+
+    let rows: Vec<usize> = (0..r * t).filter(|&i| batch.targets[i].is_some()).collect();
+    let tokens = rows.len();
+    if tokens == 0 {
+        return LossSums { ce: Tensor::zeros([1], device), kd: None, tokens: 0, kd_positions: 0 };
+    }
+    let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(rows.iter().map(|&i| i as i64).collect::<Vec<_>>(), [tokens]), device);
+    let logits = model.logits(flat.select(0, idx)); // [tokens, vocab]
+    let logp = log_softmax(logits.clone(), 1);
+    let targets: Vec<i64> = rows.iter().map(|&i| batch.targets[i].unwrap() as i64).collect();
+    let tgt = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [tokens, 1]), device);
+    let ce = logp.gather(1, tgt).sum().neg();
+
+    let kd = (!batch.kd.is_empty()).then(|| {
+        let k = batch.kd_k;
+        let pos_of: std::collections::HashMap<usize, usize> = rows.iter().enumerate().map(|(j, &i)| (i, j)).collect();
+        let at: Vec<i64> = batch.kd.iter().map(|(p, _, _)| pos_of[p] as i64).collect();
+        let n = at.len();
+        let sel = Tensor::<B, 1, Int>::from_data(TensorData::new(at, [n]), device);
+        let student = logits.select(0, sel); // [n, vocab]
+        // Padded alternatives (id u32::MAX, logprob -inf) point at token 0 with zero teacher mass.
+        let ids: Vec<i64> = batch.kd.iter().flat_map(|(_, ids, _)| ids.iter().map(|&i| if i == u32::MAX { 0 } else { i as i64 })).collect();
+        let mut tp: Vec<f32> = Vec::with_capacity(n * k);
+        let mut valid: Vec<f32> = Vec::with_capacity(n * k);
+        for (_, ids, lps) in &batch.kd {
+            let max = lps.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let z: f32 = lps.iter().map(|&l| (l - max).exp()).sum();
+            for (&i, &l) in ids.iter().zip(lps) {
+                let ok = i != u32::MAX && l.is_finite();
+                tp.push(if ok { (l - max).exp() / z } else { 0.0 });
+                valid.push(if ok { 0.0 } else { f32::NEG_INFINITY });
+            }
+        }
+        let gather = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, k]), device);
+        let s_top = student.gather(1, gather) + Tensor::<B, 2>::from_data(TensorData::new(valid, [n, k]), device);
+        let log_q = log_softmax(s_top, 1); // student renormalised over the teacher's top-k
+        let p = Tensor::<B, 2>::from_data(TensorData::new(tp.clone(), [n, k]), device);
+        let log_p: Vec<f32> = tp.iter().map(|&x| if x > 0.0 { x.ln() } else { 0.0 }).collect();
+        let log_p = Tensor::<B, 2>::from_data(TensorData::new(log_p, [n, k]), device);
+        // Zero-mass entries contribute 0 · (0 − log q); mask them to avoid 0 · ∞.
+        let safe_log_q = log_q.mask_fill(p.clone().equal_elem(0.0), 0.0);
+        (p * (log_p - safe_log_q)).sum()
+    });
+    LossSums { ce, kd, tokens, kd_positions: batch.kd.len() }
+}
