@@ -12,6 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod backend;
 mod cmd;
 mod models;
+mod plot;
 mod progress;
 mod recipe;
 
@@ -41,6 +42,8 @@ enum Command {
     GenerateText(cmd::generate_text::Args),
     /// The teacher stage: sample, verify and rejection-sample traces into a corpus.
     Generate(cmd::generate::Args),
+    /// The SFT stage: fine-tune a student on a trace corpus and export it.
+    Train(cmd::train::Args),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         Command::Fetch(a) => cmd::fetch::run(a),
         Command::GenerateText(a) => cmd::generate_text::run(a),
         Command::Generate(a) => cmd::generate::run(a),
+        Command::Train(a) => cmd::train::run(a),
     };
     match result {
         Ok(code) => code,

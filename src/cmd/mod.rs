@@ -7,3 +7,4 @@ pub mod fetch;
 pub mod generate;
 pub mod generate_text;
 pub mod import;
+pub mod train;

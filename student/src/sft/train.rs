@@ -196,7 +196,11 @@ pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, recipe: serde_json::Value, d
     cfg.validate()?;
     let tok = TextTokenizer::from_dir(&cfg.model)?;
     check_template_tokens(&tok)?;
-    let (train_ex, eval_ex, report) = data::load(&cfg.data, &tok)?;
+    let (mut train_ex, mut eval_ex, report) = data::load(&cfg.data, &tok)?;
+    if cfg.kd_weight == 0.0 {
+        // No logit distillation: do not carry the teacher's top-k through the batches.
+        train_ex.iter_mut().chain(eval_ex.iter_mut()).for_each(|e| e.kd = None);
+    }
     let train_ex = Arc::new(train_ex);
     let seq = cfg.data.max_seq_len;
     let rows: Vec<Vec<usize>> = if cfg.data.packing {
@@ -427,7 +431,7 @@ pub fn optimizer_step<B: AutodiffBackend>(
         }
     }
     let ce = ce_total / n_tokens.max(1) as f64;
-    let kd = (n_kd > 0).then(|| kd_total / n_kd as f64);
+    let kd = (n_kd > 0 && w > 0.0).then(|| kd_total / n_kd as f64);
     let loss = (1.0 - w) * ce + w * kd.unwrap_or(0.0);
     let norm = |t: &Tensor<B::InnerBackend, 1>| t.clone().square().sum().into_scalar().elem::<f64>().sqrt();
     let grad_norms: BTreeMap<String, f64> = acc.iter().map(|(n, g)| (n.clone(), norm(g))).collect();

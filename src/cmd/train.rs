@@ -1,0 +1,79 @@
+//! `distill train --recipe R.toml [--resume]`: SFT from a trace corpus to an exported student.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use distill_student::device::DeviceKind;
+use distill_student::sft::data::DataReport;
+use distill_student::sft::train::{Observer, StepMetrics, Summary, TrainConfig, train};
+use indicatif::ProgressBar;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A recipe with a [train] section.
+    #[arg(long)]
+    recipe: PathBuf,
+    /// Override a recipe field, e.g. `--set train.optim.lr=2e-5` (repeatable).
+    #[arg(long = "set")]
+    sets: Vec<String>,
+    /// Continue from the newest checkpoint in the run directory.
+    #[arg(long)]
+    resume: bool,
+}
+
+struct Bar {
+    pb: ProgressBar,
+}
+
+impl Observer for Bar {
+    fn started(&mut self, total: u64, start: u64, d: &DataReport) {
+        self.pb.set_length(total);
+        self.pb.set_position(start);
+        eprintln!(
+            "data: {} traces → {} train / {} eval examples ({} failed, {} truncated, {} overlong dropped; {} truncated to fit); {} train tokens, {} on assistant turns; {} with aligned teacher log-probs",
+            d.traces, d.train_examples, d.eval_examples, d.dropped_failed, d.dropped_truncated, d.dropped_overlong, d.truncated, d.train_tokens, d.assistant_tokens, d.kd_aligned
+        );
+    }
+    fn step(&mut self, m: &StepMetrics) {
+        self.pb.set_position(m.step);
+        self.pb.set_message(format!("loss {:.4} | lr {:.2e} | gnorm {:.2} | {:.0} tok/s | MFU {:.1}%", m.loss, m.lr, m.grad_norm, m.tokens_per_s, 100.0 * m.mfu));
+    }
+    fn eval(&mut self, step: u64, loss: f64) {
+        self.pb.println(format!("step {step}: eval loss {loss:.4}"));
+    }
+    fn saved(&mut self, dir: &std::path::Path) {
+        self.pb.println(format!("checkpoint {}", dir.display()));
+    }
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let v = crate::recipe::load(&a.recipe, &a.sets)?;
+    let cfg: TrainConfig = crate::recipe::section(&v, "train", &a.recipe)?;
+    let recipe = serde_json::to_value(&v)?;
+    let s = run_train(&cfg, recipe, a.resume)?;
+    println!("trained {} steps; eval loss {} → {}", s.steps, fmt(s.first_eval_loss), fmt(s.final_eval_loss));
+    println!("exported {}", s.export_dir.display());
+    println!("curves {}", cfg.output.join("loss.png").display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn fmt(x: Option<f64>) -> String {
+    x.map_or("n/a".into(), |v| format!("{v:.4}"))
+}
+
+/// Train on the configured device, then draw the curves.
+pub fn run_train(cfg: &TrainConfig, recipe: serde_json::Value, resume: bool) -> anyhow::Result<Summary> {
+    cfg.validate()?;
+    let kind: DeviceKind = cfg.device.parse().map_err(anyhow::Error::msg)?;
+    let mut obs = Bar { pb: crate::progress::bar(Some(1), "steps") };
+    let summary = crate::backend::dispatch!(kind, |B, device| {
+        if cfg.activation_checkpointing {
+            train::<burn::backend::Autodiff<B, burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing>>(cfg, recipe, device, resume, &mut obs)
+        } else {
+            train::<burn::backend::Autodiff<B>>(cfg, recipe, device, resume, &mut obs)
+        }
+    })?;
+    obs.pb.finish_and_clear();
+    crate::plot::training_curves(&cfg.output.join("metrics.jsonl"), &cfg.output.join("loss.png"))?;
+    Ok(summary)
+}

@@ -1,0 +1,102 @@
+//! PNG charts with plotters: training curves from metrics.jsonl, and histograms for reports.
+//! Text is drawn with an embedded DejaVu Sans, so charts render the same on machines without fonts.
+
+use std::path::Path;
+use std::sync::Once;
+
+use anyhow::Context;
+use plotters::prelude::*;
+use plotters::style::{FontStyle, register_font};
+
+fn fonts() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let bytes: &'static [u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+        let _ = register_font("sans-serif", FontStyle::Normal, bytes);
+    });
+}
+
+/// A named series of (x, y) points.
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+    pub color: RGBColor,
+    /// Draw dots instead of a line (sparse series such as eval loss).
+    pub dots: bool,
+}
+
+/// One chart per panel, stacked vertically.
+pub struct Panel {
+    pub title: String,
+    pub y_label: String,
+    pub series: Vec<Series>,
+}
+
+pub fn line_chart(out: &Path, panels: &[Panel], x_label: &str) -> anyhow::Result<()> {
+    fonts();
+    let height = 320 * panels.len() as u32;
+    let root = BitMapBackend::new(out, (1000, height)).into_drawing_area();
+    root.fill(&WHITE)?;
+    for (area, panel) in root.split_evenly((panels.len(), 1)).iter().zip(panels) {
+        let pts: Vec<(f64, f64)> = panel.series.iter().flat_map(|s| s.points.iter().copied()).filter(|p| p.1.is_finite()).collect();
+        if pts.is_empty() {
+            continue;
+        }
+        let (x0, x1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+        let (y0, y1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+        let pad = ((y1 - y0) * 0.08).max(1e-9);
+        let mut chart = ChartBuilder::on(area)
+            .caption(&panel.title, ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(70)
+            .build_cartesian_2d(x0..x1.max(x0 + 1.0), (y0 - pad)..(y1 + pad))?;
+        chart.configure_mesh().x_desc(x_label).y_desc(panel.y_label.as_str()).label_style(("sans-serif", 14)).draw()?;
+        for s in &panel.series {
+            let color = s.color;
+            if s.dots {
+                chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 5, color.filled())))?.label(s.name.as_str()).legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
+            } else {
+                chart.draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))?.label(s.name.as_str()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            }
+        }
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).label_font(("sans-serif", 14)).draw()?;
+    }
+    root.present().with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}
+
+/// Loss (train and eval), learning rate and gradient norm from a run's metrics.jsonl.
+pub fn training_curves(metrics: &Path, out: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(metrics).with_context(|| format!("reading {}", metrics.display()))?;
+    let (mut loss, mut eval, mut lr, mut gn) = (vec![], vec![], vec![], vec![]);
+    for l in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(l)?;
+        let step = v["step"].as_f64().unwrap_or(0.0);
+        if let Some(e) = v["eval_loss"].as_f64() {
+            eval.push((step, e));
+        }
+        if let Some(x) = v["loss"].as_f64() {
+            loss.push((step, x));
+            lr.push((step, v["lr"].as_f64().unwrap_or(0.0)));
+            gn.push((step, v["grad_norm"].as_f64().unwrap_or(0.0)));
+        }
+    }
+    let panels = [
+        Panel {
+            title: "Loss".into(),
+            y_label: "cross-entropy (nats/token)".into(),
+            series: vec![
+                Series { name: "train".into(), points: loss, color: BLUE, dots: false },
+                Series { name: "held-out eval".into(), points: eval, color: RED, dots: true },
+            ],
+        },
+        Panel { title: "Learning rate".into(), y_label: "lr".into(), series: vec![Series { name: "lr".into(), points: lr, color: GREEN, dots: false }] },
+        Panel {
+            title: "Gradient norm (before clipping)".into(),
+            y_label: "global L2 norm".into(),
+            series: vec![Series { name: "grad norm".into(), points: gn, color: MAGENTA, dots: false }],
+        },
+    ];
+    line_chart(out, &panels, "optimizer step")
+}
