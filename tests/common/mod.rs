@@ -296,3 +296,93 @@ pub fn gsm8k_prompts(dir: &Path, n: usize) -> Option<PathBuf> {
     std::fs::write(&p, lines.join("\n") + "\n").unwrap();
     Some(p)
 }
+
+/// A tiny random student with SmolLM2's tokenizer and chat template (fast to train).
+pub fn tiny_student(dir: &Path) -> PathBuf {
+    use distill_student::checkpoint::SaveDtype;
+    use distill_student::device::{Cpu, CpuDevice};
+    use distill_student::hf::{self, Assets, ExportOptions};
+    use distill_student::weights::RandomSource;
+    use distill_student::{CausalLm, ModelConfig};
+    let (_, hf_dir) = smollm2();
+    let mut cfg = ModelConfig::from_file(&hf_dir.join("config.json")).unwrap();
+    cfg.hidden_size = 64;
+    cfg.intermediate_size = 128;
+    cfg.num_hidden_layers = 2;
+    cfg.num_attention_heads = 4;
+    cfg.num_key_value_heads = 2;
+    cfg.head_dim = 16;
+    let model = CausalLm::<Cpu>::load(&cfg, &mut RandomSource::new(1), &CpuDevice::default()).unwrap();
+    let out = dir.join("tiny-student");
+    let opts = ExportOptions { dtype: SaveDtype::F32, ..Default::default() };
+    hf::export(&model, &cfg, &Assets::read(&hf_dir).unwrap(), &out, &opts).unwrap();
+    out
+}
+
+/// A corpus of short arithmetic traces; `passed` sets their verdict.
+pub fn short_corpus(dir: &Path, n: usize, passed: bool) -> PathBuf {
+    use distill_data::*;
+    let out = dir.join(format!("corpus-{n}-{passed}"));
+    let mut w = CorpusWriter::open(&out, WriterOptions::default()).unwrap();
+    for i in 0..n {
+        let (a, b) = (i % 17 + 2, i % 11 + 3);
+        let prompt_id = format!("arith/{i}");
+        w.append(Trace {
+            schema: SCHEMA_VERSION,
+            id: Trace::make_id(&prompt_id, 0),
+            prompt_id,
+            sample: 0,
+            source: Source { dataset: "arith".into(), row: i as u64 },
+            messages: vec![Message::new(Role::User, format!("What is {a} + {b}?"))],
+            reasoning: format!("We add {a} and {b}."),
+            answer: format!("{a} + {b} = {}.", a + b),
+            finish_reason: FinishReason::Stop,
+            teacher: Teacher { model: "test".into(), endpoint: EndpointKind::Synthetic, sampling: Sampling { temperature: None, top_p: None, top_k: None, max_tokens: None, seed: None } },
+            usage: Usage { prompt_tokens: 10, completion_tokens: 12 },
+            verdicts: vec![Verdict { verifier: "math".into(), passed, extracted: None, reason: None }],
+            reference: Some((a + b).to_string()),
+            logprobs: None,
+            metadata: Default::default(),
+        })
+        .unwrap();
+    }
+    w.commit().unwrap();
+    out
+}
+
+/// A [train] recipe.
+pub fn train_recipe(dir: &Path, model: &Path, corpus: &Path, output: &Path, extra: &str) -> PathBuf {
+    let r = dir.join(format!("train-{}.toml", output.file_name().unwrap().to_string_lossy()));
+    std::fs::write(
+        &r,
+        format!(
+            r#"[train]
+model = "{}"
+output = "{}"
+max_steps = 8
+micro_batch = 2
+grad_accum = 2
+save_every = 2
+keep_checkpoints = 3
+{extra}
+[train.data]
+corpus = ["{}"]
+max_seq_len = 128
+eval_fraction = 0.1
+seed = 3
+[train.optim]
+lr = 1e-3
+warmup_steps = 2
+max_grad_norm = 1.0
+weight_decay = 0.01
+[train.export]
+dtype = "f32"
+"#,
+            model.display(),
+            output.display(),
+            corpus.display()
+        ),
+    )
+    .unwrap();
+    r
+}

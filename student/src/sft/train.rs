@@ -69,6 +69,10 @@ pub struct TrainConfig {
     /// Peak device throughput for the MFU estimate, TFLOP/s (default: a CPU estimate).
     #[serde(default)]
     pub peak_tflops: Option<f64>,
+    /// Memory of one device, GB. Training refuses to start when the estimate exceeds it
+    /// (default: this machine's RAM on CPU; required to check a GPU).
+    #[serde(default)]
+    pub device_memory_gb: Option<f64>,
     #[serde(default)]
     pub export: ExportConfig,
 }
@@ -157,6 +161,24 @@ pub struct Summary {
     pub data: DataReport,
 }
 
+/// Estimated peak memory of a full fine-tune, GB: f32 weights, gradients and both AdamW moments
+/// (16 bytes per parameter), plus activations. burn 0.21's autodiff attention materialises the
+/// `[heads, seq, seq]` score matrix (kept for the backward pass), which dominates at long context.
+pub fn estimate_memory_gb(c: &crate::ModelConfig, micro_batch: usize, seq: usize, checkpointing: bool) -> f64 {
+    let params = (c.vocab_size * c.hidden_size * if c.tie_word_embeddings { 1 } else { 2 }
+        + c.num_hidden_layers
+            * (c.hidden_size * c.head_dim * (c.num_attention_heads * 2 + c.num_key_value_heads * 2) + 3 * c.hidden_size * c.intermediate_size)) as f64;
+    let state = 16.0 * params;
+    let tokens = (micro_batch * seq) as f64;
+    // Per layer and token: ~ (hidden·10 + intermediate·3) floats of activations kept for backward.
+    let per_layer = tokens * (c.hidden_size * 10 + c.intermediate_size * 3) as f64 * 4.0;
+    let scores = micro_batch as f64 * c.num_attention_heads as f64 * (seq as f64).powi(2) * 4.0 * 2.0;
+    let layers = c.num_hidden_layers as f64;
+    let act = if checkpointing { layers * tokens * c.hidden_size as f64 * 4.0 + per_layer + scores } else { layers * (per_layer + scores) };
+    let logits = tokens * c.vocab_size as f64 * 4.0 * 2.0;
+    (state + act + logits) / 1e9
+}
+
 /// Check that the student's tokenizer has every special token its chat template writes.
 pub fn check_template_tokens(tok: &TextTokenizer) -> Result<()> {
     let chat = tok.chat.as_ref().ok_or_else(|| Error::Tokenizer("the student has no chat template".into()))?;
@@ -228,6 +250,14 @@ pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, recipe: serde_json::Value, d
         }
     };
     let config = loaded.config.clone();
+    let need = estimate_memory_gb(&config, cfg.micro_batch, seq, cfg.activation_checkpointing);
+    let have = cfg.device_memory_gb.unwrap_or_else(machine_memory_gb);
+    if need > have {
+        return Err(Error::Invalid(format!(
+            "this run needs about {need:.0} GB (16 bytes per parameter for weights, gradients and AdamW state, plus activations at micro_batch {} × {seq} tokens) but the device has {have:.0} GB; lower max_seq_len or micro_batch, turn on activation_checkpointing, or train with a sharded (FSDP/ZeRO) trainer on `distill corpus export --format chat`",
+            cfg.micro_batch
+        )));
+    }
     let mut model: CausalLm<B> = loaded.model;
     let rope = Rope::<B>::new(&config, &device);
     let n_params: usize = model.params_mut().iter().map(|(_, p)| flatten(p).1.iter().product::<usize>()).sum();
@@ -455,6 +485,14 @@ pub fn optimizer_step<B: AutodiffBackend>(
     }
     opt.step += 1;
     outcome
+}
+
+/// This machine's RAM, GB.
+pub fn machine_memory_gb() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map_or(f64::INFINITY, |kb| kb * 1024.0 / 1e9)
 }
 
 /// A rough f32 peak for this CPU: cores × 2.5 GHz × 32 FLOP/cycle (AVX2 FMA; AVX-512 doubles it).

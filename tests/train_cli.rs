@@ -1,0 +1,114 @@
+//! `distill train` end to end: resume after SIGKILL reproduces the uninterrupted run bit for bit,
+//! bad input fails clearly, and SmolLM2 learns from its own answers.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn losses(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.get("loss").map(|x| format!("{}:{}", v["step"], x))
+        })
+        .collect()
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_same_losses_bit_for_bit() {
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny_student(d.path());
+    let corpus = short_corpus(d.path(), 40, true);
+    let a = d.path().join("run-a");
+    let ra = train_recipe(d.path(), &model, &corpus, &a, "");
+    let ra_text = std::fs::read_to_string(&ra).unwrap().replace("max_steps = 8", "max_steps = 16");
+    std::fs::write(&ra, ra_text).unwrap();
+    let o = distill(&["train", "--recipe", ra.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let want = losses(&a.join("metrics.jsonl"));
+    assert_eq!(want.len(), 16);
+
+    let b = d.path().join("run-b");
+    let rb = train_recipe(d.path(), &model, &corpus, &b, "");
+    let rb_text = std::fs::read_to_string(&rb).unwrap().replace("max_steps = 8", "max_steps = 16");
+    std::fs::write(&rb, rb_text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_distill")).args(["train", "--recipe", rb.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let t0 = Instant::now();
+    while !b.join("checkpoints/step-000004").exists() && t0.elapsed() < Duration::from_secs(300) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let still_running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap(); // SIGKILL, mid-run
+    child.wait().unwrap();
+    assert!(still_running && !b.join("export").exists(), "the run finished before it could be killed");
+    let o = distill(&["train", "--recipe", rb.to_str().unwrap(), "--resume"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(losses(&b.join("metrics.jsonl")), want, "resumed losses differ from the uninterrupted run");
+    // Without --resume an existing run is not overwritten.
+    let o = distill(&["train", "--recipe", rb.to_str().unwrap()]);
+    assert!(!o.status.success() && text(&o).contains("--resume"), "{}", text(&o));
+    // The export says what it was distilled from.
+    let prov: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("export/distill.json")).unwrap()).unwrap();
+    let manifest = distill_data::Corpus::open(&corpus).unwrap();
+    assert_eq!(prov["corpus_manifest_blake3"][0], manifest.manifest_checksum());
+    assert!(a.join("loss.png").exists());
+}
+
+#[test]
+fn bad_input_fails_clearly() {
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny_student(d.path());
+    let run = |recipe: &std::path::Path, extra: &[&str]| {
+        let mut args = vec!["train", "--recipe", recipe.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let o = distill(&args);
+        assert!(!o.status.success(), "should fail: {}", text(&o));
+        text(&o)
+    };
+    // An empty corpus.
+    let empty = d.path().join("empty");
+    distill_data::CorpusWriter::open(&empty, Default::default()).unwrap().commit().unwrap();
+    let e = run(&train_recipe(d.path(), &model, &empty, &d.path().join("r1"), ""), &[]);
+    assert!(e.contains("holds no traces"), "{e}");
+    // Every trace filtered out.
+    let failed = short_corpus(d.path(), 10, false);
+    let e = run(&train_recipe(d.path(), &model, &failed, &d.path().join("r2"), ""), &[]);
+    assert!(e.contains("no training examples") && e.contains("10 failed verification"), "{e}");
+    // An unknown field and a bad value.
+    let good = short_corpus(d.path(), 20, true);
+    let e = run(&train_recipe(d.path(), &model, &good, &d.path().join("r3"), "learning_rate = 1e-4"), &[]);
+    assert!(e.contains("unknown field `learning_rate`"), "{e}");
+    let r4 = train_recipe(d.path(), &model, &good, &d.path().join("r4"), "");
+    let e = run(&r4, &["--set", "train.optim.lr=-1"]);
+    assert!(e.contains("[train.optim]") && e.contains("out-of-range"), "{e}");
+    // A tokenizer without the template's special tokens.
+    let broken = d.path().join("broken-student");
+    std::fs::create_dir_all(&broken).unwrap();
+    for f in std::fs::read_dir(&model).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), broken.join(f.file_name())).unwrap();
+    }
+    let tc = broken.join("tokenizer_config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&tc).unwrap()).unwrap();
+    v["chat_template"] = "{% for m in messages %}<|turn|>{{ m['content'] }}<|im_end|>{% endfor %}{% if add_generation_prompt %}<|turn|>{% endif %}".into();
+    std::fs::write(&tc, v.to_string()).unwrap();
+    let e = run(&train_recipe(d.path(), &broken, &good, &d.path().join("r5"), ""), &[]);
+    assert!(e.contains("<|turn|>") && e.contains("does not have"), "{e}");
+    // A corrupt checkpoint on --resume.
+    let r6 = train_recipe(d.path(), &model, &good, &d.path().join("r6"), "");
+    let o = distill(&["train", "--recipe", r6.to_str().unwrap(), "--set", "train.max_steps=2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let ck = d.path().join("r6/checkpoints/step-000002/model.safetensors");
+    let bytes = std::fs::read(&ck).unwrap();
+    std::fs::write(&ck, &bytes[..bytes.len() / 3]).unwrap();
+    let e = run(&r6, &["--resume", "--set", "train.max_steps=4"]);
+    assert!(e.contains("step-000002") && e.contains("unusable") && e.contains("truncated"), "{e}");
+    // --resume with nothing to resume.
+    let e = run(&train_recipe(d.path(), &model, &good, &d.path().join("r7"), ""), &["--resume"]);
+    assert!(e.contains("no checkpoint"), "{e}");
+}
