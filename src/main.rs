@@ -15,6 +15,7 @@ mod models;
 mod plot;
 mod progress;
 mod recipe;
+mod teachers;
 
 #[derive(Parser)]
 #[command(name = "distill", version, about = "Knowledge distillation for LLMs: teacher traces -> compressed corpus -> SFT -> HF export")]
@@ -44,6 +45,8 @@ enum Command {
     Generate(cmd::generate::Args),
     /// The SFT stage: fine-tune a student on a trace corpus and export it.
     Train(cmd::train::Args),
+    /// Benchmark a model: pass@1 and cons@k with R1's sampling settings.
+    Eval(cmd::eval::Args),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Command::GenerateText(a) => cmd::generate_text::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Train(a) => cmd::train::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
     };
     match result {
         Ok(code) => code,

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod corpus;
 pub mod demo;
+pub mod eval;
 pub mod fetch;
 pub mod generate;
 pub mod generate_text;

@@ -5,6 +5,7 @@
 //! Face layout; [`gguf`] imports llama.cpp files; [`tokenizer`] wraps `tokenizer.json` and renders
 //! chat templates; [`generate`] samples with a KV cache.
 
+pub mod agreement;
 pub mod chat;
 pub mod checkpoint;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod gguf;
 pub mod hf;
 pub mod masks;
 pub mod model;
+pub mod prune;
 pub mod rope;
 pub mod sft;
 pub mod tokenizer;

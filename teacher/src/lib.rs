@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod decontam;
 pub mod error;
+pub mod eval;
 pub mod run;
 pub mod verify;
 

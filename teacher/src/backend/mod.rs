@@ -3,6 +3,7 @@
 
 pub mod local;
 pub mod openai;
+pub mod pool;
 pub mod retry;
 
 use distill_data::{EndpointKind, FinishReason, Message, TokenLogprobs};

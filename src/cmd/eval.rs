@@ -1,0 +1,126 @@
+//! `distill eval`: pass@1 and cons@k on JSONL benchmarks, through the local engine or an
+//! OpenAI-compatible endpoint (see distill_teacher::eval).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::bail;
+use distill_teacher::backend::SamplingSpec;
+use distill_teacher::backend::local::LocalConfig;
+use distill_teacher::backend::openai::OpenAiConfig;
+use distill_teacher::eval::{BenchSpec, BenchSummary, EvalConfig, evaluate};
+use distill_teacher::run::{BackendConfig, BackendKind, RetryConfig};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A recipe with an [eval] section (the flags below are then ignored).
+    #[arg(long)]
+    recipe: Option<PathBuf>,
+    #[arg(long = "set")]
+    sets: Vec<String>,
+    /// A Hugging Face model directory, run by the local engine.
+    #[arg(long, conflicts_with = "endpoint")]
+    model: Option<PathBuf>,
+    /// An OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (vLLM serving an export).
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// The model name to request from the endpoint.
+    #[arg(long, default_value = "default")]
+    served_model: String,
+    /// A benchmark as NAME=FILE.jsonl (repeatable).
+    #[arg(long = "bench", required_unless_present = "recipe")]
+    benches: Vec<String>,
+    /// Only the first N problems of each benchmark.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Samples per problem.
+    #[arg(long, default_value_t = 4)]
+    k: u32,
+    #[arg(long, default_value_t = 0.6)]
+    temperature: f64,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f64,
+    #[arg(long, default_value_t = 32768)]
+    max_tokens: u32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output directory (per-problem JSONL and summary.json); re-running resumes it.
+    #[arg(long, default_value = "runs/eval")]
+    out: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let cfg = match &a.recipe {
+        Some(r) => crate::recipe::section::<EvalConfig>(&crate::recipe::load(r, &a.sets)?, "eval", r)?,
+        None => flags(&a)?,
+    };
+    let summaries = run_eval(&cfg)?;
+    print_table(&summaries);
+    println!("results: {}", cfg.output.join("summary.json").display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn flags(a: &Args) -> anyhow::Result<EvalConfig> {
+    let backend = match (&a.model, &a.endpoint) {
+        (Some(m), None) => BackendConfig { kind: BackendKind::Local, endpoints: vec![], local: Some(LocalConfig { model_dir: m.clone(), batch: 8 }), device: a.device.clone() },
+        (None, Some(u)) => BackendConfig {
+            kind: BackendKind::Openai,
+            endpoints: vec![OpenAiConfig { base_url: u.clone(), model: a.served_model.clone(), api_key_env: None, concurrency: 8, timeout_s: 3600.0, stream: false, max_n: 64 }],
+            local: None,
+            device: a.device.clone(),
+        },
+        _ => bail!("give --model DIR (local engine) or --endpoint URL"),
+    };
+    let benchmarks = a
+        .benches
+        .iter()
+        .map(|b| match b.split_once('=') {
+            Some((n, f)) => Ok(BenchSpec { name: n.into(), file: f.into(), fields: None, limit: a.limit }),
+            None => bail!("--bench takes NAME=FILE, got {b}"),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(EvalConfig {
+        benchmarks,
+        k: a.k,
+        sampling: SamplingSpec { temperature: a.temperature, top_p: a.top_p, top_k: None, max_tokens: a.max_tokens, seed: Some(a.seed), stop: vec![] },
+        backend,
+        retry: RetryConfig::default(),
+        output: a.out.clone(),
+    })
+}
+
+/// Check the inputs, build the backend, evaluate.
+pub fn run_eval(cfg: &EvalConfig) -> anyhow::Result<Vec<BenchSummary>> {
+    for b in &cfg.benchmarks {
+        if !b.file.exists() {
+            bail!("benchmark {}: {} does not exist", b.name, b.file.display());
+        }
+    }
+    let teachers = crate::teachers::build(&cfg.backend)?;
+    let pb = crate::progress::bar(Some(1), "problems");
+    let out = evaluate(cfg, &teachers, |name, done, total| {
+        pb.set_length(total as u64);
+        pb.set_position(done as u64);
+        pb.set_message(name.to_string());
+    })?;
+    pb.finish_and_clear();
+    Ok(out)
+}
+
+pub fn print_table(s: &[BenchSummary]) {
+    println!("{:<16} {:>8} {:>4} {:>8} {:>8} {:>10} {:>10}", "benchmark", "problems", "k", "pass@1", "cons@k", "tokens", "truncated");
+    for b in s {
+        println!(
+            "{:<16} {:>8} {:>4} {:>7.1}% {:>7.1}% {:>10.0} {:>9.1}%",
+            b.name,
+            b.problems,
+            b.k,
+            100.0 * b.pass_at_1,
+            100.0 * b.cons_at_k,
+            b.mean_completion_tokens,
+            100.0 * b.truncated_share
+        );
+    }
+}
