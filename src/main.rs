@@ -9,12 +9,14 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod agreement;
 mod backend;
 mod cmd;
 mod models;
 mod plot;
 mod progress;
 mod recipe;
+mod report;
 mod teachers;
 
 #[derive(Parser)]
@@ -47,6 +49,12 @@ enum Command {
     Train(cmd::train::Args),
     /// Benchmark a model: pass@1 and cons@k with R1's sampling settings.
     Eval(cmd::eval::Args),
+    /// Run the stages a recipe names (prepare → generate → filter → train → agreement → eval → report).
+    Run(cmd::run::Args),
+    /// Write a run's HTML report.
+    Report(cmd::report::Args),
+    /// Parse and validate recipes.
+    CheckRecipe(cmd::check_recipe::Args),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +69,9 @@ fn main() -> ExitCode {
         Command::Generate(a) => cmd::generate::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Eval(a) => cmd::eval::run(a),
+        Command::Run(a) => cmd::run::run(a),
+        Command::Report(a) => cmd::report::run(a),
+        Command::CheckRecipe(a) => cmd::check_recipe::run(a),
     };
     match result {
         Ok(code) => code,

@@ -58,10 +58,15 @@ pub fn smollm2_gguf() -> anyhow::Result<PathBuf> {
     Ok(gguf)
 }
 
+/// Where SmolLM2's HF import lives in the cache (whether or not it is there yet).
+pub fn smollm2_hf_path() -> PathBuf {
+    let version = distill_student::gguf::import::IMPORT_VERSION;
+    cache_dir().join(format!("models/smollm2-135m-instruct.import-v{version}"))
+}
+
 /// SmolLM2 imported to the HF layout (f32), in the cache.
 pub fn smollm2_hf() -> anyhow::Result<PathBuf> {
-    let version = distill_student::gguf::import::IMPORT_VERSION;
-    let out = cache_dir().join(format!("models/smollm2-135m-instruct.import-v{version}"));
+    let out = smollm2_hf_path();
     if out.join("config.json").exists() {
         return Ok(out);
     }

@@ -100,3 +100,35 @@ pub fn training_curves(metrics: &Path, out: &Path) -> anyhow::Result<()> {
     ];
     line_chart(out, &panels, "optimizer step")
 }
+
+/// A bar chart of `(label, count)` buckets.
+pub fn bars(out: &Path, title: &str, x_label: &str, buckets: &[(String, f64)], color: RGBColor) -> anyhow::Result<()> {
+    fonts();
+    let root = BitMapBackend::new(out, (900, 360)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let n = buckets.len().max(1) as u32;
+    let top = buckets.iter().map(|b| b.1).fold(1.0, f64::max);
+    let labels: Vec<String> = buckets.iter().map(|b| b.0.clone()).collect();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d((0u32..n).into_segmented(), 0f64..top * 1.1)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc("count")
+        .x_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => labels.get(*i as usize).cloned().unwrap_or_default(),
+            _ => String::new(),
+        })
+        .label_style(("sans-serif", 13))
+        .draw()?;
+    chart.draw_series(buckets.iter().enumerate().map(|(i, b)| {
+        let i = i as u32;
+        Rectangle::new([(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), b.1)], color.filled())
+    }))?;
+    root.present().with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}

@@ -40,6 +40,8 @@ pub struct FieldMap {
     pub answer: Option<String>,
     /// How to read the answer field.
     pub answer_style: AnswerStyle,
+    /// A row without the answer field is an error (true) or a prompt without a reference (false).
+    pub require_answer: bool,
     /// Field holding a stable id; otherwise the id is a hash of the messages.
     pub id: Option<String>,
     /// A system message put before the prompt.
@@ -57,6 +59,7 @@ impl Default for FieldMap {
             messages: None,
             answer: None,
             answer_style: AnswerStyle::Plain,
+            require_answer: true,
             id: None,
             system: None,
             template: None,
@@ -146,6 +149,7 @@ impl FieldMap {
             None => None,
             Some(field) => {
                 let raw = match obj.get(field) {
+                    None if !self.require_answer => return Ok(self.finish(dataset, row, obj, messages, None, metadata)?),
                     None => return Err(format!("missing field '{field}'")),
                     Some(Value::String(s)) => s.clone(),
                     Some(v @ Value::Number(_)) => v.to_string(),
@@ -163,6 +167,18 @@ impl FieldMap {
                 }
             }
         };
+        self.finish(dataset, row, obj, messages, reference, metadata)
+    }
+
+    fn finish(
+        &self,
+        dataset: &str,
+        row: u64,
+        obj: &Map<String, Value>,
+        messages: Vec<Message>,
+        reference: Option<String>,
+        mut metadata: Map<String, Value>,
+    ) -> std::result::Result<Prompt, String> {
         for k in &self.keep {
             if let Some(v) = obj.get(k) {
                 metadata.insert(k.clone(), v.clone());

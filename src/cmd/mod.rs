@@ -1,6 +1,7 @@
 //! One module per CLI command.
 
 pub mod bench;
+pub mod check_recipe;
 pub mod corpus;
 pub mod demo;
 pub mod eval;
@@ -8,4 +9,6 @@ pub mod fetch;
 pub mod generate;
 pub mod generate_text;
 pub mod import;
+pub mod report;
+pub mod run;
 pub mod train;

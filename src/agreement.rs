@@ -1,0 +1,42 @@
+//! The `agreement` stage: how much closer to the teacher the student got, measured on the
+//! teacher's held-out traces (teacher-forced next-token accuracy, KL, NLL), before and after SFT.
+
+use anyhow::{Context, ensure};
+use distill_student::agreement::{Agreement, agreement};
+use distill_student::device::{Cpu, CpuDevice};
+use distill_student::hf;
+use distill_student::rope::Rope;
+use distill_student::tokenizer::TextTokenizer;
+use serde_json::json;
+
+use crate::recipe::{Paths, Recipe};
+
+pub fn run(r: &Recipe, p: &Paths) -> anyhow::Result<serde_json::Value> {
+    let cfg = r.agreement.as_ref().context("[agreement] is missing")?;
+    let train = r.train.as_ref().context("[agreement] needs [train]")?;
+    let dev = CpuDevice::default();
+    let tok = TextTokenizer::from_dir(&p.teacher)?;
+    let student_tok = TextTokenizer::from_dir(&train.model)?;
+    ensure!(tok.vocab_size() == student_tok.vocab_size(), "teacher and student vocabularies differ ({} vs {}); agreement needs the same tokenizer", tok.vocab_size(), student_tok.vocab_size());
+    let (_, mut held_out, _) = distill_student::sft::data::load(&train.data, &student_tok)?;
+    ensure!(!held_out.is_empty(), "no held-out traces (train.data.eval_fraction is 0?)");
+    held_out.truncate(cfg.max_traces);
+    let teacher = hf::load_model::<Cpu>(&p.teacher, &dev)?;
+    let t_rope = Rope::<Cpu>::new(&teacher.config, &dev);
+    let score = |dir: &std::path::Path| -> anyhow::Result<Agreement> {
+        let m = hf::load_model::<Cpu>(dir, &dev)?;
+        let rope = Rope::<Cpu>::new(&m.config, &dev);
+        Ok(agreement((&teacher.model, &t_rope), (&m.model, &rope), &held_out, &dev))
+    };
+    let before = score(&train.model)?;
+    let after = score(&train.output.join("export"))?;
+    println!("  {:<28} {:>12} {:>12}", "held-out teacher traces", "before SFT", "after SFT");
+    println!("  {:<28} {:>11.1}% {:>11.1}%", "next-token accuracy", 100.0 * before.next_token_accuracy, 100.0 * after.next_token_accuracy);
+    println!("  {:<28} {:>12.4} {:>12.4}", "KL(teacher ‖ student), nats", before.kl, after.kl);
+    println!("  {:<28} {:>12.4} {:>12.4}", "NLL of teacher tokens", before.nll, after.nll);
+    let out = json!({"traces": before.traces, "tokens": before.tokens, "before": before, "after": after, "teacher": p.teacher, "student_before": train.model, "student_after": train.output.join("export")});
+    let path = p.run_dir.join("eval/agreement.json");
+    std::fs::create_dir_all(path.parent().unwrap())?;
+    distill_data::fsutil::atomic_write(&path, &serde_json::to_vec_pretty(&out)?)?;
+    Ok(out)
+}

@@ -1,0 +1,208 @@
+//! `distill report RUN_DIR`: one static HTML page — recipe, corpus statistics, training curves,
+//! eval tables before/after, provenance — with its PNG plots embedded, so it can be mailed or
+//! opened anywhere.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use base64::Engine;
+use distill_data::Corpus;
+use distill_data::corpus::stats::{Histogram, stats};
+use serde_json::Value;
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+fn read_json(p: &Path) -> Option<Value> {
+    serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
+}
+
+fn img(png: &Path, alt: &str) -> anyhow::Result<String> {
+    let bytes = std::fs::read(png).with_context(|| format!("reading {}", png.display()))?;
+    Ok(format!("<img alt=\"{}\" src=\"data:image/png;base64,{}\">", esc(alt), base64::engine::general_purpose::STANDARD.encode(bytes)))
+}
+
+fn hist_png(dir: &Path, name: &str, title: &str, unit: &str, h: &Histogram) -> anyhow::Result<String> {
+    let buckets: Vec<(String, f64)> = h.buckets.iter().map(|(lo, n)| (if *lo == 0 { "0".into() } else { format!("≥{lo}") }, *n as f64)).collect();
+    let p = dir.join(format!("{name}.png"));
+    crate::plot::bars(&p, title, unit, &buckets, plotters::style::RGBColor(70, 110, 180))?;
+    img(&p, title)
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}%", 100.0 * x)
+}
+
+/// Write `RUN_DIR/report.html`; returns its path.
+pub fn write(run_dir: &Path) -> anyhow::Result<PathBuf> {
+    anyhow::ensure!(run_dir.exists(), "run directory {} does not exist", run_dir.display());
+    let assets = run_dir.join("report-assets");
+    std::fs::create_dir_all(&assets)?;
+    let mut h = String::new();
+    let name = run_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let _ = write!(
+        h,
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>distill run {n}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1040px; margin: 2em auto; color: #222; line-height: 1.45; }}
+h1 {{ font-size: 1.6em; }} h2 {{ border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 1.6em; }}
+table {{ border-collapse: collapse; margin: .6em 0; }} td, th {{ border: 1px solid #ccc; padding: .25em .7em; text-align: right; }}
+th {{ background: #f3f3f3; }} td:first-child, th:first-child {{ text-align: left; }}
+img {{ max-width: 100%; border: 1px solid #ddd; margin: .4em 0; }}
+pre {{ background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: .85em; max-height: 28em; }}
+.better {{ color: #176d2c; font-weight: 600; }} .worse {{ color: #a11; font-weight: 600; }} .muted {{ color: #777; }}
+</style></head><body>
+<h1>distill run <code>{n}</code></h1>
+<p class="muted">{dir}</p>
+"#,
+        n = esc(&name),
+        dir = esc(&run_dir.display().to_string())
+    );
+
+    // Headline: agreement before/after.
+    if let Some(a) = read_json(&run_dir.join("eval/agreement.json")) {
+        let row = |label: &str, key: &str, higher_better: bool, f: &dyn Fn(f64) -> String| {
+            let (b, x) = (a["before"][key].as_f64().unwrap_or(f64::NAN), a["after"][key].as_f64().unwrap_or(f64::NAN));
+            let class = if (x > b) == higher_better { "better" } else { "worse" };
+            format!("<tr><td>{label}</td><td>{}</td><td class=\"{class}\">{}</td></tr>", f(b), f(x))
+        };
+        let _ = write!(
+            h,
+            "<h2>Student vs teacher on held-out teacher traces</h2><p>Teacher-forced on {} held-out traces ({} assistant tokens): does the student predict what the teacher wrote?</p>\
+             <table><tr><th></th><th>before SFT</th><th>after SFT</th></tr>{}{}{}</table>",
+            a["traces"],
+            a["tokens"],
+            row("next-token accuracy", "next_token_accuracy", true, &pct),
+            row("KL(teacher ‖ student), nats/token", "kl", false, &|v| format!("{v:.4}")),
+            row("NLL of the teacher's tokens, nats/token", "nll", false, &|v| format!("{v:.4}")),
+        );
+    }
+
+    // Benchmarks.
+    if let Some(s) = read_json(&run_dir.join("eval/benchmarks/summary.json")) {
+        let _ = write!(h, "<h2>Benchmarks</h2><p>k = {} samples per problem, {}.</p><table><tr><th>benchmark</th><th>problems</th><th>pass@1</th><th>cons@k</th><th>mean tokens</th><th>truncated</th></tr>", s["k"], esc(&s["sampling"].to_string()));
+        for b in s["benchmarks"].as_array().into_iter().flatten() {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td><td>{}</td></tr>",
+                esc(b["name"].as_str().unwrap_or("")),
+                b["problems"],
+                pct(b["pass_at_1"].as_f64().unwrap_or(0.0)),
+                pct(b["cons_at_k"].as_f64().unwrap_or(0.0)),
+                b["mean_completion_tokens"].as_f64().unwrap_or(0.0),
+                pct(b["truncated_share"].as_f64().unwrap_or(0.0))
+            );
+        }
+        h.push_str("</table>");
+    }
+
+    // Training.
+    let train_dir = run_dir.join("train");
+    if train_dir.join("loss.png").exists() {
+        h.push_str("<h2>Training</h2>");
+        if let Some(st) = read_json(&run_dir.join("stages/train.json")) {
+            let d = &st["outputs"]["data"];
+            let _ = write!(
+                h,
+                "<p>{} traces → {} training and {} held-out examples ({} dropped as failed, {} truncated, {} overlong); {} training tokens, {} on assistant turns. {} optimizer steps; held-out loss {} → {}.</p>",
+                d["traces"], d["train_examples"], d["eval_examples"], d["dropped_failed"], d["dropped_truncated"], d["dropped_overlong"], d["train_tokens"], d["assistant_tokens"],
+                st["outputs"]["steps"],
+                st["outputs"]["first_eval_loss"].as_f64().map_or("n/a".into(), |v| format!("{v:.4}")),
+                st["outputs"]["final_eval_loss"].as_f64().map_or("n/a".into(), |v| format!("{v:.4}")),
+            );
+        }
+        h.push_str(&img(&train_dir.join("loss.png"), "training curves")?);
+    }
+
+    // Corpus.
+    let corpus_dir = run_dir.join("corpus");
+    if corpus_dir.join("manifest.json").exists() {
+        let c = Corpus::open(&corpus_dir)?;
+        let s = stats(&c)?;
+        let _ = write!(
+            h,
+            "<h2>Corpus</h2><p>{} traces in {} shards; {:.2} MB of JSONL stored in {:.2} MB ({:.1}×). {} passed every check ({}).</p>",
+            s.records,
+            s.shards,
+            s.raw_bytes as f64 / 1e6,
+            s.compressed_bytes as f64 / 1e6,
+            s.compression_ratio,
+            s.passed,
+            pct(s.passed as f64 / s.records.max(1) as f64)
+        );
+        h.push_str("<table><tr><th>verifier</th><th>passed</th><th>ran</th><th>rate</th></tr>");
+        for (v, (p, n)) in &s.verifiers {
+            let _ = write!(h, "<tr><td>{}</td><td>{p}</td><td>{n}</td><td>{}</td></tr>", esc(v), pct(*p as f64 / (*n).max(1) as f64));
+        }
+        h.push_str("</table><table><tr><th>rejected by (first failing check)</th><th>traces</th></tr>");
+        for (v, n) in &s.rejected_by {
+            let _ = write!(h, "<tr><td>{}</td><td>{n}</td></tr>", esc(v));
+        }
+        h.push_str("</table><table><tr><th>finish_reason</th><th>traces</th></tr>");
+        for (v, n) in &s.finish_reasons {
+            let _ = write!(h, "<tr><td>{}</td><td>{n}</td></tr>", esc(v));
+        }
+        h.push_str("</table>");
+        h.push_str(&hist_png(&assets, "completion-tokens", "Completion tokens per trace", "tokens", &s.completion_tokens)?);
+        h.push_str(&hist_png(&assets, "answer-chars", "Answer length per trace", "characters", &s.answer_chars)?);
+        if s.reasoning_chars.max > 0 {
+            h.push_str(&hist_png(&assets, "reasoning-chars", "Reasoning length per trace", "characters", &s.reasoning_chars)?);
+        }
+        if let Some(g) = read_json(&corpus_dir.join("generate-report.json")) {
+            let _ = write!(
+                h,
+                "<p>Generation: {} prompts done ({} failed), {} samples, pass rate {}, {} completion tokens at {:.1} tokens/s, {} requests ({} retries).</p>",
+                g["prompts_done"],
+                g["prompts_failed"].as_array().map_or(0, Vec::len),
+                g["samples"],
+                pct(g["passed"].as_f64().unwrap_or(0.0) / g["samples"].as_f64().unwrap_or(1.0).max(1.0)),
+                g["completion_tokens"],
+                g["completion_tokens_per_s"].as_f64().unwrap_or(0.0),
+                g["requests"],
+                g["retries"]
+            );
+        }
+    }
+
+    // Provenance.
+    h.push_str("<h2>Provenance</h2><table>");
+    let prep = read_json(&run_dir.join("stages/prepare.json"));
+    let export = train_dir.join("export");
+    let dist = read_json(&export.join("distill.json"));
+    let rows = [
+        ("teacher", prep.as_ref().map(|p| p["outputs"]["teacher"].to_string()).unwrap_or_default()),
+        ("student base", dist.as_ref().map(|d| d["base_model"].to_string()).unwrap_or_default()),
+        ("corpus manifest (blake3)", dist.as_ref().map(|d| d["corpus_manifest_blake3"].to_string()).unwrap_or_default()),
+        ("exported checkpoint", if export.exists() { export.display().to_string() } else { String::new() }),
+        ("distill", env!("CARGO_PKG_VERSION").to_string()),
+    ];
+    for (k, v) in rows {
+        let _ = write!(h, "<tr><td>{k}</td><td style=\"text-align:left\"><code>{}</code></td></tr>", esc(v.trim_matches('"')));
+    }
+    h.push_str("</table>");
+
+    // Recipe.
+    if let Ok(r) = std::fs::read_to_string(run_dir.join("recipe.toml")) {
+        let _ = write!(h, "<h2>Recipe (resolved)</h2><pre>{}</pre>", esc(&r));
+    }
+
+    // Self-check for headless tests: every image decoded, no script errors.
+    h.push_str(
+        r#"<script>
+window.__errors = 0;
+window.addEventListener('error', function () { window.__errors++; document.body.dataset.errors = window.__errors; });
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.dataset.images = ok + '/' + imgs.length;
+  document.body.dataset.errors = window.__errors;
+});
+</script></body></html>
+"#,
+    );
+    let out = run_dir.join("report.html");
+    distill_data::fsutil::atomic_write(&out, h.as_bytes())?;
+    Ok(out)
+}
