@@ -18,8 +18,13 @@ pub fn run(r: &Recipe, p: &Paths) -> anyhow::Result<serde_json::Value> {
     let tok = TextTokenizer::from_dir(&p.teacher)?;
     let student_tok = TextTokenizer::from_dir(&train.model)?;
     ensure!(tok.vocab_size() == student_tok.vocab_size(), "teacher and student vocabularies differ ({} vs {}); agreement needs the same tokenizer", tok.vocab_size(), student_tok.vocab_size());
-    let (_, mut held_out, _) = distill_student::sft::data::load(&train.data, &student_tok)?;
-    ensure!(!held_out.is_empty(), "no held-out traces (train.data.eval_fraction is 0?)");
+    let (train_ex, mut held_out, _) = distill_student::sft::data::load(&train.data, &student_tok)?;
+    ensure!(
+        !held_out.is_empty(),
+        "the held-out split is empty ({} training examples, train.data.eval_fraction = {}); add prompts or raise eval_fraction",
+        train_ex.len(),
+        train.data.eval_fraction
+    );
     held_out.truncate(cfg.max_traces);
     let teacher = hf::load_model::<Cpu>(&p.teacher, &dev)?;
     let t_rope = Rope::<Cpu>::new(&teacher.config, &dev);

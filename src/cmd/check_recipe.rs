@@ -21,7 +21,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                     "train" => rec.train.is_some(),
                     "agreement" => rec.agreement.is_some(),
                     "eval" => rec.eval.is_some(),
-                    _ => false,
+                    _ => true,
                 }).collect();
                 println!("ok   {} ({}): {}", r.display(), rec.recipe.name, stages.join(" → "));
             }
