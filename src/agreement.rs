@@ -18,7 +18,10 @@ pub fn run(r: &Recipe, p: &Paths) -> anyhow::Result<serde_json::Value> {
     let tok = TextTokenizer::from_dir(&p.teacher)?;
     let student_tok = TextTokenizer::from_dir(&train.model)?;
     ensure!(tok.vocab_size() == student_tok.vocab_size(), "teacher and student vocabularies differ ({} vs {}); agreement needs the same tokenizer", tok.vocab_size(), student_tok.vocab_size());
-    let (train_ex, mut held_out, _) = distill_student::sft::data::load(&train.data, &student_tok)?;
+    // Every teacher reply to a held-out prompt counts, passed or not: the question is how well the
+    // student imitates the teacher, not whether the teacher was right.
+    let data = distill_student::sft::data::DataConfig { only_passed: false, drop_truncated: false, ..train.data.clone() };
+    let (train_ex, mut held_out, _) = distill_student::sft::data::load(&data, &student_tok)?;
     ensure!(
         !held_out.is_empty(),
         "the held-out split is empty ({} training examples, train.data.eval_fraction = {}); add prompts or raise eval_fraction",
