@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch eager (transformers) on the shapes of `distill bench model`; prints one JSON line.
 
-    torch_model.py MODEL_DIR forward,generate,train
+    torch_model.py MODEL_DIR forward,generate,train [BATCHxSEQ for the training step]
 """
 import json
 import statistics
@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 model_dir, parts = sys.argv[1], sys.argv[2].split(",")
+train_b, train_t = (int(x) for x in (sys.argv[3] if len(sys.argv) > 3 else "4x512").split("x"))
 torch.manual_seed(0)
 out = {"torch": torch.__version__, "threads": torch.get_num_threads()}
 
@@ -50,7 +51,7 @@ if "generate" in parts:
     out["generate"] = gen
 if "train" in parts:
     model.train()
-    b, t = 4, 512
+    b, t = train_b, train_t
     x = ids(b, t)
 
     def step():
@@ -60,7 +61,7 @@ if "train" in parts:
         model.zero_grad(set_to_none=True)
 
     s = timed(2, step)
-    out["train_step"] = {"b4_t512_seconds": s, "tokens_s": b * t / s}
+    out["train_step"] = {"shape": f"{b}x{t}", "seconds": s, "tokens_s": b * t / s}
 # VmHWM is this process's own peak (ru_maxrss is inherited across exec on Linux).
 out["peak_rss_mb"] = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
 print(json.dumps(out))

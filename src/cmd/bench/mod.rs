@@ -7,6 +7,7 @@ use clap::Subcommand;
 mod client;
 mod corpus;
 mod model;
+mod train;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -16,6 +17,8 @@ pub enum BenchCommand {
     Client(client::Args),
     /// Forward and generation tokens/s, a training step, peak memory; PyTorch beside it.
     Model(model::Args),
+    /// A training step at growing sequence lengths, with peak memory, beside PyTorch.
+    Train(train::Args),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -23,6 +26,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Corpus(a) => corpus::run(a),
         BenchCommand::Model(a) => model::run(a),
         BenchCommand::Client(a) => client::run(a),
+        BenchCommand::Train(a) => train::run(a),
     }
 }
 

@@ -29,6 +29,9 @@ pub struct Args {
     /// Skip the PyTorch run.
     #[arg(long)]
     no_torch: bool,
+    /// The training step's shape, BATCHxSEQ.
+    #[arg(long, default_value = "4x512")]
+    train_shape: String,
     /// CPU backend: flex (the default everywhere) or ndarray (for comparison).
     #[arg(long, default_value = "flex", value_parser = ["flex", "ndarray"])]
     backend: String,
@@ -122,7 +125,7 @@ fn measure<B: Backend>(a: &Args, dir: &std::path::Path, dev: &B::Device, r: &mut
         type Ad<B> = Autodiff<B>;
         let m = hf::load_model::<Ad<B>>(dir, &dev)?;
         let rope = Rope::<Ad<B>>::new(&m.config, &dev);
-        let (b, t) = (4usize, 512usize);
+        let (b, t) = a.train_shape.split_once('x').and_then(|(b, t)| Some((b.parse::<usize>().ok()?, t.parse::<usize>().ok()?))).unwrap_or((4, 512));
         let secs = time(2, || {
             let x = ids::<Ad<B>>(b, t, &dev);
             let logits = m.model.forward(x.clone(), masks::positions(b, t, 0, &dev), &rope, &AttnMask::Causal);
@@ -133,7 +136,7 @@ fn measure<B: Backend>(a: &Args, dir: &std::path::Path, dev: &B::Device, r: &mut
             std::hint::black_box(loss.backward());
         });
         eprintln!("train step (forward+backward) b={b} t={t}: {secs:.3}s ({:.0} tokens/s)", (b * t) as f64 / secs);
-        r["train_step"] = json!({"b4_t512_seconds": secs, "tokens_s": (b * t) as f64 / secs});
+        r["train_step"] = json!({"shape": a.train_shape, "seconds": secs, "tokens_s": (b * t) as f64 / secs});
     }
     Ok(())
 }
@@ -141,7 +144,7 @@ fn measure<B: Backend>(a: &Args, dir: &std::path::Path, dev: &B::Device, r: &mut
 fn torch_side(a: &Args, dir: &std::path::Path, r: &mut Value) {
     if !a.no_torch {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench/torch_model.py");
-        match Command::new(&a.python).arg(&script).arg(dir).arg(&a.only).output() {
+        match Command::new(&a.python).arg(&script).arg(dir).arg(&a.only).arg(&a.train_shape).output() {
             Ok(o) if o.status.success() => {
                 r["torch"] = serde_json::from_slice(o.stdout.rsplit(|&c| c == b'\n').find(|l| !l.is_empty()).unwrap_or(b"null")).unwrap_or(Value::Null);
             }
