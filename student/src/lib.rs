@@ -6,6 +6,7 @@
 //! chat templates; [`generate`] samples with a KV cache.
 
 pub mod agreement;
+pub mod attention;
 pub mod chat;
 pub mod checkpoint;
 pub mod config;

@@ -230,13 +230,11 @@ impl<B: Backend> Attention<B> {
             let rep = |y: Tensor<B, 4>| y.unsqueeze_dim::<5>(2).expand([b, kv, g, s, hd]).reshape([b, h, s, hd]);
             (rep(k), rep(v))
         };
-        let (mask, is_causal) = match mask {
-            AttnMask::Causal => (None, t > 1),
-            AttnMask::None => (None, false),
-            AttnMask::Custom(m) => (Some(m.clone().expand([b, h, t, s])), false),
-        };
-        let opts = AttentionModuleOptions { is_causal, ..scale };
-        let out = attention(q, k, v, mask, None, opts); // [b, h, t, hd]
+        let out = match mask {
+            AttnMask::Causal if t > 1 => crate::attention::causal(q, k, v, None),
+            AttnMask::Custom(m) => crate::attention::causal(q, k, v, Some(m.clone())),
+            AttnMask::Causal | AttnMask::None => attention(q, k, v, None, None, scale),
+        }; // [b, h, t, hd]
         self.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, h * hd]))
     }
 }
