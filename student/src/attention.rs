@@ -71,14 +71,14 @@ fn prim<I: Backend, const D: usize>(t: Tensor<I, D>) -> FloatTensor<I> {
     t.into_primitive().tensor()
 }
 
-/// What the backward pass needs: inputs, output, per-row log-sum-exp `[b, h, t, 1]`, mask.
+/// What the backward pass needs: inputs, output, per-chunk log-sum-exp `[b, h, rows, 1]`, mask.
 #[derive(Debug, Clone)]
 struct Saved<I: Backend> {
     q: Tensor<I, 4>,
     k: Tensor<I, 4>,
     v: Tensor<I, 4>,
     out: Tensor<I, 4>,
-    lse: Tensor<I, 4>,
+    lse: Vec<Tensor<I, 4>>,
     mask: Option<Tensor<I, 4, Bool>>,
     chunk_elems: usize,
 }
@@ -152,8 +152,9 @@ fn scores<I: Backend>(q: &Tensor<I, 4>, k: &Tensor<I, 4>, mask: Option<&Tensor<I
     (sc, qc)
 }
 
-/// Output `[b, h, t, d]` and log-sum-exp `[b, h, t, 1]`.
-fn forward<I: Backend>(q: &Tensor<I, 4>, k: &Tensor<I, 4>, v: &Tensor<I, 4>, mask: Option<&Tensor<I, 4, Bool>>, elems: usize) -> (Tensor<I, 4>, Tensor<I, 4>) {
+/// Output `[b, h, t, d]` and, per chunk, the log-sum-exp `[b, h, rows, 1]`, kept as separate
+/// contiguous tensors: flex's fast row-broadcast path needs them contiguous.
+fn forward<I: Backend>(q: &Tensor<I, 4>, k: &Tensor<I, 4>, v: &Tensor<I, 4>, mask: Option<&Tensor<I, 4, Bool>>, elems: usize) -> (Tensor<I, 4>, Vec<Tensor<I, 4>>) {
     let [b, h, t, d] = q.dims();
     let s = k.dims()[2];
     let (mut outs, mut lses) = (Vec::new(), Vec::new());
@@ -166,7 +167,23 @@ fn forward<I: Backend>(q: &Tensor<I, 4>, k: &Tensor<I, 4>, v: &Tensor<I, 4>, mas
         outs.push(p.matmul(vc).div(l.clone()));
         lses.push(m + l.log());
     }
-    (Tensor::cat(outs, 2), Tensor::cat(lses, 2))
+    (Tensor::cat(outs, 2), lses)
+}
+
+/// A contiguous copy of a (small) strided view.
+fn contiguous<I: Backend>(x: Tensor<I, 4>) -> Tensor<I, 4> {
+    let dims = x.dims();
+    x.reshape([dims.iter().product::<usize>()]).reshape(dims)
+}
+
+/// `[b, h, n, d]` → `[b, h, s, d]`, zeros after row `n`: an accumulation stays contiguous.
+fn pad_rows<I: Backend>(x: Tensor<I, 4>, s: usize) -> Tensor<I, 4> {
+    let [b, h, n, d] = x.dims();
+    if n == s {
+        return x;
+    }
+    let zeros = Tensor::zeros([b, h, s - n, d], &x.device());
+    Tensor::cat(vec![x, zeros], 2)
 }
 
 /// Gradients of q, k, v from the output's gradient, recomputing probabilities per chunk.
@@ -180,21 +197,17 @@ fn backward<I: Backend>(st: Saved<I>, dout: Tensor<I, 4>) -> (Tensor<I, 4>, Tens
     let mut dk = Tensor::<I, 4>::zeros([b, h, s, d], &device);
     let mut dv = Tensor::<I, 4>::zeros([b, h, s, d], &device);
     let mut dqs = Vec::new();
-    for (rows, end) in chunks(b, h, t, s, st.chunk_elems) {
+    for ((rows, end), lse) in chunks(b, h, t, s, st.chunk_elems).into_iter().zip(st.lse) {
         let (sc, qc) = scores(&st.q, &st.k, st.mask.as_ref(), rows.clone(), end, s);
-        let lse = st.lse.clone().slice([0..b, 0..h, rows.clone(), 0..1]);
         let p = (sc - lse).exp(); // [b, h, n, end]
         let doc = dout.clone().slice([0..b, 0..h, rows.clone(), 0..d]);
         let kc = st.k.clone().slice([0..b, 0..h, 0..end, 0..d]);
         let vc = st.v.clone().slice([0..b, 0..h, 0..end, 0..d]);
-        let keys = [0..b, 0..h, 0..end, 0..d];
-        let dv_c = p.clone().swap_dims(2, 3).matmul(doc.clone());
-        dv = dv.clone().slice_assign(keys.clone(), dv.slice(keys.clone()) + dv_c);
+        dv = dv + pad_rows(p.clone().swap_dims(2, 3).matmul(doc.clone()), s);
         let dp = doc.matmul(vc.swap_dims(2, 3));
-        let ds = p * (dp - delta.clone().slice([0..b, 0..h, rows, 0..1]));
+        let ds = p * (dp - contiguous(delta.clone().slice([0..b, 0..h, rows, 0..1])));
         dqs.push(ds.clone().matmul(kc).mul_scalar(scale));
-        let dk_c = ds.swap_dims(2, 3).matmul(qc).mul_scalar(scale);
-        dk = dk.clone().slice_assign(keys.clone(), dk.slice(keys) + dk_c);
+        dk = dk + pad_rows(ds.swap_dims(2, 3).matmul(qc).mul_scalar(scale), s);
     }
     (Tensor::cat(dqs, 2), dk, dv)
 }
