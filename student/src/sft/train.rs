@@ -162,8 +162,9 @@ pub struct Summary {
 }
 
 /// Estimated peak memory of a full fine-tune, GB: f32 weights, gradients and both AdamW moments
-/// (16 bytes per parameter), plus activations. burn 0.21's autodiff attention materialises the
-/// `[heads, seq, seq]` score matrix (kept for the backward pass), which dominates at long context.
+/// (16 bytes per parameter), plus activations and the logits. Attention keeps no score matrix
+/// (`crate::attention` recomputes it per chunk in the backward pass), so activations grow linearly
+/// with context.
 pub fn estimate_memory_gb(c: &crate::ModelConfig, micro_batch: usize, seq: usize, checkpointing: bool) -> f64 {
     let params = (c.vocab_size * c.hidden_size * if c.tie_word_embeddings { 1 } else { 2 }
         + c.num_hidden_layers
@@ -172,9 +173,8 @@ pub fn estimate_memory_gb(c: &crate::ModelConfig, micro_batch: usize, seq: usize
     let tokens = (micro_batch * seq) as f64;
     // Per layer and token: ~ (hidden·10 + intermediate·3) floats of activations kept for backward.
     let per_layer = tokens * (c.hidden_size * 10 + c.intermediate_size * 3) as f64 * 4.0;
-    let scores = micro_batch as f64 * c.num_attention_heads as f64 * (seq as f64).powi(2) * 4.0 * 2.0;
     let layers = c.num_hidden_layers as f64;
-    let act = if checkpointing { layers * tokens * c.hidden_size as f64 * 4.0 + per_layer + scores } else { layers * (per_layer + scores) };
+    let act = if checkpointing { layers * tokens * c.hidden_size as f64 * 4.0 + per_layer } else { layers * per_layer };
     let logits = tokens * c.vocab_size as f64 * 4.0 * 2.0;
     (state + act + logits) / 1e9
 }
