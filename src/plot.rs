@@ -51,7 +51,18 @@ pub fn line_chart(out: &Path, panels: &[Panel], x_label: &str) -> anyhow::Result
             .x_label_area_size(36)
             .y_label_area_size(70)
             .build_cartesian_2d(x0..x1.max(x0 + 1.0), (y0 - pad)..(y1 + pad))?;
-        chart.configure_mesh().x_desc(x_label).y_desc(panel.y_label.as_str()).label_style(("sans-serif", 14)).draw()?;
+        // Learning rates (1e-5…) in scientific notation, whole steps without decimals.
+        let small = y0.abs().max(y1.abs()) < 1e-2;
+        let y_fmt = move |v: &f64| if small { format!("{v:.1e}") } else { format!("{v:.3}").trim_end_matches('0').trim_end_matches('.').to_string() };
+        let x_fmt = |v: &f64| if (v - v.round()).abs() < 1e-9 { format!("{v:.0}") } else { format!("{v:.1}") };
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(panel.y_label.as_str())
+            .x_label_formatter(&x_fmt)
+            .y_label_formatter(&y_fmt)
+            .label_style(("sans-serif", 14))
+            .draw()?;
         for s in &panel.series {
             let color = s.color;
             if s.dots {
