@@ -101,6 +101,8 @@ impl<I: Backend> Backward<I, 3> for FusedAttention {
     }
 }
 
+/// The autodiff op on `Autodiff<I, C>`: shapes as in [`causal`]; `chunk_elems` bounds the score
+/// elements computed at once (tests shrink it to force several chunks).
 fn fused<I: Backend, C: CheckpointStrategy>(
     q: Tensor<Autodiff<I, C>, 4>,
     k: Tensor<Autodiff<I, C>, 4>,
@@ -159,7 +161,7 @@ fn forward<I: Backend>(q: &Tensor<I, 4>, k: &Tensor<I, 4>, v: &Tensor<I, 4>, mas
     let s = k.dims()[2];
     let (mut outs, mut lses) = (Vec::new(), Vec::new());
     for (rows, end) in chunks(b, h, t, s, elems) {
-        let (sc, _) = scores(q, k, mask, rows, end, s);
+        let (sc, _) = scores(q, k, mask, rows, end, s); // [b, h, n, end]
         let m = sc.clone().max_dim(3).clamp_min(f32::MIN);
         let p = (sc - m.clone()).exp();
         let l = p.clone().sum_dim(3).clamp_min(f32::MIN_POSITIVE);
