@@ -13,6 +13,9 @@
 //! causal, so this is the same attention as burn's for them. Rows with every key masked give 0,
 //! as burn's does.
 //!
+//! Under bf16 compute, q, k, v and the output stay bf16 and every chunk is computed in f32
+//! (the log-sum-exp is kept in f32).
+//!
 //! Used when the model runs under autodiff on a backend listed in [`causal`]; everywhere else (and
 //! for inference) burn's own `attention` runs.
 
@@ -28,6 +31,8 @@ use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
 use burn::tensor::module::attention;
 use burn::tensor::ops::{AttentionModuleOptions, FloatTensor};
+
+use crate::model::to_f32;
 
 /// Score elements per chunk (`batch × heads × rows × keys`): 4M f32 = 16 MB of temporaries.
 const CHUNK_ELEMS: usize = 1 << 22;
@@ -137,8 +142,8 @@ fn chunks(b: usize, h: usize, t: usize, s: usize, elems: usize) -> Vec<(Range<us
 fn scores<I: Backend>(q: &Tensor<I, 4>, k: &Tensor<I, 4>, mask: Option<&Tensor<I, 4, Bool>>, rows: Range<usize>, end: usize, s: usize) -> (Tensor<I, 4>, Tensor<I, 4>) {
     let [b, h, t, d] = q.dims();
     let scale = 1.0 / (d as f64).sqrt();
-    let qc = q.clone().slice([0..b, 0..h, rows.clone(), 0..d]);
-    let kc = k.clone().slice([0..b, 0..h, 0..end, 0..d]);
+    let qc = to_f32(q.clone().slice([0..b, 0..h, rows.clone(), 0..d]));
+    let kc = to_f32(k.clone().slice([0..b, 0..h, 0..end, 0..d]));
     let sc = qc.clone().matmul(kc.swap_dims(2, 3)).mul_scalar(scale);
     let n = rows.len();
     let device = q.device();
@@ -165,11 +170,11 @@ fn forward<I: Backend>(q: &Tensor<I, 4>, k: &Tensor<I, 4>, v: &Tensor<I, 4>, mas
         let m = sc.clone().max_dim(3).clamp_min(f32::MIN);
         let p = (sc - m.clone()).exp();
         let l = p.clone().sum_dim(3).clamp_min(f32::MIN_POSITIVE);
-        let vc = v.clone().slice([0..b, 0..h, 0..end, 0..d]);
+        let vc = to_f32(v.clone().slice([0..b, 0..h, 0..end, 0..d]));
         outs.push(p.matmul(vc).div(l.clone()));
         lses.push(m + l.log());
     }
-    (Tensor::cat(outs, 2), lses)
+    (Tensor::cat(outs, 2).cast(q.dtype()), lses)
 }
 
 /// A contiguous copy of a (small) strided view.
@@ -195,7 +200,9 @@ fn backward<I: Backend>(st: Saved<I>, dout: Tensor<I, 4>) -> (Tensor<I, 4>, Tens
     let scale = 1.0 / (d as f64).sqrt();
     let device = st.q.device();
     // D_i = Σ_j dO_ij O_ij = Σ_j P_ij dP_ij, the softmax backward's row term.
-    let delta = (dout.clone() * st.out).sum_dim(3); // [b, h, t, 1]
+    let dtype = st.q.dtype();
+    let dout = to_f32(dout);
+    let delta = (dout.clone() * to_f32(st.out)).sum_dim(3); // [b, h, t, 1]
     let mut dk = Tensor::<I, 4>::zeros([b, h, s, d], &device);
     let mut dv = Tensor::<I, 4>::zeros([b, h, s, d], &device);
     let mut dqs = Vec::new();
@@ -203,15 +210,15 @@ fn backward<I: Backend>(st: Saved<I>, dout: Tensor<I, 4>) -> (Tensor<I, 4>, Tens
         let (sc, qc) = scores(&st.q, &st.k, st.mask.as_ref(), rows.clone(), end, s);
         let p = (sc - lse).exp(); // [b, h, n, end]
         let doc = dout.clone().slice([0..b, 0..h, rows.clone(), 0..d]);
-        let kc = st.k.clone().slice([0..b, 0..h, 0..end, 0..d]);
-        let vc = st.v.clone().slice([0..b, 0..h, 0..end, 0..d]);
+        let kc = to_f32(st.k.clone().slice([0..b, 0..h, 0..end, 0..d]));
+        let vc = to_f32(st.v.clone().slice([0..b, 0..h, 0..end, 0..d]));
         dv = dv + pad_rows(p.clone().swap_dims(2, 3).matmul(doc.clone()), s);
         let dp = doc.matmul(vc.swap_dims(2, 3));
         let ds = p * (dp - contiguous(delta.clone().slice([0..b, 0..h, rows, 0..1])));
         dqs.push(ds.clone().matmul(kc).mul_scalar(scale));
         dk = dk + pad_rows(ds.swap_dims(2, 3).matmul(qc).mul_scalar(scale), s);
     }
-    (Tensor::cat(dqs, 2), dk, dv)
+    (Tensor::cat(dqs, 2).cast(dtype), dk.cast(dtype), dv.cast(dtype))
 }
 
 #[cfg(test)]

@@ -83,15 +83,23 @@ impl<B: Backend> RmsNorm<B> {
         sink.put(&format!("{name}.weight"), self.weight.val());
     }
 
-    /// `[.., dim]` → `[.., dim]`, computed on a 2-D view (contiguous element-wise ops).
+    /// `[.., dim]` → `[.., dim]`, computed on a 2-D view (contiguous element-wise ops). Under bf16
+    /// compute the normalisation runs in f32 and its result is cast back before the weight, as
+    /// transformers does.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let dims = x.dims();
         let d = dims[D - 1];
-        let x = x.reshape([dims.iter().product::<usize>() / d, d]);
+        let dtype = x.dtype();
+        let x = to_f32(x.reshape([dims.iter().product::<usize>() / d, d]));
         let var = x.clone().square().mean_dim(1);
-        let x = x * (var + self.eps).sqrt().recip();
+        let x = (x * (var + self.eps).sqrt().recip()).cast(dtype);
         (x * self.weight.val().unsqueeze_dim(0)).reshape(dims)
     }
+}
+
+/// `x` in f32 (a no-op when it already is).
+pub fn to_f32<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    if x.dtype() == burn::tensor::DType::F32 { x } else { x.cast(burn::tensor::DType::F32) }
 }
 
 /// Which keys each query may see.

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use burn::module::{AutodiffModule, Param};
+use burn::module::{AutodiffModule, ModuleMapper, Param};
 use burn::prelude::*;
+use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -66,6 +67,11 @@ pub struct TrainConfig {
     /// `cpu`, `cuda` or `cuda:N`.
     #[serde(default = "cpu")]
     pub device: String,
+    /// Compute precision: `f32`, `bf16` (weights cast to bf16 for each forward, master weights,
+    /// gradients and AdamW state stay f32; norms, softmax, attention math and the loss run in f32),
+    /// or `auto` (the default): bf16 on CUDA, f32 on CPU.
+    #[serde(default = "auto")]
+    pub compute_dtype: String,
     /// Peak device throughput for the MFU estimate, TFLOP/s (default: a CPU estimate).
     #[serde(default)]
     pub peak_tflops: Option<f64>,
@@ -104,6 +110,9 @@ fn two() -> usize {
 fn cpu() -> String {
     "cpu".into()
 }
+fn auto() -> String {
+    "auto".into()
+}
 
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
@@ -122,7 +131,30 @@ impl TrainConfig {
         if self.export.dtype != "bf16" && self.export.dtype != "f32" {
             return bad("export.dtype must be bf16 or f32");
         }
+        if !["auto", "f32", "bf16"].contains(&self.compute_dtype.as_str()) {
+            return bad("compute_dtype must be auto, f32 or bf16");
+        }
         Ok(())
+    }
+
+    /// The compute dtype `auto` resolves to: bf16 on CUDA, f32 on CPU.
+    pub fn compute(&self) -> DType {
+        match self.compute_dtype.as_str() {
+            "bf16" => DType::BF16,
+            "auto" if self.device.starts_with("cuda") => DType::BF16,
+            _ => DType::F32,
+        }
+    }
+}
+
+/// Casts every float parameter to the compute dtype. Under autodiff the cast is part of the graph,
+/// so gradients reach the f32 master weights (the cast's backward casts them back to f32).
+struct CastParams(DType);
+
+impl<B: Backend> ModuleMapper<B> for CastParams {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        Param::from_mapped_value(id, tensor.cast(self.0), mapper)
     }
 }
 
@@ -323,7 +355,7 @@ pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, recipe: serde_json::Value, d
         }
         let seen: u64 = micro.iter().map(|b| b.real_tokens as u64).sum();
         let lr = cfg.optim.lr_at(state.step, total);
-        let out = optimizer_step(&mut model, &rope, &mut opt, &micro, cfg.kd_weight, cfg.optim.max_grad_norm, lr, &device);
+        let out = optimizer_step(&mut model, &rope, &mut opt, &micro, cfg.kd_weight, cfg.optim.max_grad_norm, lr, cfg.compute(), &device);
         let (loss, ce, kd, grad_norm, n_tokens) = (out.loss, out.ce, out.kd, out.grad_norm, out.tokens);
         if !loss.is_finite() || !grad_norm.is_finite() {
             let last = checkpoint::list(&ckpt_root)?.pop().map_or("none".to_string(), |(_, d)| d.display().to_string());
@@ -426,6 +458,7 @@ pub fn optimizer_step<B: AutodiffBackend>(
     kd_weight: f64,
     max_grad_norm: f64,
     lr: f64,
+    compute: DType,
     device: &B::Device,
 ) -> StepOutcome {
     let n_tokens: usize = micro.iter().map(Batch::loss_tokens).sum();
@@ -433,8 +466,10 @@ pub fn optimizer_step<B: AutodiffBackend>(
     let w = if n_kd > 0 { kd_weight } else { 0.0 };
     let mut acc: BTreeMap<String, Tensor<B::InnerBackend, 1>> = BTreeMap::new();
     let (mut ce_total, mut kd_total) = (0.0f64, 0.0f64);
+    // The forward runs on a copy whose weights are cast to the compute dtype (a no-op for f32).
+    let fwd = if compute == DType::F32 { model.clone() } else { model.clone().map(&mut CastParams(compute)) };
     for b in micro {
-        let l = losses(model, rope, b, device);
+        let l = losses(&fwd, rope, b, device);
         let mut loss = l.ce.clone().mul_scalar((1.0 - w) / n_tokens.max(1) as f64);
         ce_total += l.ce.clone().into_scalar().elem::<f64>();
         if let (Some(kd), true) = (l.kd.as_ref(), w > 0.0) {
