@@ -14,7 +14,7 @@
 //! as burn's does.
 //!
 //! Under bf16 compute, q, k, v and the output stay bf16 and every chunk is computed in f32
-//! (the log-sum-exp is kept in f32).
+//! (the log-sum-exp is kept in f32; burn's `cast` is a no-op when the dtype already matches).
 //!
 //! Used when the model runs under autodiff on a backend listed in [`causal`]; everywhere else (and
 //! for inference) burn's own `attention` runs.
@@ -28,11 +28,10 @@ use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, Check
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::prelude::*;
-use burn::tensor::TensorPrimitive;
+use burn::tensor::{DType, TensorPrimitive};
 use burn::tensor::module::attention;
 use burn::tensor::ops::{AttentionModuleOptions, FloatTensor};
 
-use crate::model::to_f32;
 
 /// Score elements per chunk (`batch × heads × rows × keys`): 4M f32 = 16 MB of temporaries.
 const CHUNK_ELEMS: usize = 1 << 22;
@@ -43,7 +42,7 @@ pub fn causal<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mas
     macro_rules! fused_on {
         ($inner:ty, $ckpt:ty) => {
             if TypeId::of::<B>() == TypeId::of::<Autodiff<$inner, $ckpt>>() {
-                return cast(fused::<$inner, $ckpt>(cast(q), cast(k), cast(v), mask.map(cast), CHUNK_ELEMS));
+                return same_type(fused::<$inner, $ckpt>(same_type(q), same_type(k), same_type(v), mask.map(same_type), CHUNK_ELEMS));
             }
         };
     }
@@ -64,7 +63,7 @@ pub fn causal<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mas
 }
 
 /// Moves a value between two names of the same type (checked by `TypeId` at the call).
-fn cast<T: 'static, U: 'static>(x: T) -> U {
+fn same_type<T: 'static, U: 'static>(x: T) -> U {
     *(Box::new(x) as Box<dyn Any>).downcast::<U>().expect("attention dispatch: type mismatch")
 }
 
@@ -142,8 +141,8 @@ fn chunks(b: usize, h: usize, t: usize, s: usize, elems: usize) -> Vec<(Range<us
 fn scores<I: Backend>(q: &Tensor<I, 4>, k: &Tensor<I, 4>, mask: Option<&Tensor<I, 4, Bool>>, rows: Range<usize>, end: usize, s: usize) -> (Tensor<I, 4>, Tensor<I, 4>) {
     let [b, h, t, d] = q.dims();
     let scale = 1.0 / (d as f64).sqrt();
-    let qc = to_f32(q.clone().slice([0..b, 0..h, rows.clone(), 0..d]));
-    let kc = to_f32(k.clone().slice([0..b, 0..h, 0..end, 0..d]));
+    let qc = q.clone().slice([0..b, 0..h, rows.clone(), 0..d]).cast(DType::F32);
+    let kc = k.clone().slice([0..b, 0..h, 0..end, 0..d]).cast(DType::F32);
     let sc = qc.clone().matmul(kc.swap_dims(2, 3)).mul_scalar(scale);
     let n = rows.len();
     let device = q.device();
@@ -170,7 +169,7 @@ fn forward<I: Backend>(q: &Tensor<I, 4>, k: &Tensor<I, 4>, v: &Tensor<I, 4>, mas
         let m = sc.clone().max_dim(3).clamp_min(f32::MIN);
         let p = (sc - m.clone()).exp();
         let l = p.clone().sum_dim(3).clamp_min(f32::MIN_POSITIVE);
-        let vc = to_f32(v.clone().slice([0..b, 0..h, 0..end, 0..d]));
+        let vc = v.clone().slice([0..b, 0..h, 0..end, 0..d]).cast(DType::F32);
         outs.push(p.matmul(vc).div(l.clone()));
         lses.push(m + l.log());
     }
@@ -201,8 +200,8 @@ fn backward<I: Backend>(st: Saved<I>, dout: Tensor<I, 4>) -> (Tensor<I, 4>, Tens
     let device = st.q.device();
     // D_i = Σ_j dO_ij O_ij = Σ_j P_ij dP_ij, the softmax backward's row term.
     let dtype = st.q.dtype();
-    let dout = to_f32(dout);
-    let delta = (dout.clone() * to_f32(st.out)).sum_dim(3); // [b, h, t, 1]
+    let dout = dout.cast(DType::F32);
+    let delta = (dout.clone() * st.out.cast(DType::F32)).sum_dim(3); // [b, h, t, 1]
     let mut dk = Tensor::<I, 4>::zeros([b, h, s, d], &device);
     let mut dv = Tensor::<I, 4>::zeros([b, h, s, d], &device);
     let mut dqs = Vec::new();
@@ -210,8 +209,8 @@ fn backward<I: Backend>(st: Saved<I>, dout: Tensor<I, 4>) -> (Tensor<I, 4>, Tens
         let (sc, qc) = scores(&st.q, &st.k, st.mask.as_ref(), rows.clone(), end, s);
         let p = (sc - lse).exp(); // [b, h, n, end]
         let doc = dout.clone().slice([0..b, 0..h, rows.clone(), 0..d]);
-        let kc = to_f32(st.k.clone().slice([0..b, 0..h, 0..end, 0..d]));
-        let vc = to_f32(st.v.clone().slice([0..b, 0..h, 0..end, 0..d]));
+        let kc = st.k.clone().slice([0..b, 0..h, 0..end, 0..d]).cast(DType::F32);
+        let vc = st.v.clone().slice([0..b, 0..h, 0..end, 0..d]).cast(DType::F32);
         dv = dv + pad_rows(p.clone().swap_dims(2, 3).matmul(doc.clone()), s);
         let dp = doc.matmul(vc.swap_dims(2, 3));
         let ds = p * (dp - contiguous(delta.clone().slice([0..b, 0..h, rows, 0..1])));

@@ -6,6 +6,7 @@
 
 use burn::module::{Module, Param};
 use burn::prelude::*;
+use burn::tensor::DType;
 use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
 use burn::tensor::TensorData;
@@ -90,16 +91,11 @@ impl<B: Backend> RmsNorm<B> {
         let dims = x.dims();
         let d = dims[D - 1];
         let dtype = x.dtype();
-        let x = to_f32(x.reshape([dims.iter().product::<usize>() / d, d]));
+        let x = x.reshape([dims.iter().product::<usize>() / d, d]).cast(DType::F32); // no-op in f32
         let var = x.clone().square().mean_dim(1);
         let x = (x * (var + self.eps).sqrt().recip()).cast(dtype);
         (x * self.weight.val().unsqueeze_dim(0)).reshape(dims)
     }
-}
-
-/// `x` in f32 (a no-op when it already is).
-pub fn to_f32<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    if x.dtype() == burn::tensor::DType::F32 { x } else { x.cast(burn::tensor::DType::F32) }
 }
 
 /// Which keys each query may see.

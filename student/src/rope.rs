@@ -112,9 +112,6 @@ pub fn apply<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 2>, sin_signed: &Tenso
     let x2 = x.reshape([dims[0] * dims[1] * dims[2], d]);
     let swapped = Tensor::cat(vec![x2.clone().narrow(1, d / 2, d / 2), x2.clone().narrow(1, 0, d / 2)], 1);
     // The tables are f32; under bf16 compute they are cast to the activations' dtype.
-    let (cos, sin) = match x2.dtype() {
-        burn::tensor::DType::F32 => (cos.clone(), sin_signed.clone()),
-        dt => (cos.clone().cast(dt), sin_signed.clone().cast(dt)),
-    };
-    (x2 * cos + swapped * sin).reshape(dims)
+    let dt = x2.dtype();
+    (x2 * cos.clone().cast(dt) + swapped * sin_signed.clone().cast(dt)).reshape(dims)
 }

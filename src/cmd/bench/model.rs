@@ -125,7 +125,7 @@ fn measure<B: Backend>(a: &Args, dir: &std::path::Path, dev: &B::Device, r: &mut
         type Ad<B> = Autodiff<B>;
         let m = hf::load_model::<Ad<B>>(dir, &dev)?;
         let rope = Rope::<Ad<B>>::new(&m.config, &dev);
-        let (b, t) = a.train_shape.split_once('x').and_then(|(b, t)| Some((b.parse::<usize>().ok()?, t.parse::<usize>().ok()?))).unwrap_or((4, 512));
+        let (b, t) = parse_shape(&a.train_shape)?;
         let secs = time(2, || {
             let x = ids::<Ad<B>>(b, t, &dev);
             let logits = m.model.forward(x.clone(), masks::positions(b, t, 0, &dev), &rope, &AttnMask::Causal);
@@ -143,13 +143,28 @@ fn measure<B: Backend>(a: &Args, dir: &std::path::Path, dev: &B::Device, r: &mut
 
 fn torch_side(a: &Args, dir: &std::path::Path, r: &mut Value) {
     if !a.no_torch {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench/torch_model.py");
-        match Command::new(&a.python).arg(&script).arg(dir).arg(&a.only).arg(&a.train_shape).output() {
-            Ok(o) if o.status.success() => {
-                r["torch"] = serde_json::from_slice(o.stdout.rsplit(|&c| c == b'\n').find(|l| !l.is_empty()).unwrap_or(b"null")).unwrap_or(Value::Null);
-            }
+        match Command::new(&a.python).arg(torch_script()).arg(dir).arg(&a.only).arg(&a.train_shape).output() {
+            Ok(o) if o.status.success() => r["torch"] = last_json_line(&o.stdout),
             Ok(o) => eprintln!("PyTorch run skipped: {}", String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")),
             Err(e) => eprintln!("PyTorch run skipped: {e}"),
         }
     }
+}
+
+/// The PyTorch side of the model benchmarks.
+pub(super) fn torch_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench/torch_model.py")
+}
+
+/// The script's result: the last non-empty line of its stdout, as JSON (`null` if it is not).
+pub(super) fn last_json_line(stdout: &[u8]) -> Value {
+    serde_json::from_slice(stdout.rsplit(|&c| c == b'\n').find(|l| !l.is_empty()).unwrap_or(b"null")).unwrap_or(Value::Null)
+}
+
+/// `BATCHxSEQ`, e.g. `4x512`.
+pub(super) fn parse_shape(s: &str) -> anyhow::Result<(usize, usize)> {
+    s.split_once('x')
+        .and_then(|(b, t)| Some((b.parse().ok()?, t.parse().ok()?)))
+        .filter(|&(b, t)| b > 0 && t > 0)
+        .ok_or_else(|| anyhow::anyhow!("bad shape '{s}': expected BATCHxSEQ, e.g. 4x512"))
 }
