@@ -25,3 +25,35 @@ macro_rules! dispatch {
 }
 
 pub(crate) use dispatch;
+
+/// `dispatch_many!(kinds, |B, devices| expr)`: as `dispatch!`, with `devices` a `Vec` of the
+/// backend's devices, one per rank (all of one kind).
+macro_rules! dispatch_many {
+    ($kinds:expr, |$b:ident, $devs:ident| $body:expr) => {{
+        use distill_student::device::DeviceKind;
+        let kinds: Vec<DeviceKind> = $kinds;
+        match kinds.first().copied().unwrap_or(DeviceKind::Cpu) {
+            DeviceKind::Cpu => {
+                type $b = distill_student::device::Cpu;
+                let $devs: Vec<distill_student::device::CpuDevice> = kinds.iter().map(|_| distill_student::device::CpuDevice::default()).collect();
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            DeviceKind::Cuda(_) => {
+                type $b = distill_student::device::Cuda;
+                let $devs: Vec<distill_student::device::CudaDevice> = kinds
+                    .iter()
+                    .map(|k| match k {
+                        DeviceKind::Cuda(index) => distill_student::device::CudaDevice { index: *index },
+                        DeviceKind::Cpu => unreachable!("parse_devices keeps one kind"),
+                    })
+                    .collect();
+                $body
+            }
+            #[cfg(not(feature = "cuda"))]
+            DeviceKind::Cuda(_) => anyhow::bail!("this distill was built without CUDA; rebuild with `cargo build --release --features cuda`"),
+        }
+    }};
+}
+
+pub(crate) use dispatch_many;

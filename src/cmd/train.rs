@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use distill_student::device::DeviceKind;
 use distill_student::sft::data::DataReport;
 use distill_student::sft::train::{Observer, StepMetrics, Summary, TrainConfig, train};
 use indicatif::ProgressBar;
@@ -19,6 +18,10 @@ pub struct Args {
     /// Continue from the newest checkpoint in the run directory.
     #[arg(long)]
     resume: bool,
+    /// This node's devices, one rank each: `cpu:4` (four CPU peers) or `cuda:0,cuda:1,…`
+    /// (sets `[train.parallel] devices`).
+    #[arg(long)]
+    devices: Option<String>,
 }
 
 struct Bar {
@@ -48,7 +51,10 @@ impl Observer for Bar {
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let v = crate::recipe::load(&a.recipe, &a.sets)?;
-    let cfg: TrainConfig = crate::recipe::section(&v, "train", &a.recipe)?;
+    let mut cfg: TrainConfig = crate::recipe::section(&v, "train", &a.recipe)?;
+    if let Some(d) = a.devices {
+        cfg.parallel.devices = Some(d);
+    }
     let recipe = serde_json::to_value(&v)?;
     let s = run_train(&cfg, recipe, a.resume)?;
     println!("trained {} steps; eval loss {} → {}", s.steps, fmt(s.first_eval_loss), fmt(s.final_eval_loss));
@@ -64,13 +70,16 @@ fn fmt(x: Option<f64>) -> String {
 /// Train on the configured device, then draw the curves.
 pub fn run_train(cfg: &TrainConfig, recipe: serde_json::Value, resume: bool) -> anyhow::Result<Summary> {
     cfg.validate()?;
-    let kind: DeviceKind = cfg.device.parse().map_err(anyhow::Error::msg)?;
+    let kinds = cfg.device_kinds()?;
+    if kinds.len() > 1 {
+        eprintln!("data parallel: {} ranks ({}), shard = {}", kinds.len(), cfg.parallel.devices.as_deref().unwrap_or(""), cfg.parallel.shard.name());
+    }
     let mut obs = Bar { pb: crate::progress::bar(Some(1), "steps") };
-    let summary = crate::backend::dispatch!(kind, |B, device| {
+    let summary = crate::backend::dispatch_many!(kinds, |B, devices| {
         if cfg.activation_checkpointing {
-            train::<burn::backend::Autodiff<B, burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing>>(cfg, recipe, device, resume, &mut obs)
+            train::<burn::backend::Autodiff<B, burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing>>(cfg, recipe, devices, resume, &mut obs)
         } else {
-            train::<burn::backend::Autodiff<B>>(cfg, recipe, device, resume, &mut obs)
+            train::<burn::backend::Autodiff<B>>(cfg, recipe, devices, resume, &mut obs)
         }
     })?;
     obs.pb.finish_and_clear();

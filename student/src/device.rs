@@ -36,6 +36,37 @@ impl std::str::FromStr for DeviceKind {
     }
 }
 
+/// A node's devices, one rank each: `cpu`, `cpu:4` (four CPU peers), `cuda`, `cuda:0,cuda:1,…`.
+/// All of one kind; CUDA indices distinct.
+pub fn parse_devices(s: &str) -> Result<Vec<DeviceKind>, String> {
+    let s = s.trim();
+    if let Some(n) = s.strip_prefix("cpu:") {
+        let n: usize = n.parse().map_err(|_| format!("'{s}': expected cpu:N with N a number of CPU peers"))?;
+        if n == 0 || n > 256 {
+            return Err(format!("'{s}': the number of CPU peers must be 1 … 256"));
+        }
+        return Ok(vec![DeviceKind::Cpu; n]);
+    }
+    if s == "cuda:all" {
+        return Err("'cuda:all' is not supported: name the devices, e.g. cuda:0,cuda:1".into());
+    }
+    let mut out: Vec<DeviceKind> = Vec::new();
+    for part in s.split(',') {
+        let d: DeviceKind = part.trim().parse()?;
+        if d == DeviceKind::Cpu && s.contains(',') {
+            return Err(format!("'{s}': CPU peers are written cpu:N"));
+        }
+        if out.contains(&d) {
+            return Err(format!("'{s}': {} appears twice", part.trim()));
+        }
+        out.push(d);
+    }
+    if out.is_empty() {
+        return Err("no devices given".into());
+    }
+    Ok(out)
+}
+
 impl DeviceKind {
     /// An error if this build cannot run on the device.
     pub fn check_available(self) -> Result<(), String> {

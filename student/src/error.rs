@@ -47,6 +47,10 @@ pub enum Error {
 
     #[error("{0}")]
     Invalid(String),
+
+    /// A collective call failed on this rank (usually because another rank failed or left).
+    #[error("rank {rank}: {msg}")]
+    Collective { rank: usize, msg: String },
 }
 
 impl Error {

@@ -9,4 +9,6 @@ pub mod data;
 pub mod loss;
 pub mod optim;
 pub mod pack;
+pub mod parallel;
+pub mod plan;
 pub mod train;

@@ -17,7 +17,8 @@ use serde_json::json;
 use super::checkpoint::{self, RunState};
 use super::data::{self, DataConfig, DataReport};
 use super::loss::losses;
-use super::optim::{AdamW, OptimConfig, clip_global};
+use super::optim::{AdamW, OptimConfig};
+use super::parallel::{Comm, Layout, Parallel, ParallelConfig, ShardMode};
 use super::pack::{self, Batch};
 use crate::checkpoint::SaveDtype;
 use crate::error::{Error, IoContext, Result};
@@ -81,6 +82,9 @@ pub struct TrainConfig {
     pub device_memory_gb: Option<f64>,
     #[serde(default)]
     pub export: ExportConfig,
+    /// Data parallelism over several devices, and how state is sharded across them.
+    #[serde(default)]
+    pub parallel: ParallelConfig,
 }
 
 /// `[train.export]`.
@@ -118,6 +122,7 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         self.data.validate()?;
         self.optim.validate().map_err(Error::Invalid)?;
+        self.parallel.validate()?;
         let bad = |m: &str| Err(Error::Invalid(format!("[train] {m}")));
         if self.micro_batch == 0 || self.grad_accum == 0 {
             return bad("micro_batch and grad_accum must be at least 1");
@@ -141,9 +146,21 @@ impl TrainConfig {
     pub fn compute(&self) -> DType {
         match self.compute_dtype.as_str() {
             "bf16" => DType::BF16,
-            "auto" if self.device.starts_with("cuda") => DType::BF16,
+            "auto" if self.on_cuda() => DType::BF16,
             _ => DType::F32,
         }
+    }
+
+    /// The devices of this node, one rank each: `[train.parallel] devices`, else `[train] device`.
+    pub fn device_kinds(&self) -> Result<Vec<crate::device::DeviceKind>> {
+        match &self.parallel.devices {
+            Some(d) => crate::device::parse_devices(d).map_err(|e| Error::Invalid(format!("[train.parallel] devices: {e}"))),
+            None => Ok(vec![self.device.parse().map_err(|e: String| Error::Invalid(format!("[train] device: {e}")))?]),
+        }
+    }
+
+    pub fn on_cuda(&self) -> bool {
+        self.device_kinds().is_ok_and(|k| matches!(k.first(), Some(crate::device::DeviceKind::Cuda(_))))
     }
 }
 
@@ -183,6 +200,10 @@ pub struct StepMetrics {
     pub tokens_per_s: f64,
     pub mfu: f64,
     pub elapsed_s: f64,
+    /// Ranks (devices) in the run.
+    pub world: usize,
+    /// Seconds of the step spent in collectives (gradient reduction, weight gathering).
+    pub comm_s: f64,
 }
 
 pub struct Summary {
@@ -193,22 +214,11 @@ pub struct Summary {
     pub data: DataReport,
 }
 
-/// Estimated peak memory of a full fine-tune, GB: f32 weights, gradients and both AdamW moments
-/// (16 bytes per parameter), plus activations and the logits. Attention keeps no score matrix
-/// (`crate::attention` recomputes it per chunk in the backward pass), so activations grow linearly
-/// with context.
+/// Estimated peak memory of a full fine-tune on one device, GB (f32, no accumulation): the
+/// world-size-1 row of [`super::plan::MemoryPlan`].
 pub fn estimate_memory_gb(c: &crate::ModelConfig, micro_batch: usize, seq: usize, checkpointing: bool) -> f64 {
-    let params = (c.vocab_size * c.hidden_size * if c.tie_word_embeddings { 1 } else { 2 }
-        + c.num_hidden_layers
-            * (c.hidden_size * c.head_dim * (c.num_attention_heads * 2 + c.num_key_value_heads * 2) + 3 * c.hidden_size * c.intermediate_size)) as f64;
-    let state = 16.0 * params;
-    let tokens = (micro_batch * seq) as f64;
-    // Per layer and token: ~ (hidden·10 + intermediate·3) floats of activations kept for backward.
-    let per_layer = tokens * (c.hidden_size * 10 + c.intermediate_size * 3) as f64 * 4.0;
-    let layers = c.num_hidden_layers as f64;
-    let act = if checkpointing { layers * tokens * c.hidden_size as f64 * 4.0 + per_layer } else { layers * per_layer };
-    let logits = tokens * c.vocab_size as f64 * 4.0 * 2.0;
-    (state + act + logits) / 1e9
+    let s = super::plan::RunShape { micro_batch, seq, grad_accum: 1, checkpointing, bf16: false, bucket_mb: 25.0 };
+    super::plan::MemoryPlan::new(c, s, 1, ShardMode::None).total_gb()
 }
 
 /// Check that the student's tokenizer has every special token its chat template writes.
@@ -245,9 +255,45 @@ fn flatten<B: Backend>(p: &ParamMut<'_, B>) -> (Tensor<B, 1>, Vec<usize>) {
     }
 }
 
-/// Train per the config. With `resume`, continue from the newest complete checkpoint.
-pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, recipe: serde_json::Value, device: B::Device, resume: bool, obs: &mut dyn Observer) -> Result<Summary> {
+/// Everything the ranks share: the resolved config and the data, loaded once.
+struct Shared<'a> {
+    cfg: &'a TrainConfig,
+    recipe: serde_json::Value,
+    train_ex: Arc<Vec<data::Example>>,
+    eval_ex: Vec<data::Example>,
+    rows: Vec<Vec<usize>>,
+    eval_rows: Vec<Vec<usize>>,
+    total: u64,
+    pad: u32,
+    report: DataReport,
+    resume: bool,
+}
+
+struct Quiet;
+impl Observer for Quiet {}
+
+/// Aborts the collective if a rank leaves without finishing (error or panic), so that no other
+/// rank waits forever.
+struct AbortOnDrop<B: Backend> {
+    armed: bool,
+    _b: std::marker::PhantomData<B>,
+}
+impl<B: Backend> Drop for AbortOnDrop<B> {
+    fn drop(&mut self) {
+        if self.armed {
+            Comm::<B>::abort();
+        }
+    }
+}
+
+/// Train per the config, one rank per device in `devices` (data parallel when there are
+/// several). With `resume`, continue from the newest complete checkpoint.
+pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, recipe: serde_json::Value, devices: Vec<B::Device>, resume: bool, obs: &mut dyn Observer) -> Result<Summary> {
     cfg.validate()?;
+    if devices.is_empty() {
+        return Err(Error::Invalid("[train] no device to train on".into()));
+    }
+    let world = devices.len();
     let tok = TextTokenizer::from_dir(&cfg.model)?;
     check_template_tokens(&tok)?;
     let (mut train_ex, mut eval_ex, report) = data::load(&cfg.data, &tok)?;
@@ -255,7 +301,6 @@ pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, recipe: serde_json::Value, d
         // No logit distillation: do not carry the teacher's top-k through the batches.
         train_ex.iter_mut().chain(eval_ex.iter_mut()).for_each(|e| e.kd = None);
     }
-    let train_ex = Arc::new(train_ex);
     let seq = cfg.data.max_seq_len;
     let rows: Vec<Vec<usize>> = if cfg.data.packing {
         pack::pack_bfd(&train_ex.iter().map(|e| e.ids.len()).collect::<Vec<_>>(), seq)
@@ -270,74 +315,175 @@ pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, recipe: serde_json::Value, d
 
     let ckpt_root = cfg.output.join("checkpoints");
     std::fs::create_dir_all(&cfg.output).at(&cfg.output)?;
-    let (mut state, loaded, mut opt) = match (resume, checkpoint::list(&ckpt_root)?.pop()) {
-        (true, Some((_, dir))) => checkpoint::load::<B>(&dir, &device, cfg.optim.clone())?,
-        (true, None) => return Err(Error::Invalid(format!("--resume: no checkpoint under {}", ckpt_root.display()))),
-        (false, _) => {
-            if !checkpoint::list(&ckpt_root)?.is_empty() {
-                return Err(Error::Invalid(format!("{} already holds checkpoints; pass --resume to continue the run, or choose another output", ckpt_root.display())));
+    match (resume, checkpoint::list(&ckpt_root)?.is_empty()) {
+        (true, true) => return Err(Error::Invalid(format!("--resume: no checkpoint under {}", ckpt_root.display()))),
+        (false, false) => {
+            return Err(Error::Invalid(format!("{} already holds checkpoints; pass --resume to continue the run, or choose another output", ckpt_root.display())));
+        }
+        _ => {}
+    }
+    // The plan must fit before any rank loads anything.
+    let config = crate::ModelConfig::from_file(&cfg.model.join("config.json"))?;
+    let plan = super::plan::MemoryPlan::for_run(&config, cfg, world);
+    // CPU peers share the machine's memory.
+    let have = cfg.device_memory_gb.unwrap_or_else(|| machine_memory_gb() / if cfg.on_cuda() { 1.0 } else { world as f64 });
+    if plan.total_gb() > have {
+        return Err(Error::Invalid(format!(
+            "this run needs about {:.0} GB per rank but a device has {have:.0} GB:\n{}\nlower max_seq_len or micro_batch, turn on activation_checkpointing, add devices, or shard more ([train.parallel] shard = \"optimizer\" or \"gradients\"); `distill plan` shows every mode",
+            plan.total_gb(),
+            plan.table()
+        )));
+    }
+
+    let shared = Shared { cfg, recipe, train_ex: Arc::new(train_ex), eval_ex, rows, eval_rows, total, pad, report, resume };
+    if world == 1 {
+        let device = devices.into_iter().next().expect("one device");
+        return run_rank::<B>(&shared, Comm::single(), device, obs);
+    }
+    let _world = super::parallel::world_lock();
+    let shared = &shared;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = devices[1..]
+            .iter()
+            .enumerate()
+            .map(|(k, d)| {
+                let device = d.clone();
+                std::thread::Builder::new()
+                    .name(format!("rank-{}", k + 1))
+                    .spawn_scoped(s, move || rank_main::<B>(shared, k + 1, world, device, &mut Quiet))
+                    .expect("spawning a rank thread")
+            })
+            .collect();
+        let mut errors: Vec<(usize, Error)> = Vec::new();
+        let first = rank_main::<B>(shared, 0, world, devices[0].clone(), obs);
+        for (k, h) in handles.into_iter().enumerate() {
+            match h.join() {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => errors.push((k + 1, e)),
+                Err(p) => {
+                    let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                    errors.push((k + 1, Error::Invalid(format!("panicked: {msg}"))));
+                }
             }
-            let st = RunState { format: checkpoint::FORMAT.into(), version: checkpoint::VERSION, step: 0, epoch: 0, epoch_row: 0, tokens_seen: 0, elapsed_s: 0.0, recipe: recipe.clone() };
-            (st, hf::load_model::<B>(&cfg.model, &device)?, AdamW::<B::InnerBackend>::new(cfg.optim.clone()))
+        }
+        match first {
+            Ok(summary) if errors.is_empty() => Ok(summary),
+            Ok(_) => Err(super::parallel::rank_error_summary(&errors)),
+            Err(e) => {
+                errors.insert(0, (0, e));
+                Err(super::parallel::rank_error_summary(&errors))
+            }
+        }
+    })
+}
+
+/// One rank of a data-parallel run: join the collective, train, leave. A rank that fails or
+/// panics aborts the collective on its way out, so the others stop with an error.
+fn rank_main<B: AutodiffBackend>(shared: &Shared<'_>, rank: usize, world: usize, device: B::Device, obs: &mut dyn Observer) -> Result<Summary> {
+    let mut guard = AbortOnDrop::<B::InnerBackend> { armed: true, _b: std::marker::PhantomData };
+    let comm = Comm::<B::InnerBackend>::join(rank, world, &device)?;
+    let summary = run_rank::<B>(shared, comm, device, obs)?;
+    guard.armed = false;
+    Ok(summary)
+}
+
+fn run_rank<B: AutodiffBackend>(sh: &Shared<'_>, comm: Comm<B::InnerBackend>, device: B::Device, obs: &mut dyn Observer) -> Result<Summary> {
+    let cfg = sh.cfg;
+    let (rank, world) = (comm.rank, comm.world);
+    let lead = rank == 0;
+    let seq = cfg.data.max_seq_len;
+    let total = sh.total;
+    let ckpt_root = cfg.output.join("checkpoints");
+    let resume_dir = if sh.resume { checkpoint::list(&ckpt_root)?.pop().map(|(_, d)| d) } else { None };
+    let (mut state, loaded) = match &resume_dir {
+        Some(dir) => checkpoint::load_model::<B>(dir, &device)?,
+        None => {
+            let st = RunState { format: checkpoint::FORMAT.into(), version: checkpoint::VERSION, step: 0, epoch: 0, epoch_row: 0, tokens_seen: 0, elapsed_s: 0.0, recipe: sh.recipe.clone() };
+            (st, hf::load_model::<B>(&cfg.model, &device)?)
         }
     };
     let config = loaded.config.clone();
-    let need = estimate_memory_gb(&config, cfg.micro_batch, seq, cfg.activation_checkpointing);
-    let have = cfg.device_memory_gb.unwrap_or_else(machine_memory_gb);
-    if need > have {
-        return Err(Error::Invalid(format!(
-            "this run needs about {need:.0} GB (16 bytes per parameter for weights, gradients and AdamW state, plus activations at micro_batch {} × {seq} tokens) but the device has {have:.0} GB; lower max_seq_len or micro_batch, turn on activation_checkpointing, or train with a sharded (FSDP/ZeRO) trainer on `distill corpus export --format chat`",
-            cfg.micro_batch
-        )));
-    }
     let mut model: CausalLm<B> = loaded.model;
+    let layout = Layout::new(&param_sizes(&mut model), world, (cfg.parallel.bucket_mb * 1e6) as usize);
+    let par = Parallel { comm, mode: cfg.parallel.shard, layout };
+    let mut opt = match &resume_dir {
+        Some(dir) => checkpoint::load_optimizer::<B::InnerBackend>(dir, cfg.optim.clone(), state.step, &par, &device)?,
+        None => AdamW::<B::InnerBackend>::new(cfg.optim.clone()),
+    };
     let rope = Rope::<B>::new(&config, &device);
-    let n_params: usize = model.params_mut().iter().map(|(_, p)| flatten(p).1.iter().product::<usize>()).sum();
-    let peak = cfg.peak_tflops.unwrap_or_else(|| cpu_peak_tflops()) * 1e12;
+    let n_params = par.layout.total;
+    let peak = cfg.peak_tflops.unwrap_or_else(cpu_peak_tflops) * 1e12 * world as f64;
 
-    // metrics.jsonl: keep exactly the lines up to the resumed step, so a resumed run's file
-    // equals an uninterrupted one.
+    // metrics.jsonl (rank 0): keep exactly the lines up to the resumed step, so a resumed run's
+    // file equals an uninterrupted one.
     let metrics_path = cfg.output.join("metrics.jsonl");
-    let kept_lines: Vec<String> = std::fs::read_to_string(&metrics_path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= state.step))
-        .map(str::to_string)
-        .collect();
-    let mut metrics = std::fs::File::create(&metrics_path).at(&metrics_path)?;
-    for l in &kept_lines {
-        writeln!(metrics, "{l}").at(&metrics_path)?;
+    let mut metrics = if lead {
+        let kept_lines: Vec<String> = std::fs::read_to_string(&metrics_path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= state.step))
+            .map(str::to_string)
+            .collect();
+        let mut f = std::fs::File::create(&metrics_path).at(&metrics_path)?;
+        for l in &kept_lines {
+            writeln!(f, "{l}").at(&metrics_path)?;
+        }
+        Some(f)
+    } else {
+        None
+    };
+    fn log(metrics: &mut Option<std::fs::File>, path: &Path, line: serde_json::Value) -> Result<()> {
+        if let Some(f) = metrics.as_mut() {
+            writeln!(f, "{line}").at(path)?;
+            f.flush().at(path)?;
+        }
+        Ok(())
     }
-    obs.started(total, state.step, &report);
+    if lead {
+        obs.started(total, state.step, &sh.report);
+    }
 
-    let eval_loss = |model: &CausalLm<B>| -> Option<f64> {
-        if eval_rows.is_empty() {
-            return None;
+    // Held-out loss: eval rows are split over the ranks, the sums reduced.
+    let eval_loss = |model: &CausalLm<B>| -> Result<Option<f64>> {
+        if sh.eval_rows.is_empty() {
+            return Ok(None);
         }
         let inner = model.valid();
         let rope = Rope::<B::InnerBackend>::new(&config, &device);
         let (mut sum, mut n) = (0.0, 0usize);
-        for chunk in eval_rows.chunks(cfg.micro_batch.max(1)) {
-            let b = pack::build(&eval_ex, chunk, seq, pad);
+        for (c, chunk) in sh.eval_rows.chunks(cfg.micro_batch.max(1)).enumerate() {
+            if c % world != rank {
+                continue;
+            }
+            let b = pack::build(&sh.eval_ex, chunk, seq, sh.pad);
             let l = losses(&inner, &rope, &b, &device);
             sum += l.ce.into_scalar().elem::<f64>();
             n += l.tokens;
         }
-        (n > 0).then(|| sum / n as f64)
+        let r = par.comm.sum(&[sum, n as f64], &device)?;
+        Ok((r[1] > 0.0).then(|| r[0] / r[1]))
     };
-    let first_eval = if state.step == 0 { eval_loss(&model) } else { None };
+    let first_eval = if state.step == 0 { eval_loss(&model)? } else { None };
     if let Some(l) = first_eval {
-        writeln!(metrics, "{}", json!({"step": 0, "eval_loss": l})).at(&metrics_path)?;
-        obs.eval(0, l);
+        log(&mut metrics, &metrics_path, json!({"step": 0, "eval_loss": l}))?;
+        if lead {
+            obs.eval(0, l);
+        }
     }
 
+    let rows = &sh.rows;
     let mut order = pack::shuffled(rows.len(), cfg.data.seed, state.epoch);
     let t_run = Instant::now();
     let elapsed0 = state.elapsed_s;
     let mut last_eval = None;
+    let fault = injected_fault();
     while state.step < total {
+        if fault == Some((rank, state.step + 1)) {
+            panic!("injected fault (DISTILL_FAULT_INJECT) on rank {rank} at step {}", state.step + 1);
+        }
         let t0 = Instant::now();
-        // The rows of this step, in micro-batches.
+        // The rows of this global batch, in micro-batches; every rank builds the same list and
+        // computes only its own (micro-batch i on rank i mod world).
         let mut micro: Vec<Batch> = Vec::with_capacity(cfg.grad_accum);
         for _ in 0..cfg.grad_accum {
             let mut chosen = Vec::with_capacity(cfg.micro_batch);
@@ -350,12 +496,12 @@ pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, recipe: serde_json::Value, d
                 chosen.push(rows[order[state.epoch_row as usize]].clone());
                 state.epoch_row += 1;
             }
-            let len = if cfg.data.packing { seq } else { chosen.iter().map(|r| train_ex[r[0]].ids.len()).max().unwrap_or(1) };
-            micro.push(pack::build(&train_ex, &chosen, len, pad));
+            let len = if cfg.data.packing { seq } else { chosen.iter().map(|r| sh.train_ex[r[0]].ids.len()).max().unwrap_or(1) };
+            micro.push(pack::build(&sh.train_ex, &chosen, len, sh.pad));
         }
         let seen: u64 = micro.iter().map(|b| b.real_tokens as u64).sum();
         let lr = cfg.optim.lr_at(state.step, total);
-        let out = optimizer_step(&mut model, &rope, &mut opt, &micro, cfg.kd_weight, cfg.optim.max_grad_norm, lr, cfg.compute(), &device);
+        let out = parallel_step(&mut model, &rope, &mut opt, &micro, cfg.kd_weight, cfg.optim.max_grad_norm, lr, cfg.compute(), &device, &par, false)?;
         let (loss, ce, kd, grad_norm, n_tokens) = (out.loss, out.ce, out.kd, out.grad_norm, out.tokens);
         if !loss.is_finite() || !grad_norm.is_finite() {
             let last = checkpoint::list(&ckpt_root)?.pop().map_or("none".to_string(), |(_, d)| d.display().to_string());
@@ -381,35 +527,62 @@ pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, recipe: serde_json::Value, d
             tokens_per_s: seen as f64 / secs,
             mfu: 6.0 * n_params as f64 * seen as f64 / secs / peak,
             elapsed_s: elapsed0 + t_run.elapsed().as_secs_f64(),
+            world,
+            comm_s: out.comm_s,
         };
-        writeln!(metrics, "{}", serde_json::to_string(&m).expect("json")).at(&metrics_path)?;
-        metrics.flush().at(&metrics_path)?;
-        obs.step(&m);
+        log(&mut metrics, &metrics_path, serde_json::to_value(&m).expect("json"))?;
+        if lead {
+            obs.step(&m);
+        }
         if cfg.eval_every > 0 && state.step % cfg.eval_every == 0 && state.step < total
-            && let Some(l) = eval_loss(&model)
+            && let Some(l) = eval_loss(&model)?
         {
-            writeln!(metrics, "{}", json!({"step": state.step, "eval_loss": l})).at(&metrics_path)?;
-            obs.eval(state.step, l);
+            log(&mut metrics, &metrics_path, json!({"step": state.step, "eval_loss": l}))?;
+            if lead {
+                obs.eval(state.step, l);
+            }
         }
         if cfg.save_every > 0 && state.step % cfg.save_every == 0 && state.step < total {
-            metrics.sync_all().at(&metrics_path)?;
+            if let Some(f) = metrics.as_mut() {
+                f.sync_all().at(&metrics_path)?;
+            }
             state.elapsed_s = elapsed0 + t_run.elapsed().as_secs_f64();
-            let dir = checkpoint::save(&ckpt_root, &model, &config, &opt, &state, cfg.keep_checkpoints)?;
-            obs.saved(&dir);
+            let dir = checkpoint::save(&ckpt_root, &model, &config, &opt, &state, cfg.keep_checkpoints, &par, &device)?;
+            if lead {
+                obs.saved(&dir);
+            }
         }
     }
-    if let Some(l) = eval_loss(&model) {
-        writeln!(metrics, "{}", json!({"step": state.step, "eval_loss": l})).at(&metrics_path)?;
-        obs.eval(state.step, l);
+    if let Some(l) = eval_loss(&model)? {
+        log(&mut metrics, &metrics_path, json!({"step": state.step, "eval_loss": l}))?;
+        if lead {
+            obs.eval(state.step, l);
+        }
         last_eval = Some(l);
     }
-    metrics.sync_all().at(&metrics_path)?;
+    if let Some(f) = metrics.as_mut() {
+        f.sync_all().at(&metrics_path)?;
+    }
     state.elapsed_s = elapsed0 + t_run.elapsed().as_secs_f64();
-    let dir = checkpoint::save(&ckpt_root, &model, &config, &opt, &state, cfg.keep_checkpoints)?;
-    obs.saved(&dir);
+    let dir = checkpoint::save(&ckpt_root, &model, &config, &opt, &state, cfg.keep_checkpoints, &par, &device)?;
+    if lead {
+        obs.saved(&dir);
+    }
 
-    // Export, recording what the model was distilled from.
+    // Export (rank 0: the weights are the same on every rank), recording what the model was
+    // distilled from.
     let export_dir = cfg.output.join("export");
+    let exported = if lead { export(cfg, &sh.recipe, &sh.report, &model, &config, &state, &export_dir) } else { Ok(()) };
+    let ok = par.comm.agree(exported.is_ok(), &device)?;
+    exported?;
+    if !ok {
+        return Err(Error::Collective { rank, msg: "rank 0 failed to export".into() });
+    }
+    par.comm.finish()?;
+    Ok(Summary { steps: state.step, final_eval_loss: last_eval, first_eval_loss: first_eval, export_dir, data: sh.report.clone() })
+}
+
+fn export<B: Backend>(cfg: &TrainConfig, recipe: &serde_json::Value, report: &DataReport, model: &CausalLm<B>, config: &crate::ModelConfig, state: &RunState, export_dir: &Path) -> Result<()> {
     let mut assets = Assets::read(&cfg.model)?;
     let provenance = json!({"corpus_manifest_blake3": report.corpus_checksums, "corpora": cfg.data.corpus, "recipe": recipe, "steps": state.step, "base_model": cfg.model});
     if let Some(g) = assets.generation_config.as_mut() {
@@ -417,7 +590,7 @@ pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, recipe: serde_json::Value, d
     }
     let metadata = std::collections::HashMap::from([
         ("distill.corpus_manifest_blake3".to_string(), report.corpus_checksums.join(",")),
-        ("distill.recipe".to_string(), serde_json::to_string(&recipe).expect("json")),
+        ("distill.recipe".to_string(), serde_json::to_string(recipe).expect("json")),
     ]);
     let opts = ExportOptions {
         dtype: if cfg.export.dtype == "f32" { SaveDtype::F32 } else { SaveDtype::Bf16 },
@@ -425,9 +598,30 @@ pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, recipe: serde_json::Value, d
         metadata,
         overwrite: true,
     };
-    hf::export(&model.valid(), &config, &assets, &export_dir, &opts)?;
+    hf::export(model, config, &assets, export_dir, &opts)?;
     distill_data::fsutil::atomic_write(&export_dir.join("distill.json"), &serde_json::to_vec_pretty(&provenance).expect("json"))?;
-    Ok(Summary { steps: state.step, final_eval_loss: last_eval, first_eval_loss: first_eval, export_dir, data: report })
+    Ok(())
+}
+
+/// `DISTILL_FAULT_INJECT=rank=R,step=S` makes rank R panic before step S: how the tests kill
+/// one rank of a data-parallel run.
+fn injected_fault() -> Option<(usize, u64)> {
+    let v = std::env::var("DISTILL_FAULT_INJECT").ok()?;
+    let mut rank = None;
+    let mut step = None;
+    for kv in v.split(',') {
+        match kv.split_once('=') {
+            Some(("rank", r)) => rank = r.trim().parse().ok(),
+            Some(("step", s)) => step = s.trim().parse().ok(),
+            _ => {}
+        }
+    }
+    Some((rank?, step?))
+}
+
+/// Names and element counts of the trainable parameters, in `params_mut` order.
+pub fn param_sizes<B: Backend>(model: &mut CausalLm<B>) -> Vec<(String, usize)> {
+    model.params_mut().iter().map(|(n, p)| (n.clone(), flatten(p).1.iter().product::<usize>())).collect()
 }
 
 /// What one optimizer step did.
@@ -438,17 +632,17 @@ pub struct StepOutcome {
     pub kd: Option<f64>,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
-    /// Per-tensor gradient norms before and after clipping, by HF name.
+    /// Per-tensor gradient norms before and after clipping, by HF name (only when asked for, and
+    /// only where a rank holds whole gradients).
     pub grad_norms: BTreeMap<String, f64>,
     pub clipped_grad_norms: BTreeMap<String, f64>,
     /// Loss tokens.
     pub tokens: usize,
+    /// Seconds spent in collectives.
+    pub comm_s: f64,
 }
 
-/// One optimizer step over the micro-batches of a global batch: each micro-batch's loss is scaled
-/// by the token counts of the whole batch, gradients are summed, clipped by their global norm, and
-/// AdamW updates every parameter at `lr`. Parameters are left untouched if the loss or a gradient
-/// is not finite.
+/// One optimizer step on one device (world size 1), with per-tensor gradient norms.
 #[allow(clippy::too_many_arguments)]
 pub fn optimizer_step<B: AutodiffBackend>(
     model: &mut CausalLm<B>,
@@ -461,65 +655,150 @@ pub fn optimizer_step<B: AutodiffBackend>(
     compute: DType,
     device: &B::Device,
 ) -> StepOutcome {
+    let layout = Layout::new(&param_sizes(model), 1, usize::MAX);
+    let par = Parallel { comm: Comm::single(), mode: ShardMode::None, layout };
+    parallel_step(model, rope, opt, micro, kd_weight, max_grad_norm, lr, compute, device, &par, true).expect("world size 1 makes no collective call")
+}
+
+/// One optimizer step over the micro-batches of a global batch: each micro-batch's loss is scaled
+/// by the token counts of the whole batch, gradients are summed (over micro-batches, then over
+/// ranks), clipped by their global norm, and AdamW updates every parameter at `lr` — each rank
+/// the part it owns under the shard mode. Every rank passes the same `micro` list; it computes
+/// micro-batch i when i mod world is its rank (the others need only their token counts).
+/// Parameters are left untouched if the loss or a gradient is not finite.
+#[allow(clippy::too_many_arguments)]
+pub fn parallel_step<B: AutodiffBackend>(
+    model: &mut CausalLm<B>,
+    rope: &Rope<B>,
+    opt: &mut AdamW<B::InnerBackend>,
+    micro: &[Batch],
+    kd_weight: f64,
+    max_grad_norm: f64,
+    lr: f64,
+    compute: DType,
+    device: &B::Device,
+    par: &Parallel<B::InnerBackend>,
+    per_tensor_norms: bool,
+) -> Result<StepOutcome> {
+    type G<B> = Option<Tensor<<B as AutodiffBackend>::InnerBackend, 1>>;
+    let (rank, world) = (par.rank(), par.world());
     let n_tokens: usize = micro.iter().map(Batch::loss_tokens).sum();
     let n_kd: usize = micro.iter().map(|b| b.kd.len()).sum();
     let w = if n_kd > 0 { kd_weight } else { 0.0 };
-    let mut acc: BTreeMap<String, Tensor<B::InnerBackend, 1>> = BTreeMap::new();
+    let np = par.layout.slots.len();
+    let mut comm_s = 0.0;
+    let mut acc: Vec<G<B>> = vec![None; np];
     let (mut ce_total, mut kd_total) = (0.0f64, 0.0f64);
     // The forward runs on a copy whose weights are cast to the compute dtype (a no-op for f32).
     let fwd = if compute == DType::F32 { model.clone() } else { model.clone().map(&mut CastParams(compute)) };
-    for b in micro {
-        let l = losses(&fwd, rope, b, device);
-        let mut loss = l.ce.clone().mul_scalar((1.0 - w) / n_tokens.max(1) as f64);
-        ce_total += l.ce.clone().into_scalar().elem::<f64>();
-        if let (Some(kd), true) = (l.kd.as_ref(), w > 0.0) {
-            kd_total += kd.clone().into_scalar().elem::<f64>();
-            loss = loss + kd.clone().mul_scalar(w / n_kd.max(1) as f64);
-        }
-        let grads = loss.backward();
-        for (name, p) in model.params_mut() {
-            // The gradient of the parameter tensor itself (a reshaped view would be a new node).
-            let g = match &p {
-                ParamMut::Vector(p) => p.val().grad(&grads),
-                ParamMut::Matrix(p) => p.val().grad(&grads).map(|g| {
-                    let [a, b] = g.dims();
-                    g.reshape([a * b])
-                }),
-            };
-            if let Some(g) = g {
-                let g = match acc.remove(&name) {
-                    Some(prev) => prev + g,
-                    None => g,
+    let add = |a: G<B>, b: G<B>| match (a, b) {
+        (Some(a), Some(b)) => Some(a + b),
+        (a, b) => a.or(b),
+    };
+    for round in 0..micro.len().div_ceil(world) {
+        let mut g: Vec<G<B>> = vec![None; np];
+        if let Some(b) = micro.get(round * world + rank) {
+            let l = losses(&fwd, rope, b, device);
+            let mut loss = l.ce.clone().mul_scalar((1.0 - w) / n_tokens.max(1) as f64);
+            ce_total += l.ce.clone().into_scalar().elem::<f64>();
+            if let (Some(kd), true) = (l.kd.as_ref(), w > 0.0) {
+                kd_total += kd.clone().into_scalar().elem::<f64>();
+                loss = loss + kd.clone().mul_scalar(w / n_kd.max(1) as f64);
+            }
+            let grads = loss.backward();
+            for (i, (_, p)) in model.params_mut().into_iter().enumerate() {
+                // The gradient of the parameter tensor itself (a reshaped view would be a new node).
+                g[i] = match &p {
+                    ParamMut::Vector(p) => p.val().grad(&grads),
+                    ParamMut::Matrix(p) => p.val().grad(&grads).map(|g| {
+                        let [a, b] = g.dims();
+                        g.reshape([a * b])
+                    }),
                 };
-                acc.insert(name, g);
             }
         }
+        if par.replicated() || par.mode == ShardMode::Optimizer {
+            acc = acc.into_iter().zip(g).map(|(a, b)| add(a, b)).collect();
+        } else {
+            let t = Instant::now();
+            let s = par.reduce_scatter_grads(g, device)?;
+            comm_s += t.elapsed().as_secs_f64();
+            acc = acc.into_iter().zip(s).map(|(a, b)| add(a, b)).collect();
+        }
     }
+    let t = Instant::now();
+    let sums = par.comm.sum(&[ce_total, kd_total], device)?;
+    // Whole reduced gradients on every rank, except under `gradients` (owned ranges only).
+    let whole = par.replicated() || par.mode == ShardMode::Optimizer;
+    if whole {
+        par.all_reduce_grads(&mut acc, device)?;
+    }
+    comm_s += t.elapsed().as_secs_f64();
+    let (ce_total, kd_total) = if world == 1 { (ce_total, kd_total) } else { (sums[0], sums[1]) };
     let ce = ce_total / n_tokens.max(1) as f64;
     let kd = (n_kd > 0 && w > 0.0).then(|| kd_total / n_kd as f64);
     let loss = (1.0 - w) * ce + w * kd.unwrap_or(0.0);
-    let norm = |t: &Tensor<B::InnerBackend, 1>| t.clone().square().sum().into_scalar().elem::<f64>().sqrt();
-    let grad_norms: BTreeMap<String, f64> = acc.iter().map(|(n, g)| (n.clone(), norm(g))).collect();
-    let names: Vec<String> = acc.keys().cloned().collect();
-    let mut grads: Vec<Tensor<B::InnerBackend, 1>> = names.iter().map(|n| acc[n].clone()).collect();
-    let grad_norm = clip_global(&mut grads, max_grad_norm);
-    let grads: BTreeMap<String, Tensor<B::InnerBackend, 1>> = names.into_iter().zip(grads).collect();
-    let clipped_grad_norms = grads.iter().map(|(n, g)| (n.clone(), norm(g))).collect();
-    let outcome = StepOutcome { loss, ce, kd, grad_norm, grad_norms, clipped_grad_norms, tokens: n_tokens };
-    if !loss.is_finite() || !grad_norm.is_finite() {
-        return outcome;
+
+    // Global norm: per-tensor sums of squares of what this rank holds, in parameter order, summed
+    // over ranks when each holds a part.
+    let held: Vec<(usize, Tensor<B::InnerBackend, 1>)> = acc.iter().enumerate().filter_map(|(i, g)| g.clone().map(|g| (i, g))).collect();
+    let sq: Vec<f64> = if held.is_empty() {
+        vec![]
+    } else {
+        // Sums of squares in f64: a sum over a shard and a sum over the whole tensor then agree.
+        let parts: Vec<Tensor<B::InnerBackend, 1>> = held.iter().map(|(_, g)| g.clone().cast(DType::F64).square().sum()).collect();
+        Tensor::cat(parts, 0).into_data().convert::<f64>().into_vec::<f64>().map_err(|e| Error::Invalid(format!("{e:?}")))?
+    };
+    let local: f64 = sq.iter().sum();
+    let total_sq = if whole { local } else { par.comm.sum(&[local], device)?[0] };
+    let grad_norm = total_sq.sqrt();
+    let coef = if max_grad_norm > 0.0 { (max_grad_norm / (grad_norm + 1e-6)).min(1.0) } else { 1.0 };
+    let name = |i: usize| par.layout.slots[i].name.clone();
+    let want_norms = per_tensor_norms && whole;
+    let grad_norms: BTreeMap<String, f64> = if want_norms { held.iter().zip(&sq).map(|((i, _), s)| (name(*i), s.sqrt())).collect() } else { BTreeMap::new() };
+    if max_grad_norm > 0.0 {
+        acc = acc.into_iter().map(|g| g.map(|g| g.mul_scalar(coef))).collect();
     }
-    for (name, p) in model.params_mut() {
-        let Some(g) = grads.get(&name) else { continue };
-        let (t, shape) = flatten(&p);
-        let new = opt.update(&name, t.inner(), g.clone(), lr);
+    let norm = |t: &Tensor<B::InnerBackend, 1>| t.clone().square().sum().into_scalar().elem::<f64>().sqrt();
+    let clipped_grad_norms = if want_norms { acc.iter().enumerate().filter_map(|(i, g)| g.as_ref().map(|g| (name(i), norm(g)))).collect() } else { BTreeMap::new() };
+    let mut outcome = StepOutcome { loss, ce, kd, grad_norm, grad_norms, clipped_grad_norms, tokens: n_tokens, comm_s };
+    if whole && !par.replicated() {
+        // ZeRO-1: keep the owned ranges for the update.
+        acc = acc.into_iter().enumerate().map(|(i, g)| g.and_then(|g| par.owned(i).map(|r| g.slice(r)))).collect();
+    }
+    if !loss.is_finite() || !grad_norm.is_finite() {
+        return Ok(outcome);
+    }
+
+    // AdamW on what this rank owns.
+    let mut own: Vec<G<B>> = vec![None; np];
+    for (i, (name, p)) in model.params_mut().into_iter().enumerate() {
+        let (Some(g), Some(r)) = (acc[i].take(), par.owned(i)) else { continue };
+        let (t, _) = flatten(&p);
+        let t = t.inner();
+        let seg = if r.len() == par.layout.slots[i].numel { t } else { t.slice(r) };
+        own[i] = Some(opt.update(&name, seg, g, lr));
+    }
+    let updated: Vec<G<B>> = if par.replicated() {
+        own
+    } else {
+        let t = Instant::now();
+        let all = par.all_gather_params(&own, device)?;
+        outcome.comm_s += t.elapsed().as_secs_f64();
+        all.into_iter().map(Some).collect()
+    };
+    for ((_, p), new) in model.params_mut().into_iter().zip(updated) {
+        let Some(new) = new else { continue };
         match p {
             ParamMut::Vector(p) => *p = Param::from_tensor(Tensor::from_inner(new).require_grad()),
-            ParamMut::Matrix(p) => *p = Param::from_tensor(Tensor::from_inner(new.reshape([shape[0], shape[1]])).require_grad()),
+            ParamMut::Matrix(p) => {
+                let [a, b] = p.val().dims();
+                *p = Param::from_tensor(Tensor::from_inner(new.reshape([a, b])).require_grad())
+            }
         }
     }
     opt.step += 1;
-    outcome
+    Ok(outcome)
 }
 
 /// This machine's RAM, GB.

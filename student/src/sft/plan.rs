@@ -1,0 +1,196 @@
+//! The memory planner: what one rank of a full fine-tune holds at its peak, component by
+//! component, for each shard mode — so a run that cannot fit is refused before it loads anything,
+//! and `distill plan` can say how many devices a recipe needs.
+//!
+//! Per rank, with P parameters, N ranks and the shard modes of [`super::parallel`]:
+//!
+//! | component | none | optimizer | gradients |
+//! |---|---|---|---|
+//! | f32 weights (they are the master copy) | 4P | 4P | 4P |
+//! | compute copy (bf16 compute only) | 2P | 2P | 2P |
+//! | gradients | 4P (8P with accumulation) | 4P (8P with accumulation) | 4P + 4P/N |
+//! | AdamW moments | 8P | 8P/N | 8P/N |
+//! | communication buffers | 2 buckets | 2 buckets | 2 buckets |
+//!
+//! Gradients: burn's backward returns every parameter's gradient at once (4P); with gradient
+//! accumulation the running sum is a second full copy, except under `gradients`, where each
+//! micro-batch's gradient is reduce-scattered at once and only the owned 1/N is summed.
+//! Activations and logits are per micro-batch and do not shrink with N.
+
+use serde::Serialize;
+
+use super::parallel::ShardMode;
+use super::train::TrainConfig;
+use crate::config::ModelConfig;
+
+/// Exact trainable parameter count of a Llama / Qwen2 / Qwen3 config (weights, biases, norms).
+pub fn param_count(c: &ModelConfig) -> usize {
+    let (h, hd) = (c.hidden_size, c.head_dim);
+    let (q, kv) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
+    let mut layer = h * q + 2 * h * kv + q * h + 3 * h * c.intermediate_size + 2 * h;
+    if c.qkv_bias {
+        layer += q + 2 * kv;
+    }
+    if c.o_bias {
+        layer += h;
+    }
+    if c.mlp_bias {
+        layer += 2 * c.intermediate_size + h;
+    }
+    if c.qk_norm {
+        layer += 2 * hd;
+    }
+    let embed = c.vocab_size * h * if c.tie_word_embeddings { 1 } else { 2 };
+    embed + c.num_hidden_layers * layer + h
+}
+
+/// One rank's estimated peak, bytes per component.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryPlan {
+    pub world: usize,
+    pub mode: ShardMode,
+    pub params: usize,
+    pub weights: f64,
+    pub compute_copy: f64,
+    pub gradients: f64,
+    pub moments: f64,
+    pub activations: f64,
+    pub logits: f64,
+    pub comm_buffers: f64,
+}
+
+/// The shape of a run, as far as memory is concerned.
+#[derive(Debug, Clone, Copy)]
+pub struct RunShape {
+    pub micro_batch: usize,
+    pub seq: usize,
+    pub grad_accum: usize,
+    pub checkpointing: bool,
+    pub bf16: bool,
+    pub bucket_mb: f64,
+}
+
+impl RunShape {
+    pub fn of(cfg: &TrainConfig) -> RunShape {
+        RunShape {
+            micro_batch: cfg.micro_batch,
+            seq: cfg.data.max_seq_len,
+            grad_accum: cfg.grad_accum,
+            checkpointing: cfg.activation_checkpointing,
+            bf16: cfg.compute() == burn::tensor::DType::BF16,
+            bucket_mb: cfg.parallel.bucket_mb,
+        }
+    }
+}
+
+impl MemoryPlan {
+    pub fn new(c: &ModelConfig, s: RunShape, world: usize, mode: ShardMode) -> MemoryPlan {
+        let p = param_count(c);
+        let pf = p as f64;
+        let n = world.max(1) as f64;
+        let mode = if world <= 1 { ShardMode::None } else { mode };
+        let accumulates = s.grad_accum > 1;
+        let gradients = match mode {
+            ShardMode::Gradients => 4.0 * pf + 4.0 * pf / n,
+            _ => 4.0 * pf * if accumulates { 2.0 } else { 1.0 },
+        };
+        let moments = if mode.sharded() { 8.0 * pf / n } else { 8.0 * pf };
+        let tokens = (s.micro_batch * s.seq) as f64;
+        // Per layer and token: ~ (hidden·10 + intermediate·3) floats kept for the backward pass.
+        // Attention keeps no score matrix (`crate::attention` recomputes it per chunk).
+        let per_layer = tokens * (c.hidden_size * 10 + c.intermediate_size * 3) as f64 * 4.0;
+        let layers = c.num_hidden_layers as f64;
+        let activations = if s.checkpointing { layers * tokens * c.hidden_size as f64 * 4.0 + per_layer } else { layers * per_layer };
+        // Logits and their gradient, f32, over the vocabulary.
+        let logits = tokens * c.vocab_size as f64 * 4.0 * 2.0;
+        let comm_buffers = if world > 1 { 2.0 * (s.bucket_mb * 1e6).min(4.0 * pf) } else { 0.0 };
+        MemoryPlan {
+            world: world.max(1),
+            mode,
+            params: p,
+            weights: 4.0 * pf,
+            compute_copy: if s.bf16 { 2.0 * pf } else { 0.0 },
+            gradients,
+            moments,
+            activations,
+            logits,
+            comm_buffers,
+        }
+    }
+
+    pub fn for_run(c: &ModelConfig, cfg: &TrainConfig, world: usize) -> MemoryPlan {
+        MemoryPlan::new(c, RunShape::of(cfg), world, cfg.parallel.shard)
+    }
+
+    pub fn total(&self) -> f64 {
+        self.weights + self.compute_copy + self.gradients + self.moments + self.activations + self.logits + self.comm_buffers
+    }
+
+    pub fn total_gb(&self) -> f64 {
+        self.total() / 1e9
+    }
+
+    /// The components as `(name, bytes)`.
+    pub fn parts(&self) -> [(&'static str, f64); 7] {
+        [
+            ("f32 weights (master)", self.weights),
+            ("bf16 compute copy", self.compute_copy),
+            ("gradients", self.gradients),
+            ("AdamW moments", self.moments),
+            ("activations", self.activations),
+            ("logits + grad", self.logits),
+            ("communication buffers", self.comm_buffers),
+        ]
+    }
+
+    /// A plain-text table of the components, GB per rank.
+    pub fn table(&self) -> String {
+        let mut out = format!("  per rank, {} rank(s), shard = {}:\n", self.world, self.mode.name());
+        for (name, b) in self.parts() {
+            out.push_str(&format!("    {name:<24} {:>9.2} GB\n", b / 1e9));
+        }
+        out.push_str(&format!("    {:<24} {:>9.2} GB", "total", self.total_gb()));
+        out
+    }
+}
+
+/// The smallest number of ranks (up to `max`) at which `mode` fits `gb` per device.
+pub fn min_ranks(c: &ModelConfig, s: RunShape, mode: ShardMode, gb: f64, max: usize) -> Option<usize> {
+    (1..=max).find(|&n| MemoryPlan::new(c, s, n, mode).total_gb() <= gb)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qwen25_1_5b() -> ModelConfig {
+        let json = r#"{"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2","vocab_size":151936,"hidden_size":1536,
+            "intermediate_size":8960,"num_hidden_layers":28,"num_attention_heads":12,"num_key_value_heads":2,
+            "max_position_embeddings":32768,"rms_norm_eps":1e-6,"rope_theta":1000000.0,"tie_word_embeddings":true}"#;
+        ModelConfig::from_json(json).unwrap()
+    }
+
+    #[test]
+    fn the_parameter_count_is_the_published_one() {
+        // Qwen2.5-1.5B: 1,543,714,304 parameters (transformers' num_parameters()).
+        assert_eq!(param_count(&qwen25_1_5b()), 1_543_714_304);
+    }
+
+    #[test]
+    fn sharding_shrinks_moments_and_gradients_as_the_table_says() {
+        let c = qwen25_1_5b();
+        let s = RunShape { micro_batch: 1, seq: 1024, grad_accum: 4, checkpointing: true, bf16: false, bucket_mb: 25.0 };
+        let p = param_count(&c) as f64;
+        let none = MemoryPlan::new(&c, s, 4, ShardMode::None);
+        let opt = MemoryPlan::new(&c, s, 4, ShardMode::Optimizer);
+        let grads = MemoryPlan::new(&c, s, 4, ShardMode::Gradients);
+        assert_eq!(none.moments, 8.0 * p);
+        assert_eq!(opt.moments, 2.0 * p);
+        assert_eq!(opt.gradients, 8.0 * p);
+        assert_eq!(grads.gradients, 5.0 * p);
+        assert!(grads.total() < opt.total() && opt.total() < none.total());
+        // World size 1 is always the unsharded plan.
+        assert_eq!(MemoryPlan::new(&c, s, 1, ShardMode::Gradients).total(), MemoryPlan::new(&c, s, 1, ShardMode::None).total());
+        assert_eq!(min_ranks(&c, s, ShardMode::Gradients, grads.total_gb(), 8), Some(4));
+    }
+}

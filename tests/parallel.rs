@@ -1,0 +1,248 @@
+//! Data-parallel SFT on CPU peers (burn-collective's local level): 2, 3 and 4 ranks in every shard
+//! mode give the world-size-1 run's losses and final weights; a sharded checkpoint resumes at the
+//! same world size bit for bit and at another within 1e-6; a rank that dies stops the others with
+//! an error naming it. World size 1 is itself checked against PyTorch (student/tests/train_step.rs).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use distill_student::checkpoint::Checkpoint;
+use distill_student::device::{Autodiff, Cpu, CpuDevice};
+use distill_student::sft::parallel::ShardMode;
+use distill_student::sft::train::{Observer, TrainConfig, train};
+use distill_student::{Arch, ModelConfig};
+
+/// A tiny Llama or Qwen2 with SmolLM2's tokenizer, sized so that its parameter count divides by
+/// none of 2, 3, 4.
+fn tiny(dir: &Path, arch: Arch) -> PathBuf {
+    use distill_student::checkpoint::SaveDtype;
+    use distill_student::hf::{self, Assets, ExportOptions};
+    use distill_student::weights::RandomSource;
+    let (_, hf_dir) = smollm2();
+    let mut cfg = ModelConfig::from_file(&hf_dir.join("config.json")).unwrap();
+    cfg.arch = arch;
+    cfg.qkv_bias = arch == Arch::Qwen2;
+    cfg.hidden_size = 65;
+    cfg.intermediate_size = 97;
+    cfg.num_hidden_layers = 2;
+    cfg.num_attention_heads = 4;
+    cfg.num_key_value_heads = 2;
+    cfg.head_dim = 16;
+    let model = distill_student::CausalLm::<Cpu>::load(&cfg, &mut RandomSource::new(7), &CpuDevice::default()).unwrap();
+    let n = distill_student::sft::plan::param_count(&cfg);
+    assert!([2, 3, 4].iter().all(|w| n % w != 0), "{n} parameters divide by a world size");
+    let out = dir.join(format!("tiny-{}", arch.model_type()));
+    let opts = ExportOptions { dtype: SaveDtype::F32, ..Default::default() };
+    hf::export(&model, &cfg, &Assets::read(&hf_dir).unwrap(), &out, &opts).unwrap();
+    out
+}
+
+fn config(model: &Path, corpus: &Path, output: &Path, steps: u64, extra: &str) -> TrainConfig {
+    let v: toml::Value = toml::from_str(&recipe_text(model, corpus, output, steps, extra)).unwrap();
+    v["train"].clone().try_into().unwrap()
+}
+
+fn recipe_file(model: &Path, corpus: &Path, output: &Path, steps: u64, extra: &str) -> PathBuf {
+    let p = output.with_extension("toml");
+    std::fs::write(&p, recipe_text(model, corpus, output, steps, extra)).unwrap();
+    p
+}
+
+fn recipe_text(model: &Path, corpus: &Path, output: &Path, steps: u64, extra: &str) -> String {
+    format!(
+        r#"[train]
+model = "{}"
+output = "{}"
+max_steps = {steps}
+micro_batch = 2
+grad_accum = 3
+save_every = 5
+keep_checkpoints = 5
+{extra}
+[train.data]
+corpus = ["{}"]
+max_seq_len = 96
+eval_fraction = 0.1
+seed = 5
+[train.optim]
+lr = 2e-3
+warmup_steps = 2
+max_grad_norm = 0.5
+weight_decay = 0.01
+[train.export]
+dtype = "f32"
+"#,
+        model.display(),
+        output.display(),
+        corpus.display()
+    )
+}
+
+struct Quiet;
+impl Observer for Quiet {}
+
+fn run(cfg: &TrainConfig, world: usize, resume: bool) -> Result<(), String> {
+    let devices = vec![CpuDevice::default(); world];
+    train::<Autodiff<Cpu>>(cfg, serde_json::Value::Null, devices, resume, &mut Quiet).map(|_| ()).map_err(|e| e.to_string())
+}
+
+fn metrics(output: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(output.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// (step, loss) and (step, eval loss) in order.
+fn losses(output: &Path) -> Vec<(u64, f64)> {
+    metrics(output).iter().filter_map(|v| Some((v["step"].as_u64()?, v.get("loss").or(v.get("eval_loss"))?.as_f64()?))).collect()
+}
+
+fn weights(output: &Path) -> BTreeMap<String, Vec<f32>> {
+    let ck = Checkpoint::open(&output.join("export")).unwrap();
+    ck.names().map(|n| (n.to_string(), ck.read_f32(n, ck.shape(n).unwrap()).unwrap())).collect()
+}
+
+fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    let d: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    let n: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (d / n.max(1e-30)).sqrt()
+}
+
+fn assert_same(label: &str, base: &Path, other: &Path, tol: f64) {
+    let (a, b) = (losses(base), losses(other));
+    assert_eq!(a.len(), b.len(), "{label}: metrics lines");
+    for ((s1, l1), (s2, l2)) in a.iter().zip(&b) {
+        assert_eq!(s1, s2);
+        let e = (l1 - l2).abs() / l1.abs().max(1e-12);
+        assert!(e <= tol, "{label}: step {s1}: loss {l2} vs world size 1's {l1} ({e:.2e})");
+    }
+    let (wa, wb) = (weights(base), weights(other));
+    assert_eq!(wa.keys().collect::<Vec<_>>(), wb.keys().collect::<Vec<_>>());
+    // The model as one vector: within `tol`. Each tensor: within 100·tol, since AdamW turns the
+    // rounding noise of a near-zero gradient (Qwen2's k_proj bias) into full-size steps.
+    let (mut d2, mut n2) = (0.0, 0.0);
+    let mut worst = (0.0, String::new());
+    for (n, x) in &wa {
+        let y = &wb[n];
+        d2 += x.iter().zip(y).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>();
+        n2 += x.iter().map(|a| (*a as f64).powi(2)).sum::<f64>();
+        let e = rel_l2(y, x);
+        if e > worst.0 {
+            worst = (e, n.clone());
+        }
+    }
+    let model = (d2 / n2).sqrt();
+    eprintln!("{label}: final weights differ by {model:.2e} (relative L2); worst tensor {:.2e} ({})", worst.0, worst.1);
+    assert!(model <= tol, "{label}: the final weights differ from world size 1 by {model:.2e} (relative L2)");
+    assert!(worst.0 <= 100.0 * tol, "{label}: {} differs from world size 1 by {:.2e} (relative L2)", worst.1, worst.0);
+}
+
+#[test]
+fn every_world_size_and_shard_mode_gives_the_single_device_run() {
+    let d = tempfile::tempdir().unwrap();
+    let corpus = short_corpus(d.path(), 60, true);
+    for arch in [Arch::Llama, Arch::Qwen2] {
+        let model = tiny(d.path(), arch);
+        let name = arch.model_type();
+        let base = d.path().join(format!("{name}-w1"));
+        run(&config(&model, &corpus, &base, 10, ""), 1, false).unwrap();
+        assert_eq!(metrics(&base).iter().filter(|v| v.get("loss").is_some()).count(), 10);
+        let cases: &[(usize, ShardMode)] = if arch == Arch::Llama {
+            &[(2, ShardMode::None), (2, ShardMode::Optimizer), (2, ShardMode::Gradients), (3, ShardMode::Optimizer), (4, ShardMode::Gradients)]
+        } else {
+            &[(2, ShardMode::Gradients), (3, ShardMode::None), (4, ShardMode::Optimizer)]
+        };
+        for &(world, mode) in cases {
+            let out = d.path().join(format!("{name}-w{world}-{}", mode.name()));
+            let cfg = config(&model, &corpus, &out, 10, &format!("[train.parallel]\nshard = \"{}\"\nbucket_mb = 0.05", mode.name()));
+            run(&cfg, world, false).unwrap();
+            assert_same(&format!("{name} world {world} shard {}", mode.name()), &base, &out, 1e-6);
+            // Every step logs the world size.
+            assert!(metrics(&out).iter().filter(|v| v.get("loss").is_some()).all(|v| v["world"] == world));
+        }
+    }
+}
+
+#[test]
+fn a_sharded_checkpoint_resumes_at_the_same_and_at_another_world_size() {
+    let d = tempfile::tempdir().unwrap();
+    let corpus = short_corpus(d.path(), 60, true);
+    let model = tiny(d.path(), Arch::Llama);
+    let extra = "[train.parallel]\nshard = \"gradients\"\nbucket_mb = 0.05";
+    let full = d.path().join("full");
+    let r = recipe_file(&model, &corpus, &full, 10, extra);
+    let o = distill(&["train", "--recipe", r.to_str().unwrap(), "--devices", "cpu:2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(full.join("checkpoints/step-000005/optimizer/shards.json").exists());
+    assert!(full.join("checkpoints/step-000005/optimizer/rank-00001/model.safetensors").exists());
+    let after5 = |out: &Path| -> Vec<(u64, f64)> { losses(out).into_iter().filter(|(s, _)| *s > 5).collect() };
+
+    // A rank dies at step 7, after the step-5 checkpoint; the same world size resumes to the
+    // uninterrupted run's losses, bit for bit; other world sizes and modes re-shard on load.
+    for (devices, mode) in [("cpu:2", "gradients"), ("cpu:3", "optimizer"), ("cpu", "none")] {
+        let out = d.path().join(format!("resumed-{}", devices.replace(':', "")));
+        let r = recipe_file(&model, &corpus, &out, 10, extra);
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_distill"))
+            .args(["train", "--recipe", r.to_str().unwrap(), "--devices", "cpu:2"])
+            .env("DISTILL_FAULT_INJECT", "rank=1,step=7")
+            .output()
+            .unwrap();
+        assert!(!o.status.success() && out.join("checkpoints/step-000005").exists(), "{}", text(&o));
+        let o = distill(&["train", "--recipe", r.to_str().unwrap(), "--resume", "--devices", devices, "--set", &format!("train.parallel.shard=\"{mode}\"")]);
+        assert!(o.status.success(), "{devices}: {}", text(&o));
+        let (a, b) = (after5(&full), after5(&out));
+        assert_eq!(a.len(), b.len());
+        if devices == "cpu:2" {
+            let bits = |v: &[(u64, f64)]| v.iter().map(|(s, l)| (*s, l.to_bits())).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b), "resumed at the same world size");
+        }
+        for ((s, x), (_, y)) in a.iter().zip(&b) {
+            assert!((x - y).abs() / x.abs() <= 1e-6, "resumed on {devices}: step {s}: {y} vs {x}");
+        }
+        let (wa, wb) = (weights(&full), weights(&out));
+        let d2: f64 = wa.iter().map(|(n, x)| x.iter().zip(&wb[n]).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>()).sum();
+        let n2: f64 = wa.values().map(|x| x.iter().map(|a| (*a as f64).powi(2)).sum::<f64>()).sum();
+        eprintln!("resumed on {devices} ({mode}): final weights differ by {:.2e}", (d2 / n2).sqrt());
+        assert!((d2 / n2).sqrt() <= 1e-6, "resumed on {devices}: final weights differ by {:.2e}", (d2 / n2).sqrt());
+    }
+}
+
+#[test]
+fn a_rank_that_dies_stops_the_others_with_its_name() {
+    let d = tempfile::tempdir().unwrap();
+    let corpus = short_corpus(d.path(), 60, true);
+    let model = tiny(d.path(), Arch::Llama);
+    let out = d.path().join("dies");
+    let t0 = Instant::now();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(["train", "--recipe", train_recipe(d.path(), &model, &corpus, &out, "").to_str().unwrap(), "--devices", "cpu:3"])
+        .env("DISTILL_FAULT_INJECT", "rank=2,step=3")
+        .output()
+        .unwrap();
+    let elapsed = t0.elapsed();
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("rank 2 failed") && t.contains("injected fault"), "{t}");
+    assert!(elapsed < Duration::from_secs(60), "the others took {elapsed:?} to stop");
+    assert!(!out.join("export").exists());
+}
+
+#[test]
+fn distill_train_runs_data_parallel_from_the_command_line() {
+    let d = tempfile::tempdir().unwrap();
+    let corpus = short_corpus(d.path(), 40, true);
+    let model = tiny(d.path(), Arch::Llama);
+    let out = d.path().join("cli");
+    let r = train_recipe(d.path(), &model, &corpus, &out, "[train.parallel]\nshard = \"optimizer\"");
+    let o = distill(&["train", "--recipe", r.to_str().unwrap(), "--devices", "cpu:2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("data parallel: 2 ranks"), "{}", text(&o));
+    assert!(out.join("export/model.safetensors").exists());
+    // Bad device lists fail before any work.
+    for (bad, says) in [("cpu:0", "1 … 256"), ("cuda:0,cuda:0", "appears twice"), ("tpu:1", "unknown device")] {
+        let o = distill(&["train", "--recipe", r.to_str().unwrap(), "--devices", bad]);
+        assert!(!o.status.success() && text(&o).contains(says), "{bad}: {}", text(&o));
+    }
+}
