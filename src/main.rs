@@ -68,6 +68,8 @@ enum Command {
     Report(cmd::report::Args),
     /// Parse and validate recipes.
     CheckRecipe(cmd::check_recipe::Args),
+    /// Estimated memory per rank of a recipe's training in every shard mode, and how many devices it needs.
+    Plan(cmd::plan::Args),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +88,7 @@ fn main() -> ExitCode {
         Command::Run(a) => cmd::run::run(a),
         Command::Report(a) => cmd::report::run(a),
         Command::CheckRecipe(a) => cmd::check_recipe::run(a),
+        Command::Plan(a) => cmd::plan::run(a),
     };
     match result {
         Ok(code) => code,

@@ -103,6 +103,13 @@ pub struct Meta {
     pub device_memory_gb: Option<f64>,
     #[serde(default)]
     pub fits_one_device: Option<bool>,
+    /// The plan the recipe is meant to run with (`distill plan`): devices, shard mode, GB each.
+    #[serde(default)]
+    pub plan_devices: Option<usize>,
+    #[serde(default)]
+    pub plan_shard: Option<String>,
+    #[serde(default)]
+    pub plan_gb_per_device: Option<f64>,
 }
 
 /// `[prepare]`: the models a run needs.

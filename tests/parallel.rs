@@ -246,3 +246,30 @@ fn distill_train_runs_data_parallel_from_the_command_line() {
         assert!(!o.status.success() && text(&o).contains(says), "{bad}: {}", text(&o));
     }
 }
+
+#[test]
+fn distill_plan_prints_every_mode_and_train_refuses_a_plan_that_does_not_fit() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let r = root.join("recipes/r1-distill-qwen-7b.toml");
+    let o = distill(&["plan", "--recipe", r.to_str().unwrap(), "--gpus", "8", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mode = |m: &str| v["modes"].as_array().unwrap().iter().find(|x| x["mode"] == m).unwrap().clone();
+    assert_eq!(v["params"], 7_615_616_512u64, "Qwen2.5-7B's published parameter count");
+    assert_eq!(mode("none")["fits"], false);
+    assert_eq!(mode("gradients")["fits"], true);
+    assert_eq!(mode("gradients")["min_devices"], 8);
+    let o = distill(&["plan", "--recipe", r.to_str().unwrap(), "--gpus", "8"]);
+    let t = text(&o);
+    assert!(t.contains("AdamW moments") && t.contains("fewest devices that fit"), "{t}");
+
+    let d = tempfile::tempdir().unwrap();
+    let corpus = short_corpus(d.path(), 20, true);
+    let model = tiny(d.path(), Arch::Llama);
+    let out = d.path().join("too-big");
+    let r = train_recipe(d.path(), &model, &corpus, &out, "device_memory_gb = 0.001");
+    let o = distill(&["train", "--recipe", r.to_str().unwrap(), "--devices", "cpu:2"]);
+    let t = text(&o);
+    assert!(!o.status.success() && t.contains("per rank") && t.contains("AdamW moments"), "{t}");
+    assert!(!out.join("checkpoints").exists());
+}

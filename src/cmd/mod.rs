@@ -9,6 +9,7 @@ pub mod fetch;
 pub mod generate;
 pub mod generate_text;
 pub mod import;
+pub mod plan;
 pub mod report;
 pub mod run;
 pub mod train;

@@ -42,16 +42,20 @@ pub enum ShardMode {
     Optimizer,
     /// ZeRO-2: moments and the accumulated gradient sharded.
     Gradients,
+    /// ZeRO-3 / FSDP: the parameters too. Planned (`distill plan` estimates it); the trainer does
+    /// not run it yet.
+    Parameters,
 }
 
 impl ShardMode {
-    pub const ALL: [ShardMode; 3] = [ShardMode::None, ShardMode::Optimizer, ShardMode::Gradients];
+    pub const ALL: [ShardMode; 4] = [ShardMode::None, ShardMode::Optimizer, ShardMode::Gradients, ShardMode::Parameters];
 
     pub fn name(self) -> &'static str {
         match self {
             ShardMode::None => "none",
             ShardMode::Optimizer => "optimizer",
             ShardMode::Gradients => "gradients",
+            ShardMode::Parameters => "parameters",
         }
     }
 
@@ -82,6 +86,11 @@ impl ParallelConfig {
     pub fn validate(&self) -> Result<()> {
         if !(self.bucket_mb.is_finite() && self.bucket_mb > 0.0) {
             return Err(Error::Invalid(format!("[train.parallel] bucket_mb must be a positive number of MB, not {}", self.bucket_mb)));
+        }
+        if self.shard == ShardMode::Parameters {
+            return Err(Error::Invalid(
+                "[train.parallel] shard = \"parameters\" (FSDP / ZeRO-3) is planned but not in the trainer yet; `distill plan` shows what it would need. Use \"gradients\" or \"optimizer\"".into(),
+            ));
         }
         if let Some(d) = &self.devices {
             crate::device::parse_devices(d).map_err(|e| Error::Invalid(format!("[train.parallel] devices: {e}")))?;

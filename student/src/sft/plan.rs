@@ -12,6 +12,10 @@
 //! | AdamW moments | 8P | 8P/N | 8P/N |
 //! | communication buffers | 2 buckets | 2 buckets | 2 buckets |
 //!
+//! `parameters` (FSDP / ZeRO-3, planned, not yet in the trainer) keeps 16P/N of state and gathers
+//! one unit at a time (a decoder layer, or the embedding): two gathered units in the compute dtype
+//! (the one computing and the one prefetched) plus one unit's full f32 gradient.
+//!
 //! Gradients: burn's backward returns every parameter's gradient at once (4P); with gradient
 //! accumulation the running sum is a second full copy, except under `gradients`, where each
 //! micro-batch's gradient is reduce-scattered at once and only the owned 1/N is summed.
@@ -42,6 +46,35 @@ pub fn param_count(c: &ModelConfig) -> usize {
     }
     let embed = c.vocab_size * h * if c.tie_word_embeddings { 1 } else { 2 };
     embed + c.num_hidden_layers * layer + h
+}
+
+/// Parameters of the largest unit FSDP gathers at once: one decoder layer, or the embedding (or
+/// the LM head).
+pub fn largest_unit(c: &ModelConfig) -> usize {
+    let embed = c.vocab_size * c.hidden_size;
+    let layer = (param_count(c) - embed * if c.tie_word_embeddings { 1 } else { 2 } - c.hidden_size) / c.num_hidden_layers.max(1);
+    embed.max(layer)
+}
+
+/// The published architecture of the base models the shipped recipes name (their `config.json`),
+/// so a plan needs no download.
+pub fn known_config(base_model: &str) -> Option<ModelConfig> {
+    let (arch, h, i, layers, heads, kv, vocab, tied) = match base_model {
+        "Qwen/Qwen2.5-Math-1.5B" | "Qwen/Qwen2.5-1.5B" => ("Qwen2ForCausalLM", 1536, 8960, 28, 12, 2, 151936, true),
+        "Qwen/Qwen2.5-Math-7B" | "Qwen/Qwen2.5-7B" => ("Qwen2ForCausalLM", 3584, 18944, 28, 28, 4, 152064, false),
+        "Qwen/Qwen2.5-14B" => ("Qwen2ForCausalLM", 5120, 13824, 48, 40, 8, 152064, false),
+        "Qwen/Qwen2.5-32B" => ("Qwen2ForCausalLM", 5120, 27648, 64, 40, 8, 152064, false),
+        "meta-llama/Llama-3.1-8B" => ("LlamaForCausalLM", 4096, 14336, 32, 32, 8, 128256, false),
+        "meta-llama/Llama-3.3-70B-Instruct" => ("LlamaForCausalLM", 8192, 28672, 80, 64, 8, 128256, false),
+        "Qwen/Qwen3-8B-Base" => ("Qwen3ForCausalLM", 4096, 12288, 36, 32, 8, 151936, false),
+        _ => return None,
+    };
+    let json = serde_json::json!({
+        "architectures": [arch], "hidden_size": h, "intermediate_size": i, "num_hidden_layers": layers,
+        "num_attention_heads": heads, "num_key_value_heads": kv, "vocab_size": vocab, "head_dim": 128,
+        "tie_word_embeddings": tied, "rms_norm_eps": 1e-6, "rope_theta": 1e6, "max_position_embeddings": 32768,
+    });
+    ModelConfig::from_json(&json.to_string()).ok()
 }
 
 /// One rank's estimated peak, bytes per component.
@@ -90,17 +123,27 @@ impl MemoryPlan {
         let n = world.max(1) as f64;
         let mode = if world <= 1 { ShardMode::None } else { mode };
         let accumulates = s.grad_accum > 1;
+        let unit = largest_unit(c) as f64;
+        let compute_bytes = if s.bf16 { 2.0 } else { 4.0 };
         let gradients = match mode {
             ShardMode::Gradients => 4.0 * pf + 4.0 * pf / n,
+            ShardMode::Parameters => 4.0 * pf / n + 4.0 * unit,
             _ => 4.0 * pf * if accumulates { 2.0 } else { 1.0 },
         };
         let moments = if mode.sharded() { 8.0 * pf / n } else { 8.0 * pf };
+        let (weights, compute_copy) = match mode {
+            ShardMode::Parameters => (4.0 * pf / n, 2.0 * unit * compute_bytes),
+            _ => (4.0 * pf, if s.bf16 { 2.0 * pf } else { 0.0 }),
+        };
         let tokens = (s.micro_batch * s.seq) as f64;
         // Per layer and token: ~ (hidden·10 + intermediate·3) floats kept for the backward pass.
         // Attention keeps no score matrix (`crate::attention` recomputes it per chunk).
         let per_layer = tokens * (c.hidden_size * 10 + c.intermediate_size * 3) as f64 * 4.0;
         let layers = c.num_hidden_layers as f64;
         let activations = if s.checkpointing { layers * tokens * c.hidden_size as f64 * 4.0 + per_layer } else { layers * per_layer };
+        // Under bf16 compute the saved activations are bf16 (norms and attention statistics stay
+        // f32, a small share): half the f32 figure. An assumption until measured on a GPU.
+        let activations = activations * compute_bytes / 4.0;
         // Logits and their gradient, f32, over the vocabulary.
         let logits = tokens * c.vocab_size as f64 * 4.0 * 2.0;
         let comm_buffers = if world > 1 { 2.0 * (s.bucket_mb * 1e6).min(4.0 * pf) } else { 0.0 };
@@ -108,8 +151,8 @@ impl MemoryPlan {
             world: world.max(1),
             mode,
             params: p,
-            weights: 4.0 * pf,
-            compute_copy: if s.bf16 { 2.0 * pf } else { 0.0 },
+            weights,
+            compute_copy,
             gradients,
             moments,
             activations,
@@ -134,7 +177,7 @@ impl MemoryPlan {
     pub fn parts(&self) -> [(&'static str, f64); 7] {
         [
             ("f32 weights (master)", self.weights),
-            ("bf16 compute copy", self.compute_copy),
+            ("compute copy / gathered", self.compute_copy),
             ("gradients", self.gradients),
             ("AdamW moments", self.moments),
             ("activations", self.activations),
