@@ -293,7 +293,7 @@ impl<B: Backend> Parallel<B> {
             let mut at = 0;
             for i in bucket.clone() {
                 if let Some(r) = self.owned(i) {
-                    out[i] = Some(flat.clone().slice(at + r.start..at + r.end));
+                    out[i] = Some(own_copy(flat.clone().slice(at + r.start..at + r.end)));
                 }
                 at += self.layout.slots[i].numel;
             }
@@ -327,7 +327,13 @@ impl<B: Backend> Parallel<B> {
     }
 }
 
-/// Which ranks a run uses, for the launcher.
+/// A slice kept past the step must not keep its whole source buffer alive (a slice may be a
+/// view): add it to fresh zeros, which is exact and allocates just its size on any backend.
+pub fn own_copy<B: Backend>(t: Tensor<B, 1>) -> Tensor<B, 1> {
+    Tensor::zeros([t.dims()[0]], &t.device()).add(t)
+}
+
+/// The error a multi-rank run reports: the first rank's own failure, with the others named.
 pub fn rank_error_summary(errors: &[(usize, Error)]) -> Error {
     // The first error that is not a consequence of another rank's failure is the cause.
     let cause = errors.iter().find(|(_, e)| !matches!(e, Error::Collective { .. })).or_else(|| errors.first());

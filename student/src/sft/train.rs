@@ -764,7 +764,7 @@ pub fn parallel_step<B: AutodiffBackend>(
     let mut outcome = StepOutcome { loss, ce, kd, grad_norm, grad_norms, clipped_grad_norms, tokens: n_tokens, comm_s };
     if whole && !par.replicated() {
         // ZeRO-1: keep the owned ranges for the update.
-        acc = acc.into_iter().enumerate().map(|(i, g)| g.and_then(|g| par.owned(i).map(|r| g.slice(r)))).collect();
+        acc = acc.into_iter().enumerate().map(|(i, g)| g.and_then(|g| par.owned(i).map(|r| super::parallel::own_copy(g.slice(r))))).collect();
     }
     if !loss.is_finite() || !grad_norm.is_finite() {
         return Ok(outcome);
