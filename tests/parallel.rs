@@ -273,3 +273,73 @@ fn distill_plan_prints_every_mode_and_train_refuses_a_plan_that_does_not_fit() {
     assert!(!o.status.success() && t.contains("per rank") && t.contains("AdamW moments"), "{t}");
     assert!(!out.join("checkpoints").exists());
 }
+
+#[test]
+fn multi_node_mistakes_fail_at_start_with_a_clear_message() {
+    let d = tempfile::tempdir().unwrap();
+    let corpus = short_corpus(d.path(), 20, true);
+    let model = tiny(d.path(), Arch::Llama);
+    let r = recipe_file(&model, &corpus, &d.path().join("x"), 4, "");
+    // Held back until burn-collective's global all-reduce survives consecutive calls: a clear
+    // refusal, not a hang. (tracel-ai/burn#4549; reproduced here with two loopback nodes, which
+    // joined, reduced twice and then waited forever.)
+    let o = distill(&["train", "--recipe", r.to_str().unwrap(), "--devices", "cpu:1", "--nodes", "2", "--node-rank", "0", "--coordinator", "127.0.0.1:9"]);
+    assert!(!o.status.success() && text(&o).contains("tracel-ai/burn#4549"), "{}", text(&o));
+    // SAFETY: set before any thread of this test reads it; the value only gates multi-node runs.
+    unsafe { std::env::set_var(distill_student::sft::parallel::MULTINODE_ENV, "1") };
+    // Nobody at the coordinator: a bounded wait, then an error that says what to check.
+    let t0 = Instant::now();
+    let o = distill(&["train", "--recipe", r.to_str().unwrap(), "--devices", "cpu:1", "--nodes", "2", "--node-rank", "1", "--coordinator", &format!("127.0.0.1:{}", free_port()), "--set", "train.parallel.join_timeout_s=3"]);
+    assert!(!o.status.success() && text(&o).contains("not every node joined within 3 s"), "{}", text(&o));
+    assert!(t0.elapsed() < Duration::from_secs(30));
+    // Malformed settings fail before any work.
+    for (args, says) in [
+        (vec!["--nodes", "2", "--node-rank", "2", "--coordinator", "127.0.0.1:9"], "node_rank 2 is not below nodes = 2"),
+        (vec!["--nodes", "2", "--node-rank", "0"], "need a coordinator"),
+        (vec!["--nodes", "2", "--node-rank", "0", "--coordinator", "nohost"], "is not HOST:PORT"),
+    ] {
+        let mut all = vec!["train", "--recipe", r.to_str().unwrap(), "--devices", "cpu:1"];
+        all.extend(args);
+        let o = distill(&all);
+        assert!(!o.status.success() && text(&o).contains(says), "{says}: {}", text(&o));
+    }
+    // Two nodes with different device counts disagree about the world.
+    let coordinator = format!("127.0.0.1:{}", free_port());
+    let spawn = |rank: &str, devices: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_distill"))
+            .args(["train", "--recipe", r.to_str().unwrap(), "--devices", devices, "--nodes", "2", "--node-rank", rank, "--coordinator", &coordinator, "--set", "train.parallel.join_timeout_s=20"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn("0", "cpu:1"), spawn("1", "cpu:2"));
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(!a.status.success() && !b.status.success());
+    let t = format!("{}\n{}", text(&a), text(&b));
+    assert!(t.contains("disagree about the world") || t.contains("not every node joined"), "{t}");
+}
+
+/// scripts/gpu-check's dry run: the same script and code on CPU peers (CI has no GPU). Every row
+/// must agree with the CPU f32 reference: f32 to 1e-4, bf16 compute to 3e-2.
+#[test]
+fn the_gpu_check_script_passes_its_cpu_dry_run() {
+    let d = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = std::process::Command::new("bash")
+        .arg(root.join("scripts/gpu-check"))
+        .arg("--cpu")
+        .env("DISTILL_BIN", env!("CARGO_BIN_EXE_distill"))
+        .env("OUT", d.path())
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(d.path().join("gpu-check.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 8, "{t}");
+    let compared: Vec<&serde_json::Value> = rows.iter().filter(|r| r.get("against_cpu_f32").is_some()).collect();
+    assert_eq!(compared.len(), 7);
+    assert!(compared.iter().all(|r| r["against_cpu_f32"]["ok"] == true), "{t}");
+    assert!(rows.iter().any(|r| r["devices"] == "cpu:2" && r["shard"] == "gradients"));
+    assert!(t.contains("| tiny-llama | cpu | bf16 |"), "{t}");
+}

@@ -22,6 +22,15 @@ pub struct Args {
     /// (sets `[train.parallel] devices`).
     #[arg(long)]
     devices: Option<String>,
+    /// Nodes in a multi-node run (each runs this command with its own --node-rank).
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// This node's rank, 0-based; node 0 runs the coordinator.
+    #[arg(long)]
+    node_rank: Option<usize>,
+    /// HOST:PORT of the coordinator on node 0.
+    #[arg(long)]
+    coordinator: Option<String>,
 }
 
 struct Bar {
@@ -55,6 +64,15 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     if let Some(d) = a.devices {
         cfg.parallel.devices = Some(d);
     }
+    if let Some(n) = a.nodes {
+        cfg.parallel.nodes = n;
+    }
+    if let Some(r) = a.node_rank {
+        cfg.parallel.node_rank = r;
+    }
+    if let Some(c) = a.coordinator {
+        cfg.parallel.coordinator = Some(c);
+    }
     let recipe = serde_json::to_value(&v)?;
     let s = run_train(&cfg, recipe, a.resume)?;
     println!("trained {} steps; eval loss {} → {}", s.steps, fmt(s.first_eval_loss), fmt(s.final_eval_loss));
@@ -71,8 +89,16 @@ fn fmt(x: Option<f64>) -> String {
 pub fn run_train(cfg: &TrainConfig, recipe: serde_json::Value, resume: bool) -> anyhow::Result<Summary> {
     cfg.validate()?;
     let kinds = cfg.device_kinds()?;
-    if kinds.len() > 1 {
-        eprintln!("data parallel: {} ranks ({}), shard = {}", kinds.len(), cfg.parallel.devices.as_deref().unwrap_or(""), cfg.parallel.shard.name());
+    let nodes = cfg.parallel.nodes.max(1);
+    if kinds.len() * nodes > 1 {
+        eprintln!(
+            "data parallel: {} ranks ({} node(s) × {}; this is node {}), shard = {}",
+            kinds.len() * nodes,
+            nodes,
+            cfg.parallel.devices.as_deref().unwrap_or(""),
+            cfg.parallel.node_rank,
+            cfg.parallel.shard.name()
+        );
     }
     let mut obs = Bar { pb: crate::progress::bar(Some(1), "steps") };
     let summary = crate::backend::dispatch_many!(kinds, |B, devices| {

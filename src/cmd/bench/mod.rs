@@ -7,6 +7,7 @@ use clap::Subcommand;
 mod client;
 mod corpus;
 mod model;
+mod step;
 mod train;
 
 #[derive(Subcommand)]
@@ -19,6 +20,9 @@ pub enum BenchCommand {
     Model(model::Args),
     /// A training step at growing sequence lengths, with peak memory, beside PyTorch.
     Train(train::Args),
+    /// Optimizer steps of a random model of real shape on any device(s), optionally against CPU
+    /// (what scripts/gpu-check runs).
+    Step(step::Args),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -27,6 +31,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Model(a) => model::run(a),
         BenchCommand::Client(a) => client::run(a),
         BenchCommand::Train(a) => train::run(a),
+        BenchCommand::Step(a) => step::run(a),
     }
 }
 

@@ -74,11 +74,96 @@ pub struct ParallelConfig {
     pub shard: ShardMode,
     /// Gradients are reduced in buckets of about this many MB (few large calls, not one per tensor).
     pub bucket_mb: f64,
+    /// Nodes (processes, usually machines) in the run, each with the same number of devices.
+    pub nodes: usize,
+    /// This node's place among them, 0-based. Node 0 runs the coordinator.
+    pub node_rank: usize,
+    /// `HOST:PORT` of the coordinator (burn-collective's global orchestrator) on node 0.
+    pub coordinator: Option<String>,
+    /// The address other nodes reach this one at (default: 127.0.0.1 when the coordinator is on
+    /// loopback, else this machine's hostname).
+    pub node_host: Option<String>,
+    /// The port of this node's tensor data service (default: the coordinator's port + 1 + node_rank).
+    pub data_port: Option<u16>,
+    /// Seconds to wait for every node to join before giving up.
+    pub join_timeout_s: f64,
 }
 
 impl Default for ParallelConfig {
     fn default() -> Self {
-        ParallelConfig { devices: None, shard: ShardMode::None, bucket_mb: 25.0 }
+        ParallelConfig {
+            devices: None,
+            shard: ShardMode::None,
+            bucket_mb: 25.0,
+            nodes: 1,
+            node_rank: 0,
+            coordinator: None,
+            node_host: None,
+            data_port: None,
+            join_timeout_s: 60.0,
+        }
+    }
+}
+
+/// Set to try multi-node training despite tracel-ai/burn#4549 (with a burn that fixes it).
+pub const MULTINODE_ENV: &str = "DISTILL_EXPERIMENTAL_MULTINODE";
+
+/// Where this process sits among the nodes of a multi-node run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSpec {
+    pub count: usize,
+    pub rank: usize,
+    pub coordinator_host: String,
+    pub coordinator_port: u16,
+    pub host: String,
+    pub data_port: u16,
+    pub join_timeout: std::time::Duration,
+}
+
+fn host_port(s: &str) -> std::result::Result<(String, u16), String> {
+    let (h, p) = s.rsplit_once(':').ok_or_else(|| format!("'{s}' is not HOST:PORT"))?;
+    let port: u16 = p.parse().map_err(|_| format!("'{s}': '{p}' is not a port"))?;
+    if h.is_empty() || port == 0 {
+        return Err(format!("'{s}' is not HOST:PORT"));
+    }
+    Ok((h.trim_matches(|c| c == '[' || c == ']').to_string(), port))
+}
+
+impl ParallelConfig {
+    /// The node layout of a multi-node run (`None` for one node).
+    pub fn node_spec(&self) -> Result<Option<NodeSpec>> {
+        let bad = |m: String| Error::Invalid(format!("[train.parallel] {m}"));
+        if self.nodes == 0 {
+            return Err(bad("nodes must be at least 1".into()));
+        }
+        if self.node_rank >= self.nodes {
+            return Err(bad(format!("node_rank {} is not below nodes = {}", self.node_rank, self.nodes)));
+        }
+        if self.nodes == 1 {
+            return Ok(None);
+        }
+        if std::env::var_os(MULTINODE_ENV).is_none() {
+            return Err(bad(format!(
+                "nodes = {}: training across nodes is held back: burn-collective 0.21's global all-reduce reuses its transfer ids across consecutive calls (tracel-ai/burn#4549, open), so a real run hangs after its first few reductions. Use one node (all its devices); set {MULTINODE_ENV}=1 to try it anyway with a fixed burn",
+                self.nodes
+            )));
+        }
+        let c = self.coordinator.as_deref().ok_or_else(|| bad(format!("{} nodes need a coordinator (HOST:PORT of node 0, --coordinator)", self.nodes)))?;
+        let (coordinator_host, coordinator_port) = host_port(c).map_err(|e| bad(format!("coordinator: {e}")))?;
+        let loopback = coordinator_host == "localhost" || coordinator_host.starts_with("127.") || coordinator_host == "::1";
+        let host = match &self.node_host {
+            Some(h) => h.clone(),
+            None if loopback => "127.0.0.1".into(),
+            None => std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).ok().filter(|h| !h.is_empty()).ok_or_else(|| bad("node_host is not set and this machine has no hostname".into()))?,
+        };
+        let data_port = match self.data_port {
+            Some(p) => p,
+            None => u16::try_from(coordinator_port as usize + 1 + self.node_rank).map_err(|_| bad("data_port: the coordinator's port leaves no room; set data_port".into()))?,
+        };
+        if !(self.join_timeout_s.is_finite() && self.join_timeout_s > 0.0) {
+            return Err(bad(format!("join_timeout_s must be a positive number of seconds, not {}", self.join_timeout_s)));
+        }
+        Ok(Some(NodeSpec { count: self.nodes, rank: self.node_rank, coordinator_host, coordinator_port, host, data_port, join_timeout: std::time::Duration::from_secs_f64(self.join_timeout_s) }))
     }
 }
 
@@ -95,6 +180,7 @@ impl ParallelConfig {
         if let Some(d) = &self.devices {
             crate::device::parse_devices(d).map_err(|e| Error::Invalid(format!("[train.parallel] devices: {e}")))?;
         }
+        self.node_spec()?;
         Ok(())
     }
 }
@@ -187,19 +273,70 @@ impl<B: Backend> Comm<B> {
         Comm { rank: 0, world: 1, _b: PhantomData }
     }
 
-    /// Join the node's collective as `rank` of `world` (blocks until every rank has joined).
-    pub fn join(rank: usize, world: usize, device: &B::Device) -> Result<Self> {
-        if world > 1 {
-            let config = CollectiveConfig::default().with_num_devices(world);
-            collective::register::<B>(PeerId(rank as u32), device.clone(), config).map_err(|e| Error::Collective { rank, msg: format!("joining the collective: {e:?}") })?;
+    /// Join the collective as global `rank` of `world` (blocks until every rank has joined, or
+    /// until the node's join timeout). `local` is the number of ranks in this process.
+    pub fn join(rank: usize, world: usize, local: usize, nodes: Option<&NodeSpec>, device: &B::Device) -> Result<Self> {
+        if world == 1 {
+            return Ok(Comm { rank, world, _b: PhantomData });
         }
-        Ok(Comm { rank, world, _b: PhantomData })
+        let mut config = CollectiveConfig::default().with_num_devices(local);
+        if let Some(n) = nodes {
+            config = config
+                .with_num_nodes(n.count as u32)
+                .with_global_address(format!("ws://{}:{}", n.coordinator_host, n.coordinator_port).parse().expect("an address"))
+                .with_node_address(format!("ws://{}:{}", n.host, n.data_port).parse().expect("an address"))
+                .with_data_service_port(n.data_port);
+
+        }
+        let err = |msg: String| Error::Collective { rank, msg };
+        match nodes {
+            None => collective::register::<B>(PeerId(rank as u32), device.clone(), config).map_err(|e| err(format!("joining the collective: {e:?}")))?,
+            Some(n) => {
+                // burn-collective retries the coordinator forever: wait in a helper thread, with a deadline.
+                let (tx, rx) = std::sync::mpsc::channel();
+                let device = device.clone();
+                std::thread::spawn(move || {
+                    let _ = tx.send(collective::register::<B>(PeerId(rank as u32), device, config));
+                });
+                match rx.recv_timeout(n.join_timeout) {
+                    Ok(r) => r.map_err(|e| err(format!("joining the collective: {e:?}")))?,
+                    Err(_) => {
+                        return Err(err(format!(
+                            "not every node joined within {:.0} s: check that the coordinator {}:{} is node 0's and reachable, that every node runs with nodes = {} and its own node_rank, and that this node is reachable at {}:{}",
+                            n.join_timeout.as_secs_f64(),
+                            n.coordinator_host,
+                            n.coordinator_port,
+                            n.count,
+                            n.host,
+                            n.data_port
+                        )));
+                    }
+                }
+            }
+        }
+        let comm = Comm { rank, world, _b: PhantomData };
+        // Every rank must agree on the world: per-node rank counts and the world size each believes.
+        if let Some(n) = nodes {
+            let mut v = vec![0.0; n.count + 2];
+            v[n.rank] = 1.0;
+            v[n.count] = 1.0;
+            v[n.count + 1] = world as f64;
+            let s = comm.sum(&v, device)?;
+            let per_node: Vec<usize> = s[..n.count].iter().map(|&x| x as usize).collect();
+            if s[n.count] as usize != world || per_node.iter().any(|&c| c != local) || s[n.count + 1] != (world * world) as f64 {
+                return Err(err(format!(
+                    "the nodes disagree about the world: ranks per node {per_node:?} (this node expects {local} on each of {} nodes, {world} in all); check --nodes, --node-rank (each node its own) and --devices on every node",
+                    n.count
+                )));
+            }
+        }
+        Ok(comm)
     }
 
-    /// Leave cleanly (every rank, at the end of a run).
-    pub fn finish(&self) -> Result<()> {
-        if self.world > 1 {
-            collective::finish_collective::<B>(PeerId(self.rank as u32)).map_err(|e| Error::Collective { rank: self.rank, msg: format!("leaving the collective: {e:?}") })?;
+    /// Leave cleanly (every rank, at the end of a run; [`launch`] does it).
+    fn finish(rank: usize, world: usize) -> Result<()> {
+        if world > 1 {
+            collective::finish_collective::<B>(PeerId(rank as u32)).map_err(|e| Error::Collective { rank, msg: format!("leaving the collective: {e:?}") })?;
         }
         Ok(())
     }
@@ -325,6 +462,109 @@ impl<B: Backend> Parallel<B> {
         }
         Ok(out)
     }
+}
+
+/// Aborts the collective if a rank leaves without finishing (error or panic), so that no other
+/// rank waits forever.
+struct AbortOnDrop<B: Backend> {
+    armed: bool,
+    _b: PhantomData<B>,
+}
+
+impl<B: Backend> Drop for AbortOnDrop<B> {
+    fn drop(&mut self) {
+        if self.armed {
+            Comm::<B>::abort();
+        }
+    }
+}
+
+fn rank_main<B: Backend, T>(rank: usize, world: usize, local: usize, nodes: Option<&NodeSpec>, device: B::Device, f: impl FnOnce(Comm<B>, B::Device) -> Result<T>) -> Result<T> {
+    let mut guard = AbortOnDrop::<B> { armed: true, _b: PhantomData };
+    let comm = Comm::<B>::join(rank, world, local, nodes, &device)?;
+    let out = f(comm, device)?;
+    Comm::<B>::finish(rank, world)?;
+    guard.armed = false;
+    Ok(out)
+}
+
+/// Run one rank per device, each on a thread of its own (rank 0 on the caller's, with `lead`;
+/// the others with `rest`), joined in one collective. A rank that fails or panics aborts the
+/// collective, so the others stop at their next collective call, and the error names the rank
+/// that failed first. World size 1 runs `lead` alone, with no collective at all.
+pub fn launch<B: Backend, T: Send>(
+    devices: Vec<B::Device>,
+    nodes: Option<&NodeSpec>,
+    lead: impl FnOnce(Comm<B>, B::Device) -> Result<T>,
+    rest: impl Fn(Comm<B>, B::Device) -> Result<T> + Sync,
+) -> Result<T> {
+    let local = devices.len();
+    let (count, node) = nodes.map_or((1, 0), |n| (n.count, n.rank));
+    let world = local * count;
+    let base = node * local;
+    let mut devices = devices.into_iter();
+    let Some(first) = devices.next() else {
+        return Err(Error::Invalid("no device to run on".into()));
+    };
+    if world == 1 {
+        return lead(Comm::single(), first);
+    }
+    let _world = world_lock();
+    if let Some(n) = nodes.filter(|n| n.rank == 0) {
+        start_coordinator(n.coordinator_port)?;
+    }
+    let rest = &rest;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = devices
+            .enumerate()
+            .map(|(k, device)| {
+                std::thread::Builder::new()
+                    .name(format!("rank-{}", base + k + 1))
+                    .spawn_scoped(s, move || rank_main::<B, T>(base + k + 1, world, local, nodes, device, rest))
+                    .expect("spawning a rank thread")
+            })
+            .collect();
+        let mut errors: Vec<(usize, Error)> = Vec::new();
+        let out = rank_main::<B, T>(base, world, local, nodes, first, lead);
+        for (k, h) in handles.into_iter().enumerate() {
+            match h.join() {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => errors.push((base + k + 1, e)),
+                Err(p) => {
+                    let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                    errors.push((base + k + 1, Error::Invalid(format!("panicked: {msg}"))));
+                }
+            }
+        }
+        match out {
+            Ok(v) if errors.is_empty() => Ok(v),
+            Ok(_) => Err(rank_error_summary(&errors)),
+            Err(e) => {
+                errors.insert(0, (base, e));
+                Err(rank_error_summary(&errors))
+            }
+        }
+    })
+}
+
+/// Start burn-collective's global orchestrator on `port` (node 0), once per process, on a thread
+/// of its own. The port is checked first, so a busy port is a clear error rather than a hang.
+fn start_coordinator(port: u16) -> Result<()> {
+    static STARTED: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut started = STARTED.lock().unwrap_or_else(|e| e.into_inner());
+    if started.contains(&port) {
+        return Ok(());
+    }
+    std::net::TcpListener::bind(("0.0.0.0", port)).map_err(|e| Error::Invalid(format!("the coordinator cannot listen on port {port}: {e}")))?;
+    std::thread::Builder::new()
+        .name("coordinator".into())
+        .spawn(move || match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            Ok(rt) => rt.block_on(burn_collective::start_global_orchestrator(port)),
+            Err(e) => log::error!("coordinator runtime: {e}"),
+        })
+        .map_err(|e| Error::Invalid(format!("starting the coordinator: {e}")))?;
+    started.push(port);
+    Ok(())
 }
 
 /// A slice kept past the step must not keep its whole source buffer alive (a slice may be a

@@ -272,20 +272,6 @@ struct Shared<'a> {
 struct Quiet;
 impl Observer for Quiet {}
 
-/// Aborts the collective if a rank leaves without finishing (error or panic), so that no other
-/// rank waits forever.
-struct AbortOnDrop<B: Backend> {
-    armed: bool,
-    _b: std::marker::PhantomData<B>,
-}
-impl<B: Backend> Drop for AbortOnDrop<B> {
-    fn drop(&mut self) {
-        if self.armed {
-            Comm::<B>::abort();
-        }
-    }
-}
-
 /// Train per the config, one rank per device in `devices` (data parallel when there are
 /// several). With `resume`, continue from the newest complete checkpoint.
 pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, recipe: serde_json::Value, devices: Vec<B::Device>, resume: bool, obs: &mut dyn Observer) -> Result<Summary> {
@@ -293,7 +279,8 @@ pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, recipe: serde_json::Value, d
     if devices.is_empty() {
         return Err(Error::Invalid("[train] no device to train on".into()));
     }
-    let world = devices.len();
+    let nodes = cfg.parallel.node_spec()?;
+    let world = devices.len() * nodes.as_ref().map_or(1, |n| n.count);
     let tok = TextTokenizer::from_dir(&cfg.model)?;
     check_template_tokens(&tok)?;
     let (mut train_ex, mut eval_ex, report) = data::load(&cfg.data, &tok)?;
@@ -326,7 +313,7 @@ pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, recipe: serde_json::Value, d
     let config = crate::ModelConfig::from_file(&cfg.model.join("config.json"))?;
     let plan = super::plan::MemoryPlan::for_run(&config, cfg, world);
     // CPU peers share the machine's memory.
-    let have = cfg.device_memory_gb.unwrap_or_else(|| machine_memory_gb() / if cfg.on_cuda() { 1.0 } else { world as f64 });
+    let have = cfg.device_memory_gb.unwrap_or_else(|| machine_memory_gb() / if cfg.on_cuda() { 1.0 } else { devices.len() as f64 });
     if plan.total_gb() > have {
         return Err(Error::Invalid(format!(
             "this run needs about {:.0} GB per rank but a device has {have:.0} GB:\n{}\nlower max_seq_len or micro_batch, turn on activation_checkpointing, add devices, or shard more ([train.parallel] shard = \"optimizer\" or \"gradients\"); `distill plan` shows every mode",
@@ -336,55 +323,12 @@ pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, recipe: serde_json::Value, d
     }
 
     let shared = Shared { cfg, recipe, train_ex: Arc::new(train_ex), eval_ex, rows, eval_rows, total, pad, report, resume };
-    if world == 1 {
-        let device = devices.into_iter().next().expect("one device");
-        return run_rank::<B>(&shared, Comm::single(), device, obs);
-    }
-    let _world = super::parallel::world_lock();
-    let shared = &shared;
-    std::thread::scope(|s| {
-        let handles: Vec<_> = devices[1..]
-            .iter()
-            .enumerate()
-            .map(|(k, d)| {
-                let device = d.clone();
-                std::thread::Builder::new()
-                    .name(format!("rank-{}", k + 1))
-                    .spawn_scoped(s, move || rank_main::<B>(shared, k + 1, world, device, &mut Quiet))
-                    .expect("spawning a rank thread")
-            })
-            .collect();
-        let mut errors: Vec<(usize, Error)> = Vec::new();
-        let first = rank_main::<B>(shared, 0, world, devices[0].clone(), obs);
-        for (k, h) in handles.into_iter().enumerate() {
-            match h.join() {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => errors.push((k + 1, e)),
-                Err(p) => {
-                    let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
-                    errors.push((k + 1, Error::Invalid(format!("panicked: {msg}"))));
-                }
-            }
-        }
-        match first {
-            Ok(summary) if errors.is_empty() => Ok(summary),
-            Ok(_) => Err(super::parallel::rank_error_summary(&errors)),
-            Err(e) => {
-                errors.insert(0, (0, e));
-                Err(super::parallel::rank_error_summary(&errors))
-            }
-        }
-    })
-}
-
-/// One rank of a data-parallel run: join the collective, train, leave. A rank that fails or
-/// panics aborts the collective on its way out, so the others stop with an error.
-fn rank_main<B: AutodiffBackend>(shared: &Shared<'_>, rank: usize, world: usize, device: B::Device, obs: &mut dyn Observer) -> Result<Summary> {
-    let mut guard = AbortOnDrop::<B::InnerBackend> { armed: true, _b: std::marker::PhantomData };
-    let comm = Comm::<B::InnerBackend>::join(rank, world, &device)?;
-    let summary = run_rank::<B>(shared, comm, device, obs)?;
-    guard.armed = false;
-    Ok(summary)
+    super::parallel::launch::<B::InnerBackend, Summary>(
+        devices,
+        nodes.as_ref(),
+        |comm, device| run_rank::<B>(&shared, comm, device, obs),
+        |comm, device| run_rank::<B>(&shared, comm, device, &mut Quiet),
+    )
 }
 
 fn run_rank<B: AutodiffBackend>(sh: &Shared<'_>, comm: Comm<B::InnerBackend>, device: B::Device, obs: &mut dyn Observer) -> Result<Summary> {
@@ -578,7 +522,6 @@ fn run_rank<B: AutodiffBackend>(sh: &Shared<'_>, comm: Comm<B::InnerBackend>, de
     if !ok {
         return Err(Error::Collective { rank, msg: "rank 0 failed to export".into() });
     }
-    par.comm.finish()?;
     Ok(Summary { steps: state.step, final_eval_loss: last_eval, first_eval_loss: first_eval, export_dir, data: sh.report.clone() })
 }
 
@@ -689,8 +632,6 @@ pub fn parallel_step<B: AutodiffBackend>(
     let mut comm_s = 0.0;
     let mut acc: Vec<G<B>> = vec![None; np];
     let (mut ce_total, mut kd_total) = (0.0f64, 0.0f64);
-    // The forward runs on a copy whose weights are cast to the compute dtype (a no-op for f32).
-    let fwd = if compute == DType::F32 { model.clone() } else { model.clone().map(&mut CastParams(compute)) };
     let add = |a: G<B>, b: G<B>| match (a, b) {
         (Some(a), Some(b)) => Some(a + b),
         (a, b) => a.or(b),
@@ -698,6 +639,11 @@ pub fn parallel_step<B: AutodiffBackend>(
     for round in 0..micro.len().div_ceil(world) {
         let mut g: Vec<G<B>> = vec![None; np];
         if let Some(b) = micro.get(round * world + rank) {
+            // The forward runs on a copy whose weights are cast to the compute dtype (a no-op for
+            // f32). The cast is made anew for each micro-batch: a backward pass consumes the graph
+            // it belongs to, and a cast shared across micro-batches would pass no gradient to the
+            // f32 masters after the first.
+            let fwd = if compute == DType::F32 { model.clone() } else { model.clone().map(&mut CastParams(compute)) };
             let l = losses(&fwd, rope, b, device);
             let mut loss = l.ce.clone().mul_scalar((1.0 - w) / n_tokens.max(1) as f64);
             ce_total += l.ce.clone().into_scalar().elem::<f64>();

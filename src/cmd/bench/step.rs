@@ -1,0 +1,233 @@
+//! `distill bench step`: optimizer steps of a random-initialised model of real shape on any
+//! device(s), with no download — what `scripts/gpu-check` runs on a GPU machine. With
+//! `--against cpu` the same steps (same weights, same batches) also run on one CPU device in f32,
+//! and the loss, the global gradient norm and the updated weights are compared.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use burn::tensor::DType;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use distill_student::ModelConfig;
+use distill_student::device::{Autodiff, Cpu, CpuDevice, parse_devices};
+use distill_student::rope::Rope;
+use distill_student::sft::optim::{AdamW, OptimConfig};
+use distill_student::sft::pack::Batch;
+use distill_student::sft::parallel::{Comm, Layout, Parallel, ShardMode, launch};
+use distill_student::sft::plan::{MemoryPlan, RunShape, known_config};
+use distill_student::sft::train::{param_sizes, parallel_step};
+use distill_student::weights::{Collect, RandomSource, WeightSink};
+use distill_student::CausalLm;
+use serde_json::json;
+
+#[derive(clap::Args, Clone)]
+pub struct Args {
+    /// `tiny-llama`, `tiny-qwen2`, `tiny-qwen3`, or a base model whose published config distill
+    /// knows (`Qwen/Qwen2.5-1.5B`, `meta-llama/Llama-3.1-8B`, …). Weights are random.
+    #[arg(long, default_value = "tiny-llama")]
+    model: String,
+    /// One rank per device: `cpu`, `cpu:2`, `cuda`, `cuda:0,cuda:1`.
+    #[arg(long, default_value = "cpu")]
+    devices: String,
+    /// Compute dtype: f32, or bf16 (f32 master weights).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    dtype: String,
+    /// Micro-batch shape, ROWSxSEQ.
+    #[arg(long, default_value = "2x64")]
+    shape: String,
+    #[arg(long, default_value_t = 2)]
+    grad_accum: usize,
+    #[arg(long, default_value_t = 2)]
+    steps: usize,
+    /// none | optimizer | gradients
+    #[arg(long, default_value = "none")]
+    shard: String,
+    #[arg(long)]
+    checkpointing: bool,
+    /// Also run on one CPU device in f32 and compare loss, gradient norm and weights.
+    #[arg(long)]
+    against: Option<String>,
+    /// Peak TFLOP/s of one device for the MFU (default: a CPU estimate; 989 for an H100/H200 in bf16).
+    #[arg(long)]
+    peak_tflops: Option<f64>,
+    /// Append the result as one JSON line to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn tiny(arch: &str) -> anyhow::Result<ModelConfig> {
+    // Odd sizes on purpose: no dimension divides evenly by a world size.
+    let (class, extra) = match arch {
+        "llama" => ("LlamaForCausalLM", json!({})),
+        "qwen2" => ("Qwen2ForCausalLM", json!({})),
+        "qwen3" => ("Qwen3ForCausalLM", json!({})),
+        other => anyhow::bail!("unknown tiny architecture {other}"),
+    };
+    let mut v = json!({
+        "architectures": [class], "hidden_size": 65, "intermediate_size": 97, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 1001,
+        "tie_word_embeddings": false, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 4096,
+    });
+    v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    ModelConfig::from_json(&v.to_string()).map_err(anyhow::Error::msg)
+}
+
+pub fn model_config(name: &str) -> anyhow::Result<ModelConfig> {
+    match name.strip_prefix("tiny-") {
+        Some(arch) => tiny(arch),
+        None => known_config(name).with_context(|| format!("{name}: not a model distill knows the published config of")),
+    }
+}
+
+/// Deterministic micro-batches: `rows × seq` token ids, every position a target, one document per row.
+fn batches(cfg: &ModelConfig, rows: usize, seq: usize, n: usize, step: usize) -> Vec<Batch> {
+    (0..n)
+        .map(|m| {
+            let mut s = 0x2545_F491_4F6C_DD1Du64 ^ ((step * 1000 + m) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let mut next = || {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s % cfg.vocab_size as u64) as u32
+            };
+            let ids: Vec<u32> = (0..rows * seq).map(|_| next()).collect();
+            let targets = (0..rows * seq).map(|i| (i % seq + 1 < seq).then(|| ids[i + 1])).collect();
+            Batch { rows, len: seq, ids, docs: vec![0; rows * seq], targets, kd: vec![], kd_k: 0, real_tokens: rows * seq }
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct StepRec {
+    loss: f64,
+    grad_norm: f64,
+    secs: f64,
+    comm_s: f64,
+}
+
+struct RunOut {
+    steps: Vec<StepRec>,
+    weights: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
+fn run_rank<B: AutodiffBackend>(a: &Args, cfg: &ModelConfig, comm: Comm<B::InnerBackend>, device: B::Device, keep_weights: bool) -> distill_student::Result<RunOut> {
+    let (rows, seq) = super::model::parse_shape(&a.shape).map_err(|e| distill_student::Error::Invalid(e.to_string()))?;
+    let mut model = CausalLm::<B>::load(cfg, &mut RandomSource::new(11), &device)?;
+    let rope = Rope::<B>::new(cfg, &device);
+    let world = comm.world;
+    let mode = serde_json::from_value::<ShardMode>(json!(a.shard)).unwrap_or_default();
+    let layout = Layout::new(&param_sizes(&mut model), world, 25_000_000);
+    let par = Parallel { comm, mode, layout };
+    let mut opt = AdamW::<B::InnerBackend>::new(OptimConfig { lr: 1e-3, warmup_steps: Some(0), weight_decay: 0.01, ..Default::default() });
+    let compute = if a.dtype == "bf16" { DType::BF16 } else { DType::F32 };
+    let mut steps = Vec::new();
+    for step in 0..a.steps {
+        let micro = batches(cfg, rows, seq, a.grad_accum, step);
+        let t0 = Instant::now();
+        let out = parallel_step(&mut model, &rope, &mut opt, &micro, 0.0, 1.0, 1e-3, compute, &device, &par, false)?;
+        steps.push(StepRec { loss: out.loss, grad_norm: out.grad_norm, secs: t0.elapsed().as_secs_f64(), comm_s: out.comm_s });
+    }
+    let mut sink = Collect::default();
+    if keep_weights && par.rank() == 0 {
+        use burn::module::AutodiffModule;
+        model.valid().export(&mut sink as &mut dyn WeightSink);
+    }
+    Ok(RunOut { steps, weights: sink.0 })
+}
+
+fn run_on<B: Backend>(a: &Args, cfg: &ModelConfig, devices: Vec<B::Device>, keep_weights: bool) -> distill_student::Result<RunOut> {
+    if a.checkpointing {
+        type A<B> = Autodiff<B, burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing>;
+        launch::<B, RunOut>(devices, None, |c, d| run_rank::<A<B>>(a, cfg, c, d, keep_weights), |c, d| run_rank::<A<B>>(a, cfg, c, d, false))
+    } else {
+        launch::<B, RunOut>(devices, None, |c, d| run_rank::<Autodiff<B>>(a, cfg, c, d, keep_weights), |c, d| run_rank::<Autodiff<B>>(a, cfg, c, d, false))
+    }
+}
+
+fn rel(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs().max(1e-12)
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let cfg = model_config(&a.model)?;
+    let kinds = parse_devices(&a.devices).map_err(anyhow::Error::msg)?;
+    let world = kinds.len();
+    let (rows, seq) = super::model::parse_shape(&a.shape)?;
+    let compare = match a.against.as_deref() {
+        None => false,
+        Some("cpu") => true,
+        Some(other) => anyhow::bail!("--against {other}: only `cpu` is supported"),
+    };
+    let t0 = Instant::now();
+    let out = crate::backend::dispatch_many!(kinds, |B, devices| run_on::<B>(&a, &cfg, devices, compare))?;
+    let wall = t0.elapsed().as_secs_f64();
+    let params = distill_student::sft::plan::param_count(&cfg);
+    let tokens = (rows * seq * a.grad_accum) as f64;
+    // Steady state: the steps after the first (which compiles kernels on a GPU).
+    let timed: Vec<&StepRec> = if out.steps.len() > 1 { out.steps[1..].iter().collect() } else { out.steps.iter().collect() };
+    let step_s = timed.iter().map(|s| s.secs).sum::<f64>() / timed.len().max(1) as f64;
+    let comm_s = timed.iter().map(|s| s.comm_s).sum::<f64>() / timed.len().max(1) as f64;
+    let on_cuda = a.devices.starts_with("cuda");
+    let peak = a.peak_tflops.unwrap_or_else(distill_student::sft::train::cpu_peak_tflops) * 1e12 * world as f64;
+    let mfu = 6.0 * params as f64 * tokens / step_s / peak;
+    let mode = serde_json::from_value::<ShardMode>(json!(a.shard)).unwrap_or_default();
+    let shape = RunShape { micro_batch: rows, seq, grad_accum: a.grad_accum, checkpointing: a.checkpointing, bf16: a.dtype == "bf16", bucket_mb: 25.0 };
+    let planned = MemoryPlan::new(&cfg, shape, world, mode).total_gb();
+    let mut result = json!({
+        "model": a.model, "params": params, "devices": a.devices, "dtype": a.dtype, "shape": a.shape,
+        "grad_accum": a.grad_accum, "shard": a.shard, "checkpointing": a.checkpointing,
+        "steps": out.steps, "step_s": step_s, "comm_s": comm_s, "tokens_per_s": tokens / step_s, "mfu": mfu,
+        "planner_gb_per_rank": planned, "host_peak_rss_gb": peak_rss_gb(), "wall_s": wall, "cuda": on_cuda,
+    });
+    let mut ok = true;
+    if compare {
+        let reference = run_on::<Cpu>(&Args { dtype: "f32".into(), shard: "none".into(), ..a.clone() }, &cfg, vec![CpuDevice::default()], true)?;
+        let tol = if a.dtype == "bf16" { 3e-2 } else { 1e-4 };
+        let loss_err = out.steps.iter().zip(&reference.steps).map(|(x, y)| rel(x.loss, y.loss)).fold(0.0, f64::max);
+        let norm_err = out.steps.iter().zip(&reference.steps).map(|(x, y)| rel(x.grad_norm, y.grad_norm)).fold(0.0, f64::max);
+        let (mut d2, mut n2) = (0.0f64, 0.0f64);
+        for ((_, _, x), (_, _, y)) in out.weights.iter().zip(&reference.weights) {
+            d2 += x.iter().zip(y).map(|(p, q)| (*p as f64 - *q as f64).powi(2)).sum::<f64>();
+            n2 += y.iter().map(|q| (*q as f64).powi(2)).sum::<f64>();
+        }
+        let weight_err = (d2 / n2.max(1e-30)).sqrt();
+        ok = loss_err <= tol && norm_err <= tol && weight_err <= tol && out.weights.len() == reference.weights.len();
+        result["against_cpu_f32"] = json!({"loss_rel": loss_err, "grad_norm_rel": norm_err, "weights_rel_l2": weight_err, "tolerance": tol, "ok": ok});
+    }
+    println!(
+        "| {} | {} | {} | {} ×{} | {:.3} | {:.0} | {:.1}% | {:.4} | {:.4} | {} | {:.2} |",
+        a.model,
+        a.devices,
+        a.dtype,
+        a.shape,
+        a.grad_accum,
+        step_s,
+        tokens / step_s,
+        100.0 * mfu,
+        out.steps.last().map_or(f64::NAN, |s| s.loss),
+        out.steps.last().map_or(f64::NAN, |s| s.grad_norm),
+        result.get("against_cpu_f32").map_or("—".to_string(), |c| format!(
+            "{} (loss {:.1e}, norm {:.1e}, weights {:.1e})",
+            if ok { "ok" } else { "FAIL" },
+            c["loss_rel"].as_f64().unwrap_or(f64::NAN),
+            c["grad_norm_rel"].as_f64().unwrap_or(f64::NAN),
+            c["weights_rel_l2"].as_f64().unwrap_or(f64::NAN)
+        )),
+        planned
+    );
+    if let Some(p) = &a.json {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p).with_context(|| format!("opening {}", p.display()))?;
+        writeln!(f, "{result}")?;
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn peak_rss_gb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1e6)
+}
