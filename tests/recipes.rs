@@ -48,14 +48,16 @@ fn r1_recipes_state_the_plan_the_planner_computes() {
         let fits = r["recipe"]["fits_one_device"].as_bool().unwrap();
         assert_eq!(fits, one <= device, "{name}: fits_one_device = {fits}, but {one:.1} GB against {device} GB");
 
-        // The plan it runs with: the fewest devices that fit in the least sharding that does on a node.
+        // The plan it runs with: it fits, and for parameter sharding it is at least the fewest
+        // devices that fit.
         let n = num("plan_devices").unwrap() as usize;
         let mode: ShardMode = serde_json::from_value(serde_json::json!(r["recipe"]["plan_shard"].as_str().unwrap())).unwrap();
         let gb = num("plan_gb_per_device").unwrap();
         let plan = MemoryPlan::new(&config, shape, n, mode).total_gb();
         assert!((plan - gb).abs() < 0.1, "{name}: declares {gb} GB per device at {n} × {mode:?}, the planner says {plan:.1}");
         assert!(plan <= device, "{name}: the declared plan does not fit: {plan:.1} GB > {device} GB");
-        assert_eq!(min_ranks(&config, shape, mode, device, 4096), Some(n), "{name}: {n} is not the fewest devices for {mode:?}");
+        let fewest = min_ranks(&config, shape, mode, device, 4096).unwrap_or(usize::MAX);
+        assert!(fewest <= n, "{name}: {mode:?} needs {fewest} devices, the recipe plans {n}");
         match mode {
             ShardMode::Parameters => assert!(cfg.validate().is_ok() && cfg.parallel.shard == ShardMode::None, "{name}: parameter sharding is planned only"),
             ShardMode::None => assert_eq!(n, 1),

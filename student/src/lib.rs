@@ -15,6 +15,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod hf;
+pub mod lm_head_loss;
 pub mod masks;
 pub mod model;
 pub mod prune;

@@ -384,6 +384,16 @@ impl<B: Backend> CausalLm<B> {
         }
     }
 
+    /// The LM head as one `[hidden, vocab]` matrix (a transposed view of the embedding when
+    /// tied), or `None` when it has a bias.
+    pub fn lm_head_weight(&self) -> Option<Tensor<B, 2>> {
+        match &self.lm_head {
+            Some(h) if h.bias.is_none() => Some(h.weight.val()),
+            Some(_) => None,
+            None => Some(self.model.embed_tokens.val().transpose()),
+        }
+    }
+
     /// Logits `[batch, seq, vocab]` for every position (no cache).
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>, positions: Tensor<B, 2, Int>, rope: &Rope<B>, mask: &AttnMask<B>) -> Tensor<B, 3> {
         self.logits(self.forward_hidden(input_ids, positions, rope, mask, None))

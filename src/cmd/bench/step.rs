@@ -173,7 +173,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let peak = a.peak_tflops.unwrap_or_else(distill_student::sft::train::cpu_peak_tflops) * 1e12 * world as f64;
     let mfu = 6.0 * params as f64 * tokens / step_s / peak;
     let mode = serde_json::from_value::<ShardMode>(json!(a.shard)).unwrap_or_default();
-    let shape = RunShape { micro_batch: rows, seq, grad_accum: a.grad_accum, checkpointing: a.checkpointing, bf16: a.dtype == "bf16", bucket_mb: 25.0 };
+    let shape = RunShape { micro_batch: rows, seq, grad_accum: a.grad_accum, checkpointing: a.checkpointing, bf16: a.dtype == "bf16", bucket_mb: 25.0, kd: false };
     let planned = MemoryPlan::new(&cfg, shape, world, mode).total_gb();
     let mut result = json!({
         "model": a.model, "params": params, "devices": a.devices, "dtype": a.dtype, "shape": a.shape,

@@ -39,7 +39,17 @@ pub fn losses<B: Backend>(model: &CausalLm<B>, rope: &Rope<B>, batch: &Batch, de
         return LossSums { ce: Tensor::zeros([1], device), kd: None, tokens: 0, kd_positions: 0 };
     }
     let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(rows.iter().map(|&i| i as i64).collect::<Vec<_>>(), [tokens]), device);
-    let logits = model.logits(flat.select(0, idx)).cast(burn::tensor::DType::F32); // [tokens, vocab], f32 under bf16 compute too
+    let selected = flat.select(0, idx); // [tokens, d]
+    if batch.kd.is_empty()
+        && let Some(w) = model.lm_head_weight()
+    {
+        // Cross-entropy alone: through the LM head chunk by chunk, never the [tokens, vocab]
+        // logits (crate::lm_head_loss).
+        let targets: Vec<u32> = rows.iter().map(|&i| batch.targets[i].unwrap()).collect();
+        let ce = crate::lm_head_loss::cross_entropy_sum(selected, w, &targets);
+        return LossSums { ce, kd: None, tokens, kd_positions: 0 };
+    }
+    let logits = model.logits(selected).cast(burn::tensor::DType::F32); // [tokens, vocab], f32 under bf16 compute too
     let logp = log_softmax(logits.clone(), 1);
     let targets: Vec<i64> = rows.iter().map(|&i| batch.targets[i].unwrap() as i64).collect();
     let tgt = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [tokens, 1]), device);

@@ -101,6 +101,9 @@ pub struct RunShape {
     pub checkpointing: bool,
     pub bf16: bool,
     pub bucket_mb: f64,
+    /// Logit distillation (`kd_weight > 0`) needs the full logits; cross-entropy alone runs the
+    /// LM head in chunks (`crate::lm_head_loss`).
+    pub kd: bool,
 }
 
 impl RunShape {
@@ -112,6 +115,7 @@ impl RunShape {
             checkpointing: cfg.activation_checkpointing,
             bf16: cfg.compute() == burn::tensor::DType::BF16,
             bucket_mb: cfg.parallel.bucket_mb,
+            kd: cfg.kd_weight > 0.0,
         }
     }
 }
@@ -144,8 +148,9 @@ impl MemoryPlan {
         // Under bf16 compute the saved activations are bf16 (norms and attention statistics stay
         // f32, a small share): half the f32 figure. An assumption until measured on a GPU.
         let activations = activations * compute_bytes / 4.0;
-        // Logits and their gradient, f32, over the vocabulary.
-        let logits = tokens * c.vocab_size as f64 * 4.0 * 2.0;
+        // Logits and their gradient, f32, over the vocabulary — or, for cross-entropy alone, the
+        // chunked LM head's temporaries (logits, probabilities, their gradient: one chunk each).
+        let logits = if s.kd { tokens * c.vocab_size as f64 * 4.0 * 2.0 } else { 3.0 * crate::lm_head_loss::CHUNK_ELEMS as f64 * 4.0 };
         let comm_buffers = if world > 1 { 2.0 * (s.bucket_mb * 1e6).min(4.0 * pf) } else { 0.0 };
         MemoryPlan {
             world: world.max(1),
@@ -181,7 +186,7 @@ impl MemoryPlan {
             ("gradients", self.gradients),
             ("AdamW moments", self.moments),
             ("activations", self.activations),
-            ("logits + grad", self.logits),
+            ("logits (chunked w/o KD)", self.logits),
             ("communication buffers", self.comm_buffers),
         ]
     }
@@ -222,7 +227,7 @@ mod tests {
     #[test]
     fn sharding_shrinks_moments_and_gradients_as_the_table_says() {
         let c = qwen25_1_5b();
-        let s = RunShape { micro_batch: 1, seq: 1024, grad_accum: 4, checkpointing: true, bf16: false, bucket_mb: 25.0 };
+        let s = RunShape { micro_batch: 1, seq: 1024, grad_accum: 4, checkpointing: true, bf16: false, bucket_mb: 25.0, kd: true };
         let p = param_count(&c) as f64;
         let none = MemoryPlan::new(&c, s, 4, ShardMode::None);
         let opt = MemoryPlan::new(&c, s, 4, ShardMode::Optimizer);

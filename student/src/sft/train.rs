@@ -214,13 +214,6 @@ pub struct Summary {
     pub data: DataReport,
 }
 
-/// Estimated peak memory of a full fine-tune on one device, GB (f32, no accumulation): the
-/// world-size-1 row of [`super::plan::MemoryPlan`].
-pub fn estimate_memory_gb(c: &crate::ModelConfig, micro_batch: usize, seq: usize, checkpointing: bool) -> f64 {
-    let s = super::plan::RunShape { micro_batch, seq, grad_accum: 1, checkpointing, bf16: false, bucket_mb: 25.0 };
-    super::plan::MemoryPlan::new(c, s, 1, ShardMode::None).total_gb()
-}
-
 /// Check that the student's tokenizer has every special token its chat template writes.
 pub fn check_template_tokens(tok: &TextTokenizer) -> Result<()> {
     let chat = tok.chat.as_ref().ok_or_else(|| Error::Tokenizer("the student has no chat template".into()))?;
