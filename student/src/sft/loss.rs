@@ -41,10 +41,11 @@ pub fn losses<B: Backend>(model: &CausalLm<B>, rope: &Rope<B>, batch: &Batch, de
     let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(rows.iter().map(|&i| i as i64).collect::<Vec<_>>(), [tokens]), device);
     let selected = flat.select(0, idx); // [tokens, d]
     if batch.kd.is_empty()
+        && std::env::var_os("DISTILL_PLAIN_CE").is_none()
         && let Some(w) = model.lm_head_weight()
     {
         // Cross-entropy alone: through the LM head chunk by chunk, never the [tokens, vocab]
-        // logits (crate::lm_head_loss).
+        // logits (crate::lm_head_loss). DISTILL_PLAIN_CE=1 computes them whole (to measure).
         let targets: Vec<u32> = rows.iter().map(|&i| batch.targets[i].unwrap()).collect();
         let ce = crate::lm_head_loss::cross_entropy_sum(selected, w, &targets);
         return LossSums { ce, kd: None, tokens, kd_positions: 0 };

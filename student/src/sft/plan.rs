@@ -67,11 +67,12 @@ pub fn known_config(base_model: &str) -> Option<ModelConfig> {
         "meta-llama/Llama-3.1-8B" => ("LlamaForCausalLM", 4096, 14336, 32, 32, 8, 128256, false),
         "meta-llama/Llama-3.3-70B-Instruct" => ("LlamaForCausalLM", 8192, 28672, 80, 64, 8, 128256, false),
         "Qwen/Qwen3-8B-Base" => ("Qwen3ForCausalLM", 4096, 12288, 36, 32, 8, 151936, false),
+        "HuggingFaceTB/SmolLM2-135M" => ("LlamaForCausalLM", 576, 1536, 30, 9, 3, 49152, true),
         _ => return None,
     };
     let json = serde_json::json!({
         "architectures": [arch], "hidden_size": h, "intermediate_size": i, "num_hidden_layers": layers,
-        "num_attention_heads": heads, "num_key_value_heads": kv, "vocab_size": vocab, "head_dim": 128,
+        "num_attention_heads": heads, "num_key_value_heads": kv, "vocab_size": vocab, "head_dim": h / heads,
         "tie_word_embeddings": tied, "rms_norm_eps": 1e-6, "rope_theta": 1e6, "max_position_embeddings": 32768,
     });
     ModelConfig::from_json(&json.to_string()).ok()
