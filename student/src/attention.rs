@@ -63,15 +63,15 @@ pub fn causal<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mas
 }
 
 /// Moves a value between two names of the same type (checked by `TypeId` at the call).
-fn same_type<T: 'static, U: 'static>(x: T) -> U {
-    *(Box::new(x) as Box<dyn Any>).downcast::<U>().expect("attention dispatch: type mismatch")
+pub(crate) fn same_type<T: 'static, U: 'static>(x: T) -> U {
+    *(Box::new(x) as Box<dyn Any>).downcast::<U>().expect("backend dispatch: type mismatch")
 }
 
-fn wrap<I: Backend, const D: usize>(p: FloatTensor<I>) -> Tensor<I, D> {
+pub(crate) fn wrap<I: Backend, const D: usize>(p: FloatTensor<I>) -> Tensor<I, D> {
     Tensor::from_primitive(TensorPrimitive::Float(p))
 }
 
-fn prim<I: Backend, const D: usize>(t: Tensor<I, D>) -> FloatTensor<I> {
+pub(crate) fn prim<I: Backend, const D: usize>(t: Tensor<I, D>) -> FloatTensor<I> {
     t.into_primitive().tensor()
 }
 

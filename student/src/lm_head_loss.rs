@@ -14,7 +14,7 @@
 //! Used on the backends of [`crate::attention`] under autodiff; elsewhere the plain computation
 //! runs.
 
-use std::any::{Any, TypeId};
+use std::any::TypeId;
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -23,8 +23,9 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
-use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, TensorData, TensorPrimitive};
+
+use crate::attention::{prim, same_type, wrap};
 
 /// Logit elements per chunk (`rows × vocab`): 32M f32 = 128 MB per temporary.
 pub const CHUNK_ELEMS: usize = 1 << 25;
@@ -58,18 +59,6 @@ pub fn plain<B: Backend>(hidden: Tensor<B, 2>, weight: Tensor<B, 2>, targets: &[
     let logits = hidden.matmul(weight).cast(DType::F32); // [n, vocab]
     let tgt = Tensor::<B, 2, Int>::from_data(TensorData::new(targets.iter().map(|&t| t as i64).collect::<Vec<_>>(), [n, 1]), &device);
     log_softmax(logits, 1).gather(1, tgt).sum().neg()
-}
-
-fn same_type<T: 'static, U: 'static>(x: T) -> U {
-    *(Box::new(x) as Box<dyn Any>).downcast::<U>().expect("lm-head loss dispatch: type mismatch")
-}
-
-fn wrap<I: Backend, const D: usize>(p: FloatTensor<I>) -> Tensor<I, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(p))
-}
-
-fn prim<I: Backend, const D: usize>(t: Tensor<I, D>) -> FloatTensor<I> {
-    t.into_primitive().tensor()
 }
 
 #[derive(Debug, Clone)]
