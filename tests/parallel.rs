@@ -14,31 +14,19 @@ use distill_student::checkpoint::Checkpoint;
 use distill_student::device::{Autodiff, Cpu, CpuDevice};
 use distill_student::sft::parallel::ShardMode;
 use distill_student::sft::train::{Observer, TrainConfig, train};
-use distill_student::{Arch, ModelConfig};
+use distill_student::Arch;
 
 /// A tiny Llama or Qwen2 with SmolLM2's tokenizer, sized so that its parameter count divides by
 /// none of 2, 3, 4.
 fn tiny(dir: &Path, arch: Arch) -> PathBuf {
-    use distill_student::checkpoint::SaveDtype;
-    use distill_student::hf::{self, Assets, ExportOptions};
-    use distill_student::weights::RandomSource;
-    let (_, hf_dir) = smollm2();
-    let mut cfg = ModelConfig::from_file(&hf_dir.join("config.json")).unwrap();
-    cfg.arch = arch;
-    cfg.qkv_bias = arch == Arch::Qwen2;
-    cfg.hidden_size = 65;
-    cfg.intermediate_size = 97;
-    cfg.num_hidden_layers = 2;
-    cfg.num_attention_heads = 4;
-    cfg.num_key_value_heads = 2;
-    cfg.head_dim = 16;
-    let model = distill_student::CausalLm::<Cpu>::load(&cfg, &mut RandomSource::new(7), &CpuDevice::default()).unwrap();
-    let n = distill_student::sft::plan::param_count(&cfg);
-    assert!([2, 3, 4].iter().all(|w| n % w != 0), "{n} parameters divide by a world size");
-    let out = dir.join(format!("tiny-{}", arch.model_type()));
-    let opts = ExportOptions { dtype: SaveDtype::F32, ..Default::default() };
-    hf::export(&model, &cfg, &Assets::read(&hf_dir).unwrap(), &out, &opts).unwrap();
-    out
+    tiny_student_with(dir, &format!("tiny-{}", arch.model_type()), 7, |cfg| {
+        cfg.arch = arch;
+        cfg.qkv_bias = arch == Arch::Qwen2;
+        cfg.hidden_size = 65;
+        cfg.intermediate_size = 97;
+        let n = distill_student::sft::plan::param_count(cfg);
+        assert!([2, 3, 4].iter().all(|w| n % w != 0), "{n} parameters divide by a world size");
+    })
 }
 
 fn config(model: &Path, corpus: &Path, output: &Path, steps: u64, extra: &str) -> TrainConfig {

@@ -299,6 +299,11 @@ pub fn gsm8k_prompts(dir: &Path, n: usize) -> Option<PathBuf> {
 
 /// A tiny random student with SmolLM2's tokenizer and chat template (fast to train).
 pub fn tiny_student(dir: &Path) -> PathBuf {
+    tiny_student_with(dir, "tiny-student", 1, |_| {})
+}
+
+/// As [`tiny_student`], written to `dir/name`, with `edit` applied to the tiny config.
+pub fn tiny_student_with(dir: &Path, name: &str, seed: u64, edit: impl FnOnce(&mut distill_student::ModelConfig)) -> PathBuf {
     use distill_student::checkpoint::SaveDtype;
     use distill_student::device::{Cpu, CpuDevice};
     use distill_student::hf::{self, Assets, ExportOptions};
@@ -312,8 +317,9 @@ pub fn tiny_student(dir: &Path) -> PathBuf {
     cfg.num_attention_heads = 4;
     cfg.num_key_value_heads = 2;
     cfg.head_dim = 16;
-    let model = CausalLm::<Cpu>::load(&cfg, &mut RandomSource::new(1), &CpuDevice::default()).unwrap();
-    let out = dir.join("tiny-student");
+    edit(&mut cfg);
+    let model = CausalLm::<Cpu>::load(&cfg, &mut RandomSource::new(seed), &CpuDevice::default()).unwrap();
+    let out = dir.join(name);
     let opts = ExportOptions { dtype: SaveDtype::F32, ..Default::default() };
     hf::export(&model, &cfg, &Assets::read(&hf_dir).unwrap(), &out, &opts).unwrap();
     out
