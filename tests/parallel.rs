@@ -331,4 +331,16 @@ fn the_gpu_check_script_passes_its_cpu_dry_run() {
     assert!(compared.iter().all(|r| r["against_cpu_f32"]["ok"] == true), "{t}");
     assert!(rows.iter().any(|r| r["devices"] == "cpu:2" && r["shard"] == "gradients"));
     assert!(t.contains("| tiny-llama | cpu | bf16 |"), "{t}");
+    // Generation: 4 rows against the CPU (tokens equal, log-probabilities close) and one timing row.
+    let generated: Vec<serde_json::Value> = std::fs::read_to_string(d.path().join("gpu-check-gen.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(generated.len(), 5, "{t}");
+    let compared: Vec<&serde_json::Value> = generated.iter().filter(|r| r.get("against_cpu_f32").is_some()).collect();
+    assert_eq!(compared.len(), 4);
+    for r in &compared {
+        let c = &r["against_cpu_f32"];
+        assert!(c["ok"] == true && c["tokens"].as_u64().unwrap() == 4 * 24, "{r}");
+    }
+    // The f32 rows are the same code on the same device: every token equal.
+    assert!(compared.iter().filter(|r| r["dtype"] == "f32").all(|r| r["against_cpu_f32"]["tokens_equal"] == r["against_cpu_f32"]["tokens"]), "{t}");
+    assert!(generated.iter().all(|r| r["decode_tokens_per_s"].as_f64().unwrap() > 0.0));
 }

@@ -181,13 +181,9 @@ impl<'a, B: Backend> Engine<'a, B> {
             }
             // Decode one token for every live row.
             let m = active.len();
-            let k_len = cache.len() + 1;
             let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(next.iter().map(|&t| t as i64).collect::<Vec<_>>(), [m, 1]), &self.device);
-            let (mask, pos) = if active_pad.iter().all(|&p| p == 0) {
-                (AttnMask::None, masks::positions(m, 1, k_len - 1, &self.device))
-            } else {
-                masks::left_padded(&active_pad, 1, k_len, &self.device)
-            };
+            let cached = cache.len();
+            let (mask, pos) = masks::decode(&active_pad, cached, KvCache::<B>::capacity_for(cached + 1), &self.device);
             let hidden = self.model.forward_hidden(ids, pos, &self.rope, &mask, Some(&mut cache));
             logits = self.model.logits(hidden.reshape([m, d]));
         }

@@ -54,6 +54,16 @@ pub fn left_padded<B: Backend>(pad: &[usize], q_len: usize, k_len: usize, device
     (AttnMask::Custom(mask), Tensor::from_data(TensorData::new(pos, [b, q_len]), device))
 }
 
+/// One decode step against a [`crate::model::KvCache`] holding `cached` positions in buffers of
+/// `capacity`: each row's single query sees keys `pad[r]..=cached` (its left padding and the
+/// unfilled tail are masked). Returns the mask `[b, 1, 1, capacity]` and positions `[b, 1]`.
+pub fn decode<B: Backend>(pad: &[usize], cached: usize, capacity: usize, device: &B::Device) -> (AttnMask<B>, Tensor<B, 2, Int>) {
+    let b = pad.len();
+    let mask: Vec<bool> = pad.iter().flat_map(|&p| (0..capacity).map(move |k| k < p || k > cached)).collect();
+    let pos: Vec<i64> = pad.iter().map(|&p| cached.saturating_sub(p) as i64).collect();
+    (AttnMask::Custom(Tensor::from_data(TensorData::new(mask, [b, 1, 1, capacity]), device)), Tensor::from_data(TensorData::new(pos, [b, 1]), device))
+}
+
 /// Positions `0..t` for every row.
 pub fn positions<B: Backend>(b: usize, t: usize, start: usize, device: &B::Device) -> Tensor<B, 2, Int> {
     let v: Vec<i64> = (0..b).flat_map(|_| (start..start + t).map(|x| x as i64)).collect();

@@ -109,24 +109,39 @@ pub enum AttnMask<B: Backend> {
     Custom(Tensor<B, 4, Bool>),
 }
 
-/// Keys and values of earlier positions, per layer: `[batch, kv_heads, seq, head_dim]`.
+/// Positions a [`KvCache`] grows by at a time.
+pub const KV_BLOCK: usize = 128;
+
+/// Keys and values of earlier positions, per layer, in buffers `[batch, kv_heads, capacity,
+/// head_dim]` whose first `len` positions are filled. The capacity grows a block of
+/// [`KV_BLOCK`] positions at a time, so decoding runs the same tensor shapes for a whole block:
+/// a GPU compiles and autotunes its kernels once per block instead of once per token (on the
+/// first H200 run, a cache that grew by one position per token spent the whole time compiling),
+/// and the CPU writes one position in place instead of copying the cache every token. Positions
+/// past `len` hold zeros and must be masked (see [`crate::masks::decode`]).
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
     pub layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    len: usize,
 }
 
 impl<B: Backend> KvCache<B> {
     pub fn new(layers: usize) -> Self {
-        KvCache { layers: vec![None; layers] }
+        KvCache { layers: vec![None; layers], len: 0 }
     }
 
     /// Cached positions.
     pub fn len(&self) -> usize {
-        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dims()[2])
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
+    }
+
+    /// The buffer length that holds `positions`: whole blocks.
+    pub fn capacity_for(positions: usize) -> usize {
+        positions.div_ceil(KV_BLOCK).max(1) * KV_BLOCK
     }
 
     /// Keep only the rows in `keep` (finished sequences dropped from a batch).
@@ -136,6 +151,23 @@ impl<B: Backend> KvCache<B> {
             *v = v.clone().select(0, keep.clone());
         }
     }
+}
+
+/// Write `new` `[b, kv, t, hd]` at positions `start..start + t` of a layer's cache buffer, growing
+/// it by whole blocks when full. Returns the buffer `[b, kv, capacity, hd]`.
+fn cache_write<B: Backend>(buf: Option<Tensor<B, 4>>, new: Tensor<B, 4>, start: usize) -> Tensor<B, 4> {
+    let [b, kv, t, hd] = new.dims();
+    let need = start + t;
+    let zeros = |n: usize| Tensor::<B, 4>::zeros([b, kv, n, hd], &new.device()).cast(new.dtype());
+    let buf = match buf {
+        Some(buf) if buf.dims()[2] >= need => buf,
+        Some(buf) => {
+            let grow = KvCache::<B>::capacity_for(need) - buf.dims()[2];
+            Tensor::cat(vec![buf, zeros(grow)], 2)
+        }
+        None => zeros(KvCache::<B>::capacity_for(need)),
+    };
+    buf.slice_assign([0..b, 0..kv, start..need, 0..hd], new)
 }
 
 #[derive(Module, Debug)]
@@ -188,7 +220,7 @@ impl<B: Backend> Attention<B> {
         rope_q: &(Tensor<B, 2>, Tensor<B, 2>),
         rope_k: &(Tensor<B, 2>, Tensor<B, 2>),
         mask: &AttnMask<B>,
-        cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+        cache: Option<(&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>, usize)>,
     ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
         let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
@@ -202,14 +234,15 @@ impl<B: Backend> Attention<B> {
         }
         let q = rope::apply(q, &rope_q.0, &rope_q.1).swap_dims(1, 2); // [b, h, t, hd]
         let k = rope::apply(k, &rope_k.0, &rope_k.1).swap_dims(1, 2); // [b, kv, t, hd]
+        // With a cache, `start` positions precede these `t`. The first call (the prefill) attends
+        // to its own keys; later calls attend to the whole buffer, whose unfilled tail the
+        // caller's mask hides.
         let (k, v) = match cache {
-            Some(slot) => {
-                let kv_all = match slot.take() {
-                    Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
-                    None => (k, v),
-                };
-                *slot = Some(kv_all.clone());
-                kv_all
+            Some((slot, start)) => {
+                let (pk, pv) = slot.take().unzip();
+                let (ck, cv) = (cache_write(pk, k.clone(), start), cache_write(pv, v.clone(), start));
+                *slot = Some((ck.clone(), cv.clone()));
+                if start == 0 { (k, v) } else { (ck, cv) }
             }
             None => (k, v),
         };
@@ -350,7 +383,8 @@ impl<B: Backend> CausalLm<B> {
     }
 
     /// Final hidden states `[batch, seq, hidden]` for `input_ids` `[batch, seq]` at `positions`
-    /// `[batch, seq]`. With a cache, keys/values are appended to it.
+    /// `[batch, seq]`. With a cache, keys/values are appended to it; after the first call the mask
+    /// must cover the cache's whole capacity (see [`crate::masks::decode`]).
     pub fn forward_hidden(
         &self,
         input_ids: Tensor<B, 2, Int>,
@@ -366,11 +400,15 @@ impl<B: Backend> CausalLm<B> {
         let (h, kv) = self.model.layers.first().map_or((1, 1), |l| (l.self_attn.n_heads, l.self_attn.n_kv_heads));
         let rope_q = tables.for_heads(h);
         let rope_k = if kv == h { rope_q.clone() } else { tables.for_heads(kv) };
+        let start = cache.as_deref().map_or(0, KvCache::len);
         for (i, layer) in self.model.layers.iter().enumerate() {
-            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let slot = cache.as_deref_mut().map(|c| (&mut c.layers[i], start));
             let a = layer.self_attn.forward(layer.input_layernorm.forward(x.clone()), &rope_q, &rope_k, mask, slot);
             x = x + a;
             x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
+        }
+        if let Some(c) = cache {
+            c.len += t;
         }
         self.model.norm.forward(x)
     }

@@ -45,6 +45,31 @@ fn cached_greedy_decoding_equals_recomputing_everything() {
     assert_eq!(out[0].ids.len(), 12);
 }
 
+/// The cache grows a block (KV_BLOCK = 128 positions) at a time, and decoding attends to the
+/// whole buffer behind a mask: across two block boundaries, with left padding in the batch, every
+/// token and its log-probability equal a full forward over the unpadded sequence.
+#[test]
+fn the_cache_crosses_block_boundaries_with_padding_and_stays_exact() {
+    assert_eq!(distill_student::model::KV_BLOCK, 128);
+    let m = load();
+    let engine = Engine::new(&m.model, &m.config, None, CpuDevice::default());
+    let prompts: Vec<Vec<u32>> = [120usize, 97].iter().map(|&n| (0..n as u32).map(|i| 3 + (i * 37) % 90).collect()).collect();
+    let out = engine.generate(&prompts, &SamplingParams { max_tokens: 150, logprobs: 1, ..Default::default() }, |_| {}).unwrap();
+    for (p, c) in prompts.iter().zip(&out) {
+        assert_eq!(c.ids.len(), 150);
+        let lp = c.logprobs.as_ref().unwrap();
+        let mut seq = p.clone();
+        for (i, &t) in c.ids.iter().enumerate() {
+            let full = full_logits(&m, &seq);
+            assert_eq!(t, argmax(&full), "prompt of {}, token {i}", p.len());
+            let max = full.iter().cloned().fold(f32::MIN, f32::max);
+            let lse = max + full.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
+            assert!((lp.token_logprobs[i] - (full[t as usize] - lse)).abs() < 1e-4, "prompt of {}, token {i}", p.len());
+            seq.push(t);
+        }
+    }
+}
+
 #[test]
 fn left_padded_batches_give_the_same_tokens_as_single_prompts() {
     let m = load();

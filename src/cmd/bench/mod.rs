@@ -6,6 +6,7 @@ use clap::Subcommand;
 
 mod client;
 mod corpus;
+mod generation;
 mod model;
 mod step;
 mod train;
@@ -23,6 +24,8 @@ pub enum BenchCommand {
     /// Optimizer steps of a random model of real shape on any device(s), optionally against CPU
     /// (what scripts/gpu-check runs).
     Step(step::Args),
+    /// Greedy generation (KV cache) from a random model of real shape, optionally against CPU.
+    Gen(generation::Args),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -32,6 +35,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Client(a) => client::run(a),
         BenchCommand::Train(a) => train::run(a),
         BenchCommand::Step(a) => step::run(a),
+        BenchCommand::Gen(a) => generation::run(a),
     }
 }
 

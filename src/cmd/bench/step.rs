@@ -127,6 +127,10 @@ fn run_rank<B: AutodiffBackend>(a: &Args, cfg: &ModelConfig, comm: Comm<B::Inner
         let micro = batches(cfg, rows, seq, a.grad_accum, step);
         let t0 = Instant::now();
         let out = parallel_step(&mut model, &rope, &mut opt, &micro, 0.0, 1.0, 1e-3, compute, &device, &par, false)?;
+        if par.rank() == 0 {
+            // Progress on stderr: a run cut short by a time limit still shows how far it got.
+            eprintln!("step {}/{}: {:.3} s, loss {:.4}, grad norm {:.4}", step + 1, a.steps, t0.elapsed().as_secs_f64(), out.loss, out.grad_norm);
+        }
         steps.push(StepRec { loss: out.loss, grad_norm: out.grad_norm, secs: t0.elapsed().as_secs_f64(), comm_s: out.comm_s });
     }
     let mut sink = Collect::default();
@@ -166,9 +170,16 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let params = distill_student::sft::plan::param_count(&cfg);
     let tokens = (rows * seq * a.grad_accum) as f64;
     // Steady state: the steps after the first (which compiles kernels on a GPU).
-    let timed: Vec<&StepRec> = if out.steps.len() > 1 { out.steps[1..].iter().collect() } else { out.steps.iter().collect() };
-    let step_s = timed.iter().map(|s| s.secs).sum::<f64>() / timed.len().max(1) as f64;
-    let comm_s = timed.iter().map(|s| s.comm_s).sum::<f64>() / timed.len().max(1) as f64;
+    // Steady state: the median of the steps after the first. On a GPU the first steps compile and
+    // autotune kernels (measured on an H200: 18.4 s, 1.8 s, then 0.04 s for a tiny model), so
+    // run at least 4 steps there for a figure that means anything.
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+    };
+    let timed = if out.steps.len() > 1 { &out.steps[1..] } else { &out.steps[..] };
+    let step_s = median(timed.iter().map(|s| s.secs).collect());
+    let comm_s = median(timed.iter().map(|s| s.comm_s).collect());
     let on_cuda = a.devices.starts_with("cuda");
     let peak = a.peak_tflops.unwrap_or_else(distill_student::sft::train::cpu_peak_tflops) * 1e12 * world as f64;
     let mfu = 6.0 * params as f64 * tokens / step_s / peak;
@@ -184,7 +195,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let mut ok = true;
     if compare {
         let reference = run_on::<Cpu>(&Args { dtype: "f32".into(), shard: "none".into(), ..a.clone() }, &cfg, vec![CpuDevice::default()], true)?;
-        let tol = if a.dtype == "bf16" { 3e-2 } else { 1e-4 };
+        // f32 on CUDA is not IEEE f32 matmul: cubecl's autotune picks tensor-core kernels
+        // (cmma / tma_mma, TF32 inputs) for f32 on Hopper, as PyTorch does with allow_tf32. The
+        // first H200 run measured 2.1e-4 (norm) and 3.3e-4 (weights) after 2 steps.
+        let tol = match (a.dtype.as_str(), on_cuda) {
+            ("bf16", _) => 3e-2,
+            (_, true) => 2e-3,
+            _ => 1e-4,
+        };
         let loss_err = out.steps.iter().zip(&reference.steps).map(|(x, y)| rel(x.loss, y.loss)).fold(0.0, f64::max);
         let norm_err = out.steps.iter().zip(&reference.steps).map(|(x, y)| rel(x.grad_norm, y.grad_norm)).fold(0.0, f64::max);
         let (mut d2, mut n2) = (0.0f64, 0.0f64);

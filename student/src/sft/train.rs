@@ -166,7 +166,7 @@ impl TrainConfig {
 
 /// Casts every float parameter to the compute dtype. Under autodiff the cast is part of the graph,
 /// so gradients reach the f32 master weights (the cast's backward casts them back to f32).
-struct CastParams(DType);
+pub struct CastParams(pub DType);
 
 impl<B: Backend> ModuleMapper<B> for CastParams {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
