@@ -39,12 +39,6 @@ pub fn set(root: &mut toml::Value, assignment: &str) -> anyhow::Result<()> {
     unreachable!("a key has at least one part")
 }
 
-/// Deserialize one section, naming the recipe and section on error.
-pub fn section<T: serde::de::DeserializeOwned>(v: &toml::Value, name: &str, path: &Path) -> anyhow::Result<T> {
-    let sec = v.get(name).with_context(|| format!("{}: no [{name}] section", path.display()))?;
-    sec.clone().try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{}: [{name}]: {e}", path.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,7 +145,60 @@ fn sixty_four() -> usize {
     64
 }
 
+/// `--recipe R.toml --set KEY=VALUE …`: how every command that reads a recipe takes it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RecipeArgs {
+    /// The recipe (TOML).
+    #[arg(long, value_name = "RECIPE")]
+    pub recipe: std::path::PathBuf,
+    /// Override a recipe field (repeatable), e.g. `--set train.optim.lr=2e-5`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+}
+
+impl RecipeArgs {
+    pub fn load(&self) -> anyhow::Result<Loaded> {
+        Loaded::read(&self.recipe, &self.sets)
+    }
+}
+
+/// The stages of a run, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Prepare,
+    Generate,
+    Filter,
+    Train,
+    Agreement,
+    Eval,
+    Report,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 7] = [Stage::Prepare, Stage::Generate, Stage::Filter, Stage::Train, Stage::Agreement, Stage::Eval, Stage::Report];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Prepare => "prepare",
+            Stage::Generate => "generate",
+            Stage::Filter => "filter",
+            Stage::Train => "train",
+            Stage::Agreement => "agreement",
+            Stage::Eval => "eval",
+            Stage::Report => "report",
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Where a recipe's placeholders point.
+#[derive(Debug, Clone)]
 pub struct Paths {
     pub run_dir: std::path::PathBuf,
     pub teacher: std::path::PathBuf,
@@ -160,41 +207,309 @@ pub struct Paths {
     pub export: std::path::PathBuf,
 }
 
-/// Parse a recipe: read, apply `--set`, resolve `{run_dir}`, `{teacher}`, `{student}`,
-/// `{corpus}`, `{export}`, `{cache}`, `{shared}`, then the typed parse.
-pub fn load_recipe(path: &Path, sets: &[String]) -> anyhow::Result<(Recipe, Paths, toml::Value)> {
-    let raw = load(path, sets)?;
-    let name = raw.get("recipe").and_then(|r| r.get("name")).and_then(|n| n.as_str()).with_context(|| format!("{}: [recipe] name is missing", path.display()))?;
-    let run_dir = raw
-        .get("recipe")
-        .and_then(|r| r.get("run_dir"))
-        .and_then(|n| n.as_str())
-        .map_or_else(|| std::path::PathBuf::from("runs").join(name), std::path::PathBuf::from);
-    let teacher = match raw.get("prepare").and_then(|p| p.get("teacher")).and_then(|t| t.as_str()) {
-        Some("smollm2") => crate::models::smollm2_hf_path(),
-        Some(p) => std::path::PathBuf::from(p),
-        None => std::path::PathBuf::new(),
-    };
-    let has_filter = raw.get("filter").is_some();
-    let paths = Paths {
-        teacher,
-        student: run_dir.join("models/student"),
-        corpus: run_dir.join(if has_filter { "corpus-clean" } else { "corpus" }),
-        export: run_dir.join("train/export"),
-        run_dir,
-    };
-    let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
-    let text = toml::to_string(&raw)?
-        .replace("{run_dir}", &paths.run_dir.display().to_string())
-        .replace("{teacher}", &paths.teacher.display().to_string())
-        .replace("{student}", &paths.student.display().to_string())
-        .replace("{corpus}", &paths.corpus.display().to_string())
-        .replace("{export}", &paths.export.display().to_string())
-        .replace("{cache}", &crate::models::cache_dir().display().to_string())
-        .replace("{shared}", &shared.display().to_string());
-    let resolved: toml::Value = toml::from_str(&text)?;
-    let recipe: Recipe = resolved.clone().try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{}: {e}", path.display()))?;
-    Ok((recipe, paths, resolved))
+/// A recipe read, overridden, resolved and parsed: what every command works from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The file it came from.
+    pub path: std::path::PathBuf,
+    pub recipe: Recipe,
+    pub paths: Paths,
+    /// The TOML after `--set` and placeholder resolution (saved with every run).
+    pub resolved: toml::Value,
+}
+
+/// Replace the placeholders in every string of `v` (keys and numbers untouched).
+fn resolve(v: &mut toml::Value, subs: &[(&str, String)]) {
+    match v {
+        toml::Value::String(s) => {
+            for (k, to) in subs {
+                if s.contains(k) {
+                    *s = s.replace(k, to);
+                }
+            }
+        }
+        toml::Value::Array(a) => a.iter_mut().for_each(|x| resolve(x, subs)),
+        toml::Value::Table(t) => t.iter_mut().for_each(|(_, x)| resolve(x, subs)),
+        _ => {}
+    }
+}
+
+impl Loaded {
+    /// Read `path`, apply `--set`, resolve `{run_dir}`, `{teacher}`, `{student}`, `{corpus}`,
+    /// `{export}` and `{cache}` in every string, then parse into the typed [`Recipe`].
+    pub fn read(path: &Path, sets: &[String]) -> anyhow::Result<Loaded> {
+        let mut raw = load(path, sets)?;
+        // A file with only the sections one command needs (say `[train]`) is a recipe too: its
+        // name is the file's stem.
+        if let toml::Value::Table(t) = &mut raw
+            && !t.contains_key("recipe")
+        {
+            let stem = path.file_stem().map_or("recipe".into(), |s| s.to_string_lossy().to_string());
+            let mut meta = toml::Table::new();
+            meta.insert("name".into(), toml::Value::String(stem));
+            meta.insert("description".into(), toml::Value::String(String::new()));
+            t.insert("recipe".into(), toml::Value::Table(meta));
+        }
+        let meta = raw.get("recipe").with_context(|| format!("{}: no [recipe] section", path.display()))?;
+        let name = meta.get("name").and_then(|n| n.as_str()).with_context(|| format!("{}: [recipe] name is missing", path.display()))?;
+        let run_dir = meta
+            .get("run_dir")
+            .and_then(|n| n.as_str())
+            .map_or_else(|| std::path::PathBuf::from("runs").join(name), std::path::PathBuf::from);
+        let teacher = match raw.get("prepare").and_then(|p| p.get("teacher")).and_then(|t| t.as_str()) {
+            Some("smollm2") => crate::models::smollm2_hf_path(),
+            Some(p) => std::path::PathBuf::from(p),
+            None => std::path::PathBuf::new(),
+        };
+        let has_filter = raw.get("filter").is_some();
+        let paths = Paths {
+            teacher,
+            student: run_dir.join("models/student"),
+            corpus: run_dir.join(if has_filter { "corpus-clean" } else { "corpus" }),
+            export: run_dir.join("train/export"),
+            run_dir,
+        };
+        let shown = |p: &Path| p.display().to_string();
+        let subs = [
+            ("{run_dir}", shown(&paths.run_dir)),
+            ("{teacher}", shown(&paths.teacher)),
+            ("{student}", shown(&paths.student)),
+            ("{corpus}", shown(&paths.corpus)),
+            ("{export}", shown(&paths.export)),
+            ("{cache}", shown(&crate::models::cache_dir())),
+        ];
+        resolve(&mut raw, &subs);
+        let recipe: Recipe = raw.clone().try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(Loaded { path: path.to_path_buf(), recipe, paths, resolved: raw })
+    }
+
+    /// The stages this recipe runs, in order.
+    pub fn plan(&self) -> Vec<Stage> {
+        let r = &self.recipe;
+        Stage::ALL
+            .into_iter()
+            .filter(|s| match s {
+                Stage::Prepare => r.prepare.is_some(),
+                Stage::Generate => r.generate.is_some(),
+                Stage::Filter => r.filter.is_some(),
+                Stage::Train => r.train.is_some(),
+                Stage::Agreement => r.agreement.is_some() && r.train.is_some(),
+                Stage::Eval => r.eval.is_some(),
+                Stage::Report => true,
+            })
+            .collect()
+    }
+
+    fn missing(&self, section: &str) -> anyhow::Error {
+        anyhow::anyhow!("{}: no [{section}] section (it has: {})", self.path.display(), self.plan().iter().map(|s| s.name()).collect::<Vec<_>>().join(", "))
+    }
+
+    pub fn prepare(&self) -> anyhow::Result<&PrepareConfig> {
+        self.recipe.prepare.as_ref().ok_or_else(|| self.missing("prepare"))
+    }
+    pub fn generate(&self) -> anyhow::Result<&distill_teacher::run::GenerateConfig> {
+        self.recipe.generate.as_ref().ok_or_else(|| self.missing("generate"))
+    }
+    pub fn filter(&self) -> anyhow::Result<&FilterConfig> {
+        self.recipe.filter.as_ref().ok_or_else(|| self.missing("filter"))
+    }
+    pub fn train(&self) -> anyhow::Result<&distill_student::sft::train::TrainConfig> {
+        self.recipe.train.as_ref().ok_or_else(|| self.missing("train"))
+    }
+    pub fn eval(&self) -> anyhow::Result<&distill_teacher::eval::EvalConfig> {
+        self.recipe.eval.as_ref().ok_or_else(|| self.missing("eval"))
+    }
+
+    /// An error naming the file unless the recipe has `stage`'s section.
+    pub fn require(&self, stage: Stage) -> anyhow::Result<()> {
+        match stage {
+            Stage::Prepare => self.prepare().map(drop),
+            Stage::Generate => self.generate().map(drop),
+            Stage::Filter => self.filter().map(drop),
+            Stage::Train => self.train().map(drop),
+            Stage::Agreement if self.recipe.agreement.is_none() => Err(self.missing("agreement")),
+            Stage::Agreement => self.train().map(drop),
+            Stage::Eval => self.eval().map(drop),
+            Stage::Report => Ok(()),
+        }
+    }
+
+    /// The stage of this recipe that makes `path`, if one does.
+    pub fn made_by(&self, path: &Path) -> Option<Stage> {
+        let p = &self.paths;
+        let r = &self.recipe;
+        if r.prepare.is_some() && (path == p.teacher || (path == p.student && r.prepare.as_ref().is_some_and(|x| x.student_layers.is_some()))) {
+            return Some(Stage::Prepare);
+        }
+        if r.filter.is_some() && path == p.corpus {
+            return Some(Stage::Filter);
+        }
+        if r.generate.as_ref().is_some_and(|g| g.output == path) {
+            return Some(Stage::Generate);
+        }
+        if r.train.as_ref().is_some_and(|t| path == t.output.join("export") || path == p.export) {
+            return Some(Stage::Train);
+        }
+        None
+    }
+
+    /// What `stage` reads from disk or the network: (what, path or URL, is it a model directory).
+    pub fn inputs(&self, stage: Stage) -> Vec<Input> {
+        let r = &self.recipe;
+        let mut v = Vec::new();
+        match stage {
+            Stage::Prepare => {
+                if let Some(pr) = &r.prepare
+                    && pr.teacher != "smollm2"
+                {
+                    v.push(Input::model("[prepare] teacher", &pr.teacher));
+                }
+            }
+            Stage::Generate => {
+                if let Some(g) = &r.generate {
+                    v.push(Input::file("[generate] prompts", &g.prompts));
+                    v.extend(backend_inputs("[generate.backend]", &g.backend));
+                }
+            }
+            Stage::Filter => {
+                if let Some(f) = &r.filter {
+                    v.extend(f.decontaminate_against.iter().map(|p| Input::file("[filter] decontaminate_against", p)));
+                    if let Some(g) = &r.generate {
+                        v.push(Input::file("[filter] corpus", &g.output));
+                    }
+                }
+            }
+            Stage::Train => {
+                if let Some(t) = &r.train {
+                    v.push(Input::model("[train] model", &t.model));
+                    v.extend(t.data.corpus.iter().map(|c| Input::file("[train.data] corpus", c)));
+                }
+            }
+            Stage::Agreement => {
+                if let Some(t) = &r.train {
+                    v.push(Input::model("[agreement] student", &t.output.join("export")));
+                }
+            }
+            Stage::Eval => {
+                if let Some(e) = &r.eval {
+                    v.extend(e.benchmarks.iter().map(|b| Input::file(&format!("[eval] benchmark {}", b.name), &b.file)));
+                    v.extend(backend_inputs("[eval.backend]", &e.backend));
+                }
+            }
+            Stage::Report => {}
+        }
+        v
+    }
+
+    /// Check what `stages` read before any long work. An input that an earlier stage of this
+    /// recipe makes is fine when that stage runs too (`with_earlier`); otherwise it must exist,
+    /// and the error says which stage makes it. Endpoints are contacted only when `network`.
+    pub fn preflight(&self, stages: &[Stage], with_earlier: bool, network: bool) -> anyhow::Result<()> {
+        for &stage in stages {
+            for input in self.inputs(stage) {
+                let made = input.path().and_then(|p| self.made_by(p)).filter(|m| *m < stage);
+                if with_earlier && made.is_some_and(|m| stages.contains(&m)) {
+                    continue;
+                }
+                if let Err(e) = input.check(network) {
+                    return Err(match made {
+                        Some(m) => e.context(format!(
+                            "{} is made by this recipe's {m} stage: run `distill run {} --only {m}` (or the whole recipe) first",
+                            input.what,
+                            self.path.display()
+                        )),
+                        None => e,
+                    });
+                }
+            }
+        }
+        if stages.contains(&Stage::Generate)
+            && let Some(g) = &self.recipe.generate
+        {
+            distill_teacher::run::load_prompts(g).context("[generate] prompts")?;
+        }
+        Ok(())
+    }
+}
+
+impl Loaded {
+    /// `distill <command> --check`: validate, then list what `stage` reads and whether it is
+    /// there, without running anything or contacting an endpoint. Errors only when the recipe is
+    /// invalid; a missing input is listed (with the stage that makes it, if one does).
+    pub fn print_check(&self, stage: Stage) -> anyhow::Result<()> {
+        self.require(stage)?;
+        self.recipe.validate()?;
+        println!("{}: [{stage}] of recipe {} (run directory {})", self.path.display(), self.recipe.recipe.name, self.paths.run_dir.display());
+        for input in self.inputs(stage) {
+            let status = match (input.check(false), input.path().and_then(|p| self.made_by(p)).filter(|m| *m < stage)) {
+                (Ok(()), _) if matches!(input.kind, InputKind::Endpoint(_)) => "not contacted".to_string(),
+                (Ok(()), _) => "ok".to_string(),
+                (Err(_), Some(m)) => format!("made by the {m} stage (not run yet)"),
+                (Err(e), None) => format!("MISSING: {}", e.root_cause()),
+            };
+            println!("  {:<40} {}  {status}", input.what, input.shown());
+        }
+        Ok(())
+    }
+}
+
+/// One thing a stage reads.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub what: String,
+    pub kind: InputKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum InputKind {
+    File(std::path::PathBuf),
+    ModelDir(std::path::PathBuf),
+    Endpoint(String),
+}
+
+impl Input {
+    fn file(what: &str, p: &Path) -> Input {
+        Input { what: what.into(), kind: InputKind::File(p.to_path_buf()) }
+    }
+    fn model(what: &str, p: impl AsRef<Path>) -> Input {
+        Input { what: what.into(), kind: InputKind::ModelDir(p.as_ref().to_path_buf()) }
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        match &self.kind {
+            InputKind::File(p) | InputKind::ModelDir(p) => Some(p),
+            InputKind::Endpoint(_) => None,
+        }
+    }
+
+    /// Exists (a model directory: has its config, tokenizer and weights); an endpoint answers
+    /// (only when `network`).
+    pub fn check(&self, network: bool) -> anyhow::Result<()> {
+        match &self.kind {
+            InputKind::File(p) => anyhow::ensure!(p.exists(), "{}: {} does not exist", self.what, p.display()),
+            InputKind::ModelDir(p) => crate::teachers::check_model_dir(p).with_context(|| self.what.clone())?,
+            InputKind::Endpoint(u) if network => crate::teachers::preflight(u).with_context(|| self.what.clone())?,
+            InputKind::Endpoint(_) => {}
+        }
+        Ok(())
+    }
+
+    pub fn shown(&self) -> String {
+        match &self.kind {
+            InputKind::File(p) | InputKind::ModelDir(p) => p.display().to_string(),
+            InputKind::Endpoint(u) => u.clone(),
+        }
+    }
+}
+
+fn backend_inputs(what: &str, b: &distill_teacher::run::BackendConfig) -> Vec<Input> {
+    match b.kind {
+        distill_teacher::run::BackendKind::Openai => b.endpoints.iter().map(|e| Input { what: format!("{what} endpoint"), kind: InputKind::Endpoint(e.base_url.clone()) }).collect(),
+        distill_teacher::run::BackendKind::Local => match &b.local {
+            Some(l) => vec![Input::model(&format!("{what} local model_dir"), &l.model_dir)],
+            None => vec![],
+        },
+    }
 }
 
 impl Recipe {

@@ -14,10 +14,14 @@ use distill_teacher::run::{BackendConfig, BackendKind, RetryConfig};
 #[derive(clap::Args)]
 pub struct Args {
     /// A recipe with an [eval] section (the flags below are then ignored).
-    #[arg(long)]
+    #[arg(long, value_name = "RECIPE")]
     recipe: Option<PathBuf>,
-    #[arg(long = "set")]
+    /// Override a recipe field (repeatable), e.g. `--set eval.k=8`.
+    #[arg(long = "set", value_name = "KEY=VALUE", requires = "recipe")]
     sets: Vec<String>,
+    /// With --recipe: check it and list what the stage reads, without running it.
+    #[arg(long, requires = "recipe")]
+    check: bool,
     /// A Hugging Face model directory, run by the local engine.
     #[arg(long, conflicts_with = "endpoint")]
     model: Option<PathBuf>,
@@ -33,17 +37,19 @@ pub struct Args {
     /// Only the first N problems of each benchmark.
     #[arg(long)]
     limit: Option<usize>,
-    /// Samples per problem.
-    #[arg(long, default_value_t = 4)]
-    k: u32,
-    #[arg(long, default_value_t = 0.6)]
-    temperature: f64,
-    #[arg(long, default_value_t = 0.95)]
-    top_p: f64,
-    #[arg(long, default_value_t = 32768)]
-    max_tokens: u32,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Samples per problem (default: as a recipe's [eval], 4).
+    #[arg(long)]
+    k: Option<u32>,
+    /// Defaults for the sampling flags are a recipe's: R1's temperature 0.6, top-p 0.95,
+    /// 4096 tokens, seed 0.
+    #[arg(long)]
+    temperature: Option<f64>,
+    #[arg(long)]
+    top_p: Option<f64>,
+    #[arg(long)]
+    max_tokens: Option<u32>,
+    #[arg(long)]
+    seed: Option<u64>,
     /// Output directory (per-problem JSONL and summary.json); re-running resumes it.
     #[arg(long, default_value = "runs/eval")]
     out: PathBuf,
@@ -53,7 +59,16 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let cfg = match &a.recipe {
-        Some(r) => crate::recipe::section::<EvalConfig>(&crate::recipe::load(r, &a.sets)?, "eval", r)?,
+        Some(r) => {
+            let loaded = crate::recipe::Loaded::read(r, &a.sets)?;
+            if a.check {
+                loaded.print_check(crate::recipe::Stage::Eval)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            super::run::ensure_prepared(&loaded, crate::recipe::Stage::Eval)?;
+            loaded.preflight(&[crate::recipe::Stage::Eval], false, false)?;
+            loaded.eval()?.clone()
+        }
         None => flags(&a)?,
     };
     let summaries = run_eval(&cfg)?;
@@ -64,13 +79,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 
 fn flags(a: &Args) -> anyhow::Result<EvalConfig> {
     let backend = match (&a.model, &a.endpoint) {
-        (Some(m), None) => BackendConfig { kind: BackendKind::Local, endpoints: vec![], local: Some(LocalConfig { model_dir: m.clone(), batch: 8 }), device: a.device.clone() },
-        (None, Some(u)) => BackendConfig {
-            kind: BackendKind::Openai,
-            endpoints: vec![OpenAiConfig { base_url: u.clone(), model: a.served_model.clone(), api_key_env: None, concurrency: 8, timeout_s: 3600.0, stream: false, max_n: 64 }],
-            local: None,
-            device: a.device.clone(),
-        },
+        // The same defaults as a recipe's (one set of defaults, in the config types).
+        (Some(m), None) => BackendConfig { kind: BackendKind::Local, endpoints: vec![], local: Some(LocalConfig::new(m.clone())), device: a.device.clone() },
+        (None, Some(u)) => BackendConfig { kind: BackendKind::Openai, endpoints: vec![OpenAiConfig::new(u.clone(), a.served_model.clone())], local: None, device: a.device.clone() },
         _ => bail!("give --model DIR (local engine) or --endpoint URL"),
     };
     let benchmarks = a
@@ -81,10 +92,17 @@ fn flags(a: &Args) -> anyhow::Result<EvalConfig> {
             None => bail!("--bench takes NAME=FILE, got {b}"),
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let d = SamplingSpec::default();
     Ok(EvalConfig {
         benchmarks,
-        k: a.k,
-        sampling: SamplingSpec { temperature: a.temperature, top_p: a.top_p, top_k: None, max_tokens: a.max_tokens, seed: Some(a.seed), stop: vec![] },
+        k: a.k.unwrap_or(distill_teacher::eval::DEFAULT_K),
+        sampling: SamplingSpec {
+            temperature: a.temperature.unwrap_or(d.temperature),
+            top_p: a.top_p.unwrap_or(d.top_p),
+            max_tokens: a.max_tokens.unwrap_or(d.max_tokens),
+            seed: a.seed.or(d.seed),
+            ..d
+        },
         backend,
         retry: RetryConfig::default(),
         output: a.out.clone(),

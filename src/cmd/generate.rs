@@ -1,25 +1,32 @@
 //! `distill generate --recipe teach.toml`: the teacher stage (see distill_teacher::run).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use distill_teacher::run::{self, GenerateConfig};
 
+use crate::recipe::{RecipeArgs, Stage};
+
 #[derive(clap::Args)]
 pub struct Args {
     /// A recipe with a [generate] section.
+    #[command(flatten)]
+    recipe: RecipeArgs,
+    /// Check the recipe and list what the stage reads, without running it.
     #[arg(long)]
-    recipe: PathBuf,
-    /// Override a recipe field, e.g. `--set generate.limit=32` (repeatable).
-    #[arg(long = "set")]
-    sets: Vec<String>,
+    check: bool,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let v = crate::recipe::load(&a.recipe, &a.sets)?;
-    let cfg: GenerateConfig = crate::recipe::section(&v, "generate", &a.recipe)?;
-    let report = generate(&cfg, super::corpus::provenance())?;
+    let loaded = a.recipe.load()?;
+    if a.check {
+        loaded.print_check(Stage::Generate)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cfg = loaded.generate()?;
+    super::run::ensure_prepared(&loaded, Stage::Generate)?;
+    loaded.preflight(&[Stage::Generate], false, false)?;
+    let report = generate(cfg, super::corpus::provenance())?;
     print!("{}", report.text());
     println!("corpus: {} (report: generate-report.txt)", cfg.output.display());
     Ok(if report.prompts_failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) })

@@ -1,7 +1,6 @@
 //! `distill plan --recipe R [--gpus N] [--gpu-memory-gb G]`: the estimated peak memory per rank of
 //! a recipe's `[train]` in every shard mode, and the smallest device count that fits each.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -13,11 +12,8 @@ use distill_student::sft::train::{TrainConfig, machine_memory_gb};
 #[derive(clap::Args)]
 pub struct Args {
     /// A recipe with a [train] section.
-    #[arg(long)]
-    recipe: PathBuf,
-    /// Override a recipe field, e.g. `--set train.data.max_seq_len=16384` (repeatable).
-    #[arg(long = "set")]
-    sets: Vec<String>,
+    #[command(flatten)]
+    recipe: crate::recipe::RecipeArgs,
     /// Devices (ranks) to plan for (default: `[train.parallel] devices`, else 1).
     #[arg(long)]
     gpus: Option<usize>,
@@ -31,12 +27,12 @@ pub struct Args {
 
 /// The student's architecture: its config.json when the model directory exists, else the
 /// published config of the recipe's `[recipe] base_model`.
-pub fn model_config(v: &toml::Value, cfg: &TrainConfig) -> anyhow::Result<(ModelConfig, String)> {
+pub fn model_config(meta: &crate::recipe::Meta, cfg: &TrainConfig) -> anyhow::Result<(ModelConfig, String)> {
     let path = cfg.model.join("config.json");
     if path.exists() {
         return Ok((ModelConfig::from_file(&path)?, path.display().to_string()));
     }
-    let base = v.get("recipe").and_then(|r| r.get("base_model")).and_then(|b| b.as_str());
+    let base = meta.base_model.as_deref();
     match base.and_then(|b| known_config(b).map(|c| (c, b))) {
         Some((c, b)) => Ok((c, format!("{b} (published config.json)"))),
         None => anyhow::bail!(
@@ -48,9 +44,12 @@ pub fn model_config(v: &toml::Value, cfg: &TrainConfig) -> anyhow::Result<(Model
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let v = crate::recipe::load(&a.recipe, &a.sets)?;
-    let cfg: TrainConfig = crate::recipe::section(&v, "train", &a.recipe)?;
-    let (config, source) = model_config(&v, &cfg)?;
+    let loaded = a.recipe.load()?;
+    let cfg: &TrainConfig = loaded.train()?;
+    let (config, source) = model_config(&loaded.recipe.recipe, cfg).map_err(|e| match loaded.made_by(&cfg.model) {
+        Some(stage) => e.context(format!("[train] model is made by this recipe's {stage} stage: run `distill run {} --only {stage}` first", loaded.path.display())),
+        None => e,
+    })?;
     let gpus = match a.gpus {
         Some(n) => n,
         None => cfg.device_kinds().map(|k| k.len()).context("[train.parallel] devices")?,

@@ -11,68 +11,57 @@ use anyhow::{Context, bail};
 use distill_data::fsutil::atomic_write;
 use serde_json::json;
 
-use crate::recipe::{Paths, Recipe, load_recipe};
-
-pub const STAGES: [&str; 7] = ["prepare", "generate", "filter", "train", "agreement", "eval", "report"];
+use crate::recipe::{Loaded, Stage};
 
 #[derive(clap::Args)]
 pub struct Args {
-    recipe: PathBuf,
+    /// The recipe (TOML); `--recipe R.toml` works too.
+    #[arg(required_unless_present = "recipe_flag", conflicts_with = "recipe_flag", value_name = "RECIPE")]
+    recipe: Option<PathBuf>,
+    #[arg(long = "recipe", value_name = "RECIPE")]
+    recipe_flag: Option<PathBuf>,
     /// Override a recipe field (repeatable), e.g. `--set generate.limit=16`.
-    #[arg(long = "set")]
+    #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
     /// Redo this stage and every later one.
-    #[arg(long, value_parser = STAGES)]
-    from: Option<String>,
+    #[arg(long, value_enum)]
+    from: Option<Stage>,
     /// Run only this stage.
-    #[arg(long, value_parser = STAGES, conflicts_with = "from")]
-    only: Option<String>,
+    #[arg(long, value_enum, conflicts_with = "from")]
+    only: Option<Stage>,
 }
 
-fn present(r: &Recipe, stage: &str) -> bool {
-    match stage {
-        "prepare" => r.prepare.is_some(),
-        "generate" => r.generate.is_some(),
-        "filter" => r.filter.is_some(),
-        "train" => r.train.is_some(),
-        "agreement" => r.agreement.is_some() && r.train.is_some(),
-        "eval" => r.eval.is_some(),
-        _ => true,
-    }
-}
-
-fn marker(run_dir: &Path, stage: &str) -> PathBuf {
+fn marker(run_dir: &Path, stage: Stage) -> PathBuf {
     run_dir.join("stages").join(format!("{stage}.json"))
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let t0 = Instant::now();
-    let (recipe, paths, resolved) = load_recipe(&a.recipe, &a.sets)?;
-    recipe.validate()?;
-    let stages: Vec<&str> = STAGES.iter().copied().filter(|s| present(&recipe, s)).collect();
-    if let Some(s) = a.only.as_deref().or(a.from.as_deref())
+    let path = a.recipe.as_ref().or(a.recipe_flag.as_ref()).expect("clap requires one");
+    let loaded = Loaded::read(path, &a.sets)?;
+    loaded.recipe.validate()?;
+    let stages = loaded.plan();
+    if let Some(s) = a.only.or(a.from)
         && !stages.contains(&s)
     {
-        bail!("stage {s} is not in this recipe (it has: {})", stages.join(", "));
+        bail!("stage {s} is not in this recipe (it has: {})", stages.iter().map(|s| s.name()).collect::<Vec<_>>().join(", "));
     }
-    preflight(&recipe, &paths)?;
+    let to_run: Vec<Stage> = stages.iter().copied().filter(|s| a.only.is_none_or(|o| o == *s)).collect();
+    loaded.preflight(&to_run, true, true)?;
+    let (recipe, paths) = (&loaded.recipe, &loaded.paths);
     std::fs::create_dir_all(paths.run_dir.join("stages"))?;
-    atomic_write(&paths.run_dir.join("recipe.toml"), toml::to_string_pretty(&resolved)?.as_bytes())?;
+    atomic_write(&paths.run_dir.join("recipe.toml"), toml::to_string_pretty(&loaded.resolved)?.as_bytes())?;
     println!("run {} → {}", recipe.recipe.name, paths.run_dir.display());
-    let from = a.from.as_deref().and_then(|f| stages.iter().position(|s| *s == f));
-    for (i, stage) in stages.iter().enumerate() {
-        if a.only.as_deref().is_some_and(|o| o != *stage) {
-            continue;
-        }
+    for &stage in &to_run {
         let m = marker(&paths.run_dir, stage);
-        let forced = a.only.is_some() || from.is_some_and(|f| i >= f);
+        let forced = a.only.is_some() || a.from.is_some_and(|f| stage >= f);
         if m.exists() && !forced {
             println!("[{stage}] done earlier, skipped");
             continue;
         }
         let ts = Instant::now();
         println!("[{stage}] …");
-        let outputs = run_stage(stage, &recipe, &paths, &resolved).with_context(|| format!("stage {stage}"))?;
+        let outputs = run_stage(stage, &loaded).with_context(|| format!("stage {stage}"))?;
         atomic_write(&m, serde_json::to_vec_pretty(&json!({"stage": stage, "seconds": ts.elapsed().as_secs_f64(), "outputs": outputs}))?.as_slice())?;
         println!("[{stage}] done in {:.0}s", ts.elapsed().as_secs_f64());
     }
@@ -85,53 +74,30 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Everything that can be checked before any long work: inputs exist, endpoints answer.
-fn preflight(r: &Recipe, p: &Paths) -> anyhow::Result<()> {
-    let made_by_prepare = |dir: &Path| r.prepare.is_some() && (dir == p.teacher || dir == p.student);
-    if let Some(pr) = &r.prepare
-        && pr.teacher != "smollm2"
-    {
-        crate::teachers::check_model_dir(Path::new(&pr.teacher))?;
+/// Before `distill generate` / `train` / `eval` run one stage alone: when that stage reads a
+/// model the recipe's prepare stage makes (the imported teacher, the pruned student) and it is not
+/// there yet, run prepare first — it is short and needs nothing earlier. Longer stages (a corpus
+/// from generate) are left to `distill run`; preflight then names them.
+pub fn ensure_prepared(l: &Loaded, stage: Stage) -> anyhow::Result<()> {
+    let needed = l.inputs(stage).into_iter().any(|i| i.path().and_then(|p| l.made_by(p)) == Some(Stage::Prepare) && i.check(false).is_err());
+    if !needed {
+        return Ok(());
     }
-    if let Some(g) = &r.generate {
-        distill_teacher::run::load_prompts(g).with_context(|| "[generate] prompts")?;
-        match g.backend.kind {
-            distill_teacher::run::BackendKind::Openai => {
-                for e in &g.backend.endpoints {
-                    crate::teachers::preflight(&e.base_url)?;
-                }
-            }
-            distill_teacher::run::BackendKind::Local => {
-                let dir = &g.backend.local.as_ref().context("[generate.backend.local] is missing")?.model_dir;
-                if !made_by_prepare(dir) {
-                    crate::teachers::check_model_dir(dir).context("[generate.backend.local]")?;
-                }
-            }
-        }
-    }
-    if let Some(t) = &r.train
-        && !made_by_prepare(&t.model)
-    {
-        crate::teachers::check_model_dir(&t.model).context("[train] model")?;
-    }
-    if let Some(e) = &r.eval {
-        for b in &e.benchmarks {
-            anyhow::ensure!(b.file.exists(), "[eval] benchmark {}: {} does not exist", b.name, b.file.display());
-        }
-        if e.backend.kind == distill_teacher::run::BackendKind::Openai {
-            for ep in &e.backend.endpoints {
-                crate::teachers::preflight(&ep.base_url)?;
-            }
-        }
-    }
+    eprintln!("[prepare] this recipe's prepare stage makes a model [{stage}] reads; running it first");
+    let ts = Instant::now();
+    let outputs = run_stage(Stage::Prepare, l).context("stage prepare")?;
+    let m = marker(&l.paths.run_dir, Stage::Prepare);
+    std::fs::create_dir_all(m.parent().expect("has a parent"))?;
+    atomic_write(&m, serde_json::to_vec_pretty(&json!({"stage": "prepare", "seconds": ts.elapsed().as_secs_f64(), "outputs": outputs}))?.as_slice())?;
     Ok(())
 }
 
-fn run_stage(stage: &str, r: &Recipe, p: &Paths, resolved: &toml::Value) -> anyhow::Result<serde_json::Value> {
+fn run_stage(stage: Stage, l: &Loaded) -> anyhow::Result<serde_json::Value> {
+    let (r, p) = (&l.recipe, &l.paths);
     let provenance = json!({"command": std::env::args().collect::<Vec<_>>().join(" "), "recipe": r.recipe.name});
     match stage {
-        "prepare" => {
-            let pr = r.prepare.as_ref().expect("present");
+        Stage::Prepare => {
+            let pr = l.prepare()?;
             let teacher = if pr.teacher == "smollm2" { crate::models::smollm2_hf()? } else { PathBuf::from(&pr.teacher) };
             let mut out = json!({"teacher": teacher});
             if let Some(layers) = &pr.student_layers {
@@ -141,14 +107,14 @@ fn run_stage(stage: &str, r: &Recipe, p: &Paths, resolved: &toml::Value) -> anyh
             }
             Ok(out)
         }
-        "generate" => {
-            let g = r.generate.as_ref().expect("present");
+        Stage::Generate => {
+            let g = l.generate()?;
             let rep = crate::cmd::generate::generate(g, provenance)?;
             print!("{}", indent(&rep.text()));
             Ok(json!({"corpus": g.output, "report": rep}))
         }
-        "filter" => {
-            let f = r.filter.as_ref().expect("present");
+        Stage::Filter => {
+            let f = l.filter()?;
             let src = r.generate.as_ref().map(|g| g.output.clone()).unwrap_or_else(|| p.run_dir.join("corpus"));
             let d = distill_teacher::decontam::Decontaminator::from_files(&f.decontaminate_against, f.ngram)?;
             let corpus = distill_data::Corpus::open(&src)?;
@@ -167,28 +133,27 @@ fn run_stage(stage: &str, r: &Recipe, p: &Paths, resolved: &toml::Value) -> anyh
             println!("  {} traces dropped as contaminated", dropped.len());
             Ok(json!({"corpus": p.corpus, "dropped": dropped}))
         }
-        "train" => {
-            let t = r.train.as_ref().expect("present");
+        Stage::Train => {
+            let t = l.train()?;
             let resume = !distill_student::sft::checkpoint::list(&t.output.join("checkpoints"))?.is_empty();
-            let s = crate::cmd::train::run_train(t, serde_json::to_value(resolved)?, resume)?;
+            let s = crate::cmd::train::run_train(t, serde_json::to_value(&l.resolved)?, resume)?;
             println!("  {} steps; held-out loss {:?} → {:?}; export {}", s.steps, s.first_eval_loss, s.final_eval_loss, s.export_dir.display());
             Ok(json!({"export": s.export_dir, "steps": s.steps, "first_eval_loss": s.first_eval_loss, "final_eval_loss": s.final_eval_loss, "data": s.data}))
         }
-        "agreement" => {
+        Stage::Agreement => {
             let a = crate::agreement::run(r, p)?;
             Ok(a)
         }
-        "eval" => {
-            let e = r.eval.as_ref().expect("present");
+        Stage::Eval => {
+            let e = l.eval()?;
             let s = crate::cmd::eval::run_eval(e)?;
             crate::cmd::eval::print_table(&s);
             Ok(json!({"benchmarks": s}))
         }
-        "report" => {
+        Stage::Report => {
             let path = crate::report::write(&p.run_dir)?;
             Ok(json!({"report": path}))
         }
-        other => bail!("unknown stage {other}"),
     }
 }
 

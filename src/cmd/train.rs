@@ -1,20 +1,21 @@
 //! `distill train --recipe R.toml [--resume]`: SFT from a trace corpus to an exported student.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use distill_student::sft::data::DataReport;
 use distill_student::sft::train::{Observer, StepMetrics, Summary, TrainConfig, train};
 use indicatif::ProgressBar;
 
+use crate::recipe::{RecipeArgs, Stage};
+
 #[derive(clap::Args)]
 pub struct Args {
     /// A recipe with a [train] section.
+    #[command(flatten)]
+    recipe: RecipeArgs,
+    /// Check the recipe and list what the stage reads, without running it.
     #[arg(long)]
-    recipe: PathBuf,
-    /// Override a recipe field, e.g. `--set train.optim.lr=2e-5` (repeatable).
-    #[arg(long = "set")]
-    sets: Vec<String>,
+    check: bool,
     /// Continue from the newest checkpoint in the run directory.
     #[arg(long)]
     resume: bool,
@@ -59,8 +60,12 @@ impl Observer for Bar {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let v = crate::recipe::load(&a.recipe, &a.sets)?;
-    let mut cfg: TrainConfig = crate::recipe::section(&v, "train", &a.recipe)?;
+    let loaded = a.recipe.load()?;
+    if a.check {
+        loaded.print_check(Stage::Train)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut cfg: TrainConfig = loaded.train()?.clone();
     if let Some(d) = a.devices {
         cfg.parallel.devices = Some(d);
     }
@@ -73,7 +78,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     if let Some(c) = a.coordinator {
         cfg.parallel.coordinator = Some(c);
     }
-    let recipe = serde_json::to_value(&v)?;
+    super::run::ensure_prepared(&loaded, Stage::Train)?;
+    loaded.preflight(&[Stage::Train], false, false)?;
+    let recipe = serde_json::to_value(&loaded.resolved)?;
     let s = run_train(&cfg, recipe, a.resume)?;
     println!("trained {} steps; eval loss {} → {}", s.steps, fmt(s.first_eval_loss), fmt(s.final_eval_loss));
     println!("exported {}", s.export_dir.display());

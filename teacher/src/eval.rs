@@ -52,8 +52,11 @@ pub struct EvalConfig {
     pub output: PathBuf,
 }
 
+/// Samples per problem when a recipe or the command line does not say.
+pub const DEFAULT_K: u32 = 4;
+
 fn four() -> u32 {
-    4
+    DEFAULT_K
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

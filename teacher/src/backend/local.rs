@@ -25,6 +25,13 @@ pub struct LocalConfig {
     pub batch: usize,
 }
 
+impl LocalConfig {
+    /// A local model with the same defaults a recipe gets.
+    pub fn new(model_dir: impl Into<PathBuf>) -> Self {
+        LocalConfig { model_dir: model_dir.into(), batch: default_batch() }
+    }
+}
+
 fn default_batch() -> usize {
     8
 }

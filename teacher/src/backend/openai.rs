@@ -42,6 +42,21 @@ pub struct OpenAiConfig {
     pub max_n: u32,
 }
 
+impl OpenAiConfig {
+    /// An endpoint with the same defaults a recipe gets.
+    pub fn new(base_url: impl Into<String>, model: impl Into<String>) -> Self {
+        OpenAiConfig {
+            base_url: base_url.into(),
+            model: model.into(),
+            api_key_env: None,
+            concurrency: default_concurrency(),
+            timeout_s: default_timeout(),
+            stream: false,
+            max_n: default_max_n(),
+        }
+    }
+}
+
 fn default_concurrency() -> usize {
     4
 }
