@@ -140,7 +140,7 @@ fn bad_recipes_fail_before_any_long_work() {
 #[test]
 fn eval_runs_on_aime_and_math500_locally_and_through_llama_server() {
     let _turn = SERVER_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(sh) = shared() else { return eprintln!("skipping: no ../shared") };
+    let Some(sh) = shared() else { return distill_data::testing::fixture_missing("no ../shared") };
     let (gguf, hf) = smollm2();
     let d = tempfile::tempdir().unwrap();
     let benches = [format!("aime24={}", sh.join("data/eval/aime24.jsonl").display()), format!("math500={}", sh.join("data/eval/math500.jsonl").display())];
@@ -171,7 +171,7 @@ fn eval_runs_on_aime_and_math500_locally_and_through_llama_server() {
     let o = run_in_repo(&args);
     assert!(o.status.success(), "{}", text(&o));
     check(&local);
-    let Some(srv) = LlamaServer::start(&gguf, 4) else { return eprintln!("skipping the llama-server half: DISTILL_LLAMA_SERVER_DIR unset") };
+    let Some(srv) = LlamaServer::start(&gguf, 4) else { return distill_data::testing::fixture_missing("llama-server for the second half: DISTILL_LLAMA_SERVER_DIR unset") };
     let remote = d.path().join("server");
     let mut args = common_args;
     args.extend(["--endpoint".into(), srv.url(), "--out".into(), remote.display().to_string()]);

@@ -61,7 +61,7 @@ fn ids(case: &Value, key: &str) -> Vec<u32> {
 #[test]
 fn reproduces_the_transformers_golden_outputs() {
     let Some(cases) = golden() else {
-        eprintln!("skipping: ../shared/reference is not present");
+        distill_data::testing::fixture_missing("../shared/reference is not present");
         return;
     };
     let dir = model_dir();
@@ -114,7 +114,7 @@ fn reproduces_the_transformers_golden_outputs() {
 #[test]
 fn the_tokenizer_built_from_the_gguf_encodes_like_transformers() {
     let Some(refdir) = reference_dir() else {
-        eprintln!("skipping: ../shared/reference is not present");
+        distill_data::testing::fixture_missing("../shared/reference is not present");
         return;
     };
     let ours = tokenizers::Tokenizer::from_file(model_dir().join("tokenizer.json")).unwrap();

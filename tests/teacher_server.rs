@@ -20,7 +20,7 @@ fn server() -> Option<(LlamaServer, std::path::PathBuf)> {
     match LlamaServer::start(&gguf, 4) {
         Some(s) => Some((s, hf)),
         None => {
-            eprintln!("skipping: DISTILL_LLAMA_SERVER_DIR is not set (scripts/test builds llama-server and sets it)");
+            distill_data::testing::fixture_missing("DISTILL_LLAMA_SERVER_DIR is not set (scripts/test builds llama-server and sets it)");
             None
         }
     }
@@ -31,7 +31,7 @@ fn generates_a_verified_corpus_from_a_real_server() {
     let _turn = SERVER_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let Some((srv, _)) = server() else { return };
     let d = tempfile::tempdir().unwrap();
-    let Some(prompts) = gsm8k_prompts(d.path(), 32) else { return eprintln!("skipping: no ../shared") };
+    let Some(prompts) = gsm8k_prompts(d.path(), 32) else { return distill_data::testing::fixture_missing("no ../shared") };
     let extra = "samples = 4\nkeep = 2\nlogprobs = 5\n[generate.sampling]\ntemperature = 0.6\ntop_p = 0.95\nmax_tokens = 48\nseed = 7";
     let recipe = openai_recipe(d.path(), &prompts, &srv.url(), extra);
     let o = distill(&["generate", "--recipe", recipe.to_str().unwrap()]);
@@ -67,7 +67,7 @@ fn faults_are_retried_and_nothing_is_lost_or_duplicated() {
     let _turn = SERVER_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let Some((srv, _)) = server() else { return };
     let d = tempfile::tempdir().unwrap();
-    let Some(prompts) = gsm8k_prompts(d.path(), 24) else { return eprintln!("skipping: no ../shared") };
+    let Some(prompts) = gsm8k_prompts(d.path(), 24) else { return distill_data::testing::fixture_missing("no ../shared") };
     let kinds = [Fault::TooMany, Fault::ServerError, Fault::Reset, Fault::Stall, Fault::Truncated];
     let proxy = Proxy::start(srv.port, 0.3, &kinds, 99);
     let extra = "samples = 2\nkeep = 1\ncommit_every = 4\n[generate.sampling]\ntemperature = 0.6\nmax_tokens = 16\nseed = 3";
@@ -97,7 +97,7 @@ fn a_killed_run_resumes_without_resending_committed_prompts() {
     let _turn = SERVER_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let Some((srv, _)) = server() else { return };
     let d = tempfile::tempdir().unwrap();
-    let Some(prompts) = gsm8k_prompts(d.path(), 20) else { return eprintln!("skipping: no ../shared") };
+    let Some(prompts) = gsm8k_prompts(d.path(), 20) else { return distill_data::testing::fixture_missing("no ../shared") };
     let proxy = Proxy::start(srv.port, 0.0, &[], 1);
     let extra = "samples = 2\nkeep = 1\ncommit_every = 1\n[generate.sampling]\ntemperature = 0.6\nmax_tokens = 24\nseed = 5";
     let recipe = openai_recipe(d.path(), &prompts, &proxy.url(), extra);

@@ -12,6 +12,8 @@ pub mod logprobs;
 pub mod prompts;
 pub mod record;
 pub mod synth;
+#[doc(hidden)]
+pub mod testing;
 pub mod think;
 
 pub use corpus::{Corpus, CorpusWriter, WriterOptions};

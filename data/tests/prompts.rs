@@ -120,7 +120,7 @@ fn skip_bad_counts_instead_of_failing() {
 fn reads_the_shared_eval_and_prompt_sets() {
     let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
     if !shared.exists() {
-        eprintln!("skipping: {} not present", shared.display());
+        distill_data::testing::fixture_missing(&format!("{} not present", shared.display()));
         return;
     }
     for (file, map, rows) in [

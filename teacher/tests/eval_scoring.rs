@@ -79,7 +79,7 @@ fn key(benches: &[BenchSpec], shift: usize) -> HashMap<String, String> {
 
 #[test]
 fn gold_scores_100_and_a_shuffled_key_about_0() {
-    let Some(b) = benches() else { return eprintln!("skipping: ../shared not present") };
+    let Some(b) = benches() else { return distill_data::testing::fixture_missing("../shared not present") };
     let d = tempfile::tempdir().unwrap();
     let gold: Arc<dyn Teacher> = Arc::new(Oracle { answers: key(&b, 0), calls: AtomicUsize::new(0), fail_after: None });
     let s = evaluate(&cfg(d.path().join("gold"), b.clone()), &[gold], |_, _, _| {}).unwrap();
@@ -103,7 +103,7 @@ fn gold_scores_100_and_a_shuffled_key_about_0() {
 
 #[test]
 fn a_stopped_eval_resumes_where_it_stopped() {
-    let Some(b) = benches() else { return eprintln!("skipping: ../shared not present") };
+    let Some(b) = benches() else { return distill_data::testing::fixture_missing("../shared not present") };
     let b = vec![b[0].clone()];
     let d = tempfile::tempdir().unwrap();
     let first = Arc::new(Oracle { answers: key(&b, 0), calls: AtomicUsize::new(0), fail_after: Some(12) });

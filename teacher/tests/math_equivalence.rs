@@ -227,7 +227,7 @@ fn answers_are_extracted_from_completions() {
 fn gold_answers_match_themselves_and_not_a_shuffled_key() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/eval");
     if !dir.exists() {
-        eprintln!("skipping: {} not present", dir.display());
+        distill_data::testing::fixture_missing(&format!("{} not present", dir.display()));
         return;
     }
     for file in ["math500.jsonl", "aime24.jsonl", "aime25.jsonl", "amc2023.jsonl"] {
