@@ -17,10 +17,19 @@ pub fn run(r: &Recipe, p: &Paths) -> anyhow::Result<serde_json::Value> {
     let dev = CpuDevice::default();
     let tok = TextTokenizer::from_dir(&p.teacher)?;
     let student_tok = TextTokenizer::from_dir(&train.model)?;
-    ensure!(tok.vocab_size() == student_tok.vocab_size(), "teacher and student vocabularies differ ({} vs {}); agreement needs the same tokenizer", tok.vocab_size(), student_tok.vocab_size());
+    ensure!(
+        tok.vocab_size() == student_tok.vocab_size(),
+        "teacher and student vocabularies differ ({} vs {}); agreement needs the same tokenizer",
+        tok.vocab_size(),
+        student_tok.vocab_size()
+    );
     // Every teacher reply to a held-out prompt counts, passed or not: the question is how well the
     // student imitates the teacher, not whether the teacher was right.
-    let data = distill_student::sft::data::DataConfig { only_passed: false, drop_truncated: false, ..train.data.clone() };
+    let data = distill_student::sft::data::DataConfig {
+        only_passed: false,
+        drop_truncated: false,
+        ..train.data.clone()
+    };
     let (train_ex, mut held_out, _) = distill_student::sft::data::load(&data, &student_tok)?;
     ensure!(
         !held_out.is_empty(),
@@ -39,7 +48,12 @@ pub fn run(r: &Recipe, p: &Paths) -> anyhow::Result<serde_json::Value> {
     let before = score(&train.model)?;
     let after = score(&train.output.join("export"))?;
     println!("  {:<28} {:>12} {:>12}", "held-out teacher traces", "before SFT", "after SFT");
-    println!("  {:<28} {:>11.1}% {:>11.1}%", "next-token accuracy", 100.0 * before.next_token_accuracy, 100.0 * after.next_token_accuracy);
+    println!(
+        "  {:<28} {:>11.1}% {:>11.1}%",
+        "next-token accuracy",
+        100.0 * before.next_token_accuracy,
+        100.0 * after.next_token_accuracy
+    );
     println!("  {:<28} {:>12.4} {:>12.4}", "KL(teacher ‖ student), nats", before.kl, after.kl);
     println!("  {:<28} {:>12.4} {:>12.4}", "NLL of teacher tokens", before.nll, after.nll);
     let out = json!({"traces": before.traces, "tokens": before.tokens, "before": before, "after": after, "teacher": p.teacher, "student_before": train.model, "student_after": train.output.join("export")});

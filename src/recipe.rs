@@ -7,8 +7,10 @@ use anyhow::{Context, bail};
 
 /// Read a TOML recipe and apply `--set` overrides.
 pub fn load(path: &Path, sets: &[String]) -> anyhow::Result<toml::Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading recipe {}", path.display()))?;
-    let mut v: toml::Value = toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading recipe {}", path.display()))?;
+    let mut v: toml::Value =
+        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
     for s in sets {
         set(&mut v, s).with_context(|| format!("--set {s}"))?;
     }
@@ -176,7 +178,15 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 7] = [Stage::Prepare, Stage::Generate, Stage::Filter, Stage::Train, Stage::Agreement, Stage::Eval, Stage::Report];
+    pub const ALL: [Stage; 7] = [
+        Stage::Prepare,
+        Stage::Generate,
+        Stage::Filter,
+        Stage::Train,
+        Stage::Agreement,
+        Stage::Eval,
+        Stage::Report,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -244,23 +254,30 @@ impl Loaded {
         if let toml::Value::Table(t) = &mut raw
             && !t.contains_key("recipe")
         {
-            let stem = path.file_stem().map_or("recipe".into(), |s| s.to_string_lossy().to_string());
+            let stem =
+                path.file_stem().map_or("recipe".into(), |s| s.to_string_lossy().to_string());
             let mut meta = toml::Table::new();
             meta.insert("name".into(), toml::Value::String(stem));
             meta.insert("description".into(), toml::Value::String(String::new()));
             t.insert("recipe".into(), toml::Value::Table(meta));
         }
-        let meta = raw.get("recipe").with_context(|| format!("{}: no [recipe] section", path.display()))?;
-        let name = meta.get("name").and_then(|n| n.as_str()).with_context(|| format!("{}: [recipe] name is missing", path.display()))?;
+        let meta = raw
+            .get("recipe")
+            .with_context(|| format!("{}: no [recipe] section", path.display()))?;
+        let name = meta
+            .get("name")
+            .and_then(|n| n.as_str())
+            .with_context(|| format!("{}: [recipe] name is missing", path.display()))?;
         let run_dir = meta
             .get("run_dir")
             .and_then(|n| n.as_str())
             .map_or_else(|| std::path::PathBuf::from("runs").join(name), std::path::PathBuf::from);
-        let teacher = match raw.get("prepare").and_then(|p| p.get("teacher")).and_then(|t| t.as_str()) {
-            Some("smollm2") => crate::models::smollm2_hf_path(),
-            Some(p) => std::path::PathBuf::from(p),
-            None => std::path::PathBuf::new(),
-        };
+        let teacher =
+            match raw.get("prepare").and_then(|p| p.get("teacher")).and_then(|t| t.as_str()) {
+                Some("smollm2") => crate::models::smollm2_hf_path(),
+                Some(p) => std::path::PathBuf::from(p),
+                None => std::path::PathBuf::new(),
+            };
         let has_filter = raw.get("filter").is_some();
         let paths = Paths {
             teacher,
@@ -279,7 +296,10 @@ impl Loaded {
             ("{cache}", shown(&crate::models::cache_dir())),
         ];
         resolve(&mut raw, &subs);
-        let recipe: Recipe = raw.clone().try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let recipe: Recipe = raw
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(Loaded { path: path.to_path_buf(), recipe, paths, resolved: raw })
     }
 
@@ -301,7 +321,11 @@ impl Loaded {
     }
 
     fn missing(&self, section: &str) -> anyhow::Error {
-        anyhow::anyhow!("{}: no [{section}] section (it has: {})", self.path.display(), self.plan().iter().map(|s| s.name()).collect::<Vec<_>>().join(", "))
+        anyhow::anyhow!(
+            "{}: no [{section}] section (it has: {})",
+            self.path.display(),
+            self.plan().iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+        )
     }
 
     pub fn prepare(&self) -> anyhow::Result<&PrepareConfig> {
@@ -338,7 +362,11 @@ impl Loaded {
     pub fn made_by(&self, path: &Path) -> Option<Stage> {
         let p = &self.paths;
         let r = &self.recipe;
-        if r.prepare.is_some() && (path == p.teacher || (path == p.student && r.prepare.as_ref().is_some_and(|x| x.student_layers.is_some()))) {
+        if r.prepare.is_some()
+            && (path == p.teacher
+                || (path == p.student
+                    && r.prepare.as_ref().is_some_and(|x| x.student_layers.is_some())))
+        {
             return Some(Stage::Prepare);
         }
         if r.filter.is_some() && path == p.corpus {
@@ -373,7 +401,11 @@ impl Loaded {
             }
             Stage::Filter => {
                 if let Some(f) = &r.filter {
-                    v.extend(f.decontaminate_against.iter().map(|p| Input::file("[filter] decontaminate_against", p)));
+                    v.extend(
+                        f.decontaminate_against
+                            .iter()
+                            .map(|p| Input::file("[filter] decontaminate_against", p)),
+                    );
                     if let Some(g) = &r.generate {
                         v.push(Input::file("[filter] corpus", &g.output));
                     }
@@ -387,12 +419,16 @@ impl Loaded {
             }
             Stage::Agreement => {
                 if let Some(t) = &r.train {
-                    v.push(Input::model("[agreement] student", &t.output.join("export")));
+                    v.push(Input::model("[agreement] student", t.output.join("export")));
                 }
             }
             Stage::Eval => {
                 if let Some(e) = &r.eval {
-                    v.extend(e.benchmarks.iter().map(|b| Input::file(&format!("[eval] benchmark {}", b.name), &b.file)));
+                    v.extend(
+                        e.benchmarks
+                            .iter()
+                            .map(|b| Input::file(&format!("[eval] benchmark {}", b.name), &b.file)),
+                    );
                     v.extend(backend_inputs("[eval.backend]", &e.backend));
                 }
             }
@@ -404,7 +440,12 @@ impl Loaded {
     /// Check what `stages` read before any long work. An input that an earlier stage of this
     /// recipe makes is fine when that stage runs too (`with_earlier`); otherwise it must exist,
     /// and the error says which stage makes it. Endpoints are contacted only when `network`.
-    pub fn preflight(&self, stages: &[Stage], with_earlier: bool, network: bool) -> anyhow::Result<()> {
+    pub fn preflight(
+        &self,
+        stages: &[Stage],
+        with_earlier: bool,
+        network: bool,
+    ) -> anyhow::Result<()> {
         for &stage in stages {
             for input in self.inputs(stage) {
                 let made = input.path().and_then(|p| self.made_by(p)).filter(|m| *m < stage);
@@ -439,10 +480,20 @@ impl Loaded {
     pub fn print_check(&self, stage: Stage) -> anyhow::Result<()> {
         self.require(stage)?;
         self.recipe.validate()?;
-        println!("{}: [{stage}] of recipe {} (run directory {})", self.path.display(), self.recipe.recipe.name, self.paths.run_dir.display());
+        println!(
+            "{}: [{stage}] of recipe {} (run directory {})",
+            self.path.display(),
+            self.recipe.recipe.name,
+            self.paths.run_dir.display()
+        );
         for input in self.inputs(stage) {
-            let status = match (input.check(false), input.path().and_then(|p| self.made_by(p)).filter(|m| *m < stage)) {
-                (Ok(()), _) if matches!(input.kind, InputKind::Endpoint(_)) => "not contacted".to_string(),
+            let status = match (
+                input.check(false),
+                input.path().and_then(|p| self.made_by(p)).filter(|m| *m < stage),
+            ) {
+                (Ok(()), _) if matches!(input.kind, InputKind::Endpoint(_)) => {
+                    "not contacted".to_string()
+                }
                 (Ok(()), _) => "ok".to_string(),
                 (Err(_), Some(m)) => format!("made by the {m} stage (not run yet)"),
                 (Err(e), None) => format!("MISSING: {}", e.root_cause()),
@@ -486,9 +537,15 @@ impl Input {
     /// (only when `network`).
     pub fn check(&self, network: bool) -> anyhow::Result<()> {
         match &self.kind {
-            InputKind::File(p) => anyhow::ensure!(p.exists(), "{}: {} does not exist", self.what, p.display()),
-            InputKind::ModelDir(p) => crate::teachers::check_model_dir(p).with_context(|| self.what.clone())?,
-            InputKind::Endpoint(u) if network => crate::teachers::preflight(u).with_context(|| self.what.clone())?,
+            InputKind::File(p) => {
+                anyhow::ensure!(p.exists(), "{}: {} does not exist", self.what, p.display())
+            }
+            InputKind::ModelDir(p) => {
+                crate::teachers::check_model_dir(p).with_context(|| self.what.clone())?
+            }
+            InputKind::Endpoint(u) if network => {
+                crate::teachers::preflight(u).with_context(|| self.what.clone())?
+            }
             InputKind::Endpoint(_) => {}
         }
         Ok(())
@@ -504,7 +561,14 @@ impl Input {
 
 fn backend_inputs(what: &str, b: &distill_teacher::run::BackendConfig) -> Vec<Input> {
     match b.kind {
-        distill_teacher::run::BackendKind::Openai => b.endpoints.iter().map(|e| Input { what: format!("{what} endpoint"), kind: InputKind::Endpoint(e.base_url.clone()) }).collect(),
+        distill_teacher::run::BackendKind::Openai => b
+            .endpoints
+            .iter()
+            .map(|e| Input {
+                what: format!("{what} endpoint"),
+                kind: InputKind::Endpoint(e.base_url.clone()),
+            })
+            .collect(),
         distill_teacher::run::BackendKind::Local => match &b.local {
             Some(l) => vec![Input::model(&format!("{what} local model_dir"), &l.model_dir)],
             None => vec![],
@@ -535,7 +599,10 @@ impl Recipe {
             // Honest recipes for models that do not fit: they validate, and training refuses.
             let need = self.recipe.memory_estimate_gb.unwrap_or(0.0);
             let have = self.recipe.device_memory_gb.unwrap_or(0.0);
-            anyhow::ensure!(need > have, "[recipe] says it does not fit one device, but {need} GB ≤ {have} GB");
+            anyhow::ensure!(
+                need > have,
+                "[recipe] says it does not fit one device, but {need} GB ≤ {have} GB"
+            );
         }
         Ok(())
     }

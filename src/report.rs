@@ -21,11 +21,25 @@ fn read_json(p: &Path) -> Option<Value> {
 
 fn img(png: &Path, alt: &str) -> anyhow::Result<String> {
     let bytes = std::fs::read(png).with_context(|| format!("reading {}", png.display()))?;
-    Ok(format!("<img alt=\"{}\" src=\"data:image/png;base64,{}\">", esc(alt), base64::engine::general_purpose::STANDARD.encode(bytes)))
+    Ok(format!(
+        "<img alt=\"{}\" src=\"data:image/png;base64,{}\">",
+        esc(alt),
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    ))
 }
 
-fn hist_png(dir: &Path, name: &str, title: &str, unit: &str, h: &Histogram) -> anyhow::Result<String> {
-    let buckets: Vec<(String, f64)> = h.buckets.iter().map(|(lo, n)| (if *lo == 0 { "0".into() } else { format!("≥{lo}") }, *n as f64)).collect();
+fn hist_png(
+    dir: &Path,
+    name: &str,
+    title: &str,
+    unit: &str,
+    h: &Histogram,
+) -> anyhow::Result<String> {
+    let buckets: Vec<(String, f64)> = h
+        .buckets
+        .iter()
+        .map(|(lo, n)| (if *lo == 0 { "0".into() } else { format!("≥{lo}") }, *n as f64))
+        .collect();
     let p = dir.join(format!("{name}.png"));
     crate::plot::bars(&p, title, unit, &buckets, plotters::style::RGBColor(70, 110, 180))?;
     img(&p, title)
@@ -64,7 +78,10 @@ pre {{ background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: .85em; m
     // Headline: agreement before/after.
     if let Some(a) = read_json(&run_dir.join("eval/agreement.json")) {
         let row = |label: &str, key: &str, higher_better: bool, f: &dyn Fn(f64) -> String| {
-            let (b, x) = (a["before"][key].as_f64().unwrap_or(f64::NAN), a["after"][key].as_f64().unwrap_or(f64::NAN));
+            let (b, x) = (
+                a["before"][key].as_f64().unwrap_or(f64::NAN),
+                a["after"][key].as_f64().unwrap_or(f64::NAN),
+            );
             let class = if (x > b) == higher_better { "better" } else { "worse" };
             format!("<tr><td>{label}</td><td>{}</td><td class=\"{class}\">{}</td></tr>", f(b), f(x))
         };
@@ -82,7 +99,12 @@ pre {{ background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: .85em; m
 
     // Benchmarks.
     if let Some(s) = read_json(&run_dir.join("eval/benchmarks/summary.json")) {
-        let _ = write!(h, "<h2>Benchmarks</h2><p>k = {} samples per problem, {}.</p><table><tr><th>benchmark</th><th>problems</th><th>pass@1</th><th>cons@k</th><th>mean tokens</th><th>truncated</th></tr>", s["k"], esc(&s["sampling"].to_string()));
+        let _ = write!(
+            h,
+            "<h2>Benchmarks</h2><p>k = {} samples per problem, {}.</p><table><tr><th>benchmark</th><th>problems</th><th>pass@1</th><th>cons@k</th><th>mean tokens</th><th>truncated</th></tr>",
+            s["k"],
+            esc(&s["sampling"].to_string())
+        );
         for b in s["benchmarks"].as_array().into_iter().flatten() {
             let _ = write!(
                 h,
@@ -107,10 +129,21 @@ pre {{ background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: .85em; m
             let _ = write!(
                 h,
                 "<p>{} traces → {} training and {} held-out examples ({} dropped as failed, {} truncated, {} overlong); {} training tokens, {} on assistant turns. {} optimizer steps; held-out loss {} → {}.</p>",
-                d["traces"], d["train_examples"], d["eval_examples"], d["dropped_failed"], d["dropped_truncated"], d["dropped_overlong"], d["train_tokens"], d["assistant_tokens"],
+                d["traces"],
+                d["train_examples"],
+                d["eval_examples"],
+                d["dropped_failed"],
+                d["dropped_truncated"],
+                d["dropped_overlong"],
+                d["train_tokens"],
+                d["assistant_tokens"],
                 st["outputs"]["steps"],
-                st["outputs"]["first_eval_loss"].as_f64().map_or("n/a".into(), |v| format!("{v:.4}")),
-                st["outputs"]["final_eval_loss"].as_f64().map_or("n/a".into(), |v| format!("{v:.4}")),
+                st["outputs"]["first_eval_loss"]
+                    .as_f64()
+                    .map_or("n/a".into(), |v| format!("{v:.4}")),
+                st["outputs"]["final_eval_loss"]
+                    .as_f64()
+                    .map_or("n/a".into(), |v| format!("{v:.4}")),
             );
         }
         h.push_str(&img(&train_dir.join("loss.png"), "training curves")?);
@@ -134,9 +167,16 @@ pre {{ background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: .85em; m
         );
         h.push_str("<table><tr><th>verifier</th><th>passed</th><th>ran</th><th>rate</th></tr>");
         for (v, (p, n)) in &s.verifiers {
-            let _ = write!(h, "<tr><td>{}</td><td>{p}</td><td>{n}</td><td>{}</td></tr>", esc(v), pct(*p as f64 / (*n).max(1) as f64));
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{p}</td><td>{n}</td><td>{}</td></tr>",
+                esc(v),
+                pct(*p as f64 / (*n).max(1) as f64)
+            );
         }
-        h.push_str("</table><table><tr><th>rejected by (first failing check)</th><th>traces</th></tr>");
+        h.push_str(
+            "</table><table><tr><th>rejected by (first failing check)</th><th>traces</th></tr>",
+        );
         for (v, n) in &s.rejected_by {
             let _ = write!(h, "<tr><td>{}</td><td>{n}</td></tr>", esc(v));
         }
@@ -145,10 +185,28 @@ pre {{ background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: .85em; m
             let _ = write!(h, "<tr><td>{}</td><td>{n}</td></tr>", esc(v));
         }
         h.push_str("</table>");
-        h.push_str(&hist_png(&assets, "completion-tokens", "Completion tokens per trace", "tokens", &s.completion_tokens)?);
-        h.push_str(&hist_png(&assets, "answer-chars", "Answer length per trace", "characters", &s.answer_chars)?);
+        h.push_str(&hist_png(
+            &assets,
+            "completion-tokens",
+            "Completion tokens per trace",
+            "tokens",
+            &s.completion_tokens,
+        )?);
+        h.push_str(&hist_png(
+            &assets,
+            "answer-chars",
+            "Answer length per trace",
+            "characters",
+            &s.answer_chars,
+        )?);
         if s.reasoning_chars.max > 0 {
-            h.push_str(&hist_png(&assets, "reasoning-chars", "Reasoning length per trace", "characters", &s.reasoning_chars)?);
+            h.push_str(&hist_png(
+                &assets,
+                "reasoning-chars",
+                "Reasoning length per trace",
+                "characters",
+                &s.reasoning_chars,
+            )?);
         }
         if let Some(g) = read_json(&corpus_dir.join("generate-report.json")) {
             let _ = write!(
@@ -157,7 +215,8 @@ pre {{ background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: .85em; m
                 g["prompts_done"],
                 g["prompts_failed"].as_array().map_or(0, Vec::len),
                 g["samples"],
-                pct(g["passed"].as_f64().unwrap_or(0.0) / g["samples"].as_f64().unwrap_or(1.0).max(1.0)),
+                pct(g["passed"].as_f64().unwrap_or(0.0)
+                    / g["samples"].as_f64().unwrap_or(1.0).max(1.0)),
                 g["completion_tokens"],
                 g["completion_tokens_per_s"].as_f64().unwrap_or(0.0),
                 g["requests"],
@@ -174,12 +233,22 @@ pre {{ background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: .85em; m
     let rows = [
         ("teacher", prep.as_ref().map(|p| p["outputs"]["teacher"].to_string()).unwrap_or_default()),
         ("student base", dist.as_ref().map(|d| d["base_model"].to_string()).unwrap_or_default()),
-        ("corpus manifest (blake3)", dist.as_ref().map(|d| d["corpus_manifest_blake3"].to_string()).unwrap_or_default()),
-        ("exported checkpoint", if export.exists() { export.display().to_string() } else { String::new() }),
+        (
+            "corpus manifest (blake3)",
+            dist.as_ref().map(|d| d["corpus_manifest_blake3"].to_string()).unwrap_or_default(),
+        ),
+        (
+            "exported checkpoint",
+            if export.exists() { export.display().to_string() } else { String::new() },
+        ),
         ("distill", env!("CARGO_PKG_VERSION").to_string()),
     ];
     for (k, v) in rows {
-        let _ = write!(h, "<tr><td>{k}</td><td style=\"text-align:left\"><code>{}</code></td></tr>", esc(v.trim_matches('"')));
+        let _ = write!(
+            h,
+            "<tr><td>{k}</td><td style=\"text-align:left\"><code>{}</code></td></tr>",
+            esc(v.trim_matches('"'))
+        );
     }
     h.push_str("</table>");
 

@@ -26,10 +26,17 @@ pub fn build(backend: &BackendConfig) -> anyhow::Result<Vec<Arc<dyn Teacher>>> {
                 .collect()
         }
         BackendKind::Local => {
-            let local = backend.local.as_ref().context("backend kind local needs `local = { model_dir = … }`")?;
+            let local = backend
+                .local
+                .as_ref()
+                .context("backend kind local needs `local = { model_dir = … }`")?;
             check_model_dir(&local.model_dir)?;
-            let kind: distill_student::device::DeviceKind = backend.device.parse().map_err(anyhow::Error::msg)?;
-            crate::backend::dispatch!(kind, |B, device| Ok(vec![Arc::new(LocalTeacher::<B>::load(local, device)?) as Arc<dyn Teacher>]))
+            let kind: distill_student::device::DeviceKind =
+                backend.device.parse().map_err(anyhow::Error::msg)?;
+            crate::backend::dispatch!(kind, |B, device| Ok(vec![Arc::new(LocalTeacher::<B>::load(
+                local, device
+            )?)
+                as Arc<dyn Teacher>]))
         }
     }
 }
@@ -43,8 +50,15 @@ pub fn check_model_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 
 /// Fail early on an endpoint that does not answer at all (any HTTP answer counts as alive).
 pub fn preflight(base_url: &str) -> anyhow::Result<()> {
-    let agent: ureq::Agent =
-        ureq::Agent::config_builder().timeout_global(Some(std::time::Duration::from_secs(10))).http_status_as_error(false).build().into();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into();
     let url = format!("{}/models", base_url.trim_end_matches('/'));
-    agent.get(&url).call().map(|_| ()).map_err(|e| anyhow::anyhow!("teacher endpoint {base_url} is unreachable: {e}"))
+    agent
+        .get(&url)
+        .call()
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("teacher endpoint {base_url} is unreachable: {e}"))
 }

@@ -46,7 +46,19 @@ fn import_killed_at_random_moments_loses_and_duplicates_nothing() {
     write_jsonl(&input, &traces);
     let source: HashMap<String, Trace> = traces.iter().map(|t| (t.id.clone(), t.clone())).collect();
     let (inp, out) = (input.to_str().unwrap(), corpus.to_str().unwrap());
-    let args = ["corpus", "import", inp, "--out", out, "--commit-every", "40", "--frame-records", "8", "--shard-records", "64"];
+    let args = [
+        "corpus",
+        "import",
+        inp,
+        "--out",
+        out,
+        "--commit-every",
+        "40",
+        "--frame-records",
+        "8",
+        "--shard-records",
+        "64",
+    ];
 
     let mut rng = Rng::new(42);
     let mut committed = HashSet::new();
@@ -90,7 +102,15 @@ fn verify_names_the_damaged_shard_and_frame() {
     let corpus = d.path().join("c");
     write_jsonl(&input, &synth::traces(3, 40, 1).collect::<Vec<_>>());
     let out = corpus.to_str().unwrap();
-    let o = distill(&["corpus", "import", input.to_str().unwrap(), "--out", out, "--frame-records", "5"]);
+    let o = distill(&[
+        "corpus",
+        "import",
+        input.to_str().unwrap(),
+        "--out",
+        out,
+        "--frame-records",
+        "5",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let shard = corpus.join("shard-00000.jsonl.zst");
     let mut bytes = std::fs::read(&shard).unwrap();
@@ -133,8 +153,14 @@ fn export_then_import_reproduces_the_corpus_and_cat_get_agree() {
     assert_eq!(String::from_utf8(get.stdout).unwrap().trim_end(), traces[17].to_json());
 
     let chat = d.path().join("chat.jsonl");
-    assert!(distill(&["corpus", "export", &s(&a), "--format", "chat", "--out", &s(&chat)]).status.success());
-    let first: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&chat).unwrap().lines().next().unwrap()).unwrap();
+    assert!(
+        distill(&["corpus", "export", &s(&a), "--format", "chat", "--out", &s(&chat)])
+            .status
+            .success()
+    );
+    let first: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&chat).unwrap().lines().next().unwrap())
+            .unwrap();
     let reply = first["messages"][1]["content"].as_str().unwrap();
     assert!(reply.starts_with("<think>\n") && reply.contains("\n</think>\n\n"), "{reply}");
     let st = distill(&["corpus", "stats", &s(&a)]);
@@ -151,9 +177,20 @@ fn import_reports_bad_lines_by_file_and_line() {
     let o = distill(&["corpus", "import", input.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(text(&o).contains(&format!("{}:2:", input.display())), "{}", text(&o));
-    let o = distill(&["corpus", "import", input.to_str().unwrap(), "--out", out.to_str().unwrap(), "--skip-bad"]);
+    let o = distill(&[
+        "corpus",
+        "import",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--skip-bad",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("imported 2 records") && text(&o).contains("1 bad lines"), "{}", text(&o));
+    assert!(
+        text(&o).contains("imported 2 records") && text(&o).contains("1 bad lines"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -167,13 +204,34 @@ fn import_reads_chat_and_openr1_rows() {
     std::fs::write(&r1, r#"{"uuid": "u-7", "problem": "1+1?", "answer": "2", "generations": ["<think>one plus one</think>2", "<think>hmm"], "correctness_math_verify": [true, false], "finish_reasons": ["stop", "length"]}
 "#).unwrap();
     let out = d.path().join("c");
-    let o = distill(&["corpus", "import", chat.to_str().unwrap(), "--format", "chat", "--out", out.to_str().unwrap(), "--model", "r1"]);
+    let o = distill(&[
+        "corpus",
+        "import",
+        chat.to_str().unwrap(),
+        "--format",
+        "chat",
+        "--out",
+        out.to_str().unwrap(),
+        "--model",
+        "r1",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
-    let o = distill(&["corpus", "import", r1.to_str().unwrap(), "--format", "openr1", "--out", out.to_str().unwrap()]);
+    let o = distill(&[
+        "corpus",
+        "import",
+        r1.to_str().unwrap(),
+        "--format",
+        "openr1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let c = Corpus::open(&out).unwrap();
     let t = c.get_by_id("chat/q1#0").unwrap().unwrap();
-    assert_eq!((t.reasoning.as_str(), t.answer.as_str(), t.reference.as_deref()), ("two and two", "\\boxed{4}", Some("4")));
+    assert_eq!(
+        (t.reasoning.as_str(), t.answer.as_str(), t.reference.as_deref()),
+        ("two and two", "\\boxed{4}", Some("4"))
+    );
     assert_eq!(t.teacher.model, "r1");
     let t = c.get(1).unwrap();
     assert_eq!((t.reasoning.as_str(), t.answer.as_str()), ("greet back", "hello"));

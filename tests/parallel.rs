@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
+use distill_student::Arch;
 use distill_student::checkpoint::Checkpoint;
 use distill_student::device::{Autodiff, Cpu, CpuDevice};
 use distill_student::sft::parallel::ShardMode;
 use distill_student::sft::train::{Observer, TrainConfig, train};
-use distill_student::Arch;
 
 /// A tiny Llama or Qwen2 with SmolLM2's tokenizer, sized so that its parameter count divides by
 /// none of 2, 3, 4.
@@ -25,7 +25,10 @@ fn tiny(dir: &Path, arch: Arch) -> PathBuf {
         cfg.hidden_size = 65;
         cfg.intermediate_size = 97;
         let n = distill_student::sft::plan::param_count(cfg);
-        assert!([2, 3, 4].iter().all(|w| n % w != 0), "{n} parameters divide by a world size");
+        assert!(
+            [2, 3, 4].iter().all(|w| !n.is_multiple_of(*w)),
+            "{n} parameters divide by a world size"
+        );
     })
 }
 
@@ -75,16 +78,27 @@ impl Observer for Quiet {}
 
 fn run(cfg: &TrainConfig, world: usize, resume: bool) -> Result<(), String> {
     let devices = vec![CpuDevice::default(); world];
-    train::<Autodiff<Cpu>>(cfg, serde_json::Value::Null, devices, resume, &mut Quiet).map(|_| ()).map_err(|e| e.to_string())
+    train::<Autodiff<Cpu>>(cfg, serde_json::Value::Null, devices, resume, &mut Quiet)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 fn metrics(output: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(output.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(output.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// (step, loss) and (step, eval loss) in order.
 fn losses(output: &Path) -> Vec<(u64, f64)> {
-    metrics(output).iter().filter_map(|v| Some((v["step"].as_u64()?, v.get("loss").or(v.get("eval_loss"))?.as_f64()?))).collect()
+    metrics(output)
+        .iter()
+        .filter_map(|v| {
+            Some((v["step"].as_u64()?, v.get("loss").or(v.get("eval_loss"))?.as_f64()?))
+        })
+        .collect()
 }
 
 fn weights(output: &Path) -> BTreeMap<String, Vec<f32>> {
@@ -122,9 +136,20 @@ fn assert_same(label: &str, base: &Path, other: &Path, tol: f64) {
         }
     }
     let model = (d2 / n2).sqrt();
-    eprintln!("{label}: final weights differ by {model:.2e} (relative L2); worst tensor {:.2e} ({})", worst.0, worst.1);
-    assert!(model <= tol, "{label}: the final weights differ from world size 1 by {model:.2e} (relative L2)");
-    assert!(worst.0 <= 100.0 * tol, "{label}: {} differs from world size 1 by {:.2e} (relative L2)", worst.1, worst.0);
+    eprintln!(
+        "{label}: final weights differ by {model:.2e} (relative L2); worst tensor {:.2e} ({})",
+        worst.0, worst.1
+    );
+    assert!(
+        model <= tol,
+        "{label}: the final weights differ from world size 1 by {model:.2e} (relative L2)"
+    );
+    assert!(
+        worst.0 <= 100.0 * tol,
+        "{label}: {} differs from world size 1 by {:.2e} (relative L2)",
+        worst.1,
+        worst.0
+    );
 }
 
 #[test]
@@ -138,17 +163,34 @@ fn every_world_size_and_shard_mode_gives_the_single_device_run() {
         run(&config(&model, &corpus, &base, 10, ""), 1, false).unwrap();
         assert_eq!(metrics(&base).iter().filter(|v| v.get("loss").is_some()).count(), 10);
         let cases: &[(usize, ShardMode)] = if arch == Arch::Llama {
-            &[(2, ShardMode::None), (2, ShardMode::Optimizer), (2, ShardMode::Gradients), (3, ShardMode::Optimizer), (4, ShardMode::Gradients)]
+            &[
+                (2, ShardMode::None),
+                (2, ShardMode::Optimizer),
+                (2, ShardMode::Gradients),
+                (3, ShardMode::Optimizer),
+                (4, ShardMode::Gradients),
+            ]
         } else {
             &[(2, ShardMode::Gradients), (3, ShardMode::None), (4, ShardMode::Optimizer)]
         };
         for &(world, mode) in cases {
             let out = d.path().join(format!("{name}-w{world}-{}", mode.name()));
-            let cfg = config(&model, &corpus, &out, 10, &format!("[train.parallel]\nshard = \"{}\"\nbucket_mb = 0.05", mode.name()));
+            let cfg = config(
+                &model,
+                &corpus,
+                &out,
+                10,
+                &format!("[train.parallel]\nshard = \"{}\"\nbucket_mb = 0.05", mode.name()),
+            );
             run(&cfg, world, false).unwrap();
             assert_same(&format!("{name} world {world} shard {}", mode.name()), &base, &out, 1e-6);
             // Every step logs the world size.
-            assert!(metrics(&out).iter().filter(|v| v.get("loss").is_some()).all(|v| v["world"] == world));
+            assert!(
+                metrics(&out)
+                    .iter()
+                    .filter(|v| v.get("loss").is_some())
+                    .all(|v| v["world"] == world)
+            );
         }
     }
 }
@@ -165,7 +207,9 @@ fn a_sharded_checkpoint_resumes_at_the_same_and_at_another_world_size() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(full.join("checkpoints/step-000005/optimizer/shards.json").exists());
     assert!(full.join("checkpoints/step-000005/optimizer/rank-00001/model.safetensors").exists());
-    let after5 = |out: &Path| -> Vec<(u64, f64)> { losses(out).into_iter().filter(|(s, _)| *s > 5).collect() };
+    let after5 = |out: &Path| -> Vec<(u64, f64)> {
+        losses(out).into_iter().filter(|(s, _)| *s > 5).collect()
+    };
 
     // A rank dies at step 7, after the step-5 checkpoint; the same world size resumes to the
     // uninterrupted run's losses, bit for bit; other world sizes and modes re-shard on load.
@@ -177,23 +221,49 @@ fn a_sharded_checkpoint_resumes_at_the_same_and_at_another_world_size() {
             .env("DISTILL_FAULT_INJECT", "rank=1,step=7")
             .output()
             .unwrap();
-        assert!(!o.status.success() && out.join("checkpoints/step-000005").exists(), "{}", text(&o));
-        let o = distill(&["train", "--recipe", r.to_str().unwrap(), "--resume", "--devices", devices, "--set", &format!("train.parallel.shard=\"{mode}\"")]);
+        assert!(
+            !o.status.success() && out.join("checkpoints/step-000005").exists(),
+            "{}",
+            text(&o)
+        );
+        let o = distill(&[
+            "train",
+            "--recipe",
+            r.to_str().unwrap(),
+            "--resume",
+            "--devices",
+            devices,
+            "--set",
+            &format!("train.parallel.shard=\"{mode}\""),
+        ]);
         assert!(o.status.success(), "{devices}: {}", text(&o));
         let (a, b) = (after5(&full), after5(&out));
         assert_eq!(a.len(), b.len());
         if devices == "cpu:2" {
-            let bits = |v: &[(u64, f64)]| v.iter().map(|(s, l)| (*s, l.to_bits())).collect::<Vec<_>>();
+            let bits =
+                |v: &[(u64, f64)]| v.iter().map(|(s, l)| (*s, l.to_bits())).collect::<Vec<_>>();
             assert_eq!(bits(&a), bits(&b), "resumed at the same world size");
         }
         for ((s, x), (_, y)) in a.iter().zip(&b) {
             assert!((x - y).abs() / x.abs() <= 1e-6, "resumed on {devices}: step {s}: {y} vs {x}");
         }
         let (wa, wb) = (weights(&full), weights(&out));
-        let d2: f64 = wa.iter().map(|(n, x)| x.iter().zip(&wb[n]).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>()).sum();
+        let d2: f64 = wa
+            .iter()
+            .map(|(n, x)| {
+                x.iter().zip(&wb[n]).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>()
+            })
+            .sum();
         let n2: f64 = wa.values().map(|x| x.iter().map(|a| (*a as f64).powi(2)).sum::<f64>()).sum();
-        eprintln!("resumed on {devices} ({mode}): final weights differ by {:.2e}", (d2 / n2).sqrt());
-        assert!((d2 / n2).sqrt() <= 1e-6, "resumed on {devices}: final weights differ by {:.2e}", (d2 / n2).sqrt());
+        eprintln!(
+            "resumed on {devices} ({mode}): final weights differ by {:.2e}",
+            (d2 / n2).sqrt()
+        );
+        assert!(
+            (d2 / n2).sqrt() <= 1e-6,
+            "resumed on {devices}: final weights differ by {:.2e}",
+            (d2 / n2).sqrt()
+        );
     }
 }
 
@@ -205,7 +275,13 @@ fn a_rank_that_dies_stops_the_others_with_its_name() {
     let out = d.path().join("dies");
     let t0 = Instant::now();
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_distill"))
-        .args(["train", "--recipe", train_recipe(d.path(), &model, &corpus, &out, "").to_str().unwrap(), "--devices", "cpu:3"])
+        .args([
+            "train",
+            "--recipe",
+            train_recipe(d.path(), &model, &corpus, &out, "").to_str().unwrap(),
+            "--devices",
+            "cpu:3",
+        ])
         .env("DISTILL_FAULT_INJECT", "rank=2,step=3")
         .output()
         .unwrap();
@@ -223,13 +299,16 @@ fn distill_train_runs_data_parallel_from_the_command_line() {
     let corpus = short_corpus(d.path(), 40, true);
     let model = tiny(d.path(), Arch::Llama);
     let out = d.path().join("cli");
-    let r = train_recipe(d.path(), &model, &corpus, &out, "[train.parallel]\nshard = \"optimizer\"");
+    let r =
+        train_recipe(d.path(), &model, &corpus, &out, "[train.parallel]\nshard = \"optimizer\"");
     let o = distill(&["train", "--recipe", r.to_str().unwrap(), "--devices", "cpu:2"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("data parallel: 2 ranks"), "{}", text(&o));
     assert!(out.join("export/model.safetensors").exists());
     // Bad device lists fail before any work.
-    for (bad, says) in [("cpu:0", "1 … 256"), ("cuda:0,cuda:0", "appears twice"), ("tpu:1", "unknown device")] {
+    for (bad, says) in
+        [("cpu:0", "1 … 256"), ("cuda:0,cuda:0", "appears twice"), ("tpu:1", "unknown device")]
+    {
         let o = distill(&["train", "--recipe", r.to_str().unwrap(), "--devices", bad]);
         assert!(!o.status.success() && text(&o).contains(says), "{bad}: {}", text(&o));
     }
@@ -242,7 +321,8 @@ fn distill_plan_prints_every_mode_and_train_refuses_a_plan_that_does_not_fit() {
     let o = distill(&["plan", "--recipe", r.to_str().unwrap(), "--gpus", "8", "--json"]);
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let mode = |m: &str| v["modes"].as_array().unwrap().iter().find(|x| x["mode"] == m).unwrap().clone();
+    let mode =
+        |m: &str| v["modes"].as_array().unwrap().iter().find(|x| x["mode"] == m).unwrap().clone();
     assert_eq!(v["params"], 7_615_616_512u64, "Qwen2.5-7B's published parameter count");
     assert_eq!(mode("none")["fits"], false);
     assert_eq!(mode("gradients")["fits"], true);
@@ -272,18 +352,51 @@ fn multi_node_mistakes_fail_at_start_with_a_clear_message() {
     // Held back until burn-collective's global all-reduce survives consecutive calls: a clear
     // refusal, not a hang. (tracel-ai/burn#4549; reproduced here with two loopback nodes, which
     // joined, reduced twice and then waited forever.)
-    let o = distill(&["train", "--recipe", r.to_str().unwrap(), "--devices", "cpu:1", "--nodes", "2", "--node-rank", "0", "--coordinator", "127.0.0.1:9"]);
+    let o = distill(&[
+        "train",
+        "--recipe",
+        r.to_str().unwrap(),
+        "--devices",
+        "cpu:1",
+        "--nodes",
+        "2",
+        "--node-rank",
+        "0",
+        "--coordinator",
+        "127.0.0.1:9",
+    ]);
     assert!(!o.status.success() && text(&o).contains("tracel-ai/burn#4549"), "{}", text(&o));
     // SAFETY: set before any thread of this test reads it; the value only gates multi-node runs.
     unsafe { std::env::set_var(distill_student::sft::parallel::MULTINODE_ENV, "1") };
     // Nobody at the coordinator: a bounded wait, then an error that says what to check.
     let t0 = Instant::now();
-    let o = distill(&["train", "--recipe", r.to_str().unwrap(), "--devices", "cpu:1", "--nodes", "2", "--node-rank", "1", "--coordinator", &format!("127.0.0.1:{}", free_port()), "--set", "train.parallel.join_timeout_s=3"]);
-    assert!(!o.status.success() && text(&o).contains("not every node joined within 3 s"), "{}", text(&o));
+    let o = distill(&[
+        "train",
+        "--recipe",
+        r.to_str().unwrap(),
+        "--devices",
+        "cpu:1",
+        "--nodes",
+        "2",
+        "--node-rank",
+        "1",
+        "--coordinator",
+        &format!("127.0.0.1:{}", free_port()),
+        "--set",
+        "train.parallel.join_timeout_s=3",
+    ]);
+    assert!(
+        !o.status.success() && text(&o).contains("not every node joined within 3 s"),
+        "{}",
+        text(&o)
+    );
     assert!(t0.elapsed() < Duration::from_secs(30));
     // Malformed settings fail before any work.
     for (args, says) in [
-        (vec!["--nodes", "2", "--node-rank", "2", "--coordinator", "127.0.0.1:9"], "node_rank 2 is not below nodes = 2"),
+        (
+            vec!["--nodes", "2", "--node-rank", "2", "--coordinator", "127.0.0.1:9"],
+            "node_rank 2 is not below nodes = 2",
+        ),
         (vec!["--nodes", "2", "--node-rank", "0"], "need a coordinator"),
         (vec!["--nodes", "2", "--node-rank", "0", "--coordinator", "nohost"], "is not HOST:PORT"),
     ] {
@@ -296,7 +409,21 @@ fn multi_node_mistakes_fail_at_start_with_a_clear_message() {
     let coordinator = format!("127.0.0.1:{}", free_port());
     let spawn = |rank: &str, devices: &str| {
         std::process::Command::new(env!("CARGO_BIN_EXE_distill"))
-            .args(["train", "--recipe", r.to_str().unwrap(), "--devices", devices, "--nodes", "2", "--node-rank", rank, "--coordinator", &coordinator, "--set", "train.parallel.join_timeout_s=20"])
+            .args([
+                "train",
+                "--recipe",
+                r.to_str().unwrap(),
+                "--devices",
+                devices,
+                "--nodes",
+                "2",
+                "--node-rank",
+                rank,
+                "--coordinator",
+                &coordinator,
+                "--set",
+                "train.parallel.join_timeout_s=20",
+            ])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -324,23 +451,40 @@ fn the_gpu_check_script_passes_its_cpu_dry_run() {
         .unwrap();
     let t = text(&o);
     assert!(o.status.success(), "{t}");
-    let rows: Vec<serde_json::Value> = std::fs::read_to_string(d.path().join("gpu-check.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(d.path().join("gpu-check.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(rows.len(), 8, "{t}");
-    let compared: Vec<&serde_json::Value> = rows.iter().filter(|r| r.get("against_cpu_f32").is_some()).collect();
+    let compared: Vec<&serde_json::Value> =
+        rows.iter().filter(|r| r.get("against_cpu_f32").is_some()).collect();
     assert_eq!(compared.len(), 7);
     assert!(compared.iter().all(|r| r["against_cpu_f32"]["ok"] == true), "{t}");
     assert!(rows.iter().any(|r| r["devices"] == "cpu:2" && r["shard"] == "gradients"));
     assert!(t.contains("| tiny-llama | cpu | bf16 |"), "{t}");
     // Generation: 4 rows against the CPU (tokens equal, log-probabilities close) and one timing row.
-    let generated: Vec<serde_json::Value> = std::fs::read_to_string(d.path().join("gpu-check-gen.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let generated: Vec<serde_json::Value> =
+        std::fs::read_to_string(d.path().join("gpu-check-gen.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
     assert_eq!(generated.len(), 5, "{t}");
-    let compared: Vec<&serde_json::Value> = generated.iter().filter(|r| r.get("against_cpu_f32").is_some()).collect();
+    let compared: Vec<&serde_json::Value> =
+        generated.iter().filter(|r| r.get("against_cpu_f32").is_some()).collect();
     assert_eq!(compared.len(), 4);
     for r in &compared {
         let c = &r["against_cpu_f32"];
         assert!(c["ok"] == true && c["tokens"].as_u64().unwrap() == 4 * 24, "{r}");
     }
     // The f32 rows are the same code on the same device: every token equal.
-    assert!(compared.iter().filter(|r| r["dtype"] == "f32").all(|r| r["against_cpu_f32"]["tokens_equal"] == r["against_cpu_f32"]["tokens"]), "{t}");
+    assert!(
+        compared
+            .iter()
+            .filter(|r| r["dtype"] == "f32")
+            .all(|r| r["against_cpu_f32"]["tokens_equal"] == r["against_cpu_f32"]["tokens"]),
+        "{t}"
+    );
     assert!(generated.iter().all(|r| r["decode_tokens_per_s"].as_f64().unwrap() > 0.0));
 }

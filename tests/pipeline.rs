@@ -11,7 +11,12 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn run_args(run_dir: &Path) -> Vec<String> {
-    vec!["run".into(), "recipes/tiny.toml".into(), "--set".into(), format!("recipe.run_dir=\"{}\"", run_dir.display())]
+    vec![
+        "run".into(),
+        "recipes/tiny.toml".into(),
+        "--set".into(),
+        format!("recipe.run_dir=\"{}\"", run_dir.display()),
+    ]
 }
 
 /// Start `distill run`, wait until `file` appears, SIGKILL it; returns whether it was still running.
@@ -37,7 +42,11 @@ fn kill_when(args: &[String], file: &Path) -> bool {
 }
 
 fn run_in_repo(args: &[String]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_distill")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -48,28 +57,50 @@ fn the_tiny_pipeline_survives_kills_improves_the_student_and_reports() {
     let args = run_args(&run_dir);
 
     // Killed once the corpus has its first committed shard, mid-generation.
-    assert!(kill_when(&args, &run_dir.join("corpus/shard-00000.jsonl.zst")), "generation finished before the kill");
+    assert!(
+        kill_when(&args, &run_dir.join("corpus/shard-00000.jsonl.zst")),
+        "generation finished before the kill"
+    );
     assert!(run_dir.join("stages/prepare.json").exists());
     assert!(!run_dir.join("stages/generate.json").exists());
     // Killed again once training has written its first checkpoint.
-    assert!(kill_when(&args, &run_dir.join("train/checkpoints/step-000002/state.json")), "training finished before the kill");
-    assert!(run_dir.join("stages/generate.json").exists() && !run_dir.join("stages/train.json").exists());
+    assert!(
+        kill_when(&args, &run_dir.join("train/checkpoints/step-000002/state.json")),
+        "training finished before the kill"
+    );
+    assert!(
+        run_dir.join("stages/generate.json").exists()
+            && !run_dir.join("stages/train.json").exists()
+    );
     let o = run_in_repo(&args);
     let out = text(&o);
     assert!(o.status.success(), "{out}");
-    assert!(out.contains("[prepare] done earlier, skipped") && out.contains("[generate] done earlier, skipped"), "{out}");
+    assert!(
+        out.contains("[prepare] done earlier, skipped")
+            && out.contains("[generate] done earlier, skipped"),
+        "{out}"
+    );
     assert!(out.contains("report:"), "{out}");
 
     // Every (prompt, sample) once; the student moved toward the teacher.
     let c = distill_data::Corpus::open(&run_dir.join("corpus")).unwrap();
     let ids: std::collections::HashSet<&str> = c.ids().collect();
     assert_eq!(ids.len() as u64, c.len());
-    let a: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("eval/agreement.json")).unwrap()).unwrap();
+    let a: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run_dir.join("eval/agreement.json")).unwrap(),
+    )
+    .unwrap();
     let f = |k: &str, w: &str| a[k][w].as_f64().unwrap();
     eprintln!("agreement before {} after {}", a["before"], a["after"]);
     assert!(f("after", "kl") < f("before", "kl"), "KL to the teacher must fall");
-    assert!(f("after", "next_token_accuracy") > f("before", "next_token_accuracy"), "next-token accuracy must rise");
-    assert!(run_dir.join("train/export/model.safetensors").exists() || run_dir.join("train/export/model.safetensors.index.json").exists());
+    assert!(
+        f("after", "next_token_accuracy") > f("before", "next_token_accuracy"),
+        "next-token accuracy must rise"
+    );
+    assert!(
+        run_dir.join("train/export/model.safetensors").exists()
+            || run_dir.join("train/export/model.safetensors.index.json").exists()
+    );
 
     // --only reruns one stage.
     let mut only = args.clone();
@@ -83,13 +114,28 @@ fn the_tiny_pipeline_survives_kills_improves_the_student_and_reports() {
 /// Open the report in headless Chromium: it renders, every image decodes, no script errors.
 fn check_report_in_browser(report: &Path) {
     let Ok(chromium) = which("chromium") else {
-        assert!(std::env::var_os("DISTILL_REQUIRE_BROWSER").is_none(), "chromium is required (scripts/test installs it)");
+        assert!(
+            std::env::var_os("DISTILL_REQUIRE_BROWSER").is_none(),
+            "chromium is required (scripts/test installs it)"
+        );
         eprintln!("skipping the browser check: chromium is not installed");
         return;
     };
     let profile = tempfile::tempdir().unwrap();
     let o = Command::new(chromium)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=5000",
+        ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg("--dump-dom")
         .arg(format!("file://{}", report.display()))
@@ -97,16 +143,22 @@ fn check_report_in_browser(report: &Path) {
         .unwrap();
     let dom = String::from_utf8_lossy(&o.stdout);
     let body = dom.split("<body").nth(1).and_then(|b| b.split('>').next()).unwrap_or("");
-    let images = body.split("data-images=\"").nth(1).and_then(|x| x.split('"').next()).unwrap_or("?");
+    let images =
+        body.split("data-images=\"").nth(1).and_then(|x| x.split('"').next()).unwrap_or("?");
     let (ok, total) = images.split_once('/').unwrap_or(("0", "?"));
     assert!(total != "0" && ok == total, "images loaded: {images} (body attributes: {body})");
     assert!(body.contains("data-errors=\"0\""), "script errors: {body}");
     let log = String::from_utf8_lossy(&o.stderr);
-    assert!(!log.lines().any(|l| l.contains("CONSOLE") && (l.contains("Error") || l.contains("Uncaught"))), "console errors:\n{log}");
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("CONSOLE") && (l.contains("Error") || l.contains("Uncaught"))),
+        "console errors:\n{log}"
+    );
 }
 
 fn which(cmd: &str) -> Result<String, ()> {
-    let o = Command::new("sh").args(["-c", &format!("command -v {cmd}")]).output().map_err(|_| ())?;
+    let o =
+        Command::new("sh").args(["-c", &format!("command -v {cmd}")]).output().map_err(|_| ())?;
     let p = String::from_utf8_lossy(&o.stdout).trim().to_string();
     if o.status.success() && !p.is_empty() { Ok(p) } else { Err(()) }
 }
@@ -114,21 +166,40 @@ fn which(cmd: &str) -> Result<String, ()> {
 #[test]
 fn bad_recipes_fail_before_any_long_work() {
     let d = tempfile::tempdir().unwrap();
-    let base = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/tiny.toml")).unwrap();
+    let base =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/tiny.toml"))
+            .unwrap();
     let check = |name: &str, recipe: String, want: &str| {
         let p = d.path().join(format!("{name}.toml"));
         std::fs::write(&p, recipe).unwrap();
         let t0 = Instant::now();
-        let o = run_in_repo(&["run".into(), p.display().to_string(), "--set".into(), format!("recipe.run_dir=\"{}\"", d.path().join(name).display())]);
+        let o = run_in_repo(&[
+            "run".into(),
+            p.display().to_string(),
+            "--set".into(),
+            format!("recipe.run_dir=\"{}\"", d.path().join(name).display()),
+        ]);
         assert!(!o.status.success(), "{name}: should fail");
         assert!(text(&o).contains(want), "{name}: expected '{want}' in:\n{}", text(&o));
-        assert!(t0.elapsed() < Duration::from_secs(30), "{name}: failed only after {:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{name}: failed only after {:?}",
+            t0.elapsed()
+        );
         assert!(!d.path().join(name).join("stages").exists(), "{name}: no stage may have started");
     };
-    check("missing-model", base.replace("teacher = \"smollm2\"", "teacher = \"/no/such/model\""), "/no/such/model");
+    check(
+        "missing-model",
+        base.replace("teacher = \"smollm2\"", "teacher = \"/no/such/model\""),
+        "/no/such/model",
+    );
     let empty = d.path().join("empty.jsonl");
     std::fs::write(&empty, "").unwrap();
-    check("empty-prompts", base.replace("recipes/data/quickstart-prompts.jsonl", &empty.display().to_string()), "no prompts");
+    check(
+        "empty-prompts",
+        base.replace("recipes/data/quickstart-prompts.jsonl", &empty.display().to_string()),
+        "no prompts",
+    );
     let port = free_port();
     let openai = base.replace(
         "kind = \"local\"\nlocal = { model_dir = \"{teacher}\", batch = 16 }",
@@ -143,13 +214,26 @@ fn eval_runs_on_aime_and_math500_locally_and_through_llama_server() {
     let Some(sh) = shared() else { return distill_data::testing::fixture_missing("no ../shared") };
     let (gguf, hf) = smollm2();
     let d = tempfile::tempdir().unwrap();
-    let benches = [format!("aime24={}", sh.join("data/eval/aime24.jsonl").display()), format!("math500={}", sh.join("data/eval/math500.jsonl").display())];
-    let mut common_args: Vec<String> = vec!["eval".into(), "--limit".into(), "50".into(), "--k".into(), "1".into(), "--max-tokens".into(), "24".into()];
+    let benches = [
+        format!("aime24={}", sh.join("data/eval/aime24.jsonl").display()),
+        format!("math500={}", sh.join("data/eval/math500.jsonl").display()),
+    ];
+    let mut common_args: Vec<String> = vec![
+        "eval".into(),
+        "--limit".into(),
+        "50".into(),
+        "--k".into(),
+        "1".into(),
+        "--max-tokens".into(),
+        "24".into(),
+    ];
     for b in &benches {
         common_args.extend(["--bench".into(), b.clone()]);
     }
     let check = |out: &Path| {
-        let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+        let s: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
+                .unwrap();
         let b = s["benchmarks"].as_array().unwrap();
         assert_eq!((b[0]["name"].as_str(), b[0]["problems"].as_u64()), (Some("aime24"), Some(30)));
         assert_eq!((b[1]["name"].as_str(), b[1]["problems"].as_u64()), (Some("math500"), Some(50)));
@@ -167,11 +251,20 @@ fn eval_runs_on_aime_and_math500_locally_and_through_llama_server() {
     };
     let local = d.path().join("local");
     let mut args = common_args.clone();
-    args.extend(["--model".into(), hf.display().to_string(), "--out".into(), local.display().to_string()]);
+    args.extend([
+        "--model".into(),
+        hf.display().to_string(),
+        "--out".into(),
+        local.display().to_string(),
+    ]);
     let o = run_in_repo(&args);
     assert!(o.status.success(), "{}", text(&o));
     check(&local);
-    let Some(srv) = LlamaServer::start(&gguf, 4) else { return distill_data::testing::fixture_missing("llama-server for the second half: DISTILL_LLAMA_SERVER_DIR unset") };
+    let Some(srv) = LlamaServer::start(&gguf, 4) else {
+        return distill_data::testing::fixture_missing(
+            "llama-server for the second half: DISTILL_LLAMA_SERVER_DIR unset",
+        );
+    };
     let remote = d.path().join("server");
     let mut args = common_args;
     args.extend(["--endpoint".into(), srv.url(), "--out".into(), remote.display().to_string()]);

@@ -12,7 +12,11 @@ use distill_student::sft::train::TrainConfig;
 
 fn shipped() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
     v.sort();
     v
 }
@@ -20,8 +24,13 @@ fn shipped() -> Vec<PathBuf> {
 #[test]
 fn every_shipped_recipe_validates() {
     let recipes = shipped();
-    assert!(recipes.len() >= 10, "expected the R1, tiny, quickstart and self-distill recipes, found {recipes:?}");
-    let args: Vec<String> = std::iter::once("check-recipe".to_string()).chain(recipes.iter().map(|p| p.display().to_string())).collect();
+    assert!(
+        recipes.len() >= 10,
+        "expected the R1, tiny, quickstart and self-distill recipes, found {recipes:?}"
+    );
+    let args: Vec<String> = std::iter::once("check-recipe".to_string())
+        .chain(recipes.iter().map(|p| p.display().to_string()))
+        .collect();
     let out = distill(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let t = text(&out);
     assert!(out.status.success(), "{t}");
@@ -54,7 +63,10 @@ fn every_command_takes_every_shipped_recipe() {
             let inputs: Vec<&str> = t.lines().skip(1).collect();
             assert!(!inputs.is_empty() || cmd == "eval", "{cmd} {p}: lists no input: {t}");
             if self_contained {
-                assert!(!t.contains("MISSING"), "{cmd} {p}: a self-contained recipe lacks an input no stage makes: {t}");
+                assert!(
+                    !t.contains("MISSING"),
+                    "{cmd} {p}: a self-contained recipe lacks an input no stage makes: {t}"
+                );
             }
         }
         if r.get("train").is_some() {
@@ -77,7 +89,13 @@ fn every_command_takes_every_shipped_recipe() {
 fn train_alone_prepares_the_student_and_names_the_missing_corpus() {
     let d = tempfile::tempdir().unwrap();
     let run_dir = d.path().join("run");
-    let out = distill(&["train", "--recipe", "recipes/tiny.toml", "--set", &format!("recipe.run_dir=\"{}\"", run_dir.display())]);
+    let out = distill(&[
+        "train",
+        "--recipe",
+        "recipes/tiny.toml",
+        "--set",
+        &format!("recipe.run_dir=\"{}\"", run_dir.display()),
+    ]);
     let t = text(&out);
     assert!(!out.status.success(), "{t}");
     assert!(run_dir.join("models/student/config.json").exists(), "{t}");
@@ -90,39 +108,69 @@ fn r1_recipes_state_the_plan_the_planner_computes() {
     let mut checked = 0;
     for path in shipped() {
         let r: toml::Value = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let Some(declared) = r["recipe"].get("memory_estimate_gb").and_then(toml::Value::as_float) else { continue };
+        let Some(declared) = r["recipe"].get("memory_estimate_gb").and_then(toml::Value::as_float)
+        else {
+            continue;
+        };
         let base = r["recipe"]["base_model"].as_str().unwrap();
-        let config = known_config(base).unwrap_or_else(|| panic!("{}: no published config for {base}", path.display()));
+        let config = known_config(base)
+            .unwrap_or_else(|| panic!("{}: no published config for {base}", path.display()));
         let cfg: TrainConfig = r["train"].clone().try_into().unwrap();
         let shape = RunShape::of(&cfg);
-        let num = |k: &str| r["recipe"].get(k).and_then(|v| v.as_float().or_else(|| v.as_integer().map(|x| x as f64)));
+        let num = |k: &str| {
+            r["recipe"]
+                .get(k)
+                .and_then(|v| v.as_float().or_else(|| v.as_integer().map(|x| x as f64)))
+        };
         let device = num("device_memory_gb").unwrap();
         let name = path.display();
 
         // One device.
         let one = MemoryPlan::new(&config, shape, 1, ShardMode::None).total_gb();
-        assert!((one - declared).abs() < 0.1, "{name}: declares {declared} GB on one device, the planner says {one:.1} GB");
+        assert!(
+            (one - declared).abs() < 0.1,
+            "{name}: declares {declared} GB on one device, the planner says {one:.1} GB"
+        );
         let fits = r["recipe"]["fits_one_device"].as_bool().unwrap();
-        assert_eq!(fits, one <= device, "{name}: fits_one_device = {fits}, but {one:.1} GB against {device} GB");
+        assert_eq!(
+            fits,
+            one <= device,
+            "{name}: fits_one_device = {fits}, but {one:.1} GB against {device} GB"
+        );
 
         // The plan it runs with: it fits, and for parameter sharding it is at least the fewest
         // devices that fit.
         let n = num("plan_devices").unwrap() as usize;
-        let mode: ShardMode = serde_json::from_value(serde_json::json!(r["recipe"]["plan_shard"].as_str().unwrap())).unwrap();
+        let mode: ShardMode =
+            serde_json::from_value(serde_json::json!(r["recipe"]["plan_shard"].as_str().unwrap()))
+                .unwrap();
         let gb = num("plan_gb_per_device").unwrap();
         let plan = MemoryPlan::new(&config, shape, n, mode).total_gb();
-        assert!((plan - gb).abs() < 0.1, "{name}: declares {gb} GB per device at {n} × {mode:?}, the planner says {plan:.1}");
-        assert!(plan <= device, "{name}: the declared plan does not fit: {plan:.1} GB > {device} GB");
+        assert!(
+            (plan - gb).abs() < 0.1,
+            "{name}: declares {gb} GB per device at {n} × {mode:?}, the planner says {plan:.1}"
+        );
+        assert!(
+            plan <= device,
+            "{name}: the declared plan does not fit: {plan:.1} GB > {device} GB"
+        );
         let fewest = min_ranks(&config, shape, mode, device, 4096).unwrap_or(usize::MAX);
         assert!(fewest <= n, "{name}: {mode:?} needs {fewest} devices, the recipe plans {n}");
         match mode {
-            ShardMode::Parameters => assert!(cfg.validate().is_ok() && cfg.parallel.shard == ShardMode::None, "{name}: parameter sharding is planned only"),
+            ShardMode::Parameters => assert!(
+                cfg.validate().is_ok() && cfg.parallel.shard == ShardMode::None,
+                "{name}: parameter sharding is planned only"
+            ),
             ShardMode::None => assert_eq!(n, 1),
             _ => {
                 // Trainable today: the recipe names the devices and the mode, and the trainer's own
                 // check accepts it.
                 assert_eq!(cfg.parallel.shard, mode, "{name}: [train.parallel] shard");
-                assert_eq!(cfg.device_kinds().unwrap().len(), n, "{name}: [train.parallel] devices");
+                assert_eq!(
+                    cfg.device_kinds().unwrap().len(),
+                    n,
+                    "{name}: [train.parallel] devices"
+                );
                 assert!(MemoryPlan::for_run(&config, &cfg, n).total_gb() <= device);
             }
         }

@@ -27,15 +27,28 @@ fn reference_dir() -> Option<PathBuf> {
 fn model_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let out = Command::new(env!("CARGO_BIN_EXE_distill")).args(["fetch", "smollm2"]).output().expect("run distill fetch");
-        assert!(out.status.success(), "distill fetch smollm2 failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(env!("CARGO_BIN_EXE_distill"))
+            .args(["fetch", "smollm2"])
+            .output()
+            .expect("run distill fetch");
+        assert!(
+            out.status.success(),
+            "distill fetch smollm2 failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
     })
 }
 
 fn golden() -> Option<Vec<Value>> {
     let d = reference_dir()?;
-    Some(serde_json::from_str::<Value>(&std::fs::read_to_string(d.join("golden.json")).unwrap()).unwrap().as_array().unwrap().clone())
+    Some(
+        serde_json::from_str::<Value>(&std::fs::read_to_string(d.join("golden.json")).unwrap())
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone(),
+    )
 }
 
 fn messages(case: &Value) -> Vec<Message> {
@@ -79,12 +92,19 @@ fn reproduces_the_transformers_golden_outputs() {
 
         // Last-position logits of the prompt.
         let n = got.len();
-        let input = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(got.iter().map(|&x| x as i64).collect::<Vec<_>>(), [1, n]), &dev);
-        let logits = loaded.model.forward(input, masks::positions(1, n, 0, &dev), &rope, &AttnMask::Causal);
-        let last: Vec<f32> = logits.narrow(1, n - 1, 1).into_data().convert::<f32>().into_vec().unwrap();
+        let input = Tensor::<Cpu, 2, Int>::from_data(
+            TensorData::new(got.iter().map(|&x| x as i64).collect::<Vec<_>>(), [1, n]),
+            &dev,
+        );
+        let logits =
+            loaded.model.forward(input, masks::positions(1, n, 0, &dev), &rope, &AttnMask::Causal);
+        let last: Vec<f32> =
+            logits.narrow(1, n - 1, 1).into_data().convert::<f32>().into_vec().unwrap();
         let top = &case["last_logits_top20"];
         let mut worst = 0f32;
-        for (id, want) in top["ids"].as_array().unwrap().iter().zip(top["values"].as_array().unwrap()) {
+        for (id, want) in
+            top["ids"].as_array().unwrap().iter().zip(top["values"].as_array().unwrap())
+        {
             let (id, want) = (id.as_u64().unwrap() as usize, want.as_f64().unwrap() as f32);
             worst = worst.max((last[id] - want).abs());
         }
@@ -92,14 +112,19 @@ fn reproduces_the_transformers_golden_outputs() {
         assert!(worst <= 1e-3, "case {i}: top-20 logits differ by {worst}");
         let mut order: Vec<usize> = (0..last.len()).collect();
         order.sort_by(|&a, &b| last[b].total_cmp(&last[a]));
-        let want_top: Vec<usize> = top["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let want_top: Vec<usize> =
+            top["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
         assert_eq!(&order[..5], &want_top[..5], "case {i}: top-5 order");
         prompts.push(got);
     }
 
     // Greedy continuations, all conversations in one left-padded batch (and the first alone).
     let engine = Engine::new(&loaded.model, &loaded.config, Some(&tok), dev);
-    let params = SamplingParams { max_tokens: 32, stop_ids: tok.eos_ids(&loaded.config.eos_token_ids), ..Default::default() };
+    let params = SamplingParams {
+        max_tokens: 32,
+        stop_ids: tok.eos_ids(&loaded.config.eos_token_ids),
+        ..Default::default()
+    };
     let batch = engine.generate(&prompts, &params, |_| {}).unwrap();
     for (i, (case, out)) in cases.iter().zip(&batch).enumerate() {
         assert_eq!(out.ids, ids(case, "greedy_ids"), "case {i}: greedy ids (batched)");
@@ -137,6 +162,9 @@ fn the_tokenizer_built_from_the_gguf_encodes_like_transformers() {
         let a = ours.encode(t, false).unwrap();
         let b = theirs.encode(t, false).unwrap();
         assert_eq!(a.get_ids(), b.get_ids(), "text {t:?}");
-        assert_eq!(ours.decode(a.get_ids(), false).unwrap(), theirs.decode(b.get_ids(), false).unwrap());
+        assert_eq!(
+            ours.decode(a.get_ids(), false).unwrap(),
+            theirs.decode(b.get_ids(), false).unwrap()
+        );
     }
 }

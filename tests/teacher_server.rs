@@ -20,7 +20,9 @@ fn server() -> Option<(LlamaServer, std::path::PathBuf)> {
     match LlamaServer::start(&gguf, 4) {
         Some(s) => Some((s, hf)),
         None => {
-            distill_data::testing::fixture_missing("DISTILL_LLAMA_SERVER_DIR is not set (scripts/test builds llama-server and sets it)");
+            distill_data::testing::fixture_missing(
+                "DISTILL_LLAMA_SERVER_DIR is not set (scripts/test builds llama-server and sets it)",
+            );
             None
         }
     }
@@ -31,7 +33,9 @@ fn generates_a_verified_corpus_from_a_real_server() {
     let _turn = SERVER_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let Some((srv, _)) = server() else { return };
     let d = tempfile::tempdir().unwrap();
-    let Some(prompts) = gsm8k_prompts(d.path(), 32) else { return distill_data::testing::fixture_missing("no ../shared") };
+    let Some(prompts) = gsm8k_prompts(d.path(), 32) else {
+        return distill_data::testing::fixture_missing("no ../shared");
+    };
     let extra = "samples = 4\nkeep = 2\nlogprobs = 5\n[generate.sampling]\ntemperature = 0.6\ntop_p = 0.95\nmax_tokens = 48\nseed = 7";
     let recipe = openai_recipe(d.path(), &prompts, &srv.url(), extra);
     let o = distill(&["generate", "--recipe", recipe.to_str().unwrap()]);
@@ -49,7 +53,12 @@ fn generates_a_verified_corpus_from_a_real_server() {
         assert!(t.usage.prompt_tokens > 0 && t.usage.completion_tokens > 0, "{}: usage", t.id);
         let lp = t.logprobs.as_ref().expect("top-k logprobs captured");
         assert_eq!(lp.k, 5);
-        assert_eq!(lp.len() as u64, t.usage.completion_tokens, "{}: one logprob row per token", t.id);
+        assert_eq!(
+            lp.len() as u64,
+            t.usage.completion_tokens,
+            "{}: one logprob row per token",
+            t.id
+        );
         assert!(lp.token_logprobs.iter().all(|&x| x <= 0.0));
         assert!(t.verdicts.iter().any(|v| v.verifier == "math"), "{}: verified", t.id);
         if t.finish_reason == FinishReason::Length {
@@ -57,7 +66,10 @@ fn generates_a_verified_corpus_from_a_real_server() {
         }
     }
     // At most K=2 kept per prompt.
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(corpus.join("generate-report.json")).unwrap()).unwrap();
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(corpus.join("generate-report.json")).unwrap(),
+    )
+    .unwrap();
     assert!(report["kept"].as_u64().unwrap() <= 64);
     assert_eq!(report["samples"], 128);
 }
@@ -67,7 +79,9 @@ fn faults_are_retried_and_nothing_is_lost_or_duplicated() {
     let _turn = SERVER_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let Some((srv, _)) = server() else { return };
     let d = tempfile::tempdir().unwrap();
-    let Some(prompts) = gsm8k_prompts(d.path(), 24) else { return distill_data::testing::fixture_missing("no ../shared") };
+    let Some(prompts) = gsm8k_prompts(d.path(), 24) else {
+        return distill_data::testing::fixture_missing("no ../shared");
+    };
     let kinds = [Fault::TooMany, Fault::ServerError, Fault::Reset, Fault::Stall, Fault::Truncated];
     let proxy = Proxy::start(srv.port, 0.3, &kinds, 99);
     let extra = "samples = 2\nkeep = 1\ncommit_every = 4\n[generate.sampling]\ntemperature = 0.6\nmax_tokens = 16\nseed = 3";
@@ -77,17 +91,21 @@ fn faults_are_retried_and_nothing_is_lost_or_duplicated() {
     for k in kinds {
         assert!(faults.contains(&k), "fault {k:?} was never injected ({} faults)", faults.len());
     }
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.path().join("corpus/generate-report.json")).unwrap()).unwrap();
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(d.path().join("corpus/generate-report.json")).unwrap(),
+    )
+    .unwrap();
     let done = report["prompts_done"].as_u64().unwrap();
     let failed = report["prompts_failed"].as_array().unwrap().len() as u64;
     assert_eq!(done + failed, 24, "every prompt is done or reported failed: {}", text(&o));
     assert!(report["retries"].as_u64().unwrap() > 0);
     let ts = traces(&d.path().join("corpus"));
     assert_eq!(ts.iter().map(|t| &t.id).collect::<HashSet<_>>().len(), ts.len(), "no duplicates");
-    let per_prompt: std::collections::HashMap<&str, usize> = ts.iter().fold(Default::default(), |mut m, t| {
-        *m.entry(t.prompt_id.as_str()).or_default() += 1;
-        m
-    });
+    let per_prompt: std::collections::HashMap<&str, usize> =
+        ts.iter().fold(Default::default(), |mut m, t| {
+            *m.entry(t.prompt_id.as_str()).or_default() += 1;
+            m
+        });
     assert_eq!(per_prompt.len() as u64, done);
     assert!(per_prompt.values().all(|&n| n == 2), "each done prompt has exactly its N samples");
 }
@@ -97,7 +115,9 @@ fn a_killed_run_resumes_without_resending_committed_prompts() {
     let _turn = SERVER_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let Some((srv, _)) = server() else { return };
     let d = tempfile::tempdir().unwrap();
-    let Some(prompts) = gsm8k_prompts(d.path(), 20) else { return distill_data::testing::fixture_missing("no ../shared") };
+    let Some(prompts) = gsm8k_prompts(d.path(), 20) else {
+        return distill_data::testing::fixture_missing("no ../shared");
+    };
     let proxy = Proxy::start(srv.port, 0.0, &[], 1);
     let extra = "samples = 2\nkeep = 1\ncommit_every = 1\n[generate.sampling]\ntemperature = 0.6\nmax_tokens = 24\nseed = 5";
     let recipe = openai_recipe(d.path(), &prompts, &proxy.url(), extra);
@@ -124,7 +144,11 @@ fn a_killed_run_resumes_without_resending_committed_prompts() {
         // Nothing committed before this run was requested again during it.
         let after = proxy.counts.lock().unwrap().clone();
         for p in &committed {
-            assert_eq!(before.get(p), after.get(p), "prompt re-sent after its traces were committed: {p}");
+            assert_eq!(
+                before.get(p),
+                after.get(p),
+                "prompt re-sent after its traces were committed: {p}"
+            );
         }
         if corpus.join("manifest.json").exists() {
             committed.extend(traces(&corpus).iter().map(prompt_text));
@@ -150,7 +174,8 @@ fn a_killed_run_resumes_without_resending_committed_prompts() {
     assert_eq!(ids.len(), ts.len());
     let prompt_ids: HashSet<&str> = ts.iter().map(|t| t.prompt_id.as_str()).collect();
     assert_eq!(prompt_ids.len(), 20);
-    let expected: HashSet<String> = prompt_ids.iter().flat_map(|p| (0..2).map(move |k| format!("{p}#{k}"))).collect();
+    let expected: HashSet<String> =
+        prompt_ids.iter().flat_map(|p| (0..2).map(move |k| format!("{p}#{k}"))).collect();
     assert_eq!(ids, expected);
 }
 
@@ -171,11 +196,18 @@ fn greedy_server_and_local_engine_agree() {
         "Translate 'thank you' into French.",
         "What comes after Monday?",
     ];
-    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(60))).build().into();
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(60))).build().into();
     let mut server_out = Vec::new();
     for p in prompts {
         let body = serde_json::json!({"messages": [{"role": "user", "content": p}], "max_tokens": 24, "temperature": 0});
-        let v: serde_json::Value = agent.post(format!("{}/chat/completions", srv.url())).send_json(&body).unwrap().body_mut().read_json().unwrap();
+        let v: serde_json::Value = agent
+            .post(format!("{}/chat/completions", srv.url()))
+            .send_json(&body)
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap();
         server_out.push(v["choices"][0]["message"]["content"].as_str().unwrap().to_string());
     }
     let mut args = vec!["generate-text", "--model", hf.to_str().unwrap(), "--max-tokens", "24"];
@@ -186,14 +218,30 @@ fn greedy_server_and_local_engine_agree() {
     let o = distill(&args);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout).to_string();
-    let local: Vec<String> = out.split("### ").skip(1).map(|b| b.split_once('\n').unwrap().1.rsplit_once("\n[").unwrap().0.to_string()).collect();
+    let local: Vec<String> = out
+        .split("### ")
+        .skip(1)
+        .map(|b| b.split_once('\n').unwrap().1.rsplit_once("\n[").unwrap().0.to_string())
+        .collect();
     assert_eq!(local.len(), prompts.len());
     let same = server_out.iter().zip(&local).filter(|(a, b)| a.trim() == b.trim()).count();
-    let first_word = server_out.iter().zip(&local).filter(|(a, b)| a.split_whitespace().next() == b.split_whitespace().next()).count();
-    eprintln!("greedy agreement: {same}/{} identical, {first_word}/{} same first word", prompts.len(), prompts.len());
+    let first_word = server_out
+        .iter()
+        .zip(&local)
+        .filter(|(a, b)| a.split_whitespace().next() == b.split_whitespace().next())
+        .count();
+    eprintln!(
+        "greedy agreement: {same}/{} identical, {first_word}/{} same first word",
+        prompts.len(),
+        prompts.len()
+    );
     for (p, (a, b)) in prompts.iter().zip(server_out.iter().zip(&local)) {
         eprintln!("{p}\n  server: {a:?}\n  local:  {b:?}");
     }
     assert!(same * 2 >= prompts.len(), "fewer than half the greedy answers agree");
-    assert_eq!(server_out[0].trim(), "12 + 30 = 32.", "the reference sentence of ../shared/docs/llama-server.md");
+    assert_eq!(
+        server_out[0].trim(),
+        "12 + 30 = 32.",
+        "the reference sentence of ../shared/docs/llama-server.md"
+    );
 }

@@ -37,7 +37,12 @@ fn a_killed_run_resumes_to_the_same_losses_bit_for_bit() {
     let rb = train_recipe(d.path(), &model, &corpus, &b, "");
     let rb_text = std::fs::read_to_string(&rb).unwrap().replace("max_steps = 8", "max_steps = 16");
     std::fs::write(&rb, rb_text).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_distill")).args(["train", "--recipe", rb.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(["train", "--recipe", rb.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let t0 = Instant::now();
     while !b.join("checkpoints/step-000004").exists() && t0.elapsed() < Duration::from_secs(300) {
         std::thread::sleep(Duration::from_millis(5));
@@ -45,15 +50,24 @@ fn a_killed_run_resumes_to_the_same_losses_bit_for_bit() {
     let still_running = child.try_wait().unwrap().is_none();
     child.kill().unwrap(); // SIGKILL, mid-run
     child.wait().unwrap();
-    assert!(still_running && !b.join("export").exists(), "the run finished before it could be killed");
+    assert!(
+        still_running && !b.join("export").exists(),
+        "the run finished before it could be killed"
+    );
     let o = distill(&["train", "--recipe", rb.to_str().unwrap(), "--resume"]);
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(losses(&b.join("metrics.jsonl")), want, "resumed losses differ from the uninterrupted run");
+    assert_eq!(
+        losses(&b.join("metrics.jsonl")),
+        want,
+        "resumed losses differ from the uninterrupted run"
+    );
     // Without --resume an existing run is not overwritten.
     let o = distill(&["train", "--recipe", rb.to_str().unwrap()]);
     assert!(!o.status.success() && text(&o).contains("--resume"), "{}", text(&o));
     // The export says what it was distilled from.
-    let prov: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("export/distill.json")).unwrap()).unwrap();
+    let prov: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("export/distill.json")).unwrap())
+            .unwrap();
     let manifest = distill_data::Corpus::open(&corpus).unwrap();
     assert_eq!(prov["corpus_manifest_blake3"][0], manifest.manifest_checksum());
     assert!(a.join("loss.png").exists());
@@ -81,7 +95,10 @@ fn bad_input_fails_clearly() {
     assert!(e.contains("no training examples") && e.contains("10 failed verification"), "{e}");
     // An unknown field and a bad value.
     let good = short_corpus(d.path(), 20, true);
-    let e = run(&train_recipe(d.path(), &model, &good, &d.path().join("r3"), "learning_rate = 1e-4"), &[]);
+    let e = run(
+        &train_recipe(d.path(), &model, &good, &d.path().join("r3"), "learning_rate = 1e-4"),
+        &[],
+    );
     assert!(e.contains("unknown field `learning_rate`"), "{e}");
     let r4 = train_recipe(d.path(), &model, &good, &d.path().join("r4"), "");
     let e = run(&r4, &["--set", "train.optim.lr=-1"]);
@@ -94,7 +111,8 @@ fn bad_input_fails_clearly() {
         std::fs::copy(f.path(), broken.join(f.file_name())).unwrap();
     }
     let tc = broken.join("tokenizer_config.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&tc).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tc).unwrap()).unwrap();
     v["chat_template"] = "{% for m in messages %}<|turn|>{{ m['content'] }}<|im_end|>{% endfor %}{% if add_generation_prompt %}<|turn|>{% endif %}".into();
     std::fs::write(&tc, v.to_string()).unwrap();
     let e = run(&train_recipe(d.path(), &broken, &good, &d.path().join("r5"), ""), &[]);
@@ -124,7 +142,18 @@ fn smollm2_learns_from_its_own_greedy_answers() {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(["run", "recipes/smollm2-self-distill.toml"])
         .args(["--set", &format!("recipe.run_dir=\"{}\"", run_dir.display())])
-        .args(["--set", "generate.limit=48", "--set", "generate.sampling.max_tokens=40", "--set", "train.max_steps=6", "--set", "train.eval_every=3", "--set", "train.data.eval_fraction=0.2"])
+        .args([
+            "--set",
+            "generate.limit=48",
+            "--set",
+            "generate.sampling.max_tokens=40",
+            "--set",
+            "train.max_steps=6",
+            "--set",
+            "train.eval_every=3",
+            "--set",
+            "train.data.eval_fraction=0.2",
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
@@ -134,5 +163,8 @@ fn smollm2_learns_from_its_own_greedy_answers() {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["eval_loss"].as_f64())
         .collect();
     eprintln!("held-out loss: {evals:?}");
-    assert!(evals.len() >= 2 && evals.last().unwrap() < evals.first().unwrap(), "held-out loss did not fall: {evals:?}");
+    assert!(
+        evals.len() >= 2 && evals.last().unwrap() < evals.first().unwrap(),
+        "held-out loss did not fall: {evals:?}"
+    );
 }

@@ -10,7 +10,10 @@
 
 use serde_json::{Map, Value};
 
-use crate::record::{EndpointKind, FinishReason, Message, Role, SCHEMA_VERSION, Sampling, Source, Teacher, Trace, Usage, Verdict};
+use crate::record::{
+    EndpointKind, FinishReason, Message, Role, SCHEMA_VERSION, Sampling, Source, Teacher, Trace,
+    Usage, Verdict,
+};
 use crate::think::split_think;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +36,13 @@ impl std::str::FromStr for ImportFormat {
 }
 
 /// Parse one line. `row` is the 0-based line number, used for ids when the row has none.
-pub fn parse_line(format: ImportFormat, dataset: &str, model: &str, row: u64, line: &str) -> Result<Vec<Trace>, String> {
+pub fn parse_line(
+    format: ImportFormat,
+    dataset: &str,
+    model: &str,
+    row: u64,
+    line: &str,
+) -> Result<Vec<Trace>, String> {
     if format == ImportFormat::Native {
         return Trace::from_json(line).map(|t| vec![t]).map_err(|e| e.to_string());
     }
@@ -44,7 +53,10 @@ pub fn parse_line(format: ImportFormat, dataset: &str, model: &str, row: u64, li
         Some(v @ Value::Number(_)) => Some(v.to_string()),
         _ => None,
     };
-    let prompt_id = format!("{dataset}/{}", id_of("id").or_else(|| id_of("uuid")).unwrap_or_else(|| format!("{row:08}")));
+    let prompt_id = format!(
+        "{dataset}/{}",
+        id_of("id").or_else(|| id_of("uuid")).unwrap_or_else(|| format!("{row:08}"))
+    );
     let reference = id_of("answer");
     let model = obj.get("model").and_then(Value::as_str).unwrap_or(model).to_string();
     let base = |sample: u32, messages: Vec<Message>, text: &str, reasoning_field: Option<&str>| {
@@ -68,7 +80,13 @@ pub fn parse_line(format: ImportFormat, dataset: &str, model: &str, row: u64, li
             teacher: Teacher {
                 model: model.clone(),
                 endpoint: EndpointKind::Import,
-                sampling: Sampling { temperature: None, top_p: None, top_k: None, max_tokens: None, seed: None },
+                sampling: Sampling {
+                    temperature: None,
+                    top_p: None,
+                    top_k: None,
+                    max_tokens: None,
+                    seed: None,
+                },
             },
             usage: Usage::default(),
             verdicts: vec![],
@@ -80,20 +98,30 @@ pub fn parse_line(format: ImportFormat, dataset: &str, model: &str, row: u64, li
     match format {
         ImportFormat::Native => unreachable!(),
         ImportFormat::Chat => {
-            let msgs = obj.get("messages").and_then(Value::as_array).ok_or("missing 'messages' array")?;
+            let msgs =
+                obj.get("messages").and_then(Value::as_array).ok_or("missing 'messages' array")?;
             let (last, prompt) = msgs.split_last().ok_or("'messages' is empty")?;
             if last.get("role").and_then(Value::as_str) != Some("assistant") {
                 return Err("the last message is not the assistant's reply".into());
             }
-            let text = last.get("content").and_then(Value::as_str).ok_or("assistant message has no string 'content'")?;
+            let text = last
+                .get("content")
+                .and_then(Value::as_str)
+                .ok_or("assistant message has no string 'content'")?;
             let reasoning = last.get("reasoning_content").and_then(Value::as_str);
             let messages: Vec<Message> = serde_json::from_value(Value::Array(prompt.to_vec()))
                 .map_err(|e| format!("'messages' is not a [{{role, content}}] array: {e}"))?;
             Ok(vec![base(0, messages, text, reasoning)])
         }
         ImportFormat::OpenR1 => {
-            let problem = obj.get("problem").and_then(Value::as_str).ok_or("missing string field 'problem'")?;
-            let gens = obj.get("generations").and_then(Value::as_array).ok_or("missing 'generations' array")?;
+            let problem = obj
+                .get("problem")
+                .and_then(Value::as_str)
+                .ok_or("missing string field 'problem'")?;
+            let gens = obj
+                .get("generations")
+                .and_then(Value::as_array)
+                .ok_or("missing 'generations' array")?;
             let correct = obj.get("correctness_math_verify").and_then(Value::as_array);
             let finishes = obj.get("finish_reasons").and_then(Value::as_array);
             let mut out = Vec::with_capacity(gens.len());

@@ -28,7 +28,13 @@ pub struct TokenLogprobs {
 
 impl TokenLogprobs {
     pub fn new(k: u32) -> Self {
-        TokenLogprobs { k, tokens: vec![], token_logprobs: vec![], top_ids: vec![], top_logprobs: vec![] }
+        TokenLogprobs {
+            k,
+            tokens: vec![],
+            token_logprobs: vec![],
+            top_ids: vec![],
+            top_logprobs: vec![],
+        }
     }
 
     /// Number of completion positions.
@@ -55,13 +61,20 @@ impl TokenLogprobs {
     pub fn top(&self, pos: usize) -> impl Iterator<Item = (u32, f32)> + '_ {
         let k = self.k as usize;
         let r = pos * k..(pos + 1) * k;
-        self.top_ids[r.clone()].iter().copied().zip(self.top_logprobs[r].iter().copied()).filter(|(id, _)| *id != PAD_ID)
+        self.top_ids[r.clone()]
+            .iter()
+            .copied()
+            .zip(self.top_logprobs[r].iter().copied())
+            .filter(|(id, _)| *id != PAD_ID)
     }
 
     fn check(&self) -> Result<(), String> {
         let n = self.tokens.len();
         let nk = n * self.k as usize;
-        if self.token_logprobs.len() != n || self.top_ids.len() != nk || self.top_logprobs.len() != nk {
+        if self.token_logprobs.len() != n
+            || self.top_ids.len() != nk
+            || self.top_logprobs.len() != nk
+        {
             return Err(format!(
                 "logprobs arrays disagree: n={n}, k={}, token_logprobs={}, top_ids={}, top_logprobs={}",
                 self.k,
@@ -125,10 +138,17 @@ impl<'de> Deserialize<'de> for TokenLogprobs {
         use serde::de::Error;
         let w = Wire::deserialize(d)?;
         if w.encoding != "b64le" {
-            return Err(D::Error::custom(format!("logprobs: unknown encoding '{}' (expected b64le)", w.encoding)));
+            return Err(D::Error::custom(format!(
+                "logprobs: unknown encoding '{}' (expected b64le)",
+                w.encoding
+            )));
         }
-        let u = |s: &str, what| dec4(s, what).map(|v| v.into_iter().map(u32::from_le_bytes).collect::<Vec<_>>());
-        let f = |s: &str, what| dec4(s, what).map(|v| v.into_iter().map(f32::from_le_bytes).collect::<Vec<_>>());
+        let u = |s: &str, what| {
+            dec4(s, what).map(|v| v.into_iter().map(u32::from_le_bytes).collect::<Vec<_>>())
+        };
+        let f = |s: &str, what| {
+            dec4(s, what).map(|v| v.into_iter().map(f32::from_le_bytes).collect::<Vec<_>>())
+        };
         let lp = TokenLogprobs {
             k: w.k,
             tokens: u(&w.tokens, "tokens").map_err(D::Error::custom)?,
@@ -137,7 +157,11 @@ impl<'de> Deserialize<'de> for TokenLogprobs {
             top_logprobs: f(&w.top_logprobs, "top_logprobs").map_err(D::Error::custom)?,
         };
         if lp.tokens.len() as u64 != w.n {
-            return Err(D::Error::custom(format!("logprobs: n={} but {} tokens", w.n, lp.tokens.len())));
+            return Err(D::Error::custom(format!(
+                "logprobs: n={} but {} tokens",
+                w.n,
+                lp.tokens.len()
+            )));
         }
         lp.check().map_err(D::Error::custom)?;
         Ok(lp)

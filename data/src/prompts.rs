@@ -80,7 +80,11 @@ pub enum AnswerStyle {
 impl FieldMap {
     /// `problem` + `answer` (MATH-500, AIME, AMC).
     pub fn math() -> Self {
-        FieldMap { prompt: Some("problem".into()), answer: Some("answer".into()), ..Default::default() }
+        FieldMap {
+            prompt: Some("problem".into()),
+            answer: Some("answer".into()),
+            ..Default::default()
+        }
     }
 
     /// `question` + `answer` with `#### N`.
@@ -110,14 +114,23 @@ impl FieldMap {
 
     pub fn validate(&self) -> Result<()> {
         match (&self.prompt, &self.messages) {
-            (Some(_), Some(_)) => Err(Error::Invalid("field map: set either `prompt` or `messages`, not both".into())),
-            (None, None) => Err(Error::Invalid("field map: set `prompt` (a text field) or `messages` (a chat array)".into())),
+            (Some(_), Some(_)) => {
+                Err(Error::Invalid("field map: set either `prompt` or `messages`, not both".into()))
+            }
+            (None, None) => Err(Error::Invalid(
+                "field map: set `prompt` (a text field) or `messages` (a chat array)".into(),
+            )),
             _ => Ok(()),
         }
     }
 
     /// Turn one parsed JSON row into a prompt. Errors are plain messages; the caller adds file:line.
-    pub fn apply(&self, dataset: &str, row: u64, obj: &Map<String, Value>) -> std::result::Result<Prompt, String> {
+    pub fn apply(
+        &self,
+        dataset: &str,
+        row: u64,
+        obj: &Map<String, Value>,
+    ) -> std::result::Result<Prompt, String> {
         let mut messages = Vec::new();
         if let Some(sys) = &self.system {
             messages.push(Message::new(Role::System, sys.clone()));
@@ -131,13 +144,17 @@ impl FieldMap {
             messages.push(Message::new(Role::User, content));
         } else if let Some(field) = &self.messages {
             let v = obj.get(field).ok_or_else(|| format!("missing field '{field}'"))?;
-            let msgs: Vec<Message> =
-                serde_json::from_value(v.clone()).map_err(|e| format!("field '{field}' is not a [{{role, content}}] array: {e}"))?;
+            let msgs: Vec<Message> = serde_json::from_value(v.clone())
+                .map_err(|e| format!("field '{field}' is not a [{{role, content}}] array: {e}"))?;
             if msgs.is_empty() {
                 return Err(format!("field '{field}' is an empty array"));
             }
             // A trailing assistant turn is the dataset's own reply, not part of the prompt.
-            let keep = if msgs.last().is_some_and(|m| m.role == Role::Assistant) { msgs.len() - 1 } else { msgs.len() };
+            let keep = if msgs.last().is_some_and(|m| m.role == Role::Assistant) {
+                msgs.len() - 1
+            } else {
+                msgs.len()
+            };
             messages.extend(msgs.into_iter().take(keep));
         }
         if !messages.iter().any(|m| m.role == Role::User) {
@@ -149,7 +166,9 @@ impl FieldMap {
             None => None,
             Some(field) => {
                 let raw = match obj.get(field) {
-                    None if !self.require_answer => return Ok(self.finish(dataset, row, obj, messages, None, metadata)?),
+                    None if !self.require_answer => {
+                        return self.finish(dataset, row, obj, messages, None, metadata);
+                    }
                     None => return Err(format!("missing field '{field}'")),
                     Some(Value::String(s)) => s.clone(),
                     Some(v @ Value::Number(_)) => v.to_string(),
@@ -158,10 +177,11 @@ impl FieldMap {
                 match self.answer_style {
                     AnswerStyle::Plain => Some(raw),
                     AnswerStyle::Gsm8k => {
-                        let (solution, answer) = raw
-                            .rsplit_once("####")
-                            .ok_or_else(|| format!("field '{field}' has no '#### N' answer line"))?;
-                        metadata.insert("solution".into(), Value::String(solution.trim().to_string()));
+                        let (solution, answer) = raw.rsplit_once("####").ok_or_else(|| {
+                            format!("field '{field}' has no '#### N' answer line")
+                        })?;
+                        metadata
+                            .insert("solution".into(), Value::String(solution.trim().to_string()));
                         Some(answer.trim().to_string())
                     }
                 }
@@ -197,7 +217,13 @@ impl FieldMap {
                 format!("{dataset}/{}", &hash[..16])
             }
         };
-        Ok(Prompt { id, source: Source { dataset: dataset.to_string(), row }, messages, reference, metadata })
+        Ok(Prompt {
+            id,
+            source: Source { dataset: dataset.to_string(), row },
+            messages,
+            reference,
+            metadata,
+        })
     }
 }
 
@@ -240,12 +266,20 @@ pub struct PromptReport {
 
 /// The dataset name of a file: its stem (`gsm8k-train.jsonl` → `gsm8k-train`).
 pub fn dataset_name(path: &Path) -> String {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "prompts".into());
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "prompts".into());
     name.trim_end_matches(".jsonl").trim_end_matches(".json").to_string()
 }
 
 /// Read a JSONL prompt file. Bad lines are `file:line` errors, or skipped and reported.
-pub fn read_prompts(path: &Path, dataset: &str, map: &FieldMap, opts: &ReadOptions) -> Result<(Vec<Prompt>, PromptReport)> {
+pub fn read_prompts(
+    path: &Path,
+    dataset: &str,
+    map: &FieldMap,
+    opts: &ReadOptions,
+) -> Result<(Vec<Prompt>, PromptReport)> {
     map.validate()?;
     let file = File::open(path).at(path)?;
     let mut report = PromptReport { file: path.to_path_buf(), ..Default::default() };
@@ -293,7 +327,14 @@ pub struct JsonlLines<R> {
 
 impl<R: BufRead> JsonlLines<R> {
     pub fn new(reader: R, path: &Path, max_line_bytes: usize) -> Self {
-        JsonlLines { reader, path: path.to_path_buf(), max: max_line_bytes, line: 0, buf: Vec::new(), done: false }
+        JsonlLines {
+            reader,
+            path: path.to_path_buf(),
+            max: max_line_bytes,
+            line: 0,
+            buf: Vec::new(),
+            done: false,
+        }
     }
 }
 

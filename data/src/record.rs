@@ -75,11 +75,9 @@ impl Trace {
     /// Parse one JSON record, enforcing the schema policy.
     pub fn from_json(line: &str) -> Result<Trace> {
         match serde_json::from_str::<Trace>(line) {
-            Ok(t) if t.schema > SCHEMA_VERSION => Err(Error::SchemaVersion {
-                id: t.id,
-                found: t.schema,
-                supported: SCHEMA_VERSION,
-            }),
+            Ok(t) if t.schema > SCHEMA_VERSION => {
+                Err(Error::SchemaVersion { id: t.id, found: t.schema, supported: SCHEMA_VERSION })
+            }
             Ok(t) if t.schema == 0 => {
                 Err(Error::Record { id: t.id, msg: "schema version 0 is not valid".into() })
             }
@@ -93,9 +91,16 @@ impl Trace {
                 }
                 match serde_json::from_str::<Head>(line) {
                     Ok(Head { schema: Some(s), id }) if s > SCHEMA_VERSION => {
-                        Err(Error::SchemaVersion { id: id.unwrap_or_default(), found: s, supported: SCHEMA_VERSION })
+                        Err(Error::SchemaVersion {
+                            id: id.unwrap_or_default(),
+                            found: s,
+                            supported: SCHEMA_VERSION,
+                        })
                     }
-                    Ok(Head { id, .. }) => Err(Error::Record { id: id.unwrap_or_else(|| "?".into()), msg: e.to_string() }),
+                    Ok(Head { id, .. }) => Err(Error::Record {
+                        id: id.unwrap_or_else(|| "?".into()),
+                        msg: e.to_string(),
+                    }),
                     Err(_) => Err(Error::Record { id: "?".into(), msg: e.to_string() }),
                 }
             }

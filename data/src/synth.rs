@@ -7,7 +7,10 @@
 
 use serde_json::Map;
 
-use crate::record::{EndpointKind, FinishReason, Message, Role, SCHEMA_VERSION, Sampling, Source, Teacher, Trace, Usage, Verdict};
+use crate::record::{
+    EndpointKind, FinishReason, Message, Role, SCHEMA_VERSION, Sampling, Source, Teacher, Trace,
+    Usage, Verdict,
+};
 
 /// SplitMix64: small, fast, good enough for test data.
 #[derive(Debug, Clone)]
@@ -58,13 +61,19 @@ mistake error recheck recount approach method idea try trying tried original rem
 gives give gave start started end ended final finally total count counted list listed table order";
 
 const SYLLABLES: [&str; 40] = [
-    "ka", "lo", "mi", "ne", "ru", "ta", "vi", "so", "pe", "da", "gri", "sto", "ple", "tra", "ven", "mor", "lin", "cas", "bel",
-    "dor", "fin", "gal", "hex", "ion", "jun", "kel", "lum", "nor", "pas", "quo", "ris", "sel", "tor", "umb", "val", "wen",
-    "xer", "yal", "zor", "ent",
+    "ka", "lo", "mi", "ne", "ru", "ta", "vi", "so", "pe", "da", "gri", "sto", "ple", "tra", "ven",
+    "mor", "lin", "cas", "bel", "dor", "fin", "gal", "hex", "ion", "jun", "kel", "lum", "nor",
+    "pas", "quo", "ris", "sel", "tor", "umb", "val", "wen", "xer", "yal", "zor", "ent",
 ];
 
-const NAMES: [&str; 12] = ["Alice", "Ben", "Carla", "Diego", "Emma", "Farid", "Grace", "Hiro", "Ines", "Jonas", "Kemal", "Lena"];
-const ITEMS: [&str; 10] = ["apples", "marbles", "books", "stickers", "pencils", "cookies", "tickets", "coins", "cards", "plants"];
+const NAMES: [&str; 12] = [
+    "Alice", "Ben", "Carla", "Diego", "Emma", "Farid", "Grace", "Hiro", "Ines", "Jonas", "Kemal",
+    "Lena",
+];
+const ITEMS: [&str; 10] = [
+    "apples", "marbles", "books", "stickers", "pencils", "cookies", "tickets", "coins", "cards",
+    "plants",
+];
 
 /// Deterministic generator of R1-like traces.
 pub struct Synth {
@@ -78,7 +87,7 @@ impl Synth {
     pub fn new(seed: u64) -> Self {
         let mut rng = Rng::new(seed);
         let mut vocab: Vec<String> = COMMON.split_whitespace().map(str::to_string).collect();
-        let mut syl = Rng::new(0xD157_111);
+        let mut syl = Rng::new(0x00D1_5711);
         while vocab.len() < 3300 {
             let n = syl.range(2, 4);
             let w: String = (0..n).map(|_| *syl.pick(&SYLLABLES)).collect();
@@ -133,7 +142,15 @@ impl Synth {
     }
 
     fn prose(&mut self) -> String {
-        let opener = *self.rng.pick(&["", "Wait, ", "Hmm, ", "Okay, ", "So ", "Let me double-check. ", "Alternatively, "]);
+        let opener = *self.rng.pick(&[
+            "",
+            "Wait, ",
+            "Hmm, ",
+            "Okay, ",
+            "So ",
+            "Let me double-check. ",
+            "Alternatively, ",
+        ]);
         let n = self.rng.range(2, 6);
         let body: Vec<String> = (0..n).map(|_| self.sentence()).collect();
         format!("{opener}{}", body.join(" "))
@@ -144,10 +161,22 @@ impl Synth {
         let b = self.rng.range(2, 99);
         let c = self.rng.range(1, 500);
         let lines = [
-            format!("So we have {a}x + {b} = {c}, which gives x = \\frac{{{}}}{{{a}}}.", c as i64 - b as i64),
-            format!("Then {a} \\times {b} = {}, and {} - {c} = {}.", a * b, a * b, a as i64 * b as i64 - c as i64),
+            format!(
+                "So we have {a}x + {b} = {c}, which gives x = \\frac{{{}}}{{{a}}}.",
+                c as i64 - b as i64
+            ),
+            format!(
+                "Then {a} \\times {b} = {}, and {} - {c} = {}.",
+                a * b,
+                a * b,
+                a as i64 * b as i64 - c as i64
+            ),
             format!("The ratio is \\frac{{{a}}}{{{b}}} \\approx {:.4}.", a as f64 / b as f64),
-            format!("Using the formula, $$S = \\frac{{n(n+1)}}{{2}} = \\frac{{{a} \\cdot {}}}{{2}} = {}$$", a + 1, a * (a + 1) / 2),
+            format!(
+                "Using the formula, $$S = \\frac{{n(n+1)}}{{2}} = \\frac{{{a} \\cdot {}}}{{2}} = {}$$",
+                a + 1,
+                a * (a + 1) / 2
+            ),
             format!("Check: {a}^2 = {} and \\sqrt{{{}}} = {a}.", a * a, a * a),
             format!("{c} \\div {a} = {} remainder {}.", c / a, c % a),
         ];
@@ -190,7 +219,8 @@ impl Synth {
         reasoning.push_str(&format!("So the total is {x} + {x} \\times {y} = {answer_value}."));
         let correct = self.rng.below(10) < 7;
         let given = if correct { answer_value } else { answer_value + self.rng.range(1, 9) };
-        let answer = format!("{name} has {x} + {x} \\cdot {y} = {given} {item}.\n\n\\boxed{{{given}}}");
+        let answer =
+            format!("{name} has {x} + {x} \\cdot {y} = {given} {item}.\n\n\\boxed{{{given}}}");
         let length = self.rng.below(20) == 0;
         let prompt_id = format!("synthetic/{row:08}");
         let completion_tokens = ((reasoning.len() + answer.len()) / 4) as u64;
@@ -207,14 +237,24 @@ impl Synth {
             teacher: Teacher {
                 model: "synthetic-r1".into(),
                 endpoint: EndpointKind::Synthetic,
-                sampling: Sampling { temperature: Some(0.6), top_p: Some(0.95), top_k: None, max_tokens: Some(32768), seed: Some(row) },
+                sampling: Sampling {
+                    temperature: Some(0.6),
+                    top_p: Some(0.95),
+                    top_k: None,
+                    max_tokens: Some(32768),
+                    seed: Some(row),
+                },
             },
             usage: Usage { prompt_tokens: 60, completion_tokens },
             verdicts: vec![Verdict {
                 verifier: "math".into(),
                 passed: correct,
                 extracted: Some(given.to_string()),
-                reason: Some(if correct { "equivalent".into() } else { format!("{given} != {answer_value}") }),
+                reason: Some(if correct {
+                    "equivalent".into()
+                } else {
+                    format!("{given} != {answer_value}")
+                }),
             }],
             reference: Some(answer_value.to_string()),
             logprobs: None,
@@ -226,5 +266,7 @@ impl Synth {
 /// `n` prompts × `samples` traces, in order.
 pub fn traces(seed: u64, n: u64, samples: u32) -> impl Iterator<Item = Trace> {
     let mut s = Synth::new(seed);
-    (0..n).flat_map(move |row| (0..samples).map(move |k| (row, k))).map(move |(row, k)| s.trace(row, k))
+    (0..n)
+        .flat_map(move |row| (0..samples).map(move |k| (row, k)))
+        .map(move |(row, k)| s.trace(row, k))
 }

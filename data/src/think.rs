@@ -30,7 +30,9 @@ pub fn split_think(text: &str) -> (String, String, ThinkBlock) {
         (None, Some(c)) => {
             (t[..c].trim().to_string(), t[c + CLOSE.len()..].trim().to_string(), ThinkBlock::Closed)
         }
-        (Some(o), None) => (t[o + OPEN.len()..].trim().to_string(), String::new(), ThinkBlock::Unclosed),
+        (Some(o), None) => {
+            (t[o + OPEN.len()..].trim().to_string(), String::new(), ThinkBlock::Unclosed)
+        }
         _ => (String::new(), text.trim().to_string(), ThinkBlock::Absent),
     }
 }
@@ -42,7 +44,10 @@ mod tests {
     #[test]
     fn splits_inline_block() {
         let (r, a, b) = split_think("<think>\nstep 1\nstep 2\n</think>\n\nThe answer is 4.");
-        assert_eq!((r.as_str(), a.as_str(), b), ("step 1\nstep 2", "The answer is 4.", ThinkBlock::Closed));
+        assert_eq!(
+            (r.as_str(), a.as_str(), b),
+            ("step 1\nstep 2", "The answer is 4.", ThinkBlock::Closed)
+        );
     }
 
     #[test]

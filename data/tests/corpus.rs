@@ -29,7 +29,8 @@ fn random_access_by_index_and_id_matches_a_sequential_read() {
     assert!(matches!(c.get(333), Err(Error::OutOfRange { index: 333, len: 333 })));
     assert!(c.get_by_id("no-such-id").unwrap().is_none());
     // Parallel scan sees every record once, in order.
-    let ids: Vec<String> = c.par_map_frames(|_, r| r.unwrap().into_iter().map(|t| t.id).collect::<Vec<_>>()).concat();
+    let ids: Vec<String> =
+        c.par_map_frames(|_, r| r.unwrap().into_iter().map(|t| t.id).collect::<Vec<_>>()).concat();
     assert_eq!(ids, seq.iter().map(|t| t.id.clone()).collect::<Vec<_>>());
 }
 
@@ -59,7 +60,8 @@ fn reopening_resumes_and_knows_the_committed_ids() {
     }
     w.commit().unwrap();
     drop(w);
-    let seq: Vec<Trace> = Corpus::open(dir.path()).unwrap().iter().collect::<Result<_, _>>().unwrap();
+    let seq: Vec<Trace> =
+        Corpus::open(dir.path()).unwrap().iter().collect::<Result<_, _>>().unwrap();
     assert_eq!(seq, all);
 }
 
@@ -134,7 +136,11 @@ fn a_flipped_byte_in_a_frame_is_reported_by_shard_and_frame_and_other_frames_sti
                 Err(e) => assert!(e.to_string().contains(&entry.file), "record {i}: {e}"),
             }
         }
-        assert_eq!(ok, 120 - f.records as usize, "trial {trial}: every other frame must still read");
+        assert_eq!(
+            ok,
+            120 - f.records as usize,
+            "trial {trial}: every other frame must still read"
+        );
     }
 }
 
@@ -149,9 +155,14 @@ fn a_damaged_index_trailer_is_reported_and_every_frame_still_reads() {
     bytes[n - 40] ^= 0xff; // inside the trailer's checksummed body
     fs::write(&path, &bytes).unwrap();
     let report = verify(dir.path()).unwrap();
-    assert!(report.problems.iter().any(|p| p.msg.contains("index trailer")), "{:?}", report.problems);
+    assert!(
+        report.problems.iter().any(|p| p.msg.contains("index trailer")),
+        "{:?}",
+        report.problems
+    );
     assert_eq!(report.records, 40);
-    let back: Vec<Trace> = Corpus::open(dir.path()).unwrap().iter().collect::<Result<_, _>>().unwrap();
+    let back: Vec<Trace> =
+        Corpus::open(dir.path()).unwrap().iter().collect::<Result<_, _>>().unwrap();
     assert_eq!(back, written);
 }
 
@@ -165,7 +176,10 @@ fn a_manifest_naming_a_path_outside_the_corpus_is_rejected() {
         fs::write(&mpath, m.replace("shard-00000.jsonl.zst", evil)).unwrap();
         let err = Corpus::open(dir.path()).err().unwrap().to_string();
         assert!(err.contains("manifest.json") && err.contains(evil), "{evil}: {err}");
-        assert!(err.contains("not a plain file name") || err.contains("does not end in .zst"), "{err}");
+        assert!(
+            err.contains("not a plain file name") || err.contains("does not end in .zst"),
+            "{err}"
+        );
         assert!(verify(dir.path()).is_err());
     }
 }
@@ -193,7 +207,11 @@ fn a_truncated_shard_is_an_error_naming_it() {
     let bytes = fs::read(&path).unwrap();
     fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let report = verify(dir.path()).unwrap();
-    assert!(report.problems.iter().any(|p| p.shard == "shard-00000.jsonl.zst"), "{:?}", report.problems);
+    assert!(
+        report.problems.iter().any(|p| p.shard == "shard-00000.jsonl.zst"),
+        "{:?}",
+        report.problems
+    );
     let err = Corpus::open(dir.path()).err().unwrap().to_string();
     assert!(err.contains("shard-00000.jsonl.zst"), "{err}");
 }
@@ -205,10 +223,12 @@ fn filter_and_merge_are_idempotent() {
     let b = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let ta = write_synthetic(a.path(), 60, small_opts());
-    let tb: Vec<Trace> = synth::traces(99, 10, 1).map(|mut t| {
-        t.id = format!("b-{}", t.id);
-        t
-    }).collect();
+    let tb: Vec<Trace> = synth::traces(99, 10, 1)
+        .map(|mut t| {
+            t.id = format!("b-{}", t.id);
+            t
+        })
+        .collect();
     {
         let mut w = CorpusWriter::open(b.path(), small_opts()).unwrap();
         for t in &tb {
@@ -216,7 +236,11 @@ fn filter_and_merge_are_idempotent() {
         }
         w.commit().unwrap();
     }
-    let srcs = [Corpus::open(a.path()).unwrap(), Corpus::open(b.path()).unwrap(), Corpus::open(a.path()).unwrap()];
+    let srcs = [
+        Corpus::open(a.path()).unwrap(),
+        Corpus::open(b.path()).unwrap(),
+        Corpus::open(a.path()).unwrap(),
+    ];
     let mut w = CorpusWriter::open(out.path(), small_opts()).unwrap();
     let r = merge(&srcs, &mut w).unwrap();
     assert_eq!((r.written, r.already_present), (70, 60));
@@ -225,10 +249,17 @@ fn filter_and_merge_are_idempotent() {
     drop(w);
 
     let kept = tempfile::tempdir().unwrap();
-    let spec = FilterSpec { passed: Some(true), drop_finish: vec![distill_data::FinishReason::Length], ..Default::default() };
+    let spec = FilterSpec {
+        passed: Some(true),
+        drop_finish: vec![distill_data::FinishReason::Length],
+        ..Default::default()
+    };
     let mut w = CorpusWriter::open(kept.path(), small_opts()).unwrap();
     let r = filter(&srcs[0], &mut w, &spec).unwrap();
-    let expect = ta.iter().filter(|t| t.passed() && t.finish_reason != distill_data::FinishReason::Length).count() as u64;
+    let expect = ta
+        .iter()
+        .filter(|t| t.passed() && t.finish_reason != distill_data::FinishReason::Length)
+        .count() as u64;
     assert_eq!(r.written, expect);
     assert_eq!(r.written + r.dropped.values().sum::<u64>(), 60);
 }

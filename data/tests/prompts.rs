@@ -35,14 +35,22 @@ fn reads_the_three_shapes() {
     let chat = file(&d, "chat.jsonl", br#"{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
 "#);
     let (ps, _) = read_prompts(&chat, "chat", &FieldMap::chat(), &ReadOptions::default()).unwrap();
-    assert_eq!(ps[0].messages.len(), 2, "the dataset's own assistant reply is not part of the prompt");
+    assert_eq!(
+        ps[0].messages.len(),
+        2,
+        "the dataset's own assistant reply is not part of the prompt"
+    );
     assert_eq!(ps[0].messages[0].role, Role::System);
 }
 
 #[test]
 fn ids_are_stable_under_reordering_and_templates_apply() {
     let d = tempfile::tempdir().unwrap();
-    let a = file(&d, "a.jsonl", b"{\"problem\": \"one\", \"answer\": \"1\"}\n{\"problem\": \"two\", \"answer\": \"2\"}\n");
+    let a = file(
+        &d,
+        "a.jsonl",
+        b"{\"problem\": \"one\", \"answer\": \"1\"}\n{\"problem\": \"two\", \"answer\": \"2\"}\n",
+    );
     let b = file(&d, "b.jsonl", b"{\"problem\": \"two\", \"answer\": \"2\"}\n\n{\"problem\": \"one\", \"answer\": \"1\"}\n{\"problem\": \"one\", \"answer\": \"1\"}\n");
     let (pa, _) = read_prompts(&a, "x", &FieldMap::math(), &ReadOptions::default()).unwrap();
     let (pb, rb) = read_prompts(&b, "x", &FieldMap::math(), &ReadOptions::default()).unwrap();
@@ -50,7 +58,11 @@ fn ids_are_stable_under_reordering_and_templates_apply() {
     assert_eq!(pa[1].id, pb[0].id);
     assert_eq!((rb.blank, rb.duplicates, rb.prompts), (1, 1, 2));
 
-    let map = FieldMap { template: Some("{prompt}\nPut the answer in \\boxed{}.".into()), system: Some("sys".into()), ..FieldMap::math() };
+    let map = FieldMap {
+        template: Some("{prompt}\nPut the answer in \\boxed{}.".into()),
+        system: Some("sys".into()),
+        ..FieldMap::math()
+    };
     let (p, _) = read_prompts(&a, "x", &map, &ReadOptions::default()).unwrap();
     assert_eq!(p[0].messages[1].content, "one\nPut the answer in \\boxed{}.");
     assert_eq!(p[0].messages[0].role, Role::System);
@@ -75,11 +87,15 @@ fn malformed_lines_are_file_line_errors() {
     let good = b"{\"problem\": \"ok\", \"answer\": \"1\"}\n";
     let m = FieldMap::math();
 
-    let (line, msg) = line_error(&[good.as_slice(), b"{\"problem\": \"unterminated\n"].concat(), &m);
+    let (line, msg) =
+        line_error(&[good.as_slice(), b"{\"problem\": \"unterminated\n"].concat(), &m);
     assert_eq!(line, 2);
     assert!(msg.contains("invalid JSON"), "{msg}");
 
-    let (line, msg) = line_error(&[good.as_slice(), good, b"{\"problem\": \"caf\xe9\", \"answer\": \"1\"}\n"].concat(), &m);
+    let (line, msg) = line_error(
+        &[good.as_slice(), good, b"{\"problem\": \"caf\xe9\", \"answer\": \"1\"}\n"].concat(),
+        &m,
+    );
     assert_eq!(line, 3);
     assert!(msg.contains("invalid UTF-8"), "{msg}");
 
@@ -98,14 +114,16 @@ fn malformed_lines_are_file_line_errors() {
     assert_eq!(line, 1);
     assert!(msg.contains("not a JSON object"), "{msg}");
 
-    let (_, msg) = line_error(b"{\"question\": \"q\", \"answer\": \"no hashes\"}\n", &FieldMap::gsm8k());
+    let (_, msg) =
+        line_error(b"{\"question\": \"q\", \"answer\": \"no hashes\"}\n", &FieldMap::gsm8k());
     assert!(msg.contains("####"), "{msg}");
 }
 
 #[test]
 fn skip_bad_counts_instead_of_failing() {
     let d = tempfile::tempdir().unwrap();
-    let mut bytes = b"{\"problem\": \"a\", \"answer\": \"1\"}\nnot json\n{\"problem\": \"b\"\xff}\n".to_vec();
+    let mut bytes =
+        b"{\"problem\": \"a\", \"answer\": \"1\"}\nnot json\n{\"problem\": \"b\"\xff}\n".to_vec();
     bytes.extend(b"{\"problem\": \"c\", \"answer\": \"3\"}\n");
     let p = file(&d, "mixed.jsonl", &bytes);
     let opts = ReadOptions { skip_bad: true, ..Default::default() };
@@ -129,7 +147,8 @@ fn reads_the_shared_eval_and_prompt_sets() {
         ("eval/gsm8k-test.jsonl", FieldMap::gsm8k(), 1319),
         ("prompts/gsm8k-train.jsonl", FieldMap::gsm8k(), 7473),
     ] {
-        let (ps, rep) = read_prompts(&shared.join(file), "s", &map, &ReadOptions::default()).unwrap();
+        let (ps, rep) =
+            read_prompts(&shared.join(file), "s", &map, &ReadOptions::default()).unwrap();
         assert_eq!(rep.lines, rows, "{file}");
         assert_eq!(ps.len() as u64 + rep.duplicates, rows, "{file}");
         assert!(ps.iter().all(|p| p.reference.as_ref().is_some_and(|r| !r.is_empty())), "{file}");

@@ -15,16 +15,31 @@ fn text(max: usize) -> impl Strategy<Value = String> {
     ]
 }
 
-fn opt<T: std::fmt::Debug + Clone + 'static>(s: impl Strategy<Value = T> + 'static) -> impl Strategy<Value = Option<T>> {
+fn opt<T: std::fmt::Debug + Clone + 'static>(
+    s: impl Strategy<Value = T> + 'static,
+) -> impl Strategy<Value = Option<T>> {
     prop_oneof![Just(None), s.prop_map(Some)]
 }
 
 fn finite() -> impl Strategy<Value = f64> {
-    prop_oneof![Just(0.0), Just(-0.0), Just(1e-300), Just(f64::MAX), -10.0f64..10.0, any::<f64>().prop_filter("finite", |x| x.is_finite())]
+    prop_oneof![
+        Just(0.0),
+        Just(-0.0),
+        Just(1e-300),
+        Just(f64::MAX),
+        -10.0f64..10.0,
+        any::<f64>().prop_filter("finite", |x| x.is_finite())
+    ]
 }
 
 fn role() -> impl Strategy<Value = Role> {
-    prop_oneof![Just(Role::System), Just(Role::Developer), Just(Role::User), Just(Role::Assistant), Just(Role::Tool)]
+    prop_oneof![
+        Just(Role::System),
+        Just(Role::Developer),
+        Just(Role::User),
+        Just(Role::Assistant),
+        Just(Role::Tool)
+    ]
 }
 
 fn finish() -> impl Strategy<Value = FinishReason> {
@@ -44,7 +59,10 @@ fn logprobs() -> impl Strategy<Value = TokenLogprobs> {
             proptest::collection::vec(any::<u32>(), n),
             proptest::collection::vec(-30.0f32..0.0, n),
             proptest::collection::vec(any::<u32>(), n * k as usize),
-            proptest::collection::vec(prop_oneof![-30.0f32..0.0, Just(f32::NEG_INFINITY)], n * k as usize),
+            proptest::collection::vec(
+                prop_oneof![-30.0f32..0.0, Just(f32::NEG_INFINITY)],
+                n * k as usize,
+            ),
         )
             .prop_map(|(k, tokens, token_logprobs, top_ids, top_logprobs)| TokenLogprobs {
                 k,
@@ -64,7 +82,8 @@ fn metadata() -> impl Strategy<Value = Map<String, Value>> {
             any::<bool>().prop_map(Value::Bool),
             any::<i64>().prop_map(Value::from),
             text(16).prop_map(Value::String),
-            proptest::collection::vec(any::<u32>().prop_map(Value::from), 0..4).prop_map(Value::Array),
+            proptest::collection::vec(any::<u32>().prop_map(Value::from), 0..4)
+                .prop_map(Value::Array),
         ],
         0..4,
     )

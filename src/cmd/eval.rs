@@ -80,15 +80,27 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 fn flags(a: &Args) -> anyhow::Result<EvalConfig> {
     let backend = match (&a.model, &a.endpoint) {
         // The same defaults as a recipe's (one set of defaults, in the config types).
-        (Some(m), None) => BackendConfig { kind: BackendKind::Local, endpoints: vec![], local: Some(LocalConfig::new(m.clone())), device: a.device.clone() },
-        (None, Some(u)) => BackendConfig { kind: BackendKind::Openai, endpoints: vec![OpenAiConfig::new(u.clone(), a.served_model.clone())], local: None, device: a.device.clone() },
+        (Some(m), None) => BackendConfig {
+            kind: BackendKind::Local,
+            endpoints: vec![],
+            local: Some(LocalConfig::new(m.clone())),
+            device: a.device.clone(),
+        },
+        (None, Some(u)) => BackendConfig {
+            kind: BackendKind::Openai,
+            endpoints: vec![OpenAiConfig::new(u.clone(), a.served_model.clone())],
+            local: None,
+            device: a.device.clone(),
+        },
         _ => bail!("give --model DIR (local engine) or --endpoint URL"),
     };
     let benchmarks = a
         .benches
         .iter()
         .map(|b| match b.split_once('=') {
-            Some((n, f)) => Ok(BenchSpec { name: n.into(), file: f.into(), fields: None, limit: a.limit }),
+            Some((n, f)) => {
+                Ok(BenchSpec { name: n.into(), file: f.into(), fields: None, limit: a.limit })
+            }
             None => bail!("--bench takes NAME=FILE, got {b}"),
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -128,7 +140,10 @@ pub fn run_eval(cfg: &EvalConfig) -> anyhow::Result<Vec<BenchSummary>> {
 }
 
 pub fn print_table(s: &[BenchSummary]) {
-    println!("{:<16} {:>8} {:>4} {:>8} {:>8} {:>10} {:>10}", "benchmark", "problems", "k", "pass@1", "cons@k", "tokens", "truncated");
+    println!(
+        "{:<16} {:>8} {:>4} {:>8} {:>8} {:>10} {:>10}",
+        "benchmark", "problems", "k", "pass@1", "cons@k", "tokens", "truncated"
+    );
     for b in s {
         println!(
             "{:<16} {:>8} {:>4} {:>7.1}% {:>7.1}% {:>10.0} {:>9.1}%",

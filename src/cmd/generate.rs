@@ -34,7 +34,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 
 /// Check the recipe and its inputs, build the teachers, run. Everything that can fail fast
 /// (config, prompt file, endpoints, model directory) fails before the first request.
-pub fn generate(cfg: &GenerateConfig, provenance: serde_json::Value) -> anyhow::Result<run::GenerateReport> {
+pub fn generate(
+    cfg: &GenerateConfig,
+    provenance: serde_json::Value,
+) -> anyhow::Result<run::GenerateReport> {
     cfg.validate()?;
     let set = run::load_prompts(cfg)?;
     let teachers = crate::teachers::build(&cfg.backend)?;
@@ -45,9 +48,12 @@ pub fn generate(cfg: &GenerateConfig, provenance: serde_json::Value) -> anyhow::
         pb.set_position(p.done + p.failed);
         let rate = if p.samples > 0 { 100.0 * p.passed as f64 / p.samples as f64 } else { 0.0 };
         let tps = p.completion_tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9);
-        pb.set_message(format!("kept {} | pass {rate:.0}% | {tps:.0} tok/s{}", p.kept, if p.failed > 0 { format!(" | {} failed", p.failed) } else { String::new() }));
+        pb.set_message(format!(
+            "kept {} | pass {rate:.0}% | {tps:.0} tok/s{}",
+            p.kept,
+            if p.failed > 0 { format!(" | {} failed", p.failed) } else { String::new() }
+        ));
     })?;
     pb.finish_and_clear();
     Ok(report)
 }
-

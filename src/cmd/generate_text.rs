@@ -52,13 +52,22 @@ fn run_on<B: Backend>(a: &Args, device: B::Device) -> anyhow::Result<ExitCode> {
     let t0 = Instant::now();
     let loaded = hf::load_model::<B>(&a.model, &device)?;
     let tok = TextTokenizer::from_dir(&a.model)?;
-    eprintln!("loaded {} ({:?}, {} layers) in {:.1}s", a.model.display(), loaded.config.arch, loaded.config.num_hidden_layers, t0.elapsed().as_secs_f64());
+    eprintln!(
+        "loaded {} ({:?}, {} layers) in {:.1}s",
+        a.model.display(),
+        loaded.config.arch,
+        loaded.config.num_hidden_layers,
+        t0.elapsed().as_secs_f64()
+    );
     let mut prompts = Vec::new();
     for p in &a.prompt {
         let text = if a.raw {
             p.clone()
         } else {
-            let chat = tok.chat.as_ref().ok_or_else(|| anyhow::anyhow!("the model has no chat template; use --raw"))?;
+            let chat = tok
+                .chat
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("the model has no chat template; use --raw"))?;
             let mut msgs = Vec::new();
             if let Some(s) = &a.system {
                 msgs.push(Message::new(Role::System, s.clone()));
@@ -86,7 +95,12 @@ fn run_on<B: Backend>(a: &Args, device: B::Device) -> anyhow::Result<ExitCode> {
     let secs = t0.elapsed().as_secs_f64();
     let total: usize = outs.iter().map(|o| o.ids.len()).sum();
     for (p, o) in a.prompt.iter().zip(&outs) {
-        println!("### {p}\n{}\n[{} tokens, finish_reason={}]\n", o.text, o.ids.len(), o.finish_reason.as_str());
+        println!(
+            "### {p}\n{}\n[{} tokens, finish_reason={}]\n",
+            o.text,
+            o.ids.len(),
+            o.finish_reason.as_str()
+        );
     }
     eprintln!("{total} tokens in {secs:.2}s ({:.1} tokens/s)", total as f64 / secs);
     Ok(ExitCode::SUCCESS)

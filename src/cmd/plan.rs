@@ -27,7 +27,10 @@ pub struct Args {
 
 /// The student's architecture: its config.json when the model directory exists, else the
 /// published config of the recipe's `[recipe] base_model`.
-pub fn model_config(meta: &crate::recipe::Meta, cfg: &TrainConfig) -> anyhow::Result<(ModelConfig, String)> {
+pub fn model_config(
+    meta: &crate::recipe::Meta,
+    cfg: &TrainConfig,
+) -> anyhow::Result<(ModelConfig, String)> {
     let path = cfg.model.join("config.json");
     if path.exists() {
         return Ok((ModelConfig::from_file(&path)?, path.display().to_string()));
@@ -56,9 +59,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     .max(1);
     let gb = a.gpu_memory_gb.or(cfg.device_memory_gb).unwrap_or_else(machine_memory_gb);
-    let shape = RunShape::of(&cfg);
-    let plans: Vec<MemoryPlan> = ShardMode::ALL.iter().map(|&m| MemoryPlan::new(&config, shape, gpus, m)).collect();
-    let mins: Vec<Option<usize>> = ShardMode::ALL.iter().map(|&m| min_ranks(&config, shape, m, gb, 4096)).collect();
+    let shape = RunShape::of(cfg);
+    let plans: Vec<MemoryPlan> =
+        ShardMode::ALL.iter().map(|&m| MemoryPlan::new(&config, shape, gpus, m)).collect();
+    let mins: Vec<Option<usize>> =
+        ShardMode::ALL.iter().map(|&m| min_ranks(&config, shape, m, gb, 4096)).collect();
     if a.json {
         let rows: Vec<serde_json::Value> = plans
             .iter()
@@ -66,7 +71,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             .zip(ShardMode::ALL)
             .map(|((p, m), mode)| serde_json::json!({"mode": mode.name(), "per_rank_gb": p.total_gb(), "fits": p.total_gb() <= gb, "min_devices": m, "plan": p}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"model": source, "params": plans[0].params, "devices": gpus, "device_memory_gb": gb, "modes": rows}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"model": source, "params": plans[0].params, "devices": gpus, "device_memory_gb": gb, "modes": rows})
+            )?
+        );
         return Ok(ExitCode::SUCCESS);
     }
     println!("model: {source}: {:.2}B parameters", plans[0].params as f64 / 1e9);

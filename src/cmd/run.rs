@@ -16,7 +16,11 @@ use crate::recipe::{Loaded, Stage};
 #[derive(clap::Args)]
 pub struct Args {
     /// The recipe (TOML); `--recipe R.toml` works too.
-    #[arg(required_unless_present = "recipe_flag", conflicts_with = "recipe_flag", value_name = "RECIPE")]
+    #[arg(
+        required_unless_present = "recipe_flag",
+        conflicts_with = "recipe_flag",
+        value_name = "RECIPE"
+    )]
     recipe: Option<PathBuf>,
     #[arg(long = "recipe", value_name = "RECIPE")]
     recipe_flag: Option<PathBuf>,
@@ -44,13 +48,20 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     if let Some(s) = a.only.or(a.from)
         && !stages.contains(&s)
     {
-        bail!("stage {s} is not in this recipe (it has: {})", stages.iter().map(|s| s.name()).collect::<Vec<_>>().join(", "));
+        bail!(
+            "stage {s} is not in this recipe (it has: {})",
+            stages.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+        );
     }
-    let to_run: Vec<Stage> = stages.iter().copied().filter(|s| a.only.is_none_or(|o| o == *s)).collect();
+    let to_run: Vec<Stage> =
+        stages.iter().copied().filter(|s| a.only.is_none_or(|o| o == *s)).collect();
     loaded.preflight(&to_run, true, true)?;
     let (recipe, paths) = (&loaded.recipe, &loaded.paths);
     std::fs::create_dir_all(paths.run_dir.join("stages"))?;
-    atomic_write(&paths.run_dir.join("recipe.toml"), toml::to_string_pretty(&loaded.resolved)?.as_bytes())?;
+    atomic_write(
+        &paths.run_dir.join("recipe.toml"),
+        toml::to_string_pretty(&loaded.resolved)?.as_bytes(),
+    )?;
     println!("run {} → {}", recipe.recipe.name, paths.run_dir.display());
     for &stage in &to_run {
         let m = marker(&paths.run_dir, stage);
@@ -62,7 +73,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         let ts = Instant::now();
         println!("[{stage}] …");
         let outputs = run_stage(stage, &loaded).with_context(|| format!("stage {stage}"))?;
-        atomic_write(&m, serde_json::to_vec_pretty(&json!({"stage": stage, "seconds": ts.elapsed().as_secs_f64(), "outputs": outputs}))?.as_slice())?;
+        atomic_write(
+            &m,
+            serde_json::to_vec_pretty(
+                &json!({"stage": stage, "seconds": ts.elapsed().as_secs_f64(), "outputs": outputs}),
+            )?
+            .as_slice(),
+        )?;
         println!("[{stage}] done in {:.0}s", ts.elapsed().as_secs_f64());
     }
     println!("\nfinished in {:.0}s", t0.elapsed().as_secs_f64());
@@ -79,30 +96,55 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 /// there yet, run prepare first — it is short and needs nothing earlier. Longer stages (a corpus
 /// from generate) are left to `distill run`; preflight then names them.
 pub fn ensure_prepared(l: &Loaded, stage: Stage) -> anyhow::Result<()> {
-    let needed = l.inputs(stage).into_iter().any(|i| i.path().and_then(|p| l.made_by(p)) == Some(Stage::Prepare) && i.check(false).is_err());
+    let needed = l.inputs(stage).into_iter().any(|i| {
+        i.path().and_then(|p| l.made_by(p)) == Some(Stage::Prepare) && i.check(false).is_err()
+    });
     if !needed {
         return Ok(());
     }
-    eprintln!("[prepare] this recipe's prepare stage makes a model [{stage}] reads; running it first");
+    eprintln!(
+        "[prepare] this recipe's prepare stage makes a model [{stage}] reads; running it first"
+    );
     let ts = Instant::now();
     let outputs = run_stage(Stage::Prepare, l).context("stage prepare")?;
     let m = marker(&l.paths.run_dir, Stage::Prepare);
     std::fs::create_dir_all(m.parent().expect("has a parent"))?;
-    atomic_write(&m, serde_json::to_vec_pretty(&json!({"stage": "prepare", "seconds": ts.elapsed().as_secs_f64(), "outputs": outputs}))?.as_slice())?;
+    atomic_write(
+        &m,
+        serde_json::to_vec_pretty(
+            &json!({"stage": "prepare", "seconds": ts.elapsed().as_secs_f64(), "outputs": outputs}),
+        )?
+        .as_slice(),
+    )?;
     Ok(())
 }
 
 fn run_stage(stage: Stage, l: &Loaded) -> anyhow::Result<serde_json::Value> {
     let (r, p) = (&l.recipe, &l.paths);
-    let provenance = json!({"command": std::env::args().collect::<Vec<_>>().join(" "), "recipe": r.recipe.name});
+    let provenance =
+        json!({"command": std::env::args().collect::<Vec<_>>().join(" "), "recipe": r.recipe.name});
     match stage {
         Stage::Prepare => {
             let pr = l.prepare()?;
-            let teacher = if pr.teacher == "smollm2" { crate::models::smollm2_hf()? } else { PathBuf::from(&pr.teacher) };
+            let teacher = if pr.teacher == "smollm2" {
+                crate::models::smollm2_hf()?
+            } else {
+                PathBuf::from(&pr.teacher)
+            };
             let mut out = json!({"teacher": teacher});
             if let Some(layers) = &pr.student_layers {
-                let cfg = distill_student::prune::prune_layers(&teacher, layers, &p.student, distill_student::checkpoint::SaveDtype::F32)?;
-                println!("  student: {} of the teacher's layers {:?} → {}", cfg.num_hidden_layers, layers, p.student.display());
+                let cfg = distill_student::prune::prune_layers(
+                    &teacher,
+                    layers,
+                    &p.student,
+                    distill_student::checkpoint::SaveDtype::F32,
+                )?;
+                println!(
+                    "  student: {} of the teacher's layers {:?} → {}",
+                    cfg.num_hidden_layers,
+                    layers,
+                    p.student.display()
+                );
                 out["student"] = json!(p.student);
             }
             Ok(out)
@@ -115,14 +157,25 @@ fn run_stage(stage: Stage, l: &Loaded) -> anyhow::Result<serde_json::Value> {
         }
         Stage::Filter => {
             let f = l.filter()?;
-            let src = r.generate.as_ref().map(|g| g.output.clone()).unwrap_or_else(|| p.run_dir.join("corpus"));
-            let d = distill_teacher::decontam::Decontaminator::from_files(&f.decontaminate_against, f.ngram)?;
+            let src = r
+                .generate
+                .as_ref()
+                .map(|g| g.output.clone())
+                .unwrap_or_else(|| p.run_dir.join("corpus"));
+            let d = distill_teacher::decontam::Decontaminator::from_files(
+                &f.decontaminate_against,
+                f.ngram,
+            )?;
             let corpus = distill_data::Corpus::open(&src)?;
-            let mut w = distill_data::CorpusWriter::open(&p.corpus, distill_data::WriterOptions { provenance, ..Default::default() })?;
+            let mut w = distill_data::CorpusWriter::open(
+                &p.corpus,
+                distill_data::WriterOptions { provenance, ..Default::default() },
+            )?;
             let mut dropped = vec![];
             for t in corpus.iter() {
                 let t = t?;
-                let text: String = t.messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
+                let text: String =
+                    t.messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
                 match d.check(&text) {
                     Some(hit) => dropped.push(json!({"id": t.id, "eval_file": hit.file, "eval_line": hit.line, "ngram": hit.ngram})),
                     None if !w.contains(&t.id) => w.append(t)?,
@@ -135,10 +188,19 @@ fn run_stage(stage: Stage, l: &Loaded) -> anyhow::Result<serde_json::Value> {
         }
         Stage::Train => {
             let t = l.train()?;
-            let resume = !distill_student::sft::checkpoint::list(&t.output.join("checkpoints"))?.is_empty();
+            let resume =
+                !distill_student::sft::checkpoint::list(&t.output.join("checkpoints"))?.is_empty();
             let s = crate::cmd::train::run_train(t, serde_json::to_value(&l.resolved)?, resume)?;
-            println!("  {} steps; held-out loss {:?} → {:?}; export {}", s.steps, s.first_eval_loss, s.final_eval_loss, s.export_dir.display());
-            Ok(json!({"export": s.export_dir, "steps": s.steps, "first_eval_loss": s.first_eval_loss, "final_eval_loss": s.final_eval_loss, "data": s.data}))
+            println!(
+                "  {} steps; held-out loss {:?} → {:?}; export {}",
+                s.steps,
+                s.first_eval_loss,
+                s.final_eval_loss,
+                s.export_dir.display()
+            );
+            Ok(
+                json!({"export": s.export_dir, "steps": s.steps, "first_eval_loss": s.first_eval_loss, "final_eval_loss": s.final_eval_loss, "data": s.data}),
+            )
         }
         Stage::Agreement => {
             let a = crate::agreement::run(r, p)?;

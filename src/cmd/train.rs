@@ -44,12 +44,28 @@ impl Observer for Bar {
         self.pb.set_position(start);
         eprintln!(
             "data: {} traces → {} train / {} eval examples ({} failed, {} truncated, {} overlong dropped; {} truncated to fit); {} train tokens, {} on assistant turns; {} with aligned teacher log-probs",
-            d.traces, d.train_examples, d.eval_examples, d.dropped_failed, d.dropped_truncated, d.dropped_overlong, d.truncated, d.train_tokens, d.assistant_tokens, d.kd_aligned
+            d.traces,
+            d.train_examples,
+            d.eval_examples,
+            d.dropped_failed,
+            d.dropped_truncated,
+            d.dropped_overlong,
+            d.truncated,
+            d.train_tokens,
+            d.assistant_tokens,
+            d.kd_aligned
         );
     }
     fn step(&mut self, m: &StepMetrics) {
         self.pb.set_position(m.step);
-        self.pb.set_message(format!("loss {:.4} | lr {:.2e} | gnorm {:.2} | {:.0} tok/s | MFU {:.1}%", m.loss, m.lr, m.grad_norm, m.tokens_per_s, 100.0 * m.mfu));
+        self.pb.set_message(format!(
+            "loss {:.4} | lr {:.2e} | gnorm {:.2} | {:.0} tok/s | MFU {:.1}%",
+            m.loss,
+            m.lr,
+            m.grad_norm,
+            m.tokens_per_s,
+            100.0 * m.mfu
+        ));
     }
     fn eval(&mut self, step: u64, loss: f64) {
         self.pb.println(format!("step {step}: eval loss {loss:.4}"));
@@ -82,7 +98,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     loaded.preflight(&[Stage::Train], false, false)?;
     let recipe = serde_json::to_value(&loaded.resolved)?;
     let s = run_train(&cfg, recipe, a.resume)?;
-    println!("trained {} steps; eval loss {} → {}", s.steps, fmt(s.first_eval_loss), fmt(s.final_eval_loss));
+    println!(
+        "trained {} steps; eval loss {} → {}",
+        s.steps,
+        fmt(s.first_eval_loss),
+        fmt(s.final_eval_loss)
+    );
     println!("exported {}", s.export_dir.display());
     println!("curves {}", cfg.output.join("loss.png").display());
     Ok(ExitCode::SUCCESS)
@@ -93,7 +114,11 @@ fn fmt(x: Option<f64>) -> String {
 }
 
 /// Train on the configured device, then draw the curves.
-pub fn run_train(cfg: &TrainConfig, recipe: serde_json::Value, resume: bool) -> anyhow::Result<Summary> {
+pub fn run_train(
+    cfg: &TrainConfig,
+    recipe: serde_json::Value,
+    resume: bool,
+) -> anyhow::Result<Summary> {
     cfg.validate()?;
     let kinds = cfg.device_kinds()?;
     let nodes = cfg.parallel.nodes.max(1);
@@ -110,7 +135,12 @@ pub fn run_train(cfg: &TrainConfig, recipe: serde_json::Value, resume: bool) -> 
     let mut obs = Bar { pb: crate::progress::bar(Some(1), "steps") };
     let summary = crate::backend::dispatch_many!(kinds, |B, devices| {
         if cfg.activation_checkpointing {
-            train::<burn::backend::Autodiff<B, burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing>>(cfg, recipe, devices, resume, &mut obs)
+            train::<
+                burn::backend::Autodiff<
+                    B,
+                    burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing,
+                >,
+            >(cfg, recipe, devices, resume, &mut obs)
         } else {
             train::<burn::backend::Autodiff<B>>(cfg, recipe, devices, resume, &mut obs)
         }

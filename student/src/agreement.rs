@@ -24,25 +24,42 @@ pub struct Agreement {
     pub traces: u64,
 }
 
-fn forward<B: Backend>(m: &CausalLm<B>, rope: &Rope<B>, ids: &[u32], dev: &B::Device) -> Tensor<B, 2> {
+fn forward<B: Backend>(
+    m: &CausalLm<B>,
+    rope: &Rope<B>,
+    ids: &[u32],
+    dev: &B::Device,
+) -> Tensor<B, 2> {
     let n = ids.len();
-    let x = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, n]), dev);
+    let x = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, n]),
+        dev,
+    );
     let l = m.forward(x, masks::positions(1, n, 0, dev), rope, &AttnMask::Causal);
     let v = l.dims()[2];
     l.reshape([n, v])
 }
 
 /// Compare `student` with `teacher` (same vocabulary) on `examples`.
-pub fn agreement<B: Backend>(teacher: (&CausalLm<B>, &Rope<B>), student: (&CausalLm<B>, &Rope<B>), examples: &[Example], dev: &B::Device) -> Agreement {
+pub fn agreement<B: Backend>(
+    teacher: (&CausalLm<B>, &Rope<B>),
+    student: (&CausalLm<B>, &Rope<B>),
+    examples: &[Example],
+    dev: &B::Device,
+) -> Agreement {
     let mut a = Agreement::default();
     let (mut hits, mut kl, mut nll) = (0u64, 0f64, 0f64);
     for ex in examples {
         // Position t predicts token t+1; score the positions whose next token is assistant output.
-        let rows: Vec<usize> = (0..ex.ids.len().saturating_sub(1)).filter(|&t| ex.assistant[t + 1]).collect();
+        let rows: Vec<usize> =
+            (0..ex.ids.len().saturating_sub(1)).filter(|&t| ex.assistant[t + 1]).collect();
         if rows.is_empty() {
             continue;
         }
-        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(rows.iter().map(|&r| r as i64).collect::<Vec<_>>(), [rows.len()]), dev);
+        let idx = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(rows.iter().map(|&r| r as i64).collect::<Vec<_>>(), [rows.len()]),
+            dev,
+        );
         let t_logits = forward(teacher.0, teacher.1, &ex.ids, dev).select(0, idx.clone());
         let s_logits = forward(student.0, student.1, &ex.ids, dev).select(0, idx);
         let p = softmax(t_logits.clone(), 1);
@@ -50,7 +67,8 @@ pub fn agreement<B: Backend>(teacher: (&CausalLm<B>, &Rope<B>), student: (&Causa
         let log_q = log_softmax(s_logits, 1);
         let kl_rows = (p * (log_p - log_q.clone())).sum_dim(1); // [n, 1]
         kl += kl_rows.sum().into_scalar().elem::<f64>();
-        let argmax: Vec<i64> = log_q.clone().argmax(1).into_data().convert::<i64>().into_vec().expect("ids");
+        let argmax: Vec<i64> =
+            log_q.clone().argmax(1).into_data().convert::<i64>().into_vec().expect("ids");
         let lq: Vec<f32> = log_q.into_data().convert::<f32>().into_vec().expect("floats");
         let v = lq.len() / rows.len();
         for (j, &r) in rows.iter().enumerate() {

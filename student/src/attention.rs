@@ -24,25 +24,37 @@ use std::ops::Range;
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, CheckpointStrategy, NoCheckpointing};
+use burn::backend::autodiff::checkpoint::strategy::{
+    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
+};
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::prelude::*;
-use burn::tensor::{DType, TensorPrimitive};
 use burn::tensor::module::attention;
 use burn::tensor::ops::{AttentionModuleOptions, FloatTensor};
-
+use burn::tensor::{DType, TensorPrimitive};
 
 /// Score elements per chunk (`batch × heads × rows × keys`): 4M f32 = 16 MB of temporaries.
 const CHUNK_ELEMS: usize = 1 << 22;
 
 /// Causal attention `softmax(q kᵀ / √d + mask) v` with an optional extra mask (`true` = masked).
 /// `q` `[b, h, t, d]`, `k`/`v` `[b, h, s, d]` with `s ≥ t`, `mask` `[b, 1, t, s]` → `[b, h, t, d]`.
-pub fn causal<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: Option<Tensor<B, 4, Bool>>) -> Tensor<B, 4> {
+pub fn causal<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: Option<Tensor<B, 4, Bool>>,
+) -> Tensor<B, 4> {
     macro_rules! fused_on {
         ($inner:ty, $ckpt:ty) => {
             if TypeId::of::<B>() == TypeId::of::<Autodiff<$inner, $ckpt>>() {
-                return same_type(fused::<$inner, $ckpt>(same_type(q), same_type(k), same_type(v), mask.map(same_type), CHUNK_ELEMS));
+                return same_type(fused::<$inner, $ckpt>(
+                    same_type(q),
+                    same_type(k),
+                    same_type(v),
+                    mask.map(same_type),
+                    CHUNK_ELEMS,
+                ));
             }
         };
     }
@@ -116,14 +128,24 @@ fn fused<I: Backend, C: CheckpointStrategy>(
 ) -> Tensor<Autodiff<I, C>, 4> {
     let (q, k, v) = (prim(q), prim(k), prim(v));
     let mask = mask.map(|m| Tensor::<I, 4, Bool>::from_primitive(m.into_primitive()));
-    let (iq, ik, iv) = (wrap::<I, 4>(q.primitive.clone()), wrap::<I, 4>(k.primitive.clone()), wrap::<I, 4>(v.primitive.clone()));
-    let out = match FusedAttention.prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()]).compute_bound().stateful() {
+    let (iq, ik, iv) = (
+        wrap::<I, 4>(q.primitive.clone()),
+        wrap::<I, 4>(k.primitive.clone()),
+        wrap::<I, 4>(v.primitive.clone()),
+    );
+    let out = match FusedAttention
+        .prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
         OpsKind::Tracked(prep) => {
             let (out, lse) = forward(&iq, &ik, &iv, mask.as_ref(), chunk_elems);
             let saved = Saved { q: iq, k: ik, v: iv, out: out.clone(), lse, mask, chunk_elems };
             prep.finish(saved, prim(out))
         }
-        OpsKind::UnTracked(prep) => prep.finish(prim(forward(&iq, &ik, &iv, mask.as_ref(), chunk_elems).0)),
+        OpsKind::UnTracked(prep) => {
+            prep.finish(prim(forward(&iq, &ik, &iv, mask.as_ref(), chunk_elems).0))
+        }
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
@@ -131,14 +153,24 @@ fn fused<I: Backend, C: CheckpointStrategy>(
 /// Query-row chunks and, for each, the keys it can see (`0..end`, causal).
 fn chunks(b: usize, h: usize, t: usize, s: usize, elems: usize) -> Vec<(Range<usize>, usize)> {
     let rows = (elems / (b * h * s).max(1)).clamp(1, t.max(1));
-    (0..t).step_by(rows).map(|r0| {
-        let r1 = (r0 + rows).min(t);
-        (r0..r1, r1 + (s - t))
-    }).collect()
+    (0..t)
+        .step_by(rows)
+        .map(|r0| {
+            let r1 = (r0 + rows).min(t);
+            (r0..r1, r1 + (s - t))
+        })
+        .collect()
 }
 
 /// Scaled, masked scores of query rows `rows` against keys `0..end`: `[b, h, rows, end]`.
-fn scores<I: Backend>(q: &Tensor<I, 4>, k: &Tensor<I, 4>, mask: Option<&Tensor<I, 4, Bool>>, rows: Range<usize>, end: usize, s: usize) -> (Tensor<I, 4>, Tensor<I, 4>) {
+fn scores<I: Backend>(
+    q: &Tensor<I, 4>,
+    k: &Tensor<I, 4>,
+    mask: Option<&Tensor<I, 4, Bool>>,
+    rows: Range<usize>,
+    end: usize,
+    s: usize,
+) -> (Tensor<I, 4>, Tensor<I, 4>) {
     let [b, h, t, d] = q.dims();
     let scale = 1.0 / (d as f64).sqrt();
     let qc = q.clone().slice([0..b, 0..h, rows.clone(), 0..d]).cast(DType::F32);
@@ -147,10 +179,13 @@ fn scores<I: Backend>(q: &Tensor<I, 4>, k: &Tensor<I, 4>, mask: Option<&Tensor<I
     let n = rows.len();
     let device = q.device();
     // Causal: key j is hidden from query row i when j > i + (s - t).
-    let row = Tensor::<I, 1, Int>::arange(rows.start as i64..rows.end as i64, &device).add_scalar((s - t) as i64);
+    let row = Tensor::<I, 1, Int>::arange(rows.start as i64..rows.end as i64, &device)
+        .add_scalar((s - t) as i64);
     let col = Tensor::<I, 1, Int>::arange(0..end as i64, &device);
-    let hidden = col.reshape([1, end]).expand([n, end]).greater(row.reshape([n, 1]).expand([n, end]));
-    let mut sc = sc.mask_fill(hidden.reshape([1, 1, n, end]).expand([b, h, n, end]), f32::NEG_INFINITY);
+    let hidden =
+        col.reshape([1, end]).expand([n, end]).greater(row.reshape([n, 1]).expand([n, end]));
+    let mut sc =
+        sc.mask_fill(hidden.reshape([1, 1, n, end]).expand([b, h, n, end]), f32::NEG_INFINITY);
     if let Some(m) = mask {
         let mc = m.clone().slice([0..b, 0..1, rows, 0..end]);
         sc = sc.mask_fill(mc.expand([b, h, n, end]), f32::NEG_INFINITY);
@@ -160,7 +195,13 @@ fn scores<I: Backend>(q: &Tensor<I, 4>, k: &Tensor<I, 4>, mask: Option<&Tensor<I
 
 /// Output `[b, h, t, d]` and, per chunk, the log-sum-exp `[b, h, rows, 1]`, kept as separate
 /// contiguous tensors: flex's fast row-broadcast path needs them contiguous.
-fn forward<I: Backend>(q: &Tensor<I, 4>, k: &Tensor<I, 4>, v: &Tensor<I, 4>, mask: Option<&Tensor<I, 4, Bool>>, elems: usize) -> (Tensor<I, 4>, Vec<Tensor<I, 4>>) {
+fn forward<I: Backend>(
+    q: &Tensor<I, 4>,
+    k: &Tensor<I, 4>,
+    v: &Tensor<I, 4>,
+    mask: Option<&Tensor<I, 4, Bool>>,
+    elems: usize,
+) -> (Tensor<I, 4>, Vec<Tensor<I, 4>>) {
     let [b, h, t, d] = q.dims();
     let s = k.dims()[2];
     let (mut outs, mut lses) = (Vec::new(), Vec::new());
@@ -193,7 +234,10 @@ fn pad_rows<I: Backend>(x: Tensor<I, 4>, s: usize) -> Tensor<I, 4> {
 }
 
 /// Gradients of q, k, v from the output's gradient, recomputing probabilities per chunk.
-fn backward<I: Backend>(st: Saved<I>, dout: Tensor<I, 4>) -> (Tensor<I, 4>, Tensor<I, 4>, Tensor<I, 4>) {
+fn backward<I: Backend>(
+    st: Saved<I>,
+    dout: Tensor<I, 4>,
+) -> (Tensor<I, 4>, Tensor<I, 4>, Tensor<I, 4>) {
     let [b, h, t, d] = st.q.dims();
     let s = st.k.dims()[2];
     let scale = 1.0 / (d as f64).sqrt();
@@ -235,11 +279,20 @@ mod tests {
         inputs: &[Tensor<Flex, 4>; 4],
     ) -> Vec<Vec<f32>> {
         let [q, k, v, w] = inputs.clone();
-        let (q, k, v) = (Tensor::<Ad, 4>::from_inner(q).require_grad(), Tensor::<Ad, 4>::from_inner(k).require_grad(), Tensor::<Ad, 4>::from_inner(v).require_grad());
+        let (q, k, v) = (
+            Tensor::<Ad, 4>::from_inner(q).require_grad(),
+            Tensor::<Ad, 4>::from_inner(k).require_grad(),
+            Tensor::<Ad, 4>::from_inner(v).require_grad(),
+        );
         let out = f(q.clone(), k.clone(), v.clone());
         let grads = (out.clone() * Tensor::from_inner(w)).sum().backward();
         let flat = |x: Tensor<Flex, 4>| x.into_data().to_vec::<f32>().unwrap();
-        vec![flat(out.inner()), flat(q.grad(&grads).unwrap()), flat(k.grad(&grads).unwrap()), flat(v.grad(&grads).unwrap())]
+        vec![
+            flat(out.inner()),
+            flat(q.grad(&grads).unwrap()),
+            flat(k.grad(&grads).unwrap()),
+            flat(v.grad(&grads).unwrap()),
+        ]
     }
 
     fn check(mask: Option<Tensor<Flex, 4, Bool>>, b: usize, h: usize, t: usize, d: usize) {
@@ -250,15 +303,20 @@ mod tests {
         let reference = run(
             move |q, k, v| {
                 let opts = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
-                let m = m.clone().map(|m| Tensor::<Ad, 4, Bool>::from_inner(m).expand([b, h, t, t]));
+                let m =
+                    m.clone().map(|m| Tensor::<Ad, 4, Bool>::from_inner(m).expand([b, h, t, t]));
                 attention_fallback(q, k, v, m, None, opts)
             },
             &inputs,
         );
         for elems in [1 << 22, 3 * b * h * t, b * h * t] {
             let m = mask.clone();
-            let ours = run(move |q, k, v| fused(q, k, v, m.clone().map(Tensor::from_inner), elems), &inputs);
-            for (name, (a, e)) in ["out", "dq", "dk", "dv"].iter().zip(ours.iter().zip(&reference)) {
+            let ours = run(
+                move |q, k, v| fused(q, k, v, m.clone().map(Tensor::from_inner), elems),
+                &inputs,
+            );
+            for (name, (a, e)) in ["out", "dq", "dk", "dv"].iter().zip(ours.iter().zip(&reference))
+            {
                 let err = a.iter().zip(e).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
                 assert!(err < 2e-5, "{name}: max error {err} (chunk {elems} elements)");
             }
@@ -282,7 +340,10 @@ mod tests {
                 m[t * t + q * t + k] = k > q || k < 5;
             }
         }
-        let mask = Tensor::<Flex, 4, Bool>::from_data(burn::tensor::TensorData::new(m, [2, 1, t, t]), &dev);
+        let mask = Tensor::<Flex, 4, Bool>::from_data(
+            burn::tensor::TensorData::new(m, [2, 1, t, t]),
+            &dev,
+        );
         check(Some(mask), 2, 3, t, 8);
     }
 }

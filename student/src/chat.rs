@@ -22,30 +22,49 @@ pub struct ChatTemplate {
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate").field("bos_token", &self.bos_token).field("eos_token", &self.eos_token).finish()
+        f.debug_struct("ChatTemplate")
+            .field("bos_token", &self.bos_token)
+            .field("eos_token", &self.eos_token)
+            .finish()
     }
 }
 
 impl ChatTemplate {
-    pub fn new(source: &str, bos_token: Option<&str>, eos_token: Option<&str>) -> Result<ChatTemplate> {
+    pub fn new(
+        source: &str,
+        bos_token: Option<&str>,
+        eos_token: Option<&str>,
+    ) -> Result<ChatTemplate> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<Value, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<Value, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
         env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
         env.add_filter("tojson", tojson);
-        env.add_template_owned("chat", source.to_string()).map_err(|e| Error::Template(format!("does not parse: {e:#}")))?;
-        Ok(ChatTemplate { env, bos_token: bos_token.unwrap_or("").to_string(), eos_token: eos_token.unwrap_or("").to_string() })
+        env.add_template_owned("chat", source.to_string())
+            .map_err(|e| Error::Template(format!("does not parse: {e:#}")))?;
+        Ok(ChatTemplate {
+            env,
+            bos_token: bos_token.unwrap_or("").to_string(),
+            eos_token: eos_token.unwrap_or("").to_string(),
+        })
     }
 
     /// Render `messages`; with `add_generation_prompt` the text ends where the assistant's reply begins.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let msgs: Vec<Value> = messages
             .iter()
-            .map(|m| Value::from_serialize(serde_json::json!({"role": m.role.as_str(), "content": m.content})))
+            .map(|m| {
+                Value::from_serialize(
+                    serde_json::json!({"role": m.role.as_str(), "content": m.content}),
+                )
+            })
             .collect();
         let tmpl = self.env.get_template("chat").expect("added in new()");
         tmpl.render(context! {
@@ -63,11 +82,18 @@ impl ChatTemplate {
     /// re-rendering keeps `<think>` blocks that some templates (R1-Distill's) strip from assistant
     /// turns. If the generation prompt already ends with the completion's opening (a prefilled
     /// `<think>\n`), that part is not repeated.
-    pub fn render_for_training(&self, prompt: &[Message], completion: &str) -> Result<(String, Range<usize>)> {
+    pub fn render_for_training(
+        &self,
+        prompt: &[Message],
+        completion: &str,
+    ) -> Result<(String, Range<usize>)> {
         let mut text = self.render(prompt, true)?;
         let mut completion = completion;
         for cut in (1..=completion.len().min(64)).rev() {
-            if completion.is_char_boundary(cut) && text.ends_with(&completion[..cut]) && completion[..cut].trim() == "<think>" {
+            if completion.is_char_boundary(cut)
+                && text.ends_with(&completion[..cut])
+                && completion[..cut].trim() == "<think>"
+            {
                 completion = &completion[cut..];
                 break;
             }
@@ -112,7 +138,8 @@ fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja:
     let indent: Option<usize> = kwargs.get("indent")?;
     let _: Option<bool> = kwargs.get("sort_keys")?;
     kwargs.assert_all_used()?;
-    let json = serde_json::to_value(&value).map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    let json = serde_json::to_value(&value)
+        .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
     let mut out = String::new();
     write_py_json(&json, indent, 0, &mut out);
     Ok(Value::from_safe_string(out))
@@ -156,7 +183,11 @@ fn write_py_json(v: &serde_json::Value, indent: Option<usize>, level: usize, out
         }
         J::Number(n) if n.is_f64() => {
             let f = n.as_f64().unwrap_or(0.0);
-            if f.fract() == 0.0 && f.abs() < 1e16 { out.push_str(&format!("{f:.1}")) } else { out.push_str(&n.to_string()) }
+            if f.fract() == 0.0 && f.abs() < 1e16 {
+                out.push_str(&format!("{f:.1}"))
+            } else {
+                out.push_str(&n.to_string())
+            }
         }
         other => out.push_str(&serde_json::to_string(other).expect("json")),
     }
@@ -164,7 +195,9 @@ fn write_py_json(v: &serde_json::Value, indent: Option<usize>, level: usize, out
 
 /// `strftime_now(fmt)` with the directives chat templates use (`%d %b %Y %B %m %H %M %S %y %A %a`).
 fn strftime_now(fmt: &str) -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -176,8 +209,22 @@ fn strftime_now(fmt: &str) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + if month <= 2 { 1 } else { 0 };
-    const MONTHS: [&str; 12] = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
-    const DAYS: [&str; 7] = ["Thursday", "Friday", "Saturday", "Sunday", "Monday", "Tuesday", "Wednesday"];
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    const DAYS: [&str; 7] =
+        ["Thursday", "Friday", "Saturday", "Sunday", "Monday", "Tuesday", "Wednesday"];
     let weekday = DAYS[days.rem_euclid(7) as usize];
     let mname = MONTHS[(month - 1) as usize];
     let mut out = String::new();

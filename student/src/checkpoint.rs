@@ -41,25 +41,36 @@ impl Checkpoint {
         let index = dir.join(INDEX_FILE);
         let files: Vec<PathBuf> = if index.exists() {
             let text = std::fs::read_to_string(&index).at(&index)?;
-            let v: Value = serde_json::from_str(&text)
-                .map_err(|e| Error::Safetensors { path: index.clone(), msg: format!("index is not JSON: {e}") })?;
-            let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| Error::Safetensors {
+            let v: Value = serde_json::from_str(&text).map_err(|e| Error::Safetensors {
                 path: index.clone(),
-                msg: "index has no `weight_map` object".into(),
+                msg: format!("index is not JSON: {e}"),
             })?;
-            let mut files: Vec<String> = map.values().filter_map(Value::as_str).map(str::to_string).collect();
+            let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| {
+                Error::Safetensors {
+                    path: index.clone(),
+                    msg: "index has no `weight_map` object".into(),
+                }
+            })?;
+            let mut files: Vec<String> =
+                map.values().filter_map(Value::as_str).map(str::to_string).collect();
             files.sort();
             files.dedup();
             for f in &files {
                 if f.contains('/') || f.contains('\\') || f.contains("..") {
-                    return Err(Error::Safetensors { path: index.clone(), msg: format!("shard name '{f}' is not a plain file name") });
+                    return Err(Error::Safetensors {
+                        path: index.clone(),
+                        msg: format!("shard name '{f}' is not a plain file name"),
+                    });
                 }
             }
             files.into_iter().map(|f| dir.join(f)).collect()
         } else if dir.join(SINGLE_FILE).exists() {
             vec![dir.join(SINGLE_FILE)]
         } else {
-            let e = std::io::Error::new(std::io::ErrorKind::NotFound, "no model.safetensors or model.safetensors.index.json");
+            let e = std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no model.safetensors or model.safetensors.index.json",
+            );
             return Err(Error::io(dir.join(SINGLE_FILE), e));
         };
         Self::open_files(&files)
@@ -74,14 +85,23 @@ impl Checkpoint {
             // it is mapped would fault.
             let mmap = unsafe { Mmap::map(&file) }.at(path)?;
             // Validates the header size, JSON, dtypes, and that every offset lies inside the file.
-            let (header_len, meta) = SafeTensors::read_metadata(&mmap)
-                .map_err(|e| Error::Safetensors { path: path.clone(), msg: describe(&e, mmap.len()) })?;
+            let (header_len, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| {
+                Error::Safetensors { path: path.clone(), msg: describe(&e, mmap.len()) }
+            })?;
             let base = 8 + header_len;
             for (name, info) in meta.tensors() {
                 let (a, b) = info.data_offsets;
-                let entry = Entry { shard: i, dtype: info.dtype, shape: info.shape.clone(), range: base + a..base + b };
+                let entry = Entry {
+                    shard: i,
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    range: base + a..base + b,
+                };
                 if entries.insert(name.clone(), entry).is_some() {
-                    return Err(Error::Safetensors { path: path.clone(), msg: format!("tensor '{name}' appears in two shards") });
+                    return Err(Error::Safetensors {
+                        path: path.clone(),
+                        msg: format!("tensor '{name}' appears in two shards"),
+                    });
                 }
             }
             shards.push(Shard { path: path.clone(), mmap });
@@ -127,19 +147,32 @@ impl Checkpoint {
 fn describe(e: &safetensors::SafeTensorError, len: usize) -> String {
     use safetensors::SafeTensorError as E;
     match e {
-        E::HeaderTooLarge => "the header length field is larger than 100 MB (corrupt or not safetensors)".into(),
+        E::HeaderTooLarge => {
+            "the header length field is larger than 100 MB (corrupt or not safetensors)".into()
+        }
         E::HeaderTooSmall => format!("the file is only {len} bytes, too small for a header"),
-        E::InvalidHeaderLength => format!("the header length field points past the end of the {len}-byte file (truncated?)"),
-        E::MetadataIncompleteBuffer => format!("the tensors described in the header need more bytes than the {len}-byte file has (truncated?)"),
+        E::InvalidHeaderLength => format!(
+            "the header length field points past the end of the {len}-byte file (truncated?)"
+        ),
+        E::MetadataIncompleteBuffer => format!(
+            "the tensors described in the header need more bytes than the {len}-byte file has (truncated?)"
+        ),
         other => other.to_string(),
     }
 }
 
 fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     Some(match dtype {
-        Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        Dtype::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        Dtype::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::F32 => {
+            bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        }
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::F16 => {
+            bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+        }
         _ => return None,
     })
 }
@@ -167,7 +200,9 @@ impl SaveDtype {
     fn bytes(self, v: &[f32]) -> Vec<u8> {
         match self {
             SaveDtype::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            SaveDtype::Bf16 => v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect(),
+            SaveDtype::Bf16 => {
+                v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect()
+            }
         }
     }
 }
@@ -202,12 +237,23 @@ pub fn write_sharded(
     let mut weight_map = serde_json::Map::new();
     let mut total = 0u64;
     for (g, idxs) in groups.iter().enumerate() {
-        let name = if n == 1 { SINGLE_FILE.to_string() } else { format!("model-{:05}-of-{n:05}.safetensors", g + 1) };
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
-            idxs.iter().map(|&i| (tensors[i].0.clone(), tensors[i].1.clone(), dtype.bytes(&tensors[i].2))).collect();
+        let name = if n == 1 {
+            SINGLE_FILE.to_string()
+        } else {
+            format!("model-{:05}-of-{n:05}.safetensors", g + 1)
+        };
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = idxs
+            .iter()
+            .map(|&i| (tensors[i].0.clone(), tensors[i].1.clone(), dtype.bytes(&tensors[i].2)))
+            .collect();
         let views: Vec<(String, TensorView)> = bytes
             .iter()
-            .map(|(nm, shape, b)| (nm.clone(), TensorView::new(dtype.st(), shape.clone(), b).expect("consistent view")))
+            .map(|(nm, shape, b)| {
+                (
+                    nm.clone(),
+                    TensorView::new(dtype.st(), shape.clone(), b).expect("consistent view"),
+                )
+            })
             .collect();
         for (nm, _, b) in &bytes {
             weight_map.insert(nm.clone(), Value::String(name.clone()));
@@ -219,7 +265,8 @@ pub fn write_sharded(
         files.push(path);
     }
     if n > 1 {
-        let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        let index =
+            serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
         let path = dir.join(INDEX_FILE);
         std::fs::write(&path, serde_json::to_vec_pretty(&index).expect("json")).at(&path)?;
         files.push(path);

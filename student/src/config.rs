@@ -50,11 +50,24 @@ impl Arch {
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor`.
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// Llama 3.1's frequency-dependent scaling.
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
     /// YaRN (Qwen2.5/Qwen3 long context).
-    Yarn { factor: f64, original_max_position_embeddings: f64, beta_fast: f64, beta_slow: f64, attention_factor: Option<f64> },
+    Yarn {
+        factor: f64,
+        original_max_position_embeddings: f64,
+        beta_fast: f64,
+        beta_slow: f64,
+        attention_factor: Option<f64>,
+    },
 }
 
 /// The resolved model configuration.
@@ -136,7 +149,9 @@ impl ModelConfig {
         let raw: Raw = serde_json::from_str(text).map_err(|e| {
             let m = e.to_string();
             match m.strip_prefix("missing field ") {
-                Some(rest) => format!("missing required key {}", rest.split(" at ").next().unwrap_or(rest)),
+                Some(rest) => {
+                    format!("missing required key {}", rest.split(" at ").next().unwrap_or(rest))
+                }
                 None => m,
             }
         })?;
@@ -150,7 +165,10 @@ impl ModelConfig {
             format!("unsupported architecture '{arch_name}' (supported: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)")
         })?;
         if raw.hidden_act.as_deref().is_some_and(|a| a != "silu") {
-            return Err(format!("unsupported hidden_act '{}' (only silu)", raw.hidden_act.unwrap()));
+            return Err(format!(
+                "unsupported hidden_act '{}' (only silu)",
+                raw.hidden_act.unwrap()
+            ));
         }
         if raw.use_sliding_window == Some(true) {
             return Err("use_sliding_window = true is not supported".into());
@@ -159,11 +177,14 @@ impl ModelConfig {
             return Err("num_attention_heads and hidden_size must be positive".into());
         }
         let kv = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
-        if kv == 0 || raw.num_attention_heads % kv != 0 {
-            return Err(format!("num_attention_heads ({}) must be a multiple of num_key_value_heads ({kv})", raw.num_attention_heads));
+        if kv == 0 || !raw.num_attention_heads.is_multiple_of(kv) {
+            return Err(format!(
+                "num_attention_heads ({}) must be a multiple of num_key_value_heads ({kv})",
+                raw.num_attention_heads
+            ));
         }
         let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / raw.num_attention_heads);
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             return Err(format!("head_dim {head_dim} must be even for RoPE"));
         }
 
@@ -213,12 +234,25 @@ impl ModelConfig {
     pub fn to_hf_json(&self, dtype: &str) -> Value {
         let rope_scaling = match &self.rope_scaling {
             RopeScaling::None => Value::Null,
-            RopeScaling::Linear { factor } => serde_json::json!({"rope_type": "linear", "factor": factor}),
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => serde_json::json!({
+            RopeScaling::Linear { factor } => {
+                serde_json::json!({"rope_type": "linear", "factor": factor})
+            }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => serde_json::json!({
                 "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
                 "high_freq_factor": high_freq_factor, "original_max_position_embeddings": original_max_position_embeddings,
             }),
-            RopeScaling::Yarn { factor, original_max_position_embeddings, beta_fast, beta_slow, attention_factor } => serde_json::json!({
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings,
+                beta_fast,
+                beta_slow,
+                attention_factor,
+            } => serde_json::json!({
                 "rope_type": "yarn", "factor": factor, "original_max_position_embeddings": original_max_position_embeddings,
                 "beta_fast": beta_fast, "beta_slow": beta_slow, "attention_factor": attention_factor,
             }),
@@ -263,9 +297,12 @@ impl ModelConfig {
 }
 
 fn parse_scaling(p: &Value, max_pos: Option<usize>) -> std::result::Result<RopeScaling, String> {
-    let kind = p.get("rope_type").or_else(|| p.get("type")).and_then(Value::as_str).unwrap_or("default");
+    let kind =
+        p.get("rope_type").or_else(|| p.get("type")).and_then(Value::as_str).unwrap_or("default");
     let num = |k: &str| p.get(k).and_then(Value::as_f64);
-    let need = |k: &str| num(k).ok_or_else(|| format!("rope scaling '{kind}': missing required key `{k}`"));
+    let need = |k: &str| {
+        num(k).ok_or_else(|| format!("rope scaling '{kind}': missing required key `{k}`"))
+    };
     Ok(match kind {
         "default" => RopeScaling::None,
         "linear" => RopeScaling::Linear { factor: need("factor")? },
@@ -279,12 +316,18 @@ fn parse_scaling(p: &Value, max_pos: Option<usize>) -> std::result::Result<RopeS
             factor: need("factor")?,
             original_max_position_embeddings: num("original_max_position_embeddings")
                 .or(max_pos.map(|m| m as f64))
-                .ok_or("rope scaling 'yarn': missing required key `original_max_position_embeddings`")?,
+                .ok_or(
+                    "rope scaling 'yarn': missing required key `original_max_position_embeddings`",
+                )?,
             beta_fast: num("beta_fast").unwrap_or(32.0),
             beta_slow: num("beta_slow").unwrap_or(1.0),
             attention_factor: num("attention_factor"),
         },
-        other => return Err(format!("unsupported rope scaling type '{other}' (supported: default, linear, llama3, yarn)")),
+        other => {
+            return Err(format!(
+                "unsupported rope scaling type '{other}' (supported: default, linear, llama3, yarn)"
+            ));
+        }
     })
 }
 
@@ -300,7 +343,10 @@ mod tests {
     #[test]
     fn reads_transformers_5_rope_parameters_and_ignores_unknown_keys() {
         let c = ModelConfig::from_json(SMOL).unwrap();
-        assert_eq!((c.arch, c.rope_theta, c.num_key_value_heads, c.head_dim), (Arch::Llama, 100000.0, 3, 64));
+        assert_eq!(
+            (c.arch, c.rope_theta, c.num_key_value_heads, c.head_dim),
+            (Arch::Llama, 100000.0, 3, 64)
+        );
         assert!(c.tie_word_embeddings && !c.qkv_bias && !c.qk_norm);
         assert_eq!(c.rope_scaling, RopeScaling::None);
     }
@@ -327,11 +373,13 @@ mod tests {
     fn missing_keys_and_unknown_architectures_are_named() {
         let e = ModelConfig::from_json(&SMOL.replace("\"hidden_size\": 576,", "")).unwrap_err();
         assert!(e.contains("missing required key `hidden_size`"), "{e}");
-        let e = ModelConfig::from_json(&SMOL.replace("\"model_type\": \"llama\",", "")).unwrap_err();
+        let e =
+            ModelConfig::from_json(&SMOL.replace("\"model_type\": \"llama\",", "")).unwrap_err();
         assert!(e.contains("`architectures`"), "{e}");
         let e = ModelConfig::from_json(&SMOL.replace("\"llama\"", "\"mistral\"")).unwrap_err();
         assert!(e.contains("unsupported architecture 'mistral'"), "{e}");
-        let bad = SMOL.replace("\"rope_type\": \"default\"", "\"rope_type\": \"llama3\", \"factor\": 8.0");
+        let bad = SMOL
+            .replace("\"rope_type\": \"default\"", "\"rope_type\": \"llama3\", \"factor\": 8.0");
         let e = ModelConfig::from_json(&bad).unwrap_err();
         assert!(e.contains("missing required key `low_freq_factor`"), "{e}");
     }

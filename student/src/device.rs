@@ -41,7 +41,8 @@ impl std::str::FromStr for DeviceKind {
 pub fn parse_devices(s: &str) -> Result<Vec<DeviceKind>, String> {
     let s = s.trim();
     if let Some(n) = s.strip_prefix("cpu:") {
-        let n: usize = n.parse().map_err(|_| format!("'{s}': expected cpu:N with N a number of CPU peers"))?;
+        let n: usize =
+            n.parse().map_err(|_| format!("'{s}': expected cpu:N with N a number of CPU peers"))?;
         if n == 0 || n > 256 {
             return Err(format!("'{s}': the number of CPU peers must be 1 … 256"));
         }
@@ -73,7 +74,9 @@ impl DeviceKind {
         match self {
             DeviceKind::Cpu => Ok(()),
             DeviceKind::Cuda(_) if cfg!(feature = "cuda") => Ok(()),
-            DeviceKind::Cuda(_) => Err("this distill was built without CUDA; rebuild with `--features cuda`".into()),
+            DeviceKind::Cuda(_) => {
+                Err("this distill was built without CUDA; rebuild with `--features cuda`".into())
+            }
         }
     }
 }

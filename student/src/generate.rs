@@ -35,7 +35,16 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.0, top_p: 1.0, top_k: 0, max_tokens: 256, seed: 0, stop_ids: vec![], stop_strings: vec![], logprobs: 0 }
+        SamplingParams {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            max_tokens: 256,
+            seed: 0,
+            stop_ids: vec![],
+            stop_strings: vec![],
+            logprobs: 0,
+        }
     }
 }
 
@@ -81,23 +90,45 @@ struct Row {
 }
 
 impl<'a, B: Backend> Engine<'a, B> {
-    pub fn new(model: &'a CausalLm<B>, config: &crate::ModelConfig, tokenizer: Option<&'a TextTokenizer>, device: B::Device) -> Self {
+    pub fn new(
+        model: &'a CausalLm<B>,
+        config: &crate::ModelConfig,
+        tokenizer: Option<&'a TextTokenizer>,
+        device: B::Device,
+    ) -> Self {
         Engine { model, rope: Rope::new(config, &device), device, tokenizer }
     }
 
     /// Generate one completion per prompt. `on_step` is called with the number of tokens
     /// produced in each step (for progress bars). Prompt `i` samples with seed
     /// `params.seed ^ mix(i)`; use [`Engine::generate_seeded`] to give each prompt its own.
-    pub fn generate(&self, prompts: &[Vec<u32>], params: &SamplingParams, on_step: impl FnMut(usize)) -> Result<Vec<Completion>> {
-        let seeds: Vec<u64> = (0..prompts.len()).map(|i| params.seed ^ (i as u64).wrapping_mul(0xA24B_AED4_963E_E407)).collect();
+    pub fn generate(
+        &self,
+        prompts: &[Vec<u32>],
+        params: &SamplingParams,
+        on_step: impl FnMut(usize),
+    ) -> Result<Vec<Completion>> {
+        let seeds: Vec<u64> = (0..prompts.len())
+            .map(|i| params.seed ^ (i as u64).wrapping_mul(0xA24B_AED4_963E_E407))
+            .collect();
         self.generate_seeded(prompts, &seeds, params, on_step)
     }
 
     /// Like [`Engine::generate`], with one seed per prompt, so that what a prompt samples does
     /// not depend on the rest of the batch.
-    pub fn generate_seeded(&self, prompts: &[Vec<u32>], seeds: &[u64], params: &SamplingParams, mut on_step: impl FnMut(usize)) -> Result<Vec<Completion>> {
+    pub fn generate_seeded(
+        &self,
+        prompts: &[Vec<u32>],
+        seeds: &[u64],
+        params: &SamplingParams,
+        mut on_step: impl FnMut(usize),
+    ) -> Result<Vec<Completion>> {
         if seeds.len() != prompts.len() {
-            return Err(Error::Generate(format!("{} seeds for {} prompts", seeds.len(), prompts.len())));
+            return Err(Error::Generate(format!(
+                "{} seeds for {} prompts",
+                seeds.len(),
+                prompts.len()
+            )));
         }
         if prompts.iter().any(Vec::is_empty) {
             return Err(Error::Generate("empty prompt".into()));
@@ -121,7 +152,11 @@ impl<'a, B: Backend> Engine<'a, B> {
         let mut out: Vec<Option<Completion>> = vec![None; n];
 
         // Prefill: all prompts, left-padded, in one forward.
-        let flat: Vec<i64> = prompts.iter().zip(&pad).flat_map(|(p, &k)| std::iter::repeat_n(0i64, k).chain(p.iter().map(|&t| t as i64))).collect();
+        let flat: Vec<i64> = prompts
+            .iter()
+            .zip(&pad)
+            .flat_map(|(p, &k)| std::iter::repeat_n(0i64, k).chain(p.iter().map(|&t| t as i64)))
+            .collect();
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [n, max_len]), &self.device);
         let (mask, pos) = if pad.iter().all(|&p| p == 0) {
             (AttnMask::Causal, masks::positions(n, max_len, 0, &self.device))
@@ -137,7 +172,11 @@ impl<'a, B: Backend> Engine<'a, B> {
 
         for step in 0..params.max_tokens {
             let vocab = logits.dims()[1];
-            let host: Vec<f32> = logits.into_data().convert::<f32>().into_vec().map_err(|e| Error::Generate(format!("{e:?}")))?;
+            let host: Vec<f32> = logits
+                .into_data()
+                .convert::<f32>()
+                .into_vec()
+                .map_err(|e| Error::Generate(format!("{e:?}")))?;
             let mut next = Vec::with_capacity(active.len());
             for (b, &r) in active.iter().enumerate() {
                 let row = &mut rows[r];
@@ -150,9 +189,12 @@ impl<'a, B: Backend> Engine<'a, B> {
                 next.push(tok);
                 if params.stop_ids.contains(&tok) {
                     row.done = Some(FinishReason::Stop);
-                } else if let Some(tk) = self.tokenizer.filter(|_| !params.stop_strings.is_empty()) {
+                } else if let Some(tk) = self.tokenizer.filter(|_| !params.stop_strings.is_empty())
+                {
                     let text = tk.decode(&row.ids, true)?;
-                    if let Some(cut) = params.stop_strings.iter().filter_map(|s| text.find(s.as_str())).min() {
+                    if let Some(cut) =
+                        params.stop_strings.iter().filter_map(|s| text.find(s.as_str())).min()
+                    {
                         row.text = text[..cut].to_string();
                         row.done = Some(FinishReason::Stop);
                     }
@@ -163,7 +205,8 @@ impl<'a, B: Backend> Engine<'a, B> {
             }
             on_step(active.len());
             // Retire finished rows; shrink the batch and the cache.
-            let keep: Vec<usize> = (0..active.len()).filter(|&b| rows[active[b]].done.is_none()).collect();
+            let keep: Vec<usize> =
+                (0..active.len()).filter(|&b| rows[active[b]].done.is_none()).collect();
             for &b in (0..active.len()).filter(|b| !keep.contains(b)).collect::<Vec<_>>().iter() {
                 let r = active[b];
                 let req = rows[r].req;
@@ -173,7 +216,13 @@ impl<'a, B: Backend> Engine<'a, B> {
                 break;
             }
             if keep.len() < active.len() {
-                let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(keep.iter().map(|&b| b as i64).collect::<Vec<_>>(), [keep.len()]), &self.device);
+                let idx = Tensor::<B, 1, Int>::from_data(
+                    TensorData::new(
+                        keep.iter().map(|&b| b as i64).collect::<Vec<_>>(),
+                        [keep.len()],
+                    ),
+                    &self.device,
+                );
                 cache.select_rows(idx);
                 active = keep.iter().map(|&b| active[b]).collect();
                 active_pad = keep.iter().map(|&b| active_pad[b]).collect();
@@ -181,9 +230,17 @@ impl<'a, B: Backend> Engine<'a, B> {
             }
             // Decode one token for every live row.
             let m = active.len();
-            let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(next.iter().map(|&t| t as i64).collect::<Vec<_>>(), [m, 1]), &self.device);
+            let ids = Tensor::<B, 2, Int>::from_data(
+                TensorData::new(next.iter().map(|&t| t as i64).collect::<Vec<_>>(), [m, 1]),
+                &self.device,
+            );
             let cached = cache.len();
-            let (mask, pos) = masks::decode(&active_pad, cached, KvCache::<B>::capacity_for(cached + 1), &self.device);
+            let (mask, pos) = masks::decode(
+                &active_pad,
+                cached,
+                KvCache::<B>::capacity_for(cached + 1),
+                &self.device,
+            );
             let hidden = self.model.forward_hidden(ids, pos, &self.rope, &mask, Some(&mut cache));
             logits = self.model.logits(hidden.reshape([m, d]));
         }
@@ -196,7 +253,12 @@ impl<'a, B: Backend> Engine<'a, B> {
         Ok(out.into_iter().map(|c| c.expect("every request finishes")).collect())
     }
 
-    fn finish(&self, row: &mut Row, prompt_tokens: usize, params: &SamplingParams) -> Result<Completion> {
+    fn finish(
+        &self,
+        row: &mut Row,
+        prompt_tokens: usize,
+        params: &SamplingParams,
+    ) -> Result<Completion> {
         let reason = row.done.clone().unwrap_or(FinishReason::Length);
         let text = if !row.text.is_empty() {
             std::mem::take(&mut row.text)
@@ -209,7 +271,13 @@ impl<'a, B: Backend> Engine<'a, B> {
         } else {
             String::new()
         };
-        Ok(Completion { ids: std::mem::take(&mut row.ids), text, finish_reason: reason, prompt_tokens, logprobs: row.logprobs.take() })
+        Ok(Completion {
+            ids: std::mem::take(&mut row.ids),
+            text,
+            finish_reason: reason,
+            prompt_tokens,
+            logprobs: row.logprobs.take(),
+        })
     }
 }
 
@@ -225,7 +293,8 @@ fn pick(logits: &[f32], p: &SamplingParams, rng: &mut Rng) -> u32 {
         }
         return best as u32;
     }
-    let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &x)| (i as u32, x / p.temperature)).collect();
+    let mut cand: Vec<(u32, f32)> =
+        logits.iter().enumerate().map(|(i, &x)| (i as u32, x / p.temperature)).collect();
     cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     if p.top_k > 0 {
         cand.truncate(p.top_k);

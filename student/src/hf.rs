@@ -53,7 +53,9 @@ impl Assets {
                 return Ok(None);
             }
             let text = std::fs::read_to_string(&p).at(&p)?;
-            serde_json::from_str(&text).map(Some).map_err(|e| Error::Invalid(format!("{}: {e}", p.display())))
+            serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| Error::Invalid(format!("{}: {e}", p.display())))
         };
         let mut tokenizer_config = read_json("tokenizer_config.json")?;
         let jinja = dir.join("chat_template.jinja");
@@ -86,12 +88,23 @@ pub struct ExportOptions {
 
 impl Default for ExportOptions {
     fn default() -> Self {
-        ExportOptions { dtype: SaveDtype::Bf16, max_shard_bytes: 5 << 30, metadata: HashMap::new(), overwrite: false }
+        ExportOptions {
+            dtype: SaveDtype::Bf16,
+            max_shard_bytes: 5 << 30,
+            metadata: HashMap::new(),
+            overwrite: false,
+        }
     }
 }
 
 /// Write `model` as a Hugging Face directory at `out`, via a temp directory renamed into place.
-pub fn export<B: Backend>(model: &CausalLm<B>, config: &ModelConfig, assets: &Assets, out: &Path, opts: &ExportOptions) -> Result<Vec<PathBuf>> {
+pub fn export<B: Backend>(
+    model: &CausalLm<B>,
+    config: &ModelConfig,
+    assets: &Assets,
+    out: &Path,
+    opts: &ExportOptions,
+) -> Result<Vec<PathBuf>> {
     let mut sink = Collect::default();
     model.export(&mut sink as &mut dyn WeightSink);
     write_dir(out, &sink.0, config, assets, opts)
@@ -111,7 +124,8 @@ pub fn write_dir(
     }
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).at(parent)?;
-    let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "export".into());
+    let name =
+        out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "export".into());
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).at(&tmp)?;
@@ -120,7 +134,8 @@ pub fn write_dir(
 
     let mut meta = opts.metadata.clone();
     meta.insert("format".into(), "pt".into());
-    let mut files = checkpoint::write_sharded(&tmp, tensors, opts.dtype, opts.max_shard_bytes, &meta)?;
+    let mut files =
+        checkpoint::write_sharded(&tmp, tensors, opts.dtype, opts.max_shard_bytes, &meta)?;
 
     let write_json = |name: &str, v: &Value, files: &mut Vec<PathBuf>| -> Result<()> {
         let p = tmp.join(name);

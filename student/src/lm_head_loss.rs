@@ -18,7 +18,9 @@ use std::any::TypeId;
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, CheckpointStrategy, NoCheckpointing};
+use burn::backend::autodiff::checkpoint::strategy::{
+    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
+};
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::prelude::*;
@@ -32,11 +34,20 @@ pub const CHUNK_ELEMS: usize = 1 << 25;
 
 /// `Σ_i −log softmax(hidden_i · weight)[target_i]`: `hidden` `[n, d]`, `weight` `[d, vocab]`,
 /// `targets` n ids → a one-element tensor.
-pub fn cross_entropy_sum<B: Backend>(hidden: Tensor<B, 2>, weight: Tensor<B, 2>, targets: &[u32]) -> Tensor<B, 1> {
+pub fn cross_entropy_sum<B: Backend>(
+    hidden: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    targets: &[u32],
+) -> Tensor<B, 1> {
     macro_rules! fused_on {
         ($inner:ty, $ckpt:ty) => {
             if TypeId::of::<B>() == TypeId::of::<Autodiff<$inner, $ckpt>>() {
-                return same_type(fused::<$inner, $ckpt>(same_type(hidden), same_type(weight), targets, CHUNK_ELEMS));
+                return same_type(fused::<$inner, $ckpt>(
+                    same_type(hidden),
+                    same_type(weight),
+                    targets,
+                    CHUNK_ELEMS,
+                ));
             }
         };
     }
@@ -53,11 +64,18 @@ pub fn cross_entropy_sum<B: Backend>(hidden: Tensor<B, 2>, weight: Tensor<B, 2>,
 }
 
 /// The unchunked computation (and the reference the op is tested against).
-pub fn plain<B: Backend>(hidden: Tensor<B, 2>, weight: Tensor<B, 2>, targets: &[u32]) -> Tensor<B, 1> {
+pub fn plain<B: Backend>(
+    hidden: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    targets: &[u32],
+) -> Tensor<B, 1> {
     let device = hidden.device();
     let n = targets.len();
     let logits = hidden.matmul(weight).cast(DType::F32); // [n, vocab]
-    let tgt = Tensor::<B, 2, Int>::from_data(TensorData::new(targets.iter().map(|&t| t as i64).collect::<Vec<_>>(), [n, 1]), &device);
+    let tgt = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(targets.iter().map(|&t| t as i64).collect::<Vec<_>>(), [n, 1]),
+        &device,
+    );
     log_softmax(logits, 1).gather(1, tgt).sum().neg()
 }
 
@@ -90,27 +108,44 @@ impl<I: Backend> Backward<I, 2> for FusedCe {
     }
 }
 
-fn fused<I: Backend, C: CheckpointStrategy>(hidden: Tensor<Autodiff<I, C>, 2>, weight: Tensor<Autodiff<I, C>, 2>, targets: &[u32], chunk_elems: usize) -> Tensor<Autodiff<I, C>, 1> {
+fn fused<I: Backend, C: CheckpointStrategy>(
+    hidden: Tensor<Autodiff<I, C>, 2>,
+    weight: Tensor<Autodiff<I, C>, 2>,
+    targets: &[u32],
+    chunk_elems: usize,
+) -> Tensor<Autodiff<I, C>, 1> {
     let (h, w) = (prim(hidden), prim(weight));
     let (ih, iw) = (wrap::<I, 2>(h.primitive.clone()), wrap::<I, 2>(w.primitive.clone()));
     let vocab = iw.dims()[1];
     let rows = (chunk_elems / vocab.max(1)).max(1);
-    let out = match FusedCe.prepare::<C>([h.node.clone(), w.node.clone()]).compute_bound().stateful() {
-        OpsKind::Tracked(prep) => {
-            let (sum, lse) = forward(&ih, &iw, targets, rows);
-            prep.finish(Saved { hidden: ih, weight: iw, targets: targets.to_vec(), lse, rows }, prim(sum))
-        }
-        OpsKind::UnTracked(prep) => prep.finish(prim(forward(&ih, &iw, targets, rows).0)),
-    };
+    let out =
+        match FusedCe.prepare::<C>([h.node.clone(), w.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (sum, lse) = forward(&ih, &iw, targets, rows);
+                prep.finish(
+                    Saved { hidden: ih, weight: iw, targets: targets.to_vec(), lse, rows },
+                    prim(sum),
+                )
+            }
+            OpsKind::UnTracked(prep) => prep.finish(prim(forward(&ih, &iw, targets, rows).0)),
+        };
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
 fn target_ids<I: Backend>(targets: &[u32], device: &I::Device) -> Tensor<I, 2, Int> {
-    Tensor::from_data(TensorData::new(targets.iter().map(|&t| t as i64).collect::<Vec<_>>(), [targets.len(), 1]), device)
+    Tensor::from_data(
+        TensorData::new(targets.iter().map(|&t| t as i64).collect::<Vec<_>>(), [targets.len(), 1]),
+        device,
+    )
 }
 
 /// The loss sum `[1]` and each chunk's log-sum-exp.
-fn forward<I: Backend>(hidden: &Tensor<I, 2>, weight: &Tensor<I, 2>, targets: &[u32], rows: usize) -> (Tensor<I, 1>, Vec<Tensor<I, 2>>) {
+fn forward<I: Backend>(
+    hidden: &Tensor<I, 2>,
+    weight: &Tensor<I, 2>,
+    targets: &[u32],
+    rows: usize,
+) -> (Tensor<I, 1>, Vec<Tensor<I, 2>>) {
     let [n, d] = hidden.dims();
     let device = hidden.device();
     let mut sum = Tensor::<I, 1>::zeros([1], &device);
@@ -144,7 +179,12 @@ fn backward<I: Backend>(st: Saved<I>, g: Tensor<I, 1>) -> (Tensor<I, 2>, Tensor<
         // softmax − one-hot(target), times the incoming gradient.
         let p = (logits - st.lse[k].clone()).exp();
         let minus_one = Tensor::<I, 2>::full([c, 1], -1.0, &device);
-        let dlogits = p.scatter(1, target_ids::<I>(&st.targets[r0..r1], &device), minus_one, burn::tensor::IndexingUpdateOp::Add) * g.clone();
+        let dlogits = p.scatter(
+            1,
+            target_ids::<I>(&st.targets[r0..r1], &device),
+            minus_one,
+            burn::tensor::IndexingUpdateOp::Add,
+        ) * g.clone();
         let dlogits = dlogits.cast(dtype);
         dhs.push(dlogits.clone().matmul(st.weight.clone().transpose()).cast(st.hidden.dtype())); // [c, d]
         dw = dw + h.transpose().matmul(dlogits).cast(DType::F32); // [d, vocab]
@@ -161,12 +201,23 @@ mod tests {
 
     type Ad = Autodiff<Flex>;
 
-    fn run(f: impl Fn(Tensor<Ad, 2>, Tensor<Ad, 2>) -> Tensor<Ad, 1>, h: &Tensor<Flex, 2>, w: &Tensor<Flex, 2>) -> Vec<Vec<f32>> {
-        let (h, w) = (Tensor::<Ad, 2>::from_inner(h.clone()).require_grad(), Tensor::<Ad, 2>::from_inner(w.clone()).require_grad());
+    fn run(
+        f: impl Fn(Tensor<Ad, 2>, Tensor<Ad, 2>) -> Tensor<Ad, 1>,
+        h: &Tensor<Flex, 2>,
+        w: &Tensor<Flex, 2>,
+    ) -> Vec<Vec<f32>> {
+        let (h, w) = (
+            Tensor::<Ad, 2>::from_inner(h.clone()).require_grad(),
+            Tensor::<Ad, 2>::from_inner(w.clone()).require_grad(),
+        );
         let loss = f(h.clone(), w.clone());
         let grads = loss.clone().mul_scalar(0.37).backward();
         let flat = |x: Tensor<Flex, 2>| x.into_data().convert::<f32>().to_vec::<f32>().unwrap();
-        vec![loss.inner().into_data().to_vec::<f32>().unwrap(), flat(h.grad(&grads).unwrap()), flat(w.grad(&grads).unwrap())]
+        vec![
+            loss.inner().into_data().to_vec::<f32>().unwrap(),
+            flat(h.grad(&grads).unwrap()),
+            flat(w.grad(&grads).unwrap()),
+        ]
     }
 
     #[test]
@@ -180,7 +231,9 @@ mod tests {
         // One chunk, several (uneven), and one row per chunk.
         for elems in [1 << 25, 7 * vocab, vocab] {
             let ours = run(|h, w| fused(h, w, &targets, elems), &h, &w);
-            for (name, (a, e)) in ["loss", "d hidden", "d weight"].iter().zip(ours.iter().zip(&reference)) {
+            for (name, (a, e)) in
+                ["loss", "d hidden", "d weight"].iter().zip(ours.iter().zip(&reference))
+            {
                 let scale = e.iter().map(|x| x.abs()).fold(0f32, f32::max).max(1e-12);
                 let err = a.iter().zip(e).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max) / scale;
                 assert!(err < 1e-5, "{name}: relative error {err} (chunk {elems} elements)");

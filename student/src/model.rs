@@ -7,9 +7,9 @@
 use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn::tensor::DType;
+use burn::tensor::TensorData;
 use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
-use burn::tensor::TensorData;
 use burn::tensor::ops::AttentionModuleOptions;
 
 use crate::config::ModelConfig;
@@ -27,7 +27,14 @@ pub struct Linear<B: Backend> {
 }
 
 impl<B: Backend> Linear<B> {
-    fn load(src: &mut dyn WeightSource, name: &str, d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Result<Self> {
+    fn load(
+        src: &mut dyn WeightSource,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+        device: &B::Device,
+    ) -> Result<Self> {
         let w = src.read(&format!("{name}.weight"), &[d_out, d_in])?;
         let mut t = vec![0f32; w.len()];
         for o in 0..d_out {
@@ -36,8 +43,15 @@ impl<B: Backend> Linear<B> {
             }
         }
         Ok(Linear {
-            weight: Param::from_tensor(Tensor::from_data(TensorData::new(t, [d_in, d_out]), device)),
-            bias: if bias { Some(Param::from_tensor(src.take(&format!("{name}.bias"), &[d_out], device)?)) } else { None },
+            weight: Param::from_tensor(Tensor::from_data(
+                TensorData::new(t, [d_in, d_out]),
+                device,
+            )),
+            bias: if bias {
+                Some(Param::from_tensor(src.take(&format!("{name}.bias"), &[d_out], device)?))
+            } else {
+                None
+            },
         })
     }
 
@@ -76,8 +90,17 @@ pub struct RmsNorm<B: Backend> {
 }
 
 impl<B: Backend> RmsNorm<B> {
-    fn load(src: &mut dyn WeightSource, name: &str, dim: usize, eps: f64, device: &B::Device) -> Result<Self> {
-        Ok(RmsNorm { weight: Param::from_tensor(src.take(&format!("{name}.weight"), &[dim], device)?), eps })
+    fn load(
+        src: &mut dyn WeightSource,
+        name: &str,
+        dim: usize,
+        eps: f64,
+        device: &B::Device,
+    ) -> Result<Self> {
+        Ok(RmsNorm {
+            weight: Param::from_tensor(src.take(&format!("{name}.weight"), &[dim], device)?),
+            eps,
+        })
     }
 
     fn export(&self, name: &str, sink: &mut dyn WeightSink) {
@@ -121,7 +144,7 @@ pub const KV_BLOCK: usize = 128;
 /// past `len` hold zeros and must be masked (see [`crate::masks::decode`]).
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
-    pub layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    pub layers: Vec<LayerKv<B>>,
     len: usize,
 }
 
@@ -153,9 +176,16 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
+/// One layer's cached keys and values, `[batch, kv_heads, capacity, head_dim]` each.
+pub type LayerKv<B> = Option<(Tensor<B, 4>, Tensor<B, 4>)>;
+
 /// Write `new` `[b, kv, t, hd]` at positions `start..start + t` of a layer's cache buffer, growing
 /// it by whole blocks when full. Returns the buffer `[b, kv, capacity, hd]`.
-fn cache_write<B: Backend>(buf: Option<Tensor<B, 4>>, new: Tensor<B, 4>, start: usize) -> Tensor<B, 4> {
+fn cache_write<B: Backend>(
+    buf: Option<Tensor<B, 4>>,
+    new: Tensor<B, 4>,
+    start: usize,
+) -> Tensor<B, 4> {
     let [b, kv, t, hd] = new.dims();
     let need = start + t;
     let zeros = |n: usize| Tensor::<B, 4>::zeros([b, kv, n, hd], &new.device()).cast(new.dtype());
@@ -185,16 +215,53 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
-    fn load(src: &mut dyn WeightSource, p: &str, c: &ModelConfig, device: &B::Device) -> Result<Self> {
+    fn load(
+        src: &mut dyn WeightSource,
+        p: &str,
+        c: &ModelConfig,
+        device: &B::Device,
+    ) -> Result<Self> {
         let (h, kv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let qk_norm = |name: &str, src: &mut dyn WeightSource| -> Result<Option<RmsNorm<B>>> {
-            if c.qk_norm { Ok(Some(RmsNorm::load(src, &format!("{p}.{name}"), hd, c.rms_norm_eps, device)?)) } else { Ok(None) }
+            if c.qk_norm {
+                Ok(Some(RmsNorm::load(src, &format!("{p}.{name}"), hd, c.rms_norm_eps, device)?))
+            } else {
+                Ok(None)
+            }
         };
         Ok(Attention {
-            q_proj: Linear::load(src, &format!("{p}.q_proj"), c.hidden_size, h * hd, c.qkv_bias, device)?,
-            k_proj: Linear::load(src, &format!("{p}.k_proj"), c.hidden_size, kv * hd, c.qkv_bias, device)?,
-            v_proj: Linear::load(src, &format!("{p}.v_proj"), c.hidden_size, kv * hd, c.qkv_bias, device)?,
-            o_proj: Linear::load(src, &format!("{p}.o_proj"), h * hd, c.hidden_size, c.o_bias, device)?,
+            q_proj: Linear::load(
+                src,
+                &format!("{p}.q_proj"),
+                c.hidden_size,
+                h * hd,
+                c.qkv_bias,
+                device,
+            )?,
+            k_proj: Linear::load(
+                src,
+                &format!("{p}.k_proj"),
+                c.hidden_size,
+                kv * hd,
+                c.qkv_bias,
+                device,
+            )?,
+            v_proj: Linear::load(
+                src,
+                &format!("{p}.v_proj"),
+                c.hidden_size,
+                kv * hd,
+                c.qkv_bias,
+                device,
+            )?,
+            o_proj: Linear::load(
+                src,
+                &format!("{p}.o_proj"),
+                h * hd,
+                c.hidden_size,
+                c.o_bias,
+                device,
+            )?,
             q_norm: qk_norm("q_norm", src)?,
             k_norm: qk_norm("k_norm", src)?,
             n_heads: h,
@@ -204,7 +271,12 @@ impl<B: Backend> Attention<B> {
     }
 
     fn export(&self, p: &str, sink: &mut dyn WeightSink) {
-        for (name, l) in [("q_proj", &self.q_proj), ("k_proj", &self.k_proj), ("v_proj", &self.v_proj), ("o_proj", &self.o_proj)] {
+        for (name, l) in [
+            ("q_proj", &self.q_proj),
+            ("k_proj", &self.k_proj),
+            ("v_proj", &self.v_proj),
+            ("o_proj", &self.o_proj),
+        ] {
             l.export(&format!("{p}.{name}"), sink);
         }
         if let (Some(q), Some(k)) = (&self.q_norm, &self.k_norm) {
@@ -220,7 +292,7 @@ impl<B: Backend> Attention<B> {
         rope_q: &(Tensor<B, 2>, Tensor<B, 2>),
         rope_k: &(Tensor<B, 2>, Tensor<B, 2>),
         mask: &AttnMask<B>,
-        cache: Option<(&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>, usize)>,
+        cache: Option<(&mut LayerKv<B>, usize)>,
     ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
         let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
@@ -240,7 +312,8 @@ impl<B: Backend> Attention<B> {
         let (k, v) = match cache {
             Some((slot, start)) => {
                 let (pk, pv) = slot.take().unzip();
-                let (ck, cv) = (cache_write(pk, k.clone(), start), cache_write(pv, v.clone(), start));
+                let (ck, cv) =
+                    (cache_write(pk, k.clone(), start), cache_write(pv, v.clone(), start));
                 *slot = Some((ck.clone(), cv.clone()));
                 if start == 0 { (k, v) } else { (ck, cv) }
             }
@@ -264,7 +337,9 @@ impl<B: Backend> Attention<B> {
         let (k, v) = if g == 1 {
             (k, v)
         } else {
-            let rep = |y: Tensor<B, 4>| y.unsqueeze_dim::<5>(2).expand([b, kv, g, s, hd]).reshape([b, h, s, hd]);
+            let rep = |y: Tensor<B, 4>| {
+                y.unsqueeze_dim::<5>(2).expand([b, kv, g, s, hd]).reshape([b, h, s, hd])
+            };
             (rep(k), rep(v))
         };
         let out = match mask {
@@ -284,7 +359,12 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: Backend> Mlp<B> {
-    fn load(src: &mut dyn WeightSource, p: &str, c: &ModelConfig, device: &B::Device) -> Result<Self> {
+    fn load(
+        src: &mut dyn WeightSource,
+        p: &str,
+        c: &ModelConfig,
+        device: &B::Device,
+    ) -> Result<Self> {
         let (d, f) = (c.hidden_size, c.intermediate_size);
         Ok(Mlp {
             gate_proj: Linear::load(src, &format!("{p}.gate_proj"), d, f, c.mlp_bias, device)?,
@@ -314,11 +394,22 @@ pub struct DecoderLayer<B: Backend> {
 }
 
 impl<B: Backend> DecoderLayer<B> {
-    fn load(src: &mut dyn WeightSource, p: &str, c: &ModelConfig, device: &B::Device) -> Result<Self> {
+    fn load(
+        src: &mut dyn WeightSource,
+        p: &str,
+        c: &ModelConfig,
+        device: &B::Device,
+    ) -> Result<Self> {
         Ok(DecoderLayer {
             self_attn: Attention::load(src, &format!("{p}.self_attn"), c, device)?,
             mlp: Mlp::load(src, &format!("{p}.mlp"), c, device)?,
-            input_layernorm: RmsNorm::load(src, &format!("{p}.input_layernorm"), c.hidden_size, c.rms_norm_eps, device)?,
+            input_layernorm: RmsNorm::load(
+                src,
+                &format!("{p}.input_layernorm"),
+                c.hidden_size,
+                c.rms_norm_eps,
+                device,
+            )?,
             post_attention_layernorm: RmsNorm::load(
                 src,
                 &format!("{p}.post_attention_layernorm"),
@@ -357,7 +448,8 @@ pub struct CausalLm<B: Backend> {
 impl<B: Backend> CausalLm<B> {
     /// Build the model by pulling every tensor by its HF name from `src`.
     pub fn load(cfg: &ModelConfig, src: &mut dyn WeightSource, device: &B::Device) -> Result<Self> {
-        let embed = src.take("model.embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size], device)?;
+        let embed =
+            src.take("model.embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size], device)?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::load(src, &format!("model.layers.{i}"), cfg, device))
             .collect::<Result<Vec<_>>>()?;
@@ -367,7 +459,10 @@ impl<B: Backend> CausalLm<B> {
         } else {
             Some(Linear::load(src, "lm_head", cfg.hidden_size, cfg.vocab_size, false, device)?)
         };
-        Ok(CausalLm { model: Decoder { embed_tokens: Param::from_tensor(embed), layers, norm }, lm_head })
+        Ok(CausalLm {
+            model: Decoder { embed_tokens: Param::from_tensor(embed), layers, norm },
+            lm_head,
+        })
     }
 
     /// Hand every tensor to `sink` under its HF name, in checkpoint order.
@@ -395,15 +490,26 @@ impl<B: Backend> CausalLm<B> {
     ) -> Tensor<B, 3> {
         let [b, t] = input_ids.dims();
         let d = self.model.embed_tokens.dims()[1];
-        let mut x = self.model.embed_tokens.val().select(0, input_ids.reshape([b * t])).reshape([b, t, d]);
+        let mut x =
+            self.model.embed_tokens.val().select(0, input_ids.reshape([b * t])).reshape([b, t, d]);
         let tables = rope.tables(&positions);
-        let (h, kv) = self.model.layers.first().map_or((1, 1), |l| (l.self_attn.n_heads, l.self_attn.n_kv_heads));
+        let (h, kv) = self
+            .model
+            .layers
+            .first()
+            .map_or((1, 1), |l| (l.self_attn.n_heads, l.self_attn.n_kv_heads));
         let rope_q = tables.for_heads(h);
         let rope_k = if kv == h { rope_q.clone() } else { tables.for_heads(kv) };
         let start = cache.as_deref().map_or(0, KvCache::len);
         for (i, layer) in self.model.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| (&mut c.layers[i], start));
-            let a = layer.self_attn.forward(layer.input_layernorm.forward(x.clone()), &rope_q, &rope_k, mask, slot);
+            let a = layer.self_attn.forward(
+                layer.input_layernorm.forward(x.clone()),
+                &rope_q,
+                &rope_k,
+                mask,
+                slot,
+            );
             x = x + a;
             x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
         }
@@ -433,7 +539,13 @@ impl<B: Backend> CausalLm<B> {
     }
 
     /// Logits `[batch, seq, vocab]` for every position (no cache).
-    pub fn forward(&self, input_ids: Tensor<B, 2, Int>, positions: Tensor<B, 2, Int>, rope: &Rope<B>, mask: &AttnMask<B>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        positions: Tensor<B, 2, Int>,
+        rope: &Rope<B>,
+        mask: &AttnMask<B>,
+    ) -> Tensor<B, 3> {
         self.logits(self.forward_hidden(input_ids, positions, rope, mask, None))
     }
 }
@@ -449,13 +561,20 @@ impl<B: Backend> CausalLm<B> {
     /// the name is the HF one.)
     pub fn params_mut(&mut self) -> Vec<(String, ParamMut<'_, B>)> {
         let mut out: Vec<(String, ParamMut<'_, B>)> = Vec::new();
-        fn lin<'a, B: Backend>(out: &mut Vec<(String, ParamMut<'a, B>)>, name: String, l: &'a mut Linear<B>) {
+        fn lin<'a, B: Backend>(
+            out: &mut Vec<(String, ParamMut<'a, B>)>,
+            name: String,
+            l: &'a mut Linear<B>,
+        ) {
             out.push((format!("{name}.weight"), ParamMut::Matrix(&mut l.weight)));
             if let Some(b) = l.bias.as_mut() {
                 out.push((format!("{name}.bias"), ParamMut::Vector(b)));
             }
         }
-        out.push(("model.embed_tokens.weight".into(), ParamMut::Matrix(&mut self.model.embed_tokens)));
+        out.push((
+            "model.embed_tokens.weight".into(),
+            ParamMut::Matrix(&mut self.model.embed_tokens),
+        ));
         for (i, l) in self.model.layers.iter_mut().enumerate() {
             let p = format!("model.layers.{i}");
             let a = &mut l.self_attn;
@@ -472,8 +591,14 @@ impl<B: Backend> CausalLm<B> {
             lin(&mut out, format!("{p}.mlp.gate_proj"), &mut l.mlp.gate_proj);
             lin(&mut out, format!("{p}.mlp.up_proj"), &mut l.mlp.up_proj);
             lin(&mut out, format!("{p}.mlp.down_proj"), &mut l.mlp.down_proj);
-            out.push((format!("{p}.input_layernorm.weight"), ParamMut::Vector(&mut l.input_layernorm.weight)));
-            out.push((format!("{p}.post_attention_layernorm.weight"), ParamMut::Vector(&mut l.post_attention_layernorm.weight)));
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                ParamMut::Vector(&mut l.input_layernorm.weight),
+            ));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                ParamMut::Vector(&mut l.post_attention_layernorm.weight),
+            ));
         }
         out.push(("model.norm.weight".into(), ParamMut::Vector(&mut self.model.norm.weight)));
         if let Some(h) = self.lm_head.as_mut() {

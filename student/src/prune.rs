@@ -10,10 +10,18 @@ use crate::error::{Error, Result};
 use crate::hf::{self, Assets, ExportOptions};
 
 /// Write `src` with only the decoder layers in `keep` (in that order) to `out`.
-pub fn prune_layers(src: &Path, keep: &[usize], out: &Path, dtype: SaveDtype) -> Result<ModelConfig> {
+pub fn prune_layers(
+    src: &Path,
+    keep: &[usize],
+    out: &Path,
+    dtype: SaveDtype,
+) -> Result<ModelConfig> {
     let mut cfg = ModelConfig::from_file(&src.join("config.json"))?;
     if keep.is_empty() || keep.iter().any(|&l| l >= cfg.num_hidden_layers) {
-        return Err(Error::Invalid(format!("layers to keep {keep:?} must be a non-empty subset of 0..{}", cfg.num_hidden_layers)));
+        return Err(Error::Invalid(format!(
+            "layers to keep {keep:?} must be a non-empty subset of 0..{}",
+            cfg.num_hidden_layers
+        )));
     }
     let ckpt = Checkpoint::open(src)?;
     let mut tensors = Vec::new();
@@ -21,8 +29,11 @@ pub fn prune_layers(src: &Path, keep: &[usize], out: &Path, dtype: SaveDtype) ->
         let new_name = match name.strip_prefix("model.layers.") {
             None => Some(name.to_string()),
             Some(rest) => {
-                let (idx, tail) = rest.split_once('.').ok_or_else(|| Error::Invalid(format!("odd tensor name {name}")))?;
-                let idx: usize = idx.parse().map_err(|_| Error::Invalid(format!("odd tensor name {name}")))?;
+                let (idx, tail) = rest
+                    .split_once('.')
+                    .ok_or_else(|| Error::Invalid(format!("odd tensor name {name}")))?;
+                let idx: usize =
+                    idx.parse().map_err(|_| Error::Invalid(format!("odd tensor name {name}")))?;
                 keep.iter().position(|&k| k == idx).map(|new| format!("model.layers.{new}.{tail}"))
             }
         };
@@ -33,7 +44,7 @@ pub fn prune_layers(src: &Path, keep: &[usize], out: &Path, dtype: SaveDtype) ->
         }
     }
     // Checkpoint order: by layer index, then name.
-    tensors.sort_by(|a, b| layer_key(&a.0).cmp(&layer_key(&b.0)));
+    tensors.sort_by_key(|a| layer_key(&a.0));
     cfg.num_hidden_layers = keep.len();
     let opts = ExportOptions { dtype, overwrite: true, ..Default::default() };
     hf::write_dir(out, &tensors, &cfg, &Assets::read(src)?, &opts)?;
@@ -41,6 +52,12 @@ pub fn prune_layers(src: &Path, keep: &[usize], out: &Path, dtype: SaveDtype) ->
 }
 
 fn layer_key(name: &str) -> (usize, String) {
-    let idx = name.strip_prefix("model.layers.").and_then(|r| r.split('.').next()).and_then(|i| i.parse::<usize>().ok());
-    (idx.map_or(if name.starts_with("model.embed") { 0 } else { usize::MAX }, |i| i + 1), name.to_string())
+    let idx = name
+        .strip_prefix("model.layers.")
+        .and_then(|r| r.split('.').next())
+        .and_then(|i| i.parse::<usize>().ok());
+    (
+        idx.map_or(if name.starts_with("model.embed") { 0 } else { usize::MAX }, |i| i + 1),
+        name.to_string(),
+    )
 }

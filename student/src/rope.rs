@@ -18,7 +18,12 @@ pub fn inv_freq(cfg: &ModelConfig) -> (Vec<f32>, f32) {
     let (freqs, scale) = match &cfg.rope_scaling {
         RopeScaling::None => (plain, 1.0),
         RopeScaling::Linear { factor } => (plain.iter().map(|f| f / factor).collect(), 1.0),
-        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: old } => {
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings: old,
+        } => {
             let low_wavelen = old / low_freq_factor;
             let high_wavelen = old / high_freq_factor;
             let f = plain
@@ -30,15 +35,24 @@ pub fn inv_freq(cfg: &ModelConfig) -> (Vec<f32>, f32) {
                     } else if wavelen > low_wavelen {
                         inv / factor
                     } else {
-                        let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        let smooth = (old / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
                         (1.0 - smooth) * inv / factor + smooth * inv
                     }
                 })
                 .collect();
             (f, 1.0)
         }
-        RopeScaling::Yarn { factor, original_max_position_embeddings: old, beta_fast, beta_slow, attention_factor } => {
-            let correction = |rot: f64| (dim as f64 * (old / (rot * 2.0 * std::f64::consts::PI)).ln()) / (2.0 * base.ln());
+        RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings: old,
+            beta_fast,
+            beta_slow,
+            attention_factor,
+        } => {
+            let correction = |rot: f64| {
+                (dim as f64 * (old / (rot * 2.0 * std::f64::consts::PI)).ln()) / (2.0 * base.ln())
+            };
             let low = correction(*beta_fast).floor().max(0.0);
             let high = correction(*beta_slow).ceil().min(dim as f64 - 1.0);
             let high = if low == high { high + 0.001 } else { high };
@@ -51,7 +65,11 @@ pub fn inv_freq(cfg: &ModelConfig) -> (Vec<f32>, f32) {
                     interp * (1.0 - extrapolation) + extrap * extrapolation
                 })
                 .collect();
-            let mscale = attention_factor.unwrap_or(if *factor <= 1.0 { 1.0 } else { 0.1 * factor.ln() + 1.0 });
+            let mscale = attention_factor.unwrap_or(if *factor <= 1.0 {
+                1.0
+            } else {
+                0.1 * factor.ln() + 1.0
+            });
             (f, mscale)
         }
     };
@@ -83,7 +101,11 @@ impl<B: Backend> Rope<B> {
             sin = sin.mul_scalar(self.scale);
         }
         // rotate_half(x) * sin == swap_halves(x) * [-sin, sin]
-        RopeTables { cos: Tensor::cat(vec![cos.clone(), cos], 1), sin_signed: Tensor::cat(vec![sin.clone().neg(), sin], 1), rows: b * t }
+        RopeTables {
+            cos: Tensor::cat(vec![cos.clone(), cos], 1),
+            sin_signed: Tensor::cat(vec![sin.clone().neg(), sin], 1),
+            rows: b * t,
+        }
     }
 }
 
@@ -99,18 +121,28 @@ impl<B: Backend> RopeTables<B> {
     /// The tables repeated for `n` heads: `[batch*seq*n, head_dim]`, rows in (batch, seq, head) order.
     pub fn for_heads(&self, n: usize) -> (Tensor<B, 2>, Tensor<B, 2>) {
         let d = self.cos.dims()[1];
-        let rep = |x: &Tensor<B, 2>| x.clone().reshape([self.rows, 1, d]).expand([self.rows, n, d]).reshape([self.rows * n, d]);
+        let rep = |x: &Tensor<B, 2>| {
+            x.clone()
+                .reshape([self.rows, 1, d])
+                .expand([self.rows, n, d])
+                .reshape([self.rows * n, d])
+        };
         (rep(&self.cos), rep(&self.sin_signed))
     }
 }
 
 /// Rotate `x` `[batch, seq, heads, head_dim]` (HF's rotate_half convention) with tables from
 /// [`RopeTables::for_heads`]. Works on 2-D views so every element-wise op is a contiguous one.
-pub fn apply<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 2>, sin_signed: &Tensor<B, 2>) -> Tensor<B, 4> {
+pub fn apply<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: &Tensor<B, 2>,
+    sin_signed: &Tensor<B, 2>,
+) -> Tensor<B, 4> {
     let dims = x.dims();
     let d = dims[3];
     let x2 = x.reshape([dims[0] * dims[1] * dims[2], d]);
-    let swapped = Tensor::cat(vec![x2.clone().narrow(1, d / 2, d / 2), x2.clone().narrow(1, 0, d / 2)], 1);
+    let swapped =
+        Tensor::cat(vec![x2.clone().narrow(1, d / 2, d / 2), x2.clone().narrow(1, 0, d / 2)], 1);
     // The tables are f32; under bf16 compute they are cast to the activations' dtype.
     let dt = x2.dtype();
     (x2 * cos.clone().cast(dt) + swapped * sin_signed.clone().cast(dt)).reshape(dims)

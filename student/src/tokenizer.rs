@@ -9,6 +9,9 @@ use crate::chat::ChatTemplate;
 use crate::error::{Error, Result};
 use crate::hf::Assets;
 
+/// A token's byte range `start..end` in the encoded text.
+pub type Span = (usize, usize);
+
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
     pub bos_token: Option<String>,
@@ -20,7 +23,10 @@ pub struct TextTokenizer {
 
 impl std::fmt::Debug for TextTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TextTokenizer").field("vocab", &self.vocab_size()).field("eos", &self.eos_token).finish()
+        f.debug_struct("TextTokenizer")
+            .field("vocab", &self.vocab_size())
+            .field("eos", &self.eos_token)
+            .finish()
     }
 }
 
@@ -43,14 +49,17 @@ impl TextTokenizer {
             .tokenizer_json
             .as_ref()
             .ok_or_else(|| Error::Tokenizer(format!("{} has no tokenizer.json", dir.display())))?;
-        let inner = tokenizers::Tokenizer::from_bytes(bytes)
-            .map_err(|e| Error::Tokenizer(format!("{}: {e}", dir.join("tokenizer.json").display())))?;
+        let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| {
+            Error::Tokenizer(format!("{}: {e}", dir.join("tokenizer.json").display()))
+        })?;
         let empty = Value::Object(Default::default());
         let tc = assets.tokenizer_config.as_ref().unwrap_or(&empty);
         let bos_token = token_str(tc.get("bos_token"));
         let eos_token = token_str(tc.get("eos_token"));
         let chat = match tc.get("chat_template") {
-            Some(Value::String(t)) => Some(ChatTemplate::new(t, bos_token.as_deref(), eos_token.as_deref())?),
+            Some(Value::String(t)) => {
+                Some(ChatTemplate::new(t, bos_token.as_deref(), eos_token.as_deref())?)
+            }
             // A list of named templates: use "default".
             Some(Value::Array(list)) => list
                 .iter()
@@ -71,7 +80,9 @@ impl TextTokenizer {
         // The template's special tokens must exist in the vocabulary.
         for t in [&tok.bos_token, &tok.eos_token].into_iter().flatten() {
             if tok.token_id(t).is_none() {
-                return Err(Error::Tokenizer(format!("special token '{t}' from tokenizer_config.json is not in the vocabulary")));
+                return Err(Error::Tokenizer(format!(
+                    "special token '{t}' from tokenizer_config.json is not in the vocabulary"
+                )));
             }
         }
         Ok(tok)
@@ -88,7 +99,8 @@ impl TextTokenizer {
     /// Encode text. Special tokens written in the text (`<|im_start|>`) are recognised, as
     /// transformers does; BOS is prepended only if the tokenizer config asks for it.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode_fast(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let enc =
+            self.inner.encode_fast(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
         let mut ids = enc.get_ids().to_vec();
         if self.add_bos
             && let Some(b) = self.bos_token.as_deref().and_then(|b| self.token_id(b))
@@ -100,7 +112,7 @@ impl TextTokenizer {
     }
 
     /// Encode and return each token's byte span in `text`.
-    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<Span>)> {
         let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
     }

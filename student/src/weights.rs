@@ -17,7 +17,12 @@ pub trait WeightSource {
 
 impl dyn WeightSource + '_ {
     /// Tensor `name` of `shape` on `device`.
-    pub fn take<B: Backend, const D: usize>(&mut self, name: &str, shape: &[usize; D], device: &B::Device) -> Result<Tensor<B, D>> {
+    pub fn take<B: Backend, const D: usize>(
+        &mut self,
+        name: &str,
+        shape: &[usize; D],
+        device: &B::Device,
+    ) -> Result<Tensor<B, D>> {
         let data = self.read(name, shape)?;
         Ok(Tensor::from_data(TensorData::new(data, *shape), device))
     }
@@ -80,10 +85,10 @@ pub struct MapSource {
 
 impl WeightSource for MapSource {
     fn read(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let (s, _) = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| Error::MissingTensor { name: name.to_string(), where_: self.origin.clone() })?;
+        let (s, _) = self.tensors.get(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+            where_: self.origin.clone(),
+        })?;
         if s != shape {
             return Err(Error::ShapeMismatch {
                 name: name.to_string(),

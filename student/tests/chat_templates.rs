@@ -8,7 +8,9 @@ use distill_student::chat::ChatTemplate;
 use serde_json::Value;
 
 fn dir() -> &'static Path {
-    Box::leak(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/templates").into_boxed_path())
+    Box::leak(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/templates").into_boxed_path(),
+    )
 }
 
 const TOKENS: &[(&str, Option<&str>, &str)] = &[
@@ -30,11 +32,14 @@ fn msgs(v: &Value) -> Vec<Message> {
 
 #[test]
 fn renders_exactly_like_transformers() {
-    let expected: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(dir().join("expected.json")).unwrap()).unwrap();
+    let expected: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir().join("expected.json")).unwrap())
+            .unwrap();
     assert_eq!(expected.len(), 40);
     for (i, e) in expected.iter().enumerate() {
         let t = template(e["template"].as_str().unwrap());
-        let got = t.render(&msgs(&e["messages"]), e["add_generation_prompt"].as_bool().unwrap()).unwrap();
+        let got =
+            t.render(&msgs(&e["messages"]), e["add_generation_prompt"].as_bool().unwrap()).unwrap();
         assert_eq!(got, e["text"].as_str().unwrap(), "case {i} ({})", e["template"]);
     }
 }
@@ -51,11 +56,19 @@ fn training_text_keeps_the_think_block_and_skips_a_prefilled_think_tag() {
         text,
         "<｜begin▁of▁sentence｜><｜User｜>2+2?<｜Assistant｜><think>\nTwo plus two.\n</think>\n\nThe answer is 4.<｜end▁of▁sentence｜>"
     );
-    assert_eq!(&text[span.clone()], "Two plus two.\n</think>\n\nThe answer is 4.<｜end▁of▁sentence｜>");
+    assert_eq!(
+        &text[span.clone()],
+        "Two plus two.\n</think>\n\nThe answer is 4.<｜end▁of▁sentence｜>"
+    );
     // ChatML has no prefill: the whole completion is the span.
     let t = template("qwen2.5");
     let (text, span) = t.render_for_training(&user, completion).unwrap();
-    assert!(text.ends_with("<|im_start|>assistant\n<think>\nTwo plus two.\n</think>\n\nThe answer is 4.<|im_end|>"), "{text}");
+    assert!(
+        text.ends_with(
+            "<|im_start|>assistant\n<think>\nTwo plus two.\n</think>\n\nThe answer is 4.<|im_end|>"
+        ),
+        "{text}"
+    );
     assert_eq!(&text[span], format!("{completion}<|im_end|>"));
 }
 
@@ -78,13 +91,17 @@ fn spans_cover_each_assistant_turn_and_its_end_marker() {
     // R1-Distill rewrites history turns; spans of a reasoning turn cannot be recovered by prefix
     // rendering, and the renderer says so instead of guessing.
     let r1 = template("deepseek-r1-distill");
-    let with_think = vec![Message::new(Role::User, "Hi"), Message::new(Role::Assistant, "<think>\nhm\n</think>\n\nHello")];
+    let with_think = vec![
+        Message::new(Role::User, "Hi"),
+        Message::new(Role::Assistant, "<think>\nhm\n</think>\n\nHello"),
+    ];
     assert!(r1.render_with_spans(&with_think).is_err());
 }
 
 #[test]
 fn raise_exception_and_bad_templates_are_errors() {
-    let t = ChatTemplate::new("{{ raise_exception('only user turns allowed') }}", None, None).unwrap();
+    let t =
+        ChatTemplate::new("{{ raise_exception('only user turns allowed') }}", None, None).unwrap();
     let e = t.render(&[Message::new(Role::User, "x")], true).unwrap_err().to_string();
     assert!(e.contains("only user turns allowed"), "{e}");
     assert!(ChatTemplate::new("{% for %}", None, None).is_err());
@@ -92,7 +109,12 @@ fn raise_exception_and_bad_templates_are_errors() {
 
 #[test]
 fn tojson_writes_what_python_json_dumps_writes() {
-    let t = ChatTemplate::new("{{ {'b': 1, 'a': [1.0, 'é\"'], 'c': {}} | tojson }}|{{ [1, 2] | tojson(indent=2) }}", None, None).unwrap();
+    let t = ChatTemplate::new(
+        "{{ {'b': 1, 'a': [1.0, 'é\"'], 'c': {}} | tojson }}|{{ [1, 2] | tojson(indent=2) }}",
+        None,
+        None,
+    )
+    .unwrap();
     let got = t.render(&[], false).unwrap();
     assert_eq!(got, "{\"b\": 1, \"a\": [1.0, \"é\\\"\"], \"c\": {}}|[\n  1,\n  2\n]");
 }

@@ -3,11 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
+use distill_student::Error;
 use distill_student::checkpoint::{Checkpoint, SaveDtype};
 use distill_student::device::{Cpu, CpuDevice};
 use distill_student::hf::{self, Assets, ExportOptions};
 use distill_student::weights::{Collect, WeightSink};
-use distill_student::Error;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
@@ -36,10 +36,18 @@ fn import_export_import_is_bit_exact_and_shards() {
         let loaded = hf::load_model::<Cpu>(&src, &dev).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("export");
-        let opts = ExportOptions { dtype: SaveDtype::F32, max_shard_bytes: 100_000, ..Default::default() };
-        let files = hf::export(&loaded.model, &loaded.config, &Assets::read(&src).unwrap(), &out, &opts).unwrap();
-        assert!(out.join("model.safetensors.index.json").exists(), "{name}: 100 kB shards should give an index");
-        assert!(files.iter().filter(|f| f.extension().is_some_and(|e| e == "safetensors")).count() >= 3);
+        let opts =
+            ExportOptions { dtype: SaveDtype::F32, max_shard_bytes: 100_000, ..Default::default() };
+        let files =
+            hf::export(&loaded.model, &loaded.config, &Assets::read(&src).unwrap(), &out, &opts)
+                .unwrap();
+        assert!(
+            out.join("model.safetensors.index.json").exists(),
+            "{name}: 100 kB shards should give an index"
+        );
+        assert!(
+            files.iter().filter(|f| f.extension().is_some_and(|e| e == "safetensors")).count() >= 3
+        );
         assert!(out.join("generation_config.json").exists() && out.join("config.json").exists());
 
         let a = tensors(&src);
@@ -47,26 +55,41 @@ fn import_export_import_is_bit_exact_and_shards() {
         assert_eq!(a.len(), b.len());
         for ((na, sa, da), (nb, sb, db)) in a.iter().zip(&b) {
             assert_eq!((na, sa), (nb, sb));
-            assert!(da.iter().zip(db).all(|(x, y)| x.to_bits() == y.to_bits()), "{name}: {na} changed");
+            assert!(
+                da.iter().zip(db).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{name}: {na} changed"
+            );
         }
         // Every tensor of the original checkpoint is in the export (tied models write no lm_head).
         let orig = Checkpoint::open(&src).unwrap();
         let new = Checkpoint::open(&out).unwrap();
         assert_eq!(orig.names().collect::<Vec<_>>(), new.names().collect::<Vec<_>>(), "{name}");
         // Exporting over an existing directory is refused unless asked.
-        assert!(hf::export(&loaded.model, &loaded.config, &Assets::default(), &out, &opts).is_err());
+        assert!(
+            hf::export(&loaded.model, &loaded.config, &Assets::default(), &out, &opts).is_err()
+        );
         let over = ExportOptions { overwrite: true, ..opts };
         hf::export(&loaded.model, &loaded.config, &Assets::default(), &out, &over).unwrap();
         // For scripts/reference/tiny_models.py check-export (run by hand; results in docs/models.md).
         if let Some(keep) = std::env::var_os("DISTILL_KEEP_EXPORTS") {
             for (dtype, tag) in [(SaveDtype::F32, "f32"), (SaveDtype::Bf16, "bf16")] {
                 let dst = Path::new(&keep).join(format!("{name}-{tag}"));
-                let o = ExportOptions { dtype, overwrite: true, max_shard_bytes: 100_000, ..Default::default() };
-                hf::export(&loaded.model, &loaded.config, &Assets::read(&src).unwrap(), &dst, &o).unwrap();
+                let o = ExportOptions {
+                    dtype,
+                    overwrite: true,
+                    max_shard_bytes: 100_000,
+                    ..Default::default()
+                };
+                hf::export(&loaded.model, &loaded.config, &Assets::read(&src).unwrap(), &dst, &o)
+                    .unwrap();
             }
         }
         // No temp directories are left beside the export.
-        let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name() != "export").collect();
+        let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name() != "export")
+            .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 }
@@ -77,8 +100,10 @@ fn bf16_export_rounds_to_bf16() {
     let loaded = hf::load_model::<Cpu>(&src, &CpuDevice::default()).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("bf16");
-    hf::export(&loaded.model, &loaded.config, &Assets::default(), &out, &ExportOptions::default()).unwrap();
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    hf::export(&loaded.model, &loaded.config, &Assets::default(), &out, &ExportOptions::default())
+        .unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["torch_dtype"], "bfloat16");
     for ((n, _, a), (_, _, b)) in tensors(&src).iter().zip(tensors(&out).iter()) {
         for (x, y) in a.iter().zip(b) {
@@ -122,10 +147,17 @@ fn a_wrong_shape_names_the_tensor_and_both_shapes() {
     let tmp = tempfile::tempdir().unwrap();
     copy_dir(&fixture("tiny-llama"), tmp.path());
     let cfg_path = tmp.path().join("config.json");
-    let cfg = std::fs::read_to_string(&cfg_path).unwrap().replace("\"intermediate_size\": 112", "\"intermediate_size\": 128");
+    let cfg = std::fs::read_to_string(&cfg_path)
+        .unwrap()
+        .replace("\"intermediate_size\": 112", "\"intermediate_size\": 128");
     std::fs::write(&cfg_path, cfg).unwrap();
     let e = load_err(tmp.path());
-    assert!(e.contains("model.layers.0.mlp.gate_proj.weight") && e.contains("[112, 64]") && e.contains("[128, 64]"), "{e}");
+    assert!(
+        e.contains("model.layers.0.mlp.gate_proj.weight")
+            && e.contains("[112, 64]")
+            && e.contains("[128, 64]"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -134,7 +166,9 @@ fn a_missing_tensor_is_named() {
     copy_dir(&fixture("tiny-qwen2"), tmp.path());
     // Untie the embeddings in the config: the checkpoint has no lm_head.
     let cfg_path = tmp.path().join("config.json");
-    let cfg = std::fs::read_to_string(&cfg_path).unwrap().replace("\"tie_word_embeddings\": true", "\"tie_word_embeddings\": false");
+    let cfg = std::fs::read_to_string(&cfg_path)
+        .unwrap()
+        .replace("\"tie_word_embeddings\": true", "\"tie_word_embeddings\": false");
     std::fs::write(&cfg_path, cfg).unwrap();
     let e = load_err(tmp.path());
     assert!(e.contains("lm_head.weight") && e.contains("missing"), "{e}");
@@ -148,7 +182,10 @@ fn a_config_missing_a_required_key_names_it() {
     let cfg = std::fs::read_to_string(&cfg_path).unwrap().replace("\"num_hidden_layers\": 2,", "");
     std::fs::write(&cfg_path, cfg).unwrap();
     let e = load_err(tmp.path());
-    assert!(e.contains("config.json") && e.contains("missing required key `num_hidden_layers`"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("missing required key `num_hidden_layers`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -156,7 +193,9 @@ fn unused_tensors_are_reported() {
     let tmp = tempfile::tempdir().unwrap();
     copy_dir(&fixture("tiny-llama"), tmp.path());
     let cfg_path = tmp.path().join("config.json");
-    let cfg = std::fs::read_to_string(&cfg_path).unwrap().replace("\"tie_word_embeddings\": false", "\"tie_word_embeddings\": true");
+    let cfg = std::fs::read_to_string(&cfg_path)
+        .unwrap()
+        .replace("\"tie_word_embeddings\": false", "\"tie_word_embeddings\": true");
     std::fs::write(&cfg_path, cfg).unwrap();
     let loaded = hf::load_model::<Cpu>(tmp.path(), &CpuDevice::default()).unwrap();
     assert_eq!(loaded.unused, vec!["lm_head.weight".to_string()]);

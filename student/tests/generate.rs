@@ -14,14 +14,21 @@ use distill_student::masks;
 use distill_student::model::AttnMask;
 
 fn load() -> hf::Loaded<Cpu> {
-    hf::load_model::<Cpu>(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama"), &CpuDevice::default()).unwrap()
+    hf::load_model::<Cpu>(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama"),
+        &CpuDevice::default(),
+    )
+    .unwrap()
 }
 
 fn full_logits(m: &hf::Loaded<Cpu>, ids: &[u32]) -> Vec<f32> {
     let dev = CpuDevice::default();
     let rope = distill_student::rope::Rope::<Cpu>::new(&m.config, &dev);
     let n = ids.len();
-    let t = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(ids.iter().map(|&x| x as i64).collect::<Vec<_>>(), [1, n]), &dev);
+    let t = Tensor::<Cpu, 2, Int>::from_data(
+        TensorData::new(ids.iter().map(|&x| x as i64).collect::<Vec<_>>(), [1, n]),
+        &dev,
+    );
     let l = m.model.forward(t, masks::positions(1, n, 0, &dev), &rope, &AttnMask::Causal);
     l.narrow(1, n - 1, 1).into_data().convert::<f32>().into_vec().unwrap()
 }
@@ -35,7 +42,13 @@ fn cached_greedy_decoding_equals_recomputing_everything() {
     let m = load();
     let engine = Engine::new(&m.model, &m.config, None, CpuDevice::default());
     let prompt = vec![5u32, 17, 42, 8, 77, 3];
-    let out = engine.generate(&[prompt.clone()], &SamplingParams { max_tokens: 12, ..Default::default() }, |_| {}).unwrap();
+    let out = engine
+        .generate(
+            std::slice::from_ref(&prompt),
+            &SamplingParams { max_tokens: 12, ..Default::default() },
+            |_| {},
+        )
+        .unwrap();
     let mut seq = prompt.clone();
     for &t in &out[0].ids {
         assert_eq!(t, argmax(&full_logits(&m, &seq)), "after {} tokens", seq.len() - prompt.len());
@@ -53,8 +66,17 @@ fn the_cache_crosses_block_boundaries_with_padding_and_stays_exact() {
     assert_eq!(distill_student::model::KV_BLOCK, 128);
     let m = load();
     let engine = Engine::new(&m.model, &m.config, None, CpuDevice::default());
-    let prompts: Vec<Vec<u32>> = [120usize, 97].iter().map(|&n| (0..n as u32).map(|i| 3 + (i * 37) % 90).collect()).collect();
-    let out = engine.generate(&prompts, &SamplingParams { max_tokens: 150, logprobs: 1, ..Default::default() }, |_| {}).unwrap();
+    let prompts: Vec<Vec<u32>> = [120usize, 97]
+        .iter()
+        .map(|&n| (0..n as u32).map(|i| 3 + (i * 37) % 90).collect())
+        .collect();
+    let out = engine
+        .generate(
+            &prompts,
+            &SamplingParams { max_tokens: 150, logprobs: 1, ..Default::default() },
+            |_| {},
+        )
+        .unwrap();
     for (p, c) in prompts.iter().zip(&out) {
         assert_eq!(c.ids.len(), 150);
         let lp = c.logprobs.as_ref().unwrap();
@@ -64,7 +86,11 @@ fn the_cache_crosses_block_boundaries_with_padding_and_stays_exact() {
             assert_eq!(t, argmax(&full), "prompt of {}, token {i}", p.len());
             let max = full.iter().cloned().fold(f32::MIN, f32::max);
             let lse = max + full.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
-            assert!((lp.token_logprobs[i] - (full[t as usize] - lse)).abs() < 1e-4, "prompt of {}, token {i}", p.len());
+            assert!(
+                (lp.token_logprobs[i] - (full[t as usize] - lse)).abs() < 1e-4,
+                "prompt of {}, token {i}",
+                p.len()
+            );
             seq.push(t);
         }
     }
@@ -88,14 +114,25 @@ fn seeds_reproduce_and_sampling_knobs_work() {
     let m = load();
     let engine = Engine::new(&m.model, &m.config, None, CpuDevice::default());
     let prompts = vec![vec![5u32, 17, 42], vec![9u32, 10]];
-    let p = SamplingParams { temperature: 1.0, top_p: 0.95, max_tokens: 16, seed: 7, ..Default::default() };
+    let p = SamplingParams {
+        temperature: 1.0,
+        top_p: 0.95,
+        max_tokens: 16,
+        seed: 7,
+        ..Default::default()
+    };
     let a = engine.generate(&prompts, &p, |_| {}).unwrap();
     let b = engine.generate(&prompts, &p, |_| {}).unwrap();
-    assert_eq!(a.iter().map(|c| &c.ids).collect::<Vec<_>>(), b.iter().map(|c| &c.ids).collect::<Vec<_>>());
+    assert_eq!(
+        a.iter().map(|c| &c.ids).collect::<Vec<_>>(),
+        b.iter().map(|c| &c.ids).collect::<Vec<_>>()
+    );
     let c = engine.generate(&prompts, &SamplingParams { seed: 8, ..p.clone() }, |_| {}).unwrap();
     assert_ne!(a[0].ids, c[0].ids, "another seed should sample differently");
     // top_k = 1 is greedy whatever the temperature.
-    let greedy = engine.generate(&prompts, &SamplingParams { max_tokens: 16, ..Default::default() }, |_| {}).unwrap();
+    let greedy = engine
+        .generate(&prompts, &SamplingParams { max_tokens: 16, ..Default::default() }, |_| {})
+        .unwrap();
     let k1 = engine.generate(&prompts, &SamplingParams { top_k: 1, ..p }, |_| {}).unwrap();
     assert_eq!(greedy[0].ids, k1[0].ids);
 }
@@ -105,11 +142,23 @@ fn stop_ids_end_a_sequence_and_logprobs_are_the_models() {
     let m = load();
     let engine = Engine::new(&m.model, &m.config, None, CpuDevice::default());
     let prompt = vec![5u32, 17, 42, 8];
-    let free = engine.generate(&[prompt.clone()], &SamplingParams { max_tokens: 8, logprobs: 5, ..Default::default() }, |_| {}).unwrap();
+    let free = engine
+        .generate(
+            std::slice::from_ref(&prompt),
+            &SamplingParams { max_tokens: 8, logprobs: 5, ..Default::default() },
+            |_| {},
+        )
+        .unwrap();
     // Stop at the third generated token.
     let stop = free[0].ids[2];
     let first_stop = free[0].ids.iter().position(|&t| t == stop).unwrap();
-    let stopped = engine.generate(&[prompt.clone()], &SamplingParams { max_tokens: 8, stop_ids: vec![stop], ..Default::default() }, |_| {}).unwrap();
+    let stopped = engine
+        .generate(
+            std::slice::from_ref(&prompt),
+            &SamplingParams { max_tokens: 8, stop_ids: vec![stop], ..Default::default() },
+            |_| {},
+        )
+        .unwrap();
     assert_eq!(stopped[0].ids, free[0].ids[..=first_stop].to_vec());
     assert_eq!(stopped[0].finish_reason, FinishReason::Stop);
 

@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
+use distill_student::gguf::GgufFile;
 use distill_student::gguf::dequant::{self, dequantize};
 use distill_student::gguf::import::{hf_name, unpermute};
-use distill_student::gguf::GgufFile;
 use safetensors::SafeTensors;
 
 const TYPES: &[(&str, u32)] = &[
@@ -24,12 +24,20 @@ const TYPES: &[(&str, u32)] = &[
 
 #[test]
 fn dequantization_matches_gguf_py() {
-    let bytes = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf-dequant.safetensors")).unwrap();
+    let bytes = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf-dequant.safetensors"),
+    )
+    .unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     for (name, ty) in TYPES {
         let raw = st.tensor(&format!("bytes_{name}")).unwrap();
-        let want: Vec<f32> =
-            st.tensor(&format!("values_{name}")).unwrap().data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let want: Vec<f32> = st
+            .tensor(&format!("values_{name}"))
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         let got = dequantize(*ty, raw.data(), want.len()).unwrap();
         assert_eq!(got.len(), want.len(), "{name}");
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -50,7 +58,8 @@ fn unpermute_inverts_llama_cpp_permute() {
             for i in 0..hd / 2 {
                 let src = h * hd + s * (hd / 2) + i;
                 let dst = h * hd + i * 2 + s;
-                permuted[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
+                permuted[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&w[src * cols..(src + 1) * cols]);
             }
         }
     }
@@ -59,9 +68,18 @@ fn unpermute_inverts_llama_cpp_permute() {
 
 #[test]
 fn tensor_names_map_to_hugging_face() {
-    assert_eq!(hf_name("blk.7.attn_q.weight").as_deref(), Some("model.layers.7.self_attn.q_proj.weight"));
-    assert_eq!(hf_name("blk.0.attn_k.bias").as_deref(), Some("model.layers.0.self_attn.k_proj.bias"));
-    assert_eq!(hf_name("blk.3.attn_q_norm.weight").as_deref(), Some("model.layers.3.self_attn.q_norm.weight"));
+    assert_eq!(
+        hf_name("blk.7.attn_q.weight").as_deref(),
+        Some("model.layers.7.self_attn.q_proj.weight")
+    );
+    assert_eq!(
+        hf_name("blk.0.attn_k.bias").as_deref(),
+        Some("model.layers.0.self_attn.k_proj.bias")
+    );
+    assert_eq!(
+        hf_name("blk.3.attn_q_norm.weight").as_deref(),
+        Some("model.layers.3.self_attn.q_norm.weight")
+    );
     assert_eq!(hf_name("token_embd.weight").as_deref(), Some("model.embed_tokens.weight"));
     assert_eq!(hf_name("output.weight").as_deref(), Some("lm_head.weight"));
     assert_eq!(hf_name("rope_freqs.weight"), None);
@@ -111,7 +129,13 @@ fn an_unsupported_tensor_type_is_named() {
     let p = tmp.path().join("q2k.gguf");
     std::fs::write(&p, gguf(&[("blk.0.attn_q.weight", &[256, 1], 10, vec![0; 84])])).unwrap();
     let e = GgufFile::open(&p).err().unwrap().to_string();
-    assert!(e.contains("q2k.gguf") && e.contains("blk.0.attn_q.weight") && e.contains("Q2_K") && e.contains("not supported"), "{e}");
+    assert!(
+        e.contains("q2k.gguf")
+            && e.contains("blk.0.attn_q.weight")
+            && e.contains("Q2_K")
+            && e.contains("not supported"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -121,7 +145,10 @@ fn a_truncated_gguf_is_a_clear_error() {
     let full = gguf(&[("token_embd.weight", &[32, 4], dequant::Q8_0, vec![0; 136])]);
     std::fs::write(&p, &full[..full.len() - 50]).unwrap();
     let e = GgufFile::open(&p).err().unwrap().to_string();
-    assert!(e.contains("cut.gguf") && e.contains("token_embd.weight") && e.contains("truncated"), "{e}");
+    assert!(
+        e.contains("cut.gguf") && e.contains("token_embd.weight") && e.contains("truncated"),
+        "{e}"
+    );
     std::fs::write(&p, &full[..30]).unwrap();
     let e = GgufFile::open(&p).err().unwrap().to_string();
     assert!(e.contains("cut.gguf") && e.contains("past the end"), "{e}");

@@ -17,8 +17,18 @@ fn packed_documents_lose_what_they_lose_alone() {
     let dev = CpuDevice::default();
     let m = hf::load_model::<Cpu>(&dir, &dev).unwrap();
     let rope = Rope::<Cpu>::new(&m.config, &dev);
-    let ex = |ids: Vec<u32>, prompt: usize| Example { id: "x".into(), prompt_id: "p".into(), assistant: (0..ids.len()).map(|i| i >= prompt).collect(), ids, kd: None };
-    let docs = vec![ex(vec![5, 17, 42, 8, 77, 3, 19, 2], 3), ex(vec![9, 10, 11, 12, 13, 2], 2), ex(vec![60, 61, 62, 63, 64, 65, 66, 67, 68, 2], 4)];
+    let ex = |ids: Vec<u32>, prompt: usize| Example {
+        id: "x".into(),
+        prompt_id: "p".into(),
+        assistant: (0..ids.len()).map(|i| i >= prompt).collect(),
+        ids,
+        kd: None,
+    };
+    let docs = vec![
+        ex(vec![5, 17, 42, 8, 77, 3, 19, 2], 3),
+        ex(vec![9, 10, 11, 12, 13, 2], 2),
+        ex(vec![60, 61, 62, 63, 64, 65, 66, 67, 68, 2], 4),
+    ];
     let len: usize = docs.iter().map(|d| d.ids.len()).sum::<usize>() + 3; // and some padding
     let packed = pack::build(&docs, &[vec![0, 1, 2]], len, 0);
     for d in 0..docs.len() {
@@ -40,6 +50,9 @@ fn packed_documents_lose_what_they_lose_alone() {
     // And without the block-diagonal mask the documents would see each other.
     let mut leaky = packed.clone();
     leaky.docs.iter_mut().for_each(|x| *x = 0);
-    let (a, b) = (losses(&m.model, &rope, &leaky, &dev).ce.into_scalar().elem::<f64>(), losses(&m.model, &rope, &packed, &dev).ce.into_scalar().elem::<f64>());
+    let (a, b) = (
+        losses(&m.model, &rope, &leaky, &dev).ce.into_scalar().elem::<f64>(),
+        losses(&m.model, &rope, &packed, &dev).ce.into_scalar().elem::<f64>(),
+    );
     assert!((a - b).abs() > 1e-3, "one causal mask over the row must change the loss ({a} vs {b})");
 }

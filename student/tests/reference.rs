@@ -28,9 +28,17 @@ fn reference(dir: &Path, which: &str) -> Reference {
     let ids = st.tensor(&format!("ids_{which}")).unwrap();
     let logits = st.tensor(&format!("logits_{which}")).unwrap();
     Reference {
-        ids: ids.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
+        ids: ids
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
         shape: ids.shape().to_vec(),
-        logits: logits.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+        logits: logits
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
     }
 }
 

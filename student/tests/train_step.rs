@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use burn::tensor::DType;
 use distill_student::checkpoint::Checkpoint;
 use distill_student::device::{Autodiff, Cpu, CpuDevice};
 use distill_student::hf;
@@ -15,7 +16,6 @@ use distill_student::sft::optim::{AdamW, OptimConfig};
 use distill_student::sft::pack;
 use distill_student::sft::train::optimizer_step;
 use distill_student::weights::{Collect, WeightSink};
-use burn::tensor::DType;
 use serde_json::Value;
 
 type B = Autodiff<Cpu>;
@@ -33,7 +33,9 @@ fn check(name: &str, compute: DType, tol: f64) {
 /// of one packed row; packing gives each document its own loss, so the step is the same.
 fn check_split(name: &str, compute: DType, tol: f64, split: bool) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
-    let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("train-step.json")).unwrap()).unwrap();
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("train-step.json")).unwrap())
+            .unwrap();
     let hp = &reference["hyperparameters"];
     let dev = CpuDevice::default();
     let loaded = hf::load_model::<B>(&dir, &dev).unwrap();
@@ -54,7 +56,10 @@ fn check_split(name: &str, compute: DType, tol: f64, split: bool) {
     let len: usize = examples.iter().map(|e| e.ids.len()).sum();
     let batches = if split {
         let l01 = examples[0].ids.len() + examples[1].ids.len();
-        vec![pack::build(&examples, &[vec![0, 1]], l01, 0), pack::build(&examples, &[vec![2]], examples[2].ids.len(), 0)]
+        vec![
+            pack::build(&examples, &[vec![0, 1]], l01, 0),
+            pack::build(&examples, &[vec![2]], examples[2].ids.len(), 0),
+        ]
     } else {
         vec![pack::build(&examples, &[vec![0, 1, 2]], len, 0)]
     };
@@ -73,21 +78,54 @@ fn check_split(name: &str, compute: DType, tol: f64, split: bool) {
     let mut opt = AdamW::new(cfg.clone());
     for (step, want) in reference["steps"].as_array().unwrap().iter().enumerate() {
         let lr = cfg.lr_at(step as u64, total);
-        assert!(rel(lr, want["lr"].as_f64().unwrap()) < 1e-9 || want["lr"].as_f64().unwrap() == lr, "{name} step {step}: lr {lr}");
-        let out = optimizer_step(&mut model, &rope, &mut opt, &batches, 0.0, cfg.max_grad_norm, lr, compute, &dev);
+        assert!(
+            rel(lr, want["lr"].as_f64().unwrap()) < 1e-9 || want["lr"].as_f64().unwrap() == lr,
+            "{name} step {step}: lr {lr}"
+        );
+        let out = optimizer_step(
+            &mut model,
+            &rope,
+            &mut opt,
+            &batches,
+            0.0,
+            cfg.max_grad_norm,
+            lr,
+            compute,
+            &dev,
+        );
         let e = rel(out.loss, want["loss"].as_f64().unwrap());
-        eprintln!("{name} {compute:?} step {step}: loss {} vs torch {} ({e:.1e})", out.loss, want["loss"]);
+        eprintln!(
+            "{name} {compute:?} step {step}: loss {} vs torch {} ({e:.1e})",
+            out.loss, want["loss"]
+        );
         assert!(e < tol, "{name} step {step}: loss {} vs torch {} ({e:e})", out.loss, want["loss"]);
-        assert!(compute == DType::F32 || e > 1e-6, "{name}: bf16 compute reproduced f32 to {e:e}; was anything cast?");
+        assert!(
+            compute == DType::F32 || e > 1e-6,
+            "{name}: bf16 compute reproduced f32 to {e:e}; was anything cast?"
+        );
         let e = rel(out.grad_norm, want["global_norm"].as_f64().unwrap());
-        eprintln!("{name} {compute:?} step {step}: global norm {} vs torch {} ({e:.1e})", out.grad_norm, want["global_norm"]);
-        assert!(e < tol, "{name} step {step}: global norm {} vs torch {}", out.grad_norm, want["global_norm"]);
-        for (key, ours) in [("grad_norms", &out.grad_norms), ("clipped_grad_norms", &out.clipped_grad_norms)] {
+        eprintln!(
+            "{name} {compute:?} step {step}: global norm {} vs torch {} ({e:.1e})",
+            out.grad_norm, want["global_norm"]
+        );
+        assert!(
+            e < tol,
+            "{name} step {step}: global norm {} vs torch {}",
+            out.grad_norm,
+            want["global_norm"]
+        );
+        for (key, ours) in
+            [("grad_norms", &out.grad_norms), ("clipped_grad_norms", &out.clipped_grad_norms)]
+        {
             let theirs = want[key].as_object().unwrap();
             assert_eq!(theirs.len(), ours.len(), "{name}: every parameter has a gradient");
             for (n, v) in theirs {
                 let e = rel(ours[n], v.as_f64().unwrap());
-                assert!(e < tol, "{name} step {step}: {key}[{n}] = {} vs torch {v} ({e:e})", ours[n]);
+                assert!(
+                    e < tol,
+                    "{name} step {step}: {key}[{n}] = {} vs torch {v} ({e:e})",
+                    ours[n]
+                );
             }
         }
     }
@@ -118,7 +156,9 @@ fn check_split(name: &str, compute: DType, tol: f64, split: bool) {
         let before = original.read_f32(n, shape).unwrap();
         let g0 = want.read_f32(&format!("grad0.{n}"), shape).unwrap();
         let g1 = want.read_f32(&format!("grad1.{n}"), shape).unwrap();
-        let rms = |g: &[f32]| (g.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / g.len() as f64).sqrt();
+        let rms = |g: &[f32]| {
+            (g.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / g.len() as f64).sqrt()
+        };
         let (r0, r1) = (rms(&g0), rms(&g1));
         for i in 0..ours.len() {
             entries += 1;
@@ -126,7 +166,11 @@ fn check_split(name: &str, compute: DType, tol: f64, split: bool) {
             if (g0[i] as f64).abs() < 1e-3 * r0 || (g1[i] as f64).abs() < 1e-3 * r1 {
                 noisy += 1;
                 let lr = cfg.lr_at(1, total);
-                assert!((a - b).abs() <= 2.0 * lr + 1e-6 && (a - w0).abs() <= 2.0 * lr + w0.abs() * 1e-3, "{name}: {n}[{i}] moved out of bounds");
+                assert!(
+                    (a - b).abs() <= 2.0 * lr + 1e-6
+                        && (a - w0).abs() <= 2.0 * lr + w0.abs() * 1e-3,
+                    "{name}: {n}[{i}] moved out of bounds"
+                );
                 continue;
             }
             let e = (a - b).abs() / b.abs().max(1e-2);
@@ -136,7 +180,9 @@ fn check_split(name: &str, compute: DType, tol: f64, split: bool) {
             }
         }
     }
-    eprintln!("{name}: {noisy} of {entries} entries have noise-level gradients; worst of the rest: {worst_at}");
+    eprintln!(
+        "{name}: {noisy} of {entries} entries have noise-level gradients; worst of the rest: {worst_at}"
+    );
     eprintln!("{name}: max relative weight error after 2 steps {worst:e}");
     assert!(worst < 1e-4, "{name}: weights after 2 AdamW steps differ from torch by {worst:e}");
 }

@@ -24,7 +24,10 @@ pub fn normalize_prompt(text: &str) -> String {
 
 /// Lowercase alphanumeric words.
 pub fn words(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
 }
 
 fn hash_gram(g: &[String]) -> u64 {
@@ -56,17 +59,24 @@ impl Decontaminator {
     pub fn from_files(files: &[PathBuf], n: usize) -> Result<Decontaminator> {
         let mut d = Decontaminator { n, grams: HashMap::new(), files: files.to_vec(), problems: 0 };
         for (fi, path) in files.iter().enumerate() {
-            let f = std::fs::File::open(path).map_err(|e| Error::Io { path: path.clone(), source: e })?;
+            let f = std::fs::File::open(path)
+                .map_err(|e| Error::Io { path: path.clone(), source: e })?;
             for item in JsonlLines::new(std::io::BufReader::new(f), path, 16 << 20) {
                 let (line, text) = item?;
-                let text = text.map_err(|m| Error::Config(format!("{}:{line}: {m}", path.display())))?;
+                let text =
+                    text.map_err(|m| Error::Config(format!("{}:{line}: {m}", path.display())))?;
                 if text.trim().is_empty() {
                     continue;
                 }
-                let v: Value = serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}:{line}: invalid JSON: {e}", path.display())))?;
+                let v: Value = serde_json::from_str(&text).map_err(|e| {
+                    Error::Config(format!("{}:{line}: invalid JSON: {e}", path.display()))
+                })?;
                 let problem = problem_text(&v);
                 if problem.is_empty() {
-                    return Err(Error::Config(format!("{}:{line}: no problem/question/prompt/messages field", path.display())));
+                    return Err(Error::Config(format!(
+                        "{}:{line}: no problem/question/prompt/messages field",
+                        path.display()
+                    )));
                 }
                 d.problems += 1;
                 let w = words(&problem);
@@ -82,7 +92,11 @@ impl Decontaminator {
     pub fn check(&self, text: &str) -> Option<Hit> {
         let w = words(text);
         w.windows(self.n).find_map(|g| {
-            self.grams.get(&hash_gram(g)).map(|&(fi, line)| Hit { file: self.files[fi].clone(), line, ngram: g.join(" ") })
+            self.grams.get(&hash_gram(g)).map(|&(fi, line)| Hit {
+                file: self.files[fi].clone(),
+                line,
+                ngram: g.join(" "),
+            })
         })
     }
 }
@@ -95,7 +109,13 @@ fn problem_text(v: &Value) -> String {
     }
     v.get("messages")
         .and_then(Value::as_array)
-        .map(|m| m.iter().filter(|x| x.get("role").and_then(Value::as_str) == Some("user")).filter_map(|x| x.get("content")?.as_str()).collect::<Vec<_>>().join("\n"))
+        .map(|m| {
+            m.iter()
+                .filter(|x| x.get("role").and_then(Value::as_str) == Some("user"))
+                .filter_map(|x| x.get("content")?.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
         .unwrap_or_default()
 }
 
@@ -132,7 +152,10 @@ mod tests {
         let planted = "Question: how many vertical asymptotes does the graph of y = 2/(x^2+x-6) have? Explain.";
         let hit = d.check(planted).expect("a near-copy is caught");
         assert_eq!(hit.line, 1);
-        assert!(d.check("Tom has 3 apples and buys 4 more. How many apples does he have now?").is_none());
+        assert!(
+            d.check("Tom has 3 apples and buys 4 more. How many apples does he have now?")
+                .is_none()
+        );
         assert_eq!(dedup(["A b", "a  B.", "c"].into_iter()), (vec![0, 2], 1));
     }
 }

@@ -115,13 +115,27 @@ pub fn score(p: &Prompt, texts: &[(String, FinishReason, u64)]) -> ProblemResult
             let (reasoning, answer, _) = split_think(text);
             let extracted = extract_answer(&answer).or_else(|| extract_answer(&reasoning));
             let correct = extracted.as_deref().is_some_and(|e| equivalent(&gold, e));
-            SampleResult { extracted, correct, finish_reason: finish.as_str().to_string(), completion_tokens: *tokens, text: text.clone() }
+            SampleResult {
+                extracted,
+                correct,
+                finish_reason: finish.as_str().to_string(),
+                completion_tokens: *tokens,
+                text: text.clone(),
+            }
         })
         .collect();
     let pass = samples.iter().filter(|s| s.correct).count() as f64 / samples.len().max(1) as f64;
     let maj = majority(&samples.iter().map(|s| s.extracted.clone()).collect::<Vec<_>>());
     let cons = maj.as_deref().is_some_and(|m| equivalent(&gold, m));
-    ProblemResult { id: p.id.clone(), row: p.source.row, reference: gold, samples, pass_at_1: pass, majority_answer: maj, cons_correct: cons }
+    ProblemResult {
+        id: p.id.clone(),
+        row: p.source.row,
+        reference: gold,
+        samples,
+        pass_at_1: pass,
+        majority_answer: maj,
+        cons_correct: cons,
+    }
 }
 
 /// The field map a benchmark file needs.
@@ -129,38 +143,57 @@ pub fn fields_for(spec: &BenchSpec) -> Result<FieldMap> {
     if let Some(f) = &spec.fields {
         return Ok(f.clone());
     }
-    let first = std::fs::read_to_string(&spec.file).map_err(|e| Error::Io { path: spec.file.clone(), source: e })?;
+    let first = std::fs::read_to_string(&spec.file)
+        .map_err(|e| Error::Io { path: spec.file.clone(), source: e })?;
     let line = first.lines().find(|l| !l.trim().is_empty()).unwrap_or("{}");
-    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::Config(format!("{}:1: {e}", spec.file.display())))?;
+    let v: serde_json::Value = serde_json::from_str(line)
+        .map_err(|e| Error::Config(format!("{}:1: {e}", spec.file.display())))?;
     Ok(if v.get("question").is_some() && v["answer"].as_str().is_some_and(|a| a.contains("####")) {
-        FieldMap { template: Some("{prompt}\nPlease reason step by step, and put your final answer within \\boxed{}.".into()), ..FieldMap::gsm8k() }
+        FieldMap {
+            template: Some(
+                "{prompt}\nPlease reason step by step, and put your final answer within \\boxed{}."
+                    .into(),
+            ),
+            ..FieldMap::gsm8k()
+        }
     } else if v.get("problem").is_some() {
         FieldMap::math()
     } else {
-        return Err(Error::Config(format!("{}: cannot tell the fields (no problem/answer or question/answer); set [[eval.benchmarks]] fields", spec.file.display())));
+        return Err(Error::Config(format!(
+            "{}: cannot tell the fields (no problem/answer or question/answer); set [[eval.benchmarks]] fields",
+            spec.file.display()
+        )));
     })
 }
 
 /// Read the per-problem results already written (a torn last line from a crash is dropped).
 fn done_results(path: &Path) -> Result<Vec<ProblemResult>> {
     let Ok(text) = std::fs::read_to_string(path) else { return Ok(vec![]) };
-    let good: Vec<ProblemResult> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let body: String = good.iter().map(|r| serde_json::to_string(r).expect("json") + "\n").collect();
+    let good: Vec<ProblemResult> =
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let body: String =
+        good.iter().map(|r| serde_json::to_string(r).expect("json") + "\n").collect();
     distill_data::fsutil::atomic_write(path, body.as_bytes())?;
     Ok(good)
 }
 
 /// Run every benchmark; returns the summaries (also written to `summary.json`).
-pub fn evaluate(cfg: &EvalConfig, teachers: &[Arc<dyn Teacher>], mut progress: impl FnMut(&str, usize, usize)) -> Result<Vec<BenchSummary>> {
+pub fn evaluate(
+    cfg: &EvalConfig,
+    teachers: &[Arc<dyn Teacher>],
+    mut progress: impl FnMut(&str, usize, usize),
+) -> Result<Vec<BenchSummary>> {
     if cfg.k == 0 || cfg.benchmarks.is_empty() {
         return Err(Error::Config("[eval] needs k ≥ 1 and at least one benchmark".into()));
     }
-    std::fs::create_dir_all(&cfg.output).map_err(|e| Error::Io { path: cfg.output.clone(), source: e })?;
+    std::fs::create_dir_all(&cfg.output)
+        .map_err(|e| Error::Io { path: cfg.output.clone(), source: e })?;
     let policy = cfg.retry.policy();
     let mut summaries = Vec::new();
     for spec in &cfg.benchmarks {
         let fields = fields_for(spec)?;
-        let (mut problems, _) = read_prompts(&spec.file, &spec.name, &fields, &ReadOptions::default())?;
+        let (mut problems, _) =
+            read_prompts(&spec.file, &spec.name, &fields, &ReadOptions::default())?;
         if let Some(l) = spec.limit {
             problems.truncate(l);
         }
@@ -173,9 +206,19 @@ pub fn evaluate(cfg: &EvalConfig, teachers: &[Arc<dyn Teacher>], mut progress: i
         let todo: Vec<&Prompt> = problems.iter().filter(|p| !done.contains(&p.id)).collect();
         let reqs: Vec<ChatRequest> = todo
             .iter()
-            .map(|p| ChatRequest { messages: p.messages.clone(), n: cfg.k, sampling: cfg.sampling.clone(), seed: cfg.sampling.seed.map(|s| s ^ p.source.row), logprobs: None })
+            .map(|p| ChatRequest {
+                messages: p.messages.clone(),
+                n: cfg.k,
+                sampling: cfg.sampling.clone(),
+                seed: cfg.sampling.seed.map(|s| s ^ p.source.row),
+                logprobs: None,
+            })
             .collect();
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&out_path).map_err(|e| Error::Io { path: out_path.clone(), source: e })?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&out_path)
+            .map_err(|e| Error::Io { path: out_path.clone(), source: e })?;
         let mut failed = 0u64;
         let total = problems.len();
         let mut finished = results.len();
@@ -195,7 +238,11 @@ pub fn evaluate(cfg: &EvalConfig, teachers: &[Arc<dyn Teacher>], mut progress: i
                                 Some(r) => format!("<think>\n{r}\n</think>\n\n{}", ch.content),
                                 None => ch.content.clone(),
                             };
-                            (text, ch.finish_reason.clone(), ch.completion_tokens.unwrap_or(c.completion_tokens / n))
+                            (
+                                text,
+                                ch.finish_reason.clone(),
+                                ch.completion_tokens.unwrap_or(c.completion_tokens / n),
+                            )
                         })
                         .collect();
                     let r = score(todo[i], &texts);
@@ -218,8 +265,10 @@ pub fn evaluate(cfg: &EvalConfig, teachers: &[Arc<dyn Teacher>], mut progress: i
             k: cfg.k,
             pass_at_1: results.iter().map(|r| r.pass_at_1).sum::<f64>() / m,
             cons_at_k: results.iter().filter(|r| r.cons_correct).count() as f64 / m,
-            mean_completion_tokens: samples.iter().map(|s| s.completion_tokens as f64).sum::<f64>() / samples.len().max(1) as f64,
-            truncated_share: samples.iter().filter(|s| s.finish_reason == "length").count() as f64 / samples.len().max(1) as f64,
+            mean_completion_tokens: samples.iter().map(|s| s.completion_tokens as f64).sum::<f64>()
+                / samples.len().max(1) as f64,
+            truncated_share: samples.iter().filter(|s| s.finish_reason == "length").count() as f64
+                / samples.len().max(1) as f64,
             failed_requests: failed,
         });
     }
@@ -229,6 +278,9 @@ pub fn evaluate(cfg: &EvalConfig, teachers: &[Arc<dyn Teacher>], mut progress: i
         "sampling": cfg.sampling,
         "teachers": teachers.iter().map(|t| t.describe()).collect::<Vec<_>>(),
     });
-    distill_data::fsutil::atomic_write(&cfg.output.join("summary.json"), &serde_json::to_vec_pretty(&summary).expect("json"))?;
+    distill_data::fsutil::atomic_write(
+        &cfg.output.join("summary.json"),
+        &serde_json::to_vec_pretty(&summary).expect("json"),
+    )?;
     Ok(summaries)
 }

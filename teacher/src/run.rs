@@ -15,12 +15,15 @@ use std::time::{Duration, Instant};
 
 use distill_data::prompts::{FieldMap, ReadOptions, dataset_name, read_prompts};
 use distill_data::think::{ThinkBlock, split_think};
-use distill_data::{CorpusWriter, Prompt, Role, SCHEMA_VERSION, Sampling, Teacher as TeacherInfo, Trace, Usage, Verdict, WriterOptions};
+use distill_data::{
+    CorpusWriter, Prompt, Role, SCHEMA_VERSION, Sampling, Teacher as TeacherInfo, Trace, Usage,
+    Verdict, WriterOptions,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::backend::openai::OpenAiConfig;
 use crate::backend::local::LocalConfig;
+use crate::backend::openai::OpenAiConfig;
 use crate::backend::retry::RetryPolicy;
 use crate::backend::{ChatRequest, Completion, SamplingSpec, Teacher};
 use crate::decontam::{Decontaminator, Hit, dedup};
@@ -137,7 +140,11 @@ impl Default for RetryConfig {
 
 impl RetryConfig {
     pub fn policy(&self) -> RetryPolicy {
-        RetryPolicy { max_attempts: self.max_attempts.max(1), base: Duration::from_millis(self.base_ms), cap: Duration::from_secs_f64(self.cap_s) }
+        RetryPolicy {
+            max_attempts: self.max_attempts.max(1),
+            base: Duration::from_millis(self.base_ms),
+            cap: Duration::from_secs_f64(self.cap_s),
+        }
     }
 }
 
@@ -153,9 +160,16 @@ impl GenerateConfig {
         }
         self.fields.validate().map_err(|e| Error::Config(format!("[generate.fields] {e}")))?;
         match self.backend.kind {
-            BackendKind::Openai if self.backend.endpoints.is_empty() => bad("backend kind openai needs at least one [[generate.backend.endpoints]]"),
-            BackendKind::Local if self.backend.local.is_none() => bad("backend kind local needs [generate.backend.local] with model_dir"),
-            _ if !(self.sampling.temperature >= 0.0) || !(self.sampling.top_p > 0.0 && self.sampling.top_p <= 1.0) => {
+            BackendKind::Openai if self.backend.endpoints.is_empty() => {
+                bad("backend kind openai needs at least one [[generate.backend.endpoints]]")
+            }
+            BackendKind::Local if self.backend.local.is_none() => {
+                bad("backend kind local needs [generate.backend.local] with model_dir")
+            }
+            // Written as ranges so that NaN is refused too.
+            _ if !(0.0..=f64::INFINITY).contains(&self.sampling.temperature)
+                || !(f64::MIN_POSITIVE..=1.0).contains(&self.sampling.top_p) =>
+            {
                 bad("sampling.temperature must be ≥ 0 and top_p in (0, 1]")
             }
             _ => Ok(()),
@@ -178,10 +192,22 @@ pub fn load_prompts(cfg: &GenerateConfig) -> Result<PromptSet> {
     let opts = ReadOptions { skip_bad: cfg.skip_bad_lines, ..Default::default() };
     let (prompts, rep) = read_prompts(&cfg.prompts, &dataset, &cfg.fields, &opts)?;
     if prompts.is_empty() {
-        return Err(Error::Config(format!("{}: no prompts ({} lines, {} skipped as bad)", cfg.prompts.display(), rep.lines, rep.skipped.len())));
+        return Err(Error::Config(format!(
+            "{}: no prompts ({} lines, {} skipped as bad)",
+            cfg.prompts.display(),
+            rep.lines,
+            rep.skipped.len()
+        )));
     }
     let read = prompts.len() as u64 + rep.duplicates;
-    let user_text = |p: &Prompt| p.messages.iter().filter(|m| m.role == Role::User).map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
+    let user_text = |p: &Prompt| {
+        p.messages
+            .iter()
+            .filter(|m| m.role == Role::User)
+            .map(|m| m.content.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     let mut prompts = prompts;
     let mut duplicates = rep.duplicates;
     if cfg.dedup {
@@ -189,7 +215,12 @@ pub fn load_prompts(cfg: &GenerateConfig) -> Result<PromptSet> {
         let (kept, dropped) = dedup(texts.iter().map(String::as_str));
         duplicates += dropped as u64;
         let keep: HashSet<usize> = kept.into_iter().collect();
-        prompts = prompts.into_iter().enumerate().filter(|(i, _)| keep.contains(i)).map(|(_, p)| p).collect();
+        prompts = prompts
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| keep.contains(i))
+            .map(|(_, p)| p)
+            .collect();
     }
     let mut contaminated = Vec::new();
     if !cfg.decontaminate_against.is_empty() {
@@ -267,14 +298,49 @@ impl GenerateReport {
             s.push_str(&l);
             s.push('\n');
         };
-        line(format!("prompts: {} read from {}, {} duplicates and {} contaminated dropped, {} bad lines", self.prompts_read, self.prompts_file.display(), self.duplicates_dropped, self.contaminated_dropped.len(), self.bad_lines));
-        line(format!("         {} selected, {} already done, {} done now, {} failed", self.prompts_selected, self.already_done, self.prompts_done, self.prompts_failed.len()));
-        line(format!("samples: {} drawn, {} passed ({:.1}%), {} kept, {} written; {} prompts have a kept trace", self.samples, self.passed, 100.0 * self.pass_rate(), self.kept, self.written, self.prompts_with_a_kept_trace));
+        line(format!(
+            "prompts: {} read from {}, {} duplicates and {} contaminated dropped, {} bad lines",
+            self.prompts_read,
+            self.prompts_file.display(),
+            self.duplicates_dropped,
+            self.contaminated_dropped.len(),
+            self.bad_lines
+        ));
+        line(format!(
+            "         {} selected, {} already done, {} done now, {} failed",
+            self.prompts_selected,
+            self.already_done,
+            self.prompts_done,
+            self.prompts_failed.len()
+        ));
+        line(format!(
+            "samples: {} drawn, {} passed ({:.1}%), {} kept, {} written; {} prompts have a kept trace",
+            self.samples,
+            self.passed,
+            100.0 * self.pass_rate(),
+            self.kept,
+            self.written,
+            self.prompts_with_a_kept_trace
+        ));
         for (v, n) in &self.rejected_by {
             line(format!("         rejected by {v}: {n}"));
         }
-        line(format!("tokens:  {} prompt, {} completion (p50 {}, p90 {}, max {} per sample); {:.1} completion tokens/s", self.prompt_tokens, self.completion_tokens, self.completion_tokens_p50, self.completion_tokens_p90, self.completion_tokens_max, self.completion_tokens_per_s));
-        line(format!("requests: {} ({} retries) to {}; {:.1}s", self.requests, self.retries, self.teachers.join(", "), self.elapsed_s));
+        line(format!(
+            "tokens:  {} prompt, {} completion (p50 {}, p90 {}, max {} per sample); {:.1} completion tokens/s",
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.completion_tokens_p50,
+            self.completion_tokens_p90,
+            self.completion_tokens_max,
+            self.completion_tokens_per_s
+        ));
+        line(format!(
+            "requests: {} ({} retries) to {}; {:.1}s",
+            self.requests,
+            self.retries,
+            self.teachers.join(", "),
+            self.elapsed_s
+        ));
         for f in &self.prompts_failed {
             line(format!("failed {}: {}", f.prompt_id, f.error));
         }
@@ -299,7 +365,11 @@ const JOURNAL: &str = "generate.done";
 /// Prompt ids finished earlier: those with committed traces, plus the journal of prompts that
 /// finished with nothing written (all samples rejected and `keep_rejected = false`).
 fn done_prompts(writer: &CorpusWriter) -> HashSet<String> {
-    let mut done: HashSet<String> = writer.committed_ids().iter().filter_map(|id| id.rsplit_once('#').map(|(p, _)| p.to_string())).collect();
+    let mut done: HashSet<String> = writer
+        .committed_ids()
+        .iter()
+        .filter_map(|id| id.rsplit_once('#').map(|(p, _)| p.to_string()))
+        .collect();
     if let Ok(text) = std::fs::read_to_string(writer.dir().join(JOURNAL)) {
         done.extend(text.lines().filter(|l| !l.is_empty()).map(str::to_string));
     }
@@ -338,10 +408,17 @@ fn mix(a: u64, b: &str, c: u64) -> u64 {
 }
 
 /// Run the teacher stage. `teachers` are built by the caller (it picks devices for local ones).
-pub fn generate(cfg: &GenerateConfig, set: PromptSet, teachers: Vec<Arc<dyn Teacher>>, provenance: serde_json::Value, mut progress: impl FnMut(&Progress)) -> Result<GenerateReport> {
+pub fn generate(
+    cfg: &GenerateConfig,
+    set: PromptSet,
+    teachers: Vec<Arc<dyn Teacher>>,
+    provenance: serde_json::Value,
+    mut progress: impl FnMut(&Progress),
+) -> Result<GenerateReport> {
     cfg.validate()?;
     let t0 = Instant::now();
-    let mut writer = CorpusWriter::open(&cfg.output, WriterOptions { provenance, ..Default::default() })?;
+    let mut writer =
+        CorpusWriter::open(&cfg.output, WriterOptions { provenance, ..Default::default() })?;
     let done = done_prompts(&writer);
     let prompts = Arc::new(set.prompts);
     let todo: Vec<usize> = (0..prompts.len()).filter(|&i| !done.contains(&prompts[i].id)).collect();
@@ -353,7 +430,12 @@ pub fn generate(cfg: &GenerateConfig, set: PromptSet, teachers: Vec<Arc<dyn Teac
         contaminated_dropped: set
             .contaminated
             .iter()
-            .map(|(id, h)| ContaminatedPrompt { prompt_id: id.clone(), eval_file: h.file.clone(), eval_line: h.line, ngram: h.ngram.clone() })
+            .map(|(id, h)| ContaminatedPrompt {
+                prompt_id: id.clone(),
+                eval_file: h.file.clone(),
+                eval_line: h.line,
+                ngram: h.ngram.clone(),
+            })
             .collect(),
         prompts_selected: prompts.len() as u64,
         already_done: (prompts.len() - todo.len()) as u64,
@@ -373,7 +455,12 @@ pub fn generate(cfg: &GenerateConfig, set: PromptSet, teachers: Vec<Arc<dyn Teac
         while left > 0 {
             let n = left.min(max_n);
             let first = st.requested;
-            jobs.push_back(Job { prompt: p, first_sample: first, n, seed: mix(base_seed, &prompts[p].id, first as u64) });
+            jobs.push_back(Job {
+                prompt: p,
+                first_sample: first,
+                n,
+                seed: mix(base_seed, &prompts[p].id, first as u64),
+            });
             st.requested += n;
             st.outstanding += 1;
             left -= n;
@@ -390,7 +477,14 @@ pub fn generate(cfg: &GenerateConfig, set: PromptSet, teachers: Vec<Arc<dyn Teac
     let mut handles = Vec::new();
     for (ti, teacher) in teachers.iter().enumerate() {
         for w in 0..teacher.concurrency() {
-            let (teacher, queue, tx, stop, prompts, policy) = (teacher.clone(), queue.clone(), tx.clone(), stop.clone(), prompts.clone(), policy.clone());
+            let (teacher, queue, tx, stop, prompts, policy) = (
+                teacher.clone(),
+                queue.clone(),
+                tx.clone(),
+                stop.clone(),
+                prompts.clone(),
+                policy.clone(),
+            );
             let (sampling, logprobs) = (cfg.sampling.clone(), cfg.logprobs);
             handles.push(std::thread::spawn(move || {
                 loop {
@@ -408,18 +502,43 @@ pub fn generate(cfg: &GenerateConfig, set: PromptSet, teachers: Vec<Arc<dyn Teac
                     }
                     let reqs: Vec<ChatRequest> = jobs
                         .iter()
-                        .map(|j| ChatRequest { messages: prompts[j.prompt].messages.clone(), n: j.n, sampling: sampling.clone(), seed: Some(j.seed), logprobs })
+                        .map(|j| ChatRequest {
+                            messages: prompts[j.prompt].messages.clone(),
+                            n: j.n,
+                            sampling: sampling.clone(),
+                            seed: Some(j.seed),
+                            logprobs,
+                        })
                         .collect();
                     if reqs.len() == 1 {
-                        let (res, attempts) = policy.run(reqs[0].seed.unwrap_or(0) ^ (w as u64) << 32, || teacher.complete(&reqs[0]));
+                        let (res, attempts) = policy
+                            .run(reqs[0].seed.unwrap_or(0) ^ (w as u64) << 32, || {
+                                teacher.complete(&reqs[0])
+                            });
                         let job = jobs.into_iter().next().unwrap();
-                        if tx.send(Reply { job, result: res.map_err(|e| e.to_string()), tries: attempts.tries, teacher: ti }).is_err() {
+                        if tx
+                            .send(Reply {
+                                job,
+                                result: res.map_err(|e| e.to_string()),
+                                tries: attempts.tries,
+                                teacher: ti,
+                            })
+                            .is_err()
+                        {
                             return;
                         }
                     } else {
                         let results = teacher.complete_many(&reqs);
                         for (job, res) in jobs.into_iter().zip(results) {
-                            if tx.send(Reply { job, result: res.map_err(|e| e.to_string()), tries: 1, teacher: ti }).is_err() {
+                            if tx
+                                .send(Reply {
+                                    job,
+                                    result: res.map_err(|e| e.to_string()),
+                                    tries: 1,
+                                    teacher: ti,
+                                })
+                                .is_err()
+                            {
                                 return;
                             }
                         }
@@ -458,16 +577,35 @@ pub fn generate(cfg: &GenerateConfig, set: PromptSet, teachers: Vec<Arc<dyn Teac
                         let (reasoning, answer, think) = match &choice.reasoning {
                             Some(r) => {
                                 let (_, a, _) = split_think(&choice.content);
-                                let a = if choice.content.contains("</think>") { a } else { choice.content.trim().to_string() };
-                                (r.trim().to_string(), a, if r.trim().is_empty() { ThinkBlock::Absent } else { ThinkBlock::Closed })
+                                let a = if choice.content.contains("</think>") {
+                                    a
+                                } else {
+                                    choice.content.trim().to_string()
+                                };
+                                (
+                                    r.trim().to_string(),
+                                    a,
+                                    if r.trim().is_empty() {
+                                        ThinkBlock::Absent
+                                    } else {
+                                        ThinkBlock::Closed
+                                    },
+                                )
                             }
                             None => split_think(&choice.content),
                         };
                         let verdicts = verify(
-                            &Sample { reasoning: &reasoning, answer: &answer, think, finish_reason: &choice.finish_reason, reference: prompt.reference.as_deref() },
+                            &Sample {
+                                reasoning: &reasoning,
+                                answer: &answer,
+                                think,
+                                finish_reason: &choice.finish_reason,
+                                reference: prompt.reference.as_deref(),
+                            },
                             &cfg.verify,
                         );
-                        let completion_tokens = choice.completion_tokens.unwrap_or(c.completion_tokens / n);
+                        let completion_tokens =
+                            choice.completion_tokens.unwrap_or(c.completion_tokens / n);
                         tokens.push(completion_tokens);
                         let mut metadata = serde_json::Map::new();
                         metadata.insert("endpoint".into(), json!(teacher.describe()));
@@ -511,7 +649,11 @@ pub fn generate(cfg: &GenerateConfig, set: PromptSet, teachers: Vec<Arc<dyn Teac
                 continue;
             }
             let kept_so_far = st.samples.iter().filter(|s| s.2).count() as u32;
-            if st.failed.is_none() && cfg.first_pass_wins && kept_so_far < cfg.keep && st.requested < cfg.samples {
+            if st.failed.is_none()
+                && cfg.first_pass_wins
+                && kept_so_far < cfg.keep
+                && st.requested < cfg.samples
+            {
                 let want = (cfg.keep - kept_so_far).min(cfg.samples - st.requested);
                 enqueue(&mut states, &queue, p, want);
                 continue;
@@ -539,7 +681,12 @@ pub fn generate(cfg: &GenerateConfig, set: PromptSet, teachers: Vec<Arc<dyn Teac
                 if keep_it {
                     kept += 1;
                 } else if passed {
-                    trace.verdicts.push(Verdict { verifier: "rejection".into(), passed: false, extracted: None, reason: Some(format!("{} passing samples already kept", cfg.keep)) });
+                    trace.verdicts.push(Verdict {
+                        verifier: "rejection".into(),
+                        passed: false,
+                        extracted: None,
+                        reason: Some(format!("{} passing samples already kept", cfg.keep)),
+                    });
                 }
                 if let Some(f) = trace.first_failure() {
                     *report.rejected_by.entry(f.verifier.clone()).or_default() += 1;
@@ -557,7 +704,9 @@ pub fn generate(cfg: &GenerateConfig, set: PromptSet, teachers: Vec<Arc<dyn Teac
                 empty_done.push(id.clone());
             }
             since_commit.push(id);
-            if since_commit.len() >= cfg.commit_every.max(1) || last_commit.elapsed() > Duration::from_secs(15) {
+            if since_commit.len() >= cfg.commit_every.max(1)
+                || last_commit.elapsed() > Duration::from_secs(15)
+            {
                 commit(&mut writer, &journal, &mut empty_done)?;
                 since_commit.clear();
                 last_commit = Instant::now();
@@ -580,7 +729,8 @@ pub fn generate(cfg: &GenerateConfig, set: PromptSet, teachers: Vec<Arc<dyn Teac
     result?;
 
     tokens.sort_unstable();
-    let q = |p: f64| tokens.get(((tokens.len().max(1) - 1) as f64 * p) as usize).copied().unwrap_or(0);
+    let q =
+        |p: f64| tokens.get(((tokens.len().max(1) - 1) as f64 * p) as usize).copied().unwrap_or(0);
     report.completion_tokens_p50 = q(0.5);
     report.completion_tokens_p90 = q(0.9);
     report.completion_tokens_max = tokens.last().copied().unwrap_or(0);
@@ -595,7 +745,8 @@ fn commit(writer: &mut CorpusWriter, journal: &Path, empty_done: &mut Vec<String
     writer.commit()?;
     if !empty_done.is_empty() {
         let io = |e| Error::Io { path: journal.to_path_buf(), source: e };
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(journal).map_err(io)?;
+        let mut f =
+            std::fs::OpenOptions::new().create(true).append(true).open(journal).map_err(io)?;
         for id in empty_done.drain(..) {
             writeln!(f, "{id}").map_err(io)?;
         }

@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use distill_data::prompts::{ReadOptions, read_prompts};
 use distill_data::{EndpointKind, FinishReason};
@@ -28,8 +28,19 @@ impl Teacher for Oracle {
         }
         let q = &req.messages.last().unwrap().content;
         let a = self.answers.get(q).cloned().unwrap_or_default();
-        let choice = Choice { content: format!("<think>\nthinking\n</think>\n\nThe answer is $\\boxed{{{a}}}$."), reasoning: None, finish_reason: FinishReason::Stop, logprobs: None, completion_tokens: Some(9) };
-        Ok(Completion { choices: vec![choice; req.n as usize], prompt_tokens: 10, completion_tokens: 9 * req.n as u64, model: "oracle".into() })
+        let choice = Choice {
+            content: format!("<think>\nthinking\n</think>\n\nThe answer is $\\boxed{{{a}}}$."),
+            reasoning: None,
+            finish_reason: FinishReason::Stop,
+            logprobs: None,
+            completion_tokens: Some(9),
+        };
+        Ok(Completion {
+            choices: vec![choice; req.n as usize],
+            prompt_tokens: 10,
+            completion_tokens: 9 * req.n as u64,
+            model: "oracle".into(),
+        })
     }
     fn kind(&self) -> EndpointKind {
         EndpointKind::Synthetic
@@ -46,8 +57,18 @@ fn benches() -> Option<Vec<BenchSpec>> {
     let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/eval");
     d.exists().then(|| {
         vec![
-            BenchSpec { name: "aime24".into(), file: d.join("aime24.jsonl"), fields: None, limit: None },
-            BenchSpec { name: "math500".into(), file: d.join("math500.jsonl"), fields: None, limit: Some(50) },
+            BenchSpec {
+                name: "aime24".into(),
+                file: d.join("aime24.jsonl"),
+                fields: None,
+                limit: None,
+            },
+            BenchSpec {
+                name: "math500".into(),
+                file: d.join("math500.jsonl"),
+                fields: None,
+                limit: Some(50),
+            },
         ]
     })
 }
@@ -57,7 +78,12 @@ fn cfg(out: PathBuf, benchmarks: Vec<BenchSpec>) -> EvalConfig {
         benchmarks,
         k: 2,
         sampling: SamplingSpec::default(),
-        backend: BackendConfig { kind: BackendKind::Openai, endpoints: vec![], local: None, device: "cpu".into() },
+        backend: BackendConfig {
+            kind: BackendKind::Openai,
+            endpoints: vec![],
+            local: None,
+            device: "cpu".into(),
+        },
         retry: RetryConfig { max_attempts: 1, ..Default::default() },
         output: out,
     }
@@ -67,7 +93,9 @@ fn cfg(out: PathBuf, benchmarks: Vec<BenchSpec>) -> EvalConfig {
 fn key(benches: &[BenchSpec], shift: usize) -> HashMap<String, String> {
     let mut m = HashMap::new();
     for b in benches {
-        let (ps, _) = read_prompts(&b.file, &b.name, &fields_for(b).unwrap(), &ReadOptions::default()).unwrap();
+        let (ps, _) =
+            read_prompts(&b.file, &b.name, &fields_for(b).unwrap(), &ReadOptions::default())
+                .unwrap();
         let ps: Vec<_> = ps.into_iter().take(b.limit.unwrap_or(usize::MAX)).collect();
         for (i, p) in ps.iter().enumerate() {
             let gold = ps[(i + shift) % ps.len()].reference.clone().unwrap();
@@ -79,15 +107,19 @@ fn key(benches: &[BenchSpec], shift: usize) -> HashMap<String, String> {
 
 #[test]
 fn gold_scores_100_and_a_shuffled_key_about_0() {
-    let Some(b) = benches() else { return distill_data::testing::fixture_missing("../shared not present") };
+    let Some(b) = benches() else {
+        return distill_data::testing::fixture_missing("../shared not present");
+    };
     let d = tempfile::tempdir().unwrap();
-    let gold: Arc<dyn Teacher> = Arc::new(Oracle { answers: key(&b, 0), calls: AtomicUsize::new(0), fail_after: None });
+    let gold: Arc<dyn Teacher> =
+        Arc::new(Oracle { answers: key(&b, 0), calls: AtomicUsize::new(0), fail_after: None });
     let s = evaluate(&cfg(d.path().join("gold"), b.clone()), &[gold], |_, _, _| {}).unwrap();
     assert_eq!(s.iter().map(|x| x.problems).collect::<Vec<_>>(), vec![30, 50]);
     for x in &s {
         assert_eq!((x.pass_at_1, x.cons_at_k), (1.0, 1.0), "{}", x.name);
     }
-    let wrong: Arc<dyn Teacher> = Arc::new(Oracle { answers: key(&b, 7), calls: AtomicUsize::new(0), fail_after: None });
+    let wrong: Arc<dyn Teacher> =
+        Arc::new(Oracle { answers: key(&b, 7), calls: AtomicUsize::new(0), fail_after: None });
     let s = evaluate(&cfg(d.path().join("shuffled"), b.clone()), &[wrong], |_, _, _| {}).unwrap();
     for x in &s {
         assert!(x.pass_at_1 < 0.05, "{}: shuffled key scored {}", x.name, x.pass_at_1);
@@ -97,27 +129,47 @@ fn gold_scores_100_and_a_shuffled_key_about_0() {
     let first: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
     assert_eq!(first["samples"].as_array().unwrap().len(), 2);
     assert!(first["majority_answer"].is_string());
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.path().join("gold/summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.path().join("gold/summary.json")).unwrap())
+            .unwrap();
     assert_eq!(summary["benchmarks"][0]["pass_at_1"], 1.0);
 }
 
 #[test]
 fn a_stopped_eval_resumes_where_it_stopped() {
-    let Some(b) = benches() else { return distill_data::testing::fixture_missing("../shared not present") };
+    let Some(b) = benches() else {
+        return distill_data::testing::fixture_missing("../shared not present");
+    };
     let b = vec![b[0].clone()];
     let d = tempfile::tempdir().unwrap();
-    let first = Arc::new(Oracle { answers: key(&b, 0), calls: AtomicUsize::new(0), fail_after: Some(12) });
-    let s = evaluate(&cfg(d.path().to_path_buf(), b.clone()), &[first.clone() as Arc<dyn Teacher>], |_, _, _| {}).unwrap();
+    let first =
+        Arc::new(Oracle { answers: key(&b, 0), calls: AtomicUsize::new(0), fail_after: Some(12) });
+    let s = evaluate(
+        &cfg(d.path().to_path_buf(), b.clone()),
+        &[first.clone() as Arc<dyn Teacher>],
+        |_, _, _| {},
+    )
+    .unwrap();
     assert_eq!(s[0].problems, 12);
     // A torn last line (a crash mid-write) is dropped, not trusted.
     let p = d.path().join("aime24.jsonl");
     let mut text = std::fs::read_to_string(&p).unwrap();
     text.push_str("{\"id\": \"aime24/tor");
     std::fs::write(&p, text).unwrap();
-    let second = Arc::new(Oracle { answers: key(&b, 0), calls: AtomicUsize::new(0), fail_after: None });
-    let s = evaluate(&cfg(d.path().to_path_buf(), b), &[second.clone() as Arc<dyn Teacher>], |_, _, _| {}).unwrap();
+    let second =
+        Arc::new(Oracle { answers: key(&b, 0), calls: AtomicUsize::new(0), fail_after: None });
+    let s = evaluate(
+        &cfg(d.path().to_path_buf(), b),
+        &[second.clone() as Arc<dyn Teacher>],
+        |_, _, _| {},
+    )
+    .unwrap();
     assert_eq!(s[0].problems, 30);
-    assert_eq!(second.calls.load(Ordering::SeqCst), 18, "only the unfinished problems are asked again");
+    assert_eq!(
+        second.calls.load(Ordering::SeqCst),
+        18,
+        "only the unfinished problems are asked again"
+    );
     assert_eq!(s[0].pass_at_1, 1.0);
 }
 

@@ -181,9 +181,21 @@ const CASES: &[(&str, &str, bool)] = &[
     ("\\cot x", "\\frac{\\cos x}{\\sin x}", true),
     ("5x - 7y + 11z + 4 = 0", "5x-7y+11z+4=0", true),
     // Matrices and vectors.
-    ("\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}", "\\begin{pmatrix}-2\\\\-14\\\\-7\\end{pmatrix}", true),
-    ("\\begin{pmatrix} -1/3 \\\\ 2/3 \\\\ 5/3 \\end{pmatrix}", "\\begin{pmatrix} -\\frac{1}{3} \\\\ \\frac{2}{3} \\\\ \\frac{5}{3} \\end{pmatrix}", true),
-    ("\\begin{pmatrix} -1 & 0 \\\\ 0 & -1 \\end{pmatrix}", "\\begin{pmatrix} -1 & 0 \\\\ 0 & 1 \\end{pmatrix}", false),
+    (
+        "\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}",
+        "\\begin{pmatrix}-2\\\\-14\\\\-7\\end{pmatrix}",
+        true,
+    ),
+    (
+        "\\begin{pmatrix} -1/3 \\\\ 2/3 \\\\ 5/3 \\end{pmatrix}",
+        "\\begin{pmatrix} -\\frac{1}{3} \\\\ \\frac{2}{3} \\\\ \\frac{5}{3} \\end{pmatrix}",
+        true,
+    ),
+    (
+        "\\begin{pmatrix} -1 & 0 \\\\ 0 & -1 \\end{pmatrix}",
+        "\\begin{pmatrix} -1 & 0 \\\\ 0 & 1 \\end{pmatrix}",
+        false,
+    ),
     // Bases and subscripts.
     ("4210_{5}", "4210_5", true),
     ("4210_{5}", "4210", false),
@@ -205,13 +217,26 @@ fn the_equivalence_table_holds() {
             failures.push(format!("equivalent({gold:?}, {pred:?}) should be {want}"));
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases fail:\n{}", failures.len(), CASES.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases fail:\n{}",
+        failures.len(),
+        CASES.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn answers_are_extracted_from_completions() {
-    assert_eq!(last_boxed("so \\boxed{\\frac{1}{2}} and finally \\boxed{\\frac{\\sqrt{3}}{2}}.").as_deref(), Some("\\frac{\\sqrt{3}}{2}"));
-    assert_eq!(last_boxed("\\boxed{\\left\\{1, 2\\right\\}}").as_deref(), Some("\\left\\{1, 2\\right\\}"));
+    assert_eq!(
+        last_boxed("so \\boxed{\\frac{1}{2}} and finally \\boxed{\\frac{\\sqrt{3}}{2}}.")
+            .as_deref(),
+        Some("\\frac{\\sqrt{3}}{2}")
+    );
+    assert_eq!(
+        last_boxed("\\boxed{\\left\\{1, 2\\right\\}}").as_deref(),
+        Some("\\left\\{1, 2\\right\\}")
+    );
     assert_eq!(last_boxed("the answer is \\boxed 7.").as_deref(), Some("7"));
     assert_eq!(last_boxed("no box here"), None);
     assert_eq!(gsm8k_answer("She has 3+4=<<3+4=7>>7 apples.\n#### 7").as_deref(), Some("7"));
@@ -234,7 +259,14 @@ fn gold_answers_match_themselves_and_not_a_shuffled_key() {
         let golds: Vec<String> = std::fs::read_to_string(dir.join(file))
             .unwrap()
             .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["answer"].as_str().map(str::to_string).unwrap_or_else(|| serde_json::from_str::<serde_json::Value>(l).unwrap()["answer"].to_string()))
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["answer"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| {
+                        serde_json::from_str::<serde_json::Value>(l).unwrap()["answer"].to_string()
+                    })
+            })
             .collect();
         for g in &golds {
             let completion = format!("Thus the final answer is $\\boxed{{{g}}}$.");

@@ -57,7 +57,18 @@ impl LlamaServer {
             .env("LD_LIBRARY_PATH", &dir)
             .args(["-m"])
             .arg(gguf)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "-t", "2", "-c", "4096", "-np", &slots.to_string()])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "-t",
+                "2",
+                "-c",
+                "4096",
+                "-np",
+                &slots.to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -66,7 +77,8 @@ impl LlamaServer {
         let t0 = Instant::now();
         loop {
             if let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) {
-                let _ = c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let _ =
+                    c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
                 let mut r = String::new();
                 let _ = c.read_to_string(&mut r);
                 if r.contains("\"ok\"") {
@@ -136,8 +148,11 @@ impl Proxy {
                     continue;
                 };
                 conn.set_nonblocking(false).unwrap();
-                let (counts, faults, rng, kinds) = (c2.clone(), f2.clone(), rng.clone(), kinds.clone());
-                std::thread::spawn(move || handle(conn, upstream, fault_rate, &kinds, &rng, &counts, &faults));
+                let (counts, faults, rng, kinds) =
+                    (c2.clone(), f2.clone(), rng.clone(), kinds.clone());
+                std::thread::spawn(move || {
+                    handle(conn, upstream, fault_rate, &kinds, &rng, &counts, &faults)
+                });
             }
         });
         Proxy { port, counts, faults, stop }
@@ -170,28 +185,50 @@ fn read_request(r: &mut BufReader<TcpStream>) -> Option<(String, Vec<u8>)> {
             break;
         }
     }
-    let len = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))).unwrap_or(0);
+    let len = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+        })
+        .unwrap_or(0);
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).ok()?;
     Some((head, body))
 }
 
-fn handle(conn: TcpStream, upstream: u16, rate: f64, kinds: &[Fault], rng: &Mutex<Rng>, counts: &Mutex<HashMap<String, u32>>, faults: &Mutex<Vec<Fault>>) {
+fn handle(
+    conn: TcpStream,
+    upstream: u16,
+    rate: f64,
+    kinds: &[Fault],
+    rng: &Mutex<Rng>,
+    counts: &Mutex<HashMap<String, u32>>,
+    faults: &Mutex<Vec<Fault>>,
+) {
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut conn = conn;
-    while let Some((head, body)) = read_request(&mut reader) {
+    // One request per connection: every answer says `Connection: close`.
+    if let Some((head, body)) = read_request(&mut reader) {
         let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
         let is_chat = path.ends_with("/chat/completions");
         if is_chat {
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            let prompt = v["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["content"].as_str()).unwrap_or("").to_string();
+            let prompt = v["messages"]
+                .as_array()
+                .and_then(|m| m.last())
+                .and_then(|m| m["content"].as_str())
+                .unwrap_or("")
+                .to_string();
             *counts.lock().unwrap().entry(prompt).or_default() += 1;
         }
         // Which requests fail is random; the kinds take turns, so every kind occurs.
         let fault = {
             let mut r = rng.lock().unwrap();
             let mut seen = faults.lock().unwrap();
-            let f = (is_chat && !kinds.is_empty() && r.next() < rate).then(|| kinds[seen.len() % kinds.len()]);
+            let f = (is_chat && !kinds.is_empty() && r.next() < rate)
+                .then(|| kinds[seen.len() % kinds.len()]);
             seen.extend(f);
             f
         };
@@ -228,13 +265,24 @@ fn handle(conn: TcpStream, upstream: u16, rate: f64, kinds: &[Fault], rng: &Mute
         let (h, b) = resp.split_at(split);
         let h = String::from_utf8_lossy(h);
         let status_line = h.lines().next().unwrap_or("HTTP/1.1 502 Bad Gateway").to_string();
-        let ctype = h.lines().find(|l| l.to_ascii_lowercase().starts_with("content-type:")).unwrap_or("Content-Type: application/json").to_string();
+        let ctype = h
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("content-type:"))
+            .unwrap_or("Content-Type: application/json")
+            .to_string();
         // llama-server may answer chunked; normalise to a plain body.
-        let body = if h.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(b) } else { b.to_vec() };
-        let body = if fault == Some(Fault::Truncated) { body[..body.len() / 2].to_vec() } else { body };
-        let out = format!("{status_line}\r\n{ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+        let body = if h.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            dechunk(b)
+        } else {
+            b.to_vec()
+        };
+        let body =
+            if fault == Some(Fault::Truncated) { body[..body.len() / 2].to_vec() } else { body };
+        let out = format!(
+            "{status_line}\r\n{ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
         let _ = conn.write_all(out.as_bytes()).and_then(|_| conn.write_all(&body));
-        return;
     }
 }
 
@@ -242,7 +290,8 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
         let Some(i) = b.windows(2).position(|w| w == b"\r\n") else { return out };
-        let n = usize::from_str_radix(std::str::from_utf8(&b[..i]).unwrap_or("0").trim(), 16).unwrap_or(0);
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..i]).unwrap_or("0").trim(), 16)
+            .unwrap_or(0);
         if n == 0 {
             return out;
         }
@@ -291,7 +340,8 @@ require_reasoning = false
 /// The first `n` GSM8K training prompts, from ../shared.
 pub fn gsm8k_prompts(dir: &Path, n: usize) -> Option<PathBuf> {
     let src = shared()?.join("data/prompts/gsm8k-train.jsonl");
-    let lines: Vec<String> = std::fs::read_to_string(src).ok()?.lines().take(n).map(str::to_string).collect();
+    let lines: Vec<String> =
+        std::fs::read_to_string(src).ok()?.lines().take(n).map(str::to_string).collect();
     let p = dir.join("prompts.jsonl");
     std::fs::write(&p, lines.join("\n") + "\n").unwrap();
     Some(p)
@@ -303,7 +353,12 @@ pub fn tiny_student(dir: &Path) -> PathBuf {
 }
 
 /// As [`tiny_student`], written to `dir/name`, with `edit` applied to the tiny config.
-pub fn tiny_student_with(dir: &Path, name: &str, seed: u64, edit: impl FnOnce(&mut distill_student::ModelConfig)) -> PathBuf {
+pub fn tiny_student_with(
+    dir: &Path,
+    name: &str,
+    seed: u64,
+    edit: impl FnOnce(&mut distill_student::ModelConfig),
+) -> PathBuf {
     use distill_student::checkpoint::SaveDtype;
     use distill_student::device::{Cpu, CpuDevice};
     use distill_student::hf::{self, Assets, ExportOptions};
@@ -318,7 +373,8 @@ pub fn tiny_student_with(dir: &Path, name: &str, seed: u64, edit: impl FnOnce(&m
     cfg.num_key_value_heads = 2;
     cfg.head_dim = 16;
     edit(&mut cfg);
-    let model = CausalLm::<Cpu>::load(&cfg, &mut RandomSource::new(seed), &CpuDevice::default()).unwrap();
+    let model =
+        CausalLm::<Cpu>::load(&cfg, &mut RandomSource::new(seed), &CpuDevice::default()).unwrap();
     let out = dir.join(name);
     let opts = ExportOptions { dtype: SaveDtype::F32, ..Default::default() };
     hf::export(&model, &cfg, &Assets::read(&hf_dir).unwrap(), &out, &opts).unwrap();
@@ -343,9 +399,24 @@ pub fn short_corpus(dir: &Path, n: usize, passed: bool) -> PathBuf {
             reasoning: format!("We add {a} and {b}."),
             answer: format!("{a} + {b} = {}.", a + b),
             finish_reason: FinishReason::Stop,
-            teacher: Teacher { model: "test".into(), endpoint: EndpointKind::Synthetic, sampling: Sampling { temperature: None, top_p: None, top_k: None, max_tokens: None, seed: None } },
+            teacher: Teacher {
+                model: "test".into(),
+                endpoint: EndpointKind::Synthetic,
+                sampling: Sampling {
+                    temperature: None,
+                    top_p: None,
+                    top_k: None,
+                    max_tokens: None,
+                    seed: None,
+                },
+            },
             usage: Usage { prompt_tokens: 10, completion_tokens: 12 },
-            verdicts: vec![Verdict { verifier: "math".into(), passed, extracted: None, reason: None }],
+            verdicts: vec![Verdict {
+                verifier: "math".into(),
+                passed,
+                extracted: None,
+                reason: None,
+            }],
             reference: Some((a + b).to_string()),
             logprobs: None,
             metadata: Default::default(),
@@ -357,7 +428,13 @@ pub fn short_corpus(dir: &Path, n: usize, passed: bool) -> PathBuf {
 }
 
 /// A [train] recipe.
-pub fn train_recipe(dir: &Path, model: &Path, corpus: &Path, output: &Path, extra: &str) -> PathBuf {
+pub fn train_recipe(
+    dir: &Path,
+    model: &Path,
+    corpus: &Path,
+    output: &Path,
+    extra: &str,
+) -> PathBuf {
     let r = dir.join(format!("train-{}.toml", output.file_name().unwrap().to_string_lossy()));
     std::fs::write(
         &r,

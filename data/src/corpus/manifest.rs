@@ -49,7 +49,12 @@ pub struct ShardEntry {
 
 impl Manifest {
     pub fn new() -> Self {
-        Manifest { format: FORMAT_NAME.into(), version: FORMAT_VERSION, schema: SCHEMA_VERSION, shards: vec![] }
+        Manifest {
+            format: FORMAT_NAME.into(),
+            version: FORMAT_VERSION,
+            schema: SCHEMA_VERSION,
+            shards: vec![],
+        }
     }
 
     pub fn records(&self) -> u64 {
@@ -65,11 +70,16 @@ impl Manifest {
         let path = Self::path(dir);
         let len = std::fs::metadata(&path).at(&path)?.len();
         if len > MAX_MANIFEST_BYTES {
-            return Err(Error::Manifest { path, msg: format!("{len} bytes is too large for a corpus manifest") });
+            return Err(Error::Manifest {
+                path,
+                msg: format!("{len} bytes is too large for a corpus manifest"),
+            });
         }
         let bytes = std::fs::read(&path).at(&path)?;
-        let value: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Manifest { path: path.clone(), msg: format!("not valid JSON: {e}") })?;
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| Error::Manifest {
+            path: path.clone(),
+            msg: format!("not valid JSON: {e}"),
+        })?;
         // Check the format and version before the shape, so that a newer manifest says so.
         let format = value.get("format").and_then(Value::as_str).unwrap_or("").to_string();
         let version = value.get("version").and_then(Value::as_u64).unwrap_or(0) as u32;
@@ -79,10 +89,18 @@ impl Manifest {
             } else {
                 "this directory does not hold a distill corpus"
             };
-            return Err(Error::FormatVersion { path, format, found: version, supported: FORMAT_VERSION, hint });
+            return Err(Error::FormatVersion {
+                path,
+                format,
+                found: version,
+                supported: FORMAT_VERSION,
+                hint,
+            });
         }
-        let m: Manifest = serde_json::from_value(value)
-            .map_err(|e| Error::Manifest { path: path.clone(), msg: format!("bad manifest: {e}") })?;
+        let m: Manifest = serde_json::from_value(value).map_err(|e| Error::Manifest {
+            path: path.clone(),
+            msg: format!("bad manifest: {e}"),
+        })?;
         if m.schema > SCHEMA_VERSION {
             return Err(Error::Manifest {
                 path,
@@ -96,7 +114,10 @@ impl Manifest {
         for s in &m.shards {
             check_shard_name(&s.file).map_err(|msg| Error::Manifest { path: path.clone(), msg })?;
             if !names.insert(&s.file) {
-                return Err(Error::Manifest { path: path.clone(), msg: format!("shard '{}' is listed twice", s.file) });
+                return Err(Error::Manifest {
+                    path: path.clone(),
+                    msg: format!("shard '{}' is listed twice", s.file),
+                });
             }
         }
         Ok((m, bytes))
@@ -128,7 +149,9 @@ pub fn check_shard_name(name: &str) -> std::result::Result<(), String> {
         || name.starts_with('~')
         || Path::new(name).is_absolute();
     if bad {
-        return Err(format!("shard name '{name}' is not a plain file name inside the corpus directory (refusing to read it)"));
+        return Err(format!(
+            "shard name '{name}' is not a plain file name inside the corpus directory (refusing to read it)"
+        ));
     }
     if !name.ends_with(".zst") {
         return Err(format!("shard name '{name}' does not end in .zst"));
@@ -151,7 +174,9 @@ mod tests {
 
     #[test]
     fn shard_names_must_stay_inside_the_corpus() {
-        for bad in ["../x", "../x.zst", "/etc/passwd.zst", "a/b.zst", "a\\b.zst", "..", "", "x.json"] {
+        for bad in
+            ["../x", "../x.zst", "/etc/passwd.zst", "a/b.zst", "a\\b.zst", "..", "", "x.json"]
+        {
             assert!(check_shard_name(bad).is_err(), "{bad} should be rejected");
         }
         assert!(check_shard_name("shard-00001.jsonl.zst").is_ok());

@@ -26,14 +26,20 @@ pub fn load_index(dir: &Path, entry: &ShardEntry) -> Result<ShardIndex> {
             let bytes = std::fs::read(&path).at(&path)?;
             shard::scan_frames(&bytes, &entry.file).map_err(|scan_err| Error::Shard {
                 shard: entry.file.clone(),
-                msg: format!("{trailer_err}; rebuilding the index from the frames failed too: {scan_err}"),
+                msg: format!(
+                    "{trailer_err}; rebuilding the index from the frames failed too: {scan_err}"
+                ),
             })?
         }
     };
     if index.records() != entry.records {
         return Err(Error::Shard {
             shard: entry.file.clone(),
-            msg: format!("holds {} records but the manifest says {}", index.records(), entry.records),
+            msg: format!(
+                "holds {} records but the manifest says {}",
+                index.records(),
+                entry.records
+            ),
         });
     }
     Ok(index)
@@ -75,7 +81,12 @@ impl Corpus {
         let mut first = 0;
         for entry in &manifest.shards {
             let index = load_index(dir, entry)?;
-            shards.push(ShardState { entry: entry.clone(), path: dir.join(&entry.file), first, index });
+            shards.push(ShardState {
+                entry: entry.clone(),
+                path: dir.join(&entry.file),
+                first,
+                index,
+            });
             first += entry.records;
         }
         Ok(Corpus {
@@ -120,7 +131,12 @@ impl Corpus {
         for (si, s) in self.shards.iter().enumerate() {
             for fi in 0..s.index.frames.len() {
                 let records = s.index.frames[fi].records;
-                out.push(FrameLoc { shard: si, frame: fi, first_record: s.first + s.index.starts[fi], records });
+                out.push(FrameLoc {
+                    shard: si,
+                    frame: fi,
+                    first_record: s.first + s.index.starts[fi],
+                    records,
+                });
             }
         }
         out
@@ -132,7 +148,8 @@ impl Corpus {
         let f: &FrameEntry = &s.index.frames[loc.frame];
         let file = File::open(&s.path).at(&s.path)?;
         let bytes = shard::read_frame_bytes(&file, f, &s.entry.file)?;
-        let frame_err = |msg: String| Error::Frame { shard: s.entry.file.clone(), frame: loc.frame, msg };
+        let frame_err =
+            |msg: String| Error::Frame { shard: s.entry.file.clone(), frame: loc.frame, msg };
         if shard::frame_hash(&bytes) != f.hash {
             return Err(frame_err("checksum mismatch (the frame is damaged)".into()));
         }
@@ -143,8 +160,11 @@ impl Corpus {
     pub fn read_frame(&self, loc: FrameLoc) -> Result<Vec<Trace>> {
         let raw = self.read_frame_raw(loc)?;
         let s = &self.shards[loc.shard];
-        let text = std::str::from_utf8(&raw)
-            .map_err(|_| Error::Frame { shard: s.entry.file.clone(), frame: loc.frame, msg: "not UTF-8".into() })?;
+        let text = std::str::from_utf8(&raw).map_err(|_| Error::Frame {
+            shard: s.entry.file.clone(),
+            frame: loc.frame,
+            msg: "not UTF-8".into(),
+        })?;
         text.lines().map(Trace::from_json).collect()
     }
 
@@ -156,10 +176,19 @@ impl Corpus {
         let si = self.shards.partition_point(|s| s.first <= index) - 1;
         let s = &self.shards[si];
         let (frame, line) = s.index.locate(index - s.first);
-        let loc = FrameLoc { shard: si, frame, first_record: index, records: s.index.frames[frame].records };
+        let loc = FrameLoc {
+            shard: si,
+            frame,
+            first_record: index,
+            records: s.index.frames[frame].records,
+        };
         let raw = self.read_frame_raw(loc)?;
-        let bad = |msg: &str| Error::Frame { shard: s.entry.file.clone(), frame, msg: msg.to_string() };
-        let bytes = raw.split(|&b| b == b'\n').nth(line).ok_or_else(|| bad("holds fewer records than its index says"))?;
+        let bad =
+            |msg: &str| Error::Frame { shard: s.entry.file.clone(), frame, msg: msg.to_string() };
+        let bytes = raw
+            .split(|&b| b == b'\n')
+            .nth(line)
+            .ok_or_else(|| bad("holds fewer records than its index says"))?;
         String::from_utf8(bytes.to_vec()).map_err(|_| bad("not UTF-8"))
     }
 
@@ -171,7 +200,9 @@ impl Corpus {
     /// The corpus index of record `id`. The id map is built on first use from the shard indexes.
     pub fn index_of(&self, id: &str) -> Option<u64> {
         self.by_id
-            .get_or_init(|| self.ids().enumerate().map(|(i, id)| (id.to_string(), i as u64)).collect())
+            .get_or_init(|| {
+                self.ids().enumerate().map(|(i, id)| (id.to_string(), i as u64)).collect()
+            })
             .get(id)
             .copied()
     }
@@ -184,7 +215,13 @@ impl Corpus {
     /// with the next frame.
     pub fn iter(&self) -> impl Iterator<Item = Result<Trace>> + '_ {
         self.frames().into_iter().flat_map(move |loc| match self.read_frame_raw(loc) {
-            Ok(raw) => FrameRecords::Ok(String::from_utf8_lossy(&raw).lines().map(Trace::from_json).collect::<Vec<_>>().into_iter()),
+            Ok(raw) => FrameRecords::Ok(
+                String::from_utf8_lossy(&raw)
+                    .lines()
+                    .map(Trace::from_json)
+                    .collect::<Vec<_>>()
+                    .into_iter(),
+            ),
             Err(e) => FrameRecords::Err(Some(e)),
         })
     }

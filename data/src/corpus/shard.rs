@@ -111,7 +111,10 @@ impl ShardIndex {
 
     /// Read the index trailer of the shard at `path` (`file_len` bytes long).
     pub fn read(file: &File, file_len: u64, shard: &str) -> Result<ShardIndex> {
-        let bad = |msg: String| Error::Shard { shard: shard.to_string(), msg: format!("index trailer: {msg}") };
+        let bad = |msg: String| Error::Shard {
+            shard: shard.to_string(),
+            msg: format!("index trailer: {msg}"),
+        };
         if file_len < (8 + FOOTER_BYTES) as u64 {
             return Err(bad(format!("file is only {file_len} bytes")));
         }
@@ -121,8 +124,13 @@ impl ShardIndex {
             return Err(bad("no end marker (file truncated or not a distill shard)".into()));
         }
         let payload_len = u64::from_le_bytes(foot[..8].try_into().unwrap());
-        if payload_len < (FOOTER_BYTES + 56) as u64 || payload_len + 8 > file_len || payload_len > u32::MAX as u64 {
-            return Err(bad(format!("payload length {payload_len} does not fit a {file_len}-byte file")));
+        if payload_len < (FOOTER_BYTES + 56) as u64
+            || payload_len + 8 > file_len
+            || payload_len > u32::MAX as u64
+        {
+            return Err(bad(format!(
+                "payload length {payload_len} does not fit a {file_len}-byte file"
+            )));
         }
         let start = file_len - payload_len - 8;
         let mut buf = vec![0u8; payload_len as usize + 8];
@@ -148,7 +156,9 @@ impl ShardIndex {
         }
         let version = r.u32()?;
         if version != INDEX_VERSION {
-            return Err(format!("index version {version} is not supported (expected {INDEX_VERSION}); upgrade distill"));
+            return Err(format!(
+                "index version {version} is not supported (expected {INDEX_VERSION}); upgrade distill"
+            ));
         }
         let n_frames = r.u32()? as usize;
         let n_records = r.u64()?;
@@ -169,23 +179,34 @@ impl ShardIndex {
                 },
             };
             if f.offset != expect_offset || f.raw as u64 > MAX_FRAME_RAW {
-                return Err(format!("frame {i} entry is inconsistent (offset {}, expected {expect_offset})", f.offset));
+                return Err(format!(
+                    "frame {i} entry is inconsistent (offset {}, expected {expect_offset})",
+                    f.offset
+                ));
             }
             expect_offset += f.compressed as u64;
             frames.push(f);
         }
         if expect_offset != index_offset {
-            return Err(format!("frames end at {expect_offset} but the index starts at {index_offset}"));
+            return Err(format!(
+                "frames end at {expect_offset} but the index starts at {index_offset}"
+            ));
         }
         let ids_len = r.u32()? as usize;
         let ids_z = r.take(ids_len)?;
-        let joined = zstd::bulk::decompress(ids_z, (n_records as usize).saturating_mul(256).max(1 << 16))
-            .map_err(|e| format!("record ids do not decompress: {e}"))?;
-        let joined = String::from_utf8(joined).map_err(|_| "record ids are not UTF-8".to_string())?;
+        let joined =
+            zstd::bulk::decompress(ids_z, (n_records as usize).saturating_mul(256).max(1 << 16))
+                .map_err(|e| format!("record ids do not decompress: {e}"))?;
+        let joined =
+            String::from_utf8(joined).map_err(|_| "record ids are not UTF-8".to_string())?;
         let ids: Vec<String> = joined.split_terminator('\n').map(str::to_string).collect();
         let idx = ShardIndex::new(frames, ids);
         if idx.records() != n_records || idx.ids.len() as u64 != n_records {
-            return Err(format!("{n_records} records declared, frames hold {}, {} ids", idx.records(), idx.ids.len()));
+            return Err(format!(
+                "{n_records} records declared, frames hold {}, {} ids",
+                idx.records(),
+                idx.ids.len()
+            ));
         }
         Ok(idx)
     }
@@ -198,7 +219,8 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.b.len()).ok_or("index is truncated")?;
+        let end =
+            self.pos.checked_add(n).filter(|&e| e <= self.b.len()).ok_or("index is truncated")?;
         let s = &self.b[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -222,8 +244,10 @@ pub fn compress_frame(raw: &[u8], level: i32) -> Vec<u8> {
         let mut c = c.borrow_mut();
         if c.as_ref().is_none_or(|(l, _)| *l != level) {
             let mut z = zstd::bulk::Compressor::new(level).expect("zstd compressor");
-            z.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true)).expect("zstd checksum flag");
-            z.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true)).expect("zstd size flag");
+            z.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))
+                .expect("zstd checksum flag");
+            z.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))
+                .expect("zstd size flag");
             *c = Some((level, z));
         }
         c.as_mut().unwrap().1.compress(raw).expect("in-memory zstd compression")
@@ -234,7 +258,8 @@ pub fn compress_frame(raw: &[u8], level: i32) -> Vec<u8> {
 pub fn decompress_frame(bytes: &[u8], raw_len: usize) -> std::result::Result<Vec<u8>, String> {
     DECOMPRESSOR.with(|d| {
         let mut d = d.borrow_mut();
-        let d = d.get_or_insert_with(|| zstd::bulk::Decompressor::new().expect("zstd decompressor"));
+        let d =
+            d.get_or_insert_with(|| zstd::bulk::Decompressor::new().expect("zstd decompressor"));
         let out = d.decompress(bytes, raw_len.max(1)).map_err(|e| format!("zstd: {e}"))?;
         if out.len() != raw_len {
             return Err(format!("decompressed to {} bytes, index says {raw_len}", out.len()));
@@ -262,12 +287,16 @@ pub fn scan_frames(bytes: &[u8], shard: &str) -> Result<ShardIndex> {
     let mut off = 0usize;
     while off < bytes.len() {
         let rest = &bytes[off..];
-        if rest.len() >= 4 && u32::from_le_bytes(rest[..4].try_into().unwrap()) & 0xFFFF_FFF0 == SKIPPABLE_MAGIC & 0xFFFF_FFF0 {
+        if rest.len() >= 4
+            && u32::from_le_bytes(rest[..4].try_into().unwrap()) & 0xFFFF_FFF0
+                == SKIPPABLE_MAGIC & 0xFFFF_FFF0
+        {
             break; // the (damaged) index
         }
         let frame = frames.len();
         let err = |msg: String| Error::Frame { shard: shard.to_string(), frame, msg };
-        let len = zstd::zstd_safe::find_frame_compressed_size(rest).map_err(|_| err("cannot find the frame's end".into()))?;
+        let len = zstd::zstd_safe::find_frame_compressed_size(rest)
+            .map_err(|_| err("cannot find the frame's end".into()))?;
         let raw_len = match zstd::zstd_safe::get_frame_content_size(&rest[..len]) {
             Ok(Some(n)) if n <= MAX_FRAME_RAW => n,
             Ok(Some(n)) => return Err(err(format!("frame declares {n} bytes"))),
@@ -297,7 +326,9 @@ pub fn record_id_of(line: &[u8]) -> std::result::Result<String, String> {
     struct Id {
         id: String,
     }
-    serde_json::from_slice::<Id>(line).map(|r| r.id).map_err(|e| format!("record without an id: {e}"))
+    serde_json::from_slice::<Id>(line)
+        .map(|r| r.id)
+        .map_err(|e| format!("record without an id: {e}"))
 }
 
 /// Size of the file at `path`.

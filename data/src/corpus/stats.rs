@@ -57,7 +57,10 @@ impl Histogram {
             *counts.entry(64 - x.leading_zeros()).or_default() += 1;
         }
         Histogram {
-            buckets: counts.into_iter().map(|(b, c)| (if b == 0 { 0 } else { 1u64 << (b - 1) }, c)).collect(),
+            buckets: counts
+                .into_iter()
+                .map(|(b, c)| (if b == 0 { 0 } else { 1u64 << (b - 1) }, c))
+                .collect(),
             min: v[0],
             max: v[v.len() - 1],
             mean: v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64,
@@ -112,7 +115,11 @@ impl Partial {
             e.0 += p;
             e.1 += n;
         }
-        for (dst, src) in [(&mut a.rejected_by, b.rejected_by), (&mut a.finish_reasons, b.finish_reasons), (&mut a.teachers, b.teachers)] {
+        for (dst, src) in [
+            (&mut a.rejected_by, b.rejected_by),
+            (&mut a.finish_reasons, b.finish_reasons),
+            (&mut a.teachers, b.teachers),
+        ] {
             for (k, n) in src {
                 *dst.entry(k).or_default() += n;
             }
@@ -146,7 +153,8 @@ pub fn stats(corpus: &Corpus) -> Result<CorpusStats> {
     s.frames = m.shards.iter().map(|x| x.frames).sum();
     s.raw_bytes = m.shards.iter().map(|x| x.raw_bytes).sum();
     s.compressed_bytes = m.shards.iter().map(|x| x.compressed_bytes).sum();
-    s.compression_ratio = if s.compressed_bytes > 0 { s.raw_bytes as f64 / s.compressed_bytes as f64 } else { 0.0 };
+    s.compression_ratio =
+        if s.compressed_bytes > 0 { s.raw_bytes as f64 / s.compressed_bytes as f64 } else { 0.0 };
     s.completion_tokens = Histogram::from_values(all.tokens);
     s.reasoning_chars = Histogram::from_values(all.reasoning);
     s.answer_chars = Histogram::from_values(all.answer);

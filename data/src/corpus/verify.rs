@@ -56,7 +56,9 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().to_string();
-            if (n.ends_with(".tmp") || manifest::shard_number(&n).is_some()) && !named.contains(n.as_str()) {
+            if (n.ends_with(".tmp") || manifest::shard_number(&n).is_some())
+                && !named.contains(n.as_str())
+            {
                 report.strays.push(n);
             }
         }
@@ -68,7 +70,9 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
 /// Check one shard; returns the ids of the records that parsed.
 fn verify_shard(dir: &Path, entry: &ShardEntry, report: &mut VerifyReport) -> Vec<String> {
     let name = entry.file.clone();
-    let mut problem = |frame: Option<usize>, msg: String| report.problems.push(Problem { shard: name.clone(), frame, msg });
+    let mut problem = |frame: Option<usize>, msg: String| {
+        report.problems.push(Problem { shard: name.clone(), frame, msg })
+    };
     let path = dir.join(&entry.file);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
@@ -78,7 +82,10 @@ fn verify_shard(dir: &Path, entry: &ShardEntry, report: &mut VerifyReport) -> Ve
         }
     };
     if bytes.len() as u64 != entry.compressed_bytes {
-        problem(None, format!("file is {} bytes, the manifest says {}", bytes.len(), entry.compressed_bytes));
+        problem(
+            None,
+            format!("file is {} bytes, the manifest says {}", bytes.len(), entry.compressed_bytes),
+        );
     }
     if blake3::hash(&bytes).to_hex().as_str() != entry.blake3 {
         problem(None, "blake3 checksum differs from the manifest".into());
@@ -118,7 +125,8 @@ fn verify_shard(dir: &Path, entry: &ShardEntry, report: &mut VerifyReport) -> Ve
     let mut ids = Vec::with_capacity(index.ids.len());
     for (fi, f) in index.frames.iter().enumerate() {
         report.frames += 1;
-        let Some(cbytes) = bytes.get(f.offset as usize..(f.offset + f.compressed as u64) as usize) else {
+        let Some(cbytes) = bytes.get(f.offset as usize..(f.offset + f.compressed as u64) as usize)
+        else {
             problem(Some(fi), "lies past the end of the file".into());
             continue;
         };
@@ -143,7 +151,10 @@ fn verify_shard(dir: &Path, entry: &ShardEntry, report: &mut VerifyReport) -> Ve
             match Trace::from_json(line) {
                 Ok(t) => {
                     if index.ids.get(first + li) != Some(&t.id) {
-                        problem(Some(fi), format!("record {li} has id '{}' but the index says otherwise", t.id));
+                        problem(
+                            Some(fi),
+                            format!("record {li} has id '{}' but the index says otherwise", t.id),
+                        );
                     }
                     ids.push(t.id);
                     report.records += 1;

@@ -84,10 +84,17 @@ impl CorpusWriter {
     pub fn open(dir: &Path, opts: WriterOptions) -> Result<CorpusWriter> {
         fs::create_dir_all(dir).at(dir)?;
         let lock_path = dir.join(".lock");
-        let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).at(&lock_path)?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .at(&lock_path)?;
         match lock.try_lock() {
             Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked { dir: dir.to_path_buf() }),
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(Error::Locked { dir: dir.to_path_buf() });
+            }
             Err(fs::TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
         }
 
@@ -98,7 +105,9 @@ impl CorpusWriter {
             if strays > 0 {
                 return Err(Error::Manifest {
                     path: Manifest::path(dir),
-                    msg: format!("missing, but the directory holds {strays} shard files; refusing to start a new corpus over them"),
+                    msg: format!(
+                        "missing, but the directory holds {strays} shard files; refusing to start a new corpus over them"
+                    ),
                 });
             }
             let m = Manifest::new();
@@ -108,7 +117,10 @@ impl CorpusWriter {
         if manifest.schema != SCHEMA_VERSION {
             return Err(Error::Manifest {
                 path: Manifest::path(dir),
-                msg: format!("corpus holds schema {} records; this distill writes schema {SCHEMA_VERSION}", manifest.schema),
+                msg: format!(
+                    "corpus holds schema {} records; this distill writes schema {SCHEMA_VERSION}",
+                    manifest.schema
+                ),
             });
         }
 
@@ -116,7 +128,8 @@ impl CorpusWriter {
         let named: HashSet<&str> = manifest.shards.iter().map(|s| s.file.as_str()).collect();
         let mut removed = Vec::new();
         for name in list_dir(dir)? {
-            let stray_shard = manifest::shard_number(&name).is_some() && !named.contains(name.as_str());
+            let stray_shard =
+                manifest::shard_number(&name).is_some() && !named.contains(name.as_str());
             if name.ends_with(".tmp") || stray_shard {
                 let p = dir.join(&name);
                 fs::remove_file(&p).at(&p)?;
@@ -131,11 +144,19 @@ impl CorpusWriter {
         for entry in &manifest.shards {
             for id in load_index(dir, entry)?.ids {
                 if !committed.insert(id.clone()) {
-                    return Err(Error::DuplicateId { id, where_: "in two committed records of this corpus" });
+                    return Err(Error::DuplicateId {
+                        id,
+                        where_: "in two committed records of this corpus",
+                    });
                 }
             }
         }
-        let next_shard = manifest.shards.iter().filter_map(|s| manifest::shard_number(&s.file)).max().map_or(0, |n| n + 1);
+        let next_shard = manifest
+            .shards
+            .iter()
+            .filter_map(|s| manifest::shard_number(&s.file))
+            .max()
+            .map_or(0, |n| n + 1);
         Ok(CorpusWriter {
             dir: dir.to_path_buf(),
             opts,
@@ -193,21 +214,31 @@ impl CorpusWriter {
         if trace.schema != SCHEMA_VERSION {
             return Err(Error::Record {
                 id: trace.id,
-                msg: format!("schema {} cannot be written; this distill writes schema {SCHEMA_VERSION}", trace.schema),
+                msg: format!(
+                    "schema {} cannot be written; this distill writes schema {SCHEMA_VERSION}",
+                    trace.schema
+                ),
             });
         }
         if trace.id.is_empty() || trace.id.contains('\n') {
-            return Err(Error::Record { id: trace.id, msg: "ids must be non-empty and hold no newline".into() });
+            return Err(Error::Record {
+                id: trace.id,
+                msg: "ids must be non-empty and hold no newline".into(),
+            });
         }
         if self.committed.contains(&trace.id) {
             return Err(Error::DuplicateId { id: trace.id, where_: "committed" });
         }
         if !self.pending.insert(trace.id.clone()) {
-            return Err(Error::DuplicateId { id: trace.id, where_: "appended and waiting for commit" });
+            return Err(Error::DuplicateId {
+                id: trace.id,
+                where_: "appended and waiting for commit",
+            });
         }
         self.frame_bytes += trace.approx_json_len();
         self.frame.push(trace);
-        if self.frame.len() >= self.opts.frame_records || self.frame_bytes >= self.opts.frame_bytes {
+        if self.frame.len() >= self.opts.frame_records || self.frame_bytes >= self.opts.frame_bytes
+        {
             self.close_frame();
             if self.full_frames.len() >= 2 * rayon::current_num_threads() {
                 self.write_frames()?;
@@ -255,7 +286,10 @@ impl CorpusWriter {
         let (max_records, max_bytes) = (self.opts.shard_records, self.opts.shard_bytes);
         for (bytes, raw_len, ids) in encoded {
             if raw_len as u64 > super::shard::MAX_FRAME_RAW {
-                return Err(Error::Record { id: ids[0].clone(), msg: format!("a frame of {raw_len} bytes is over the 1 GiB limit") });
+                return Err(Error::Record {
+                    id: ids[0].clone(),
+                    msg: format!("a frame of {raw_len} bytes is over the 1 GiB limit"),
+                });
             }
             let shard = self.open_shard()?;
             shard.out.write_all(&bytes).at(&shard.tmp)?;
@@ -309,7 +343,8 @@ impl CorpusWriter {
         let path = self.dir.join(&s.name);
         fsutil::commit_rename(&s.tmp, &path)?;
 
-        let mut provenance = serde_json::json!({ "writer": format!("distill-data {}", env!("CARGO_PKG_VERSION")) });
+        let mut provenance =
+            serde_json::json!({ "writer": format!("distill-data {}", env!("CARGO_PKG_VERSION")) });
         if !self.opts.provenance.is_null() {
             provenance["run"] = self.opts.provenance.clone();
         }

@@ -7,7 +7,12 @@ use std::path::Path;
 
 /// Small frames and shards so that a few hundred records span many of both.
 pub fn small_opts() -> WriterOptions {
-    WriterOptions { frame_records: 7, frame_bytes: 1 << 20, shard_records: 50, ..Default::default() }
+    WriterOptions {
+        frame_records: 7,
+        frame_bytes: 1 << 20,
+        shard_records: 50,
+        ..Default::default()
+    }
 }
 
 pub fn write_synthetic(dir: &Path, n: u64, opts: WriterOptions) -> Vec<Trace> {

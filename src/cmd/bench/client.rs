@@ -35,7 +35,10 @@ fn serve(port: u16) -> ! {
             let _ = conn.set_nodelay(true);
             let mut w = conn.try_clone().unwrap();
             let mut r = BufReader::new(conn);
-            let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{BODY}", BODY.len());
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{BODY}",
+                BODY.len()
+            );
             loop {
                 let mut len = 0usize;
                 let mut line = String::new();
@@ -83,10 +86,21 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         anyhow::ensure!(t0.elapsed() < Duration::from_secs(10), "stub server did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let cfg = OpenAiConfig { base_url: format!("http://127.0.0.1:{port}/v1"), model: "stub".into(), api_key_env: None, concurrency: a.concurrency, timeout_s: 10.0, stream: false, max_n: 8 };
+    let cfg = OpenAiConfig {
+        base_url: format!("http://127.0.0.1:{port}/v1"),
+        model: "stub".into(),
+        api_key_env: None,
+        concurrency: a.concurrency,
+        timeout_s: 10.0,
+        stream: false,
+        max_n: 8,
+    };
     let client = Arc::new(OpenAiClient::new(cfg, None).map_err(anyhow::Error::msg)?);
     let req = Arc::new(ChatRequest {
-        messages: vec![Message::new(Role::User, "What is 2 + 2? Put the final answer in \\boxed{}.")],
+        messages: vec![Message::new(
+            Role::User,
+            "What is 2 + 2? Put the final answer in \\boxed{}.",
+        )],
         n: 1,
         sampling: SamplingSpec { max_tokens: 64, ..Default::default() },
         seed: Some(1),
@@ -97,10 +111,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
     let threads: Vec<_> = (0..a.concurrency)
         .map(|i| {
-            let (client, req, left, errors) = (client.clone(), req.clone(), left.clone(), errors.clone());
+            let (client, req, left, errors) =
+                (client.clone(), req.clone(), left.clone(), errors.clone());
             std::thread::spawn(move || {
                 let policy = RetryPolicy::default();
-                while left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
+                while left
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+                {
                     let (r, _) = policy.run(i as u64, || client.complete(&req));
                     if r.is_err() {
                         errors.fetch_add(1, Ordering::Relaxed);

@@ -113,7 +113,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn timed_write(out: &Path, traces: &[Trace], threads: usize, opts: WriterOptions) -> anyhow::Result<f64> {
+fn timed_write(
+    out: &Path,
+    traces: &[Trace],
+    threads: usize,
+    opts: WriterOptions,
+) -> anyhow::Result<f64> {
     if out.exists() {
         std::fs::remove_dir_all(out)?;
     }
@@ -151,7 +156,9 @@ fn parquet(path: &Path) -> Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_parquet.py");
     match Command::new("python3").arg(&script).arg(path).output() {
         Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).unwrap_or(Value::Null),
-        Ok(o) => json!({"skipped": String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("").to_string()}),
+        Ok(o) => {
+            json!({"skipped": String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("").to_string()})
+        }
         Err(e) => json!({"skipped": e.to_string()}),
     }
 }
@@ -159,12 +166,18 @@ fn parquet(path: &Path) -> Value {
 /// Does a trained zstd dictionary help? The same frames at level 3, with and without one
 /// (112 KiB, trained on the first 2,000 records; its own size is counted).
 fn dictionary(traces: &[Trace]) -> Value {
-    let samples: Vec<Vec<u8>> = traces.iter().take(2000).map(|t| t.to_json().into_bytes()).collect();
-    let Ok(dict) = zstd::dict::from_samples(&samples, 112 << 10) else { return json!({"skipped": "training failed"}) };
+    let samples: Vec<Vec<u8>> =
+        traces.iter().take(2000).map(|t| t.to_json().into_bytes()).collect();
+    let Ok(dict) = zstd::dict::from_samples(&samples, 112 << 10) else {
+        return json!({"skipped": "training failed"});
+    };
     let mut c = zstd::bulk::Compressor::with_dictionary(3, &dict).expect("dict compressor");
     let mut out = serde_json::Map::new();
     let default = WriterOptions::default();
-    for (name, max_records, max_bytes) in [("frames_of_16_records", 16, usize::MAX), ("default_frames", default.frame_records, default.frame_bytes)] {
+    for (name, max_records, max_bytes) in [
+        ("frames_of_16_records", 16, usize::MAX),
+        ("default_frames", default.frame_records, default.frame_bytes),
+    ] {
         let mut frames: Vec<Vec<u8>> = vec![vec![]];
         let mut in_frame = 0;
         for t in traces {
@@ -179,7 +192,9 @@ fn dictionary(traces: &[Trace]) -> Value {
         }
         frames.retain(|f| !f.is_empty());
         let plain: usize = frames.iter().map(|f| shard::compress_frame(f, 3).len()).sum();
-        let with_dict: usize = frames.iter().map(|f| c.compress(f).expect("compress").len()).sum::<usize>() + dict.len();
+        let with_dict: usize =
+            frames.iter().map(|f| c.compress(f).expect("compress").len()).sum::<usize>()
+                + dict.len();
         out.insert(name.into(), json!({"frames": frames.len(), "plain_bytes": plain, "dict_bytes_incl_dict": with_dict}));
     }
     Value::Object(out)
@@ -196,7 +211,9 @@ fn latency(c: &Corpus, reads: usize) -> anyhow::Result<Value> {
     }
     us.sort_by(f64::total_cmp);
     let q = |p: f64| us[((us.len() - 1) as f64 * p) as usize];
-    Ok(json!({"mean_us": us.iter().sum::<f64>() / us.len() as f64, "p50_us": q(0.5), "p99_us": q(0.99), "max_us": q(1.0)}))
+    Ok(
+        json!({"mean_us": us.iter().sum::<f64>() / us.len() as f64, "p50_us": q(0.5), "p99_us": q(0.99), "max_us": q(1.0)}),
+    )
 }
 
 fn print_markdown(r: &Value) {
@@ -204,22 +221,45 @@ fn print_markdown(r: &Value) {
     let mb = |v: &Value| v.as_f64().map_or("n/a".into(), |b| format!("{:.1} MB", b / 1e6));
     let ratio = |v: &Value| v.as_f64().map_or("n/a".into(), |b| format!("{:.3}", b / raw));
     println!("machine: {}", r["machine"].as_str().unwrap_or(""));
-    println!("input: {} synthetic R1-like records, {} raw JSONL\n", r["records"], mb(&r["raw_bytes"]));
+    println!(
+        "input: {} synthetic R1-like records, {} raw JSONL\n",
+        r["records"],
+        mb(&r["raw_bytes"])
+    );
     println!("| format | bytes | of raw |\n|---|---|---|");
     println!("| raw JSONL | {} | 1.000 |", mb(&r["raw_bytes"]));
     println!("| gzip -6 JSONL | {} | {} |", mb(&r["gzip6_bytes"]), ratio(&r["gzip6_bytes"]));
     for codec in ["snappy", "zstd", "zstd-3"] {
-        println!("| Parquet ({codec}) | {} | {} |", mb(&r["parquet"][codec]), ratio(&r["parquet"][codec]));
+        println!(
+            "| Parquet ({codec}) | {} | {} |",
+            mb(&r["parquet"][codec]),
+            ratio(&r["parquet"][codec])
+        );
     }
     for v in r["levels"].as_array().into_iter().flatten() {
-        println!("| distill corpus, zstd {} | {} | {} |", v["level"], mb(&v["bytes"]), ratio(&v["bytes"]));
+        println!(
+            "| distill corpus, zstd {} | {} | {} |",
+            v["level"],
+            mb(&v["bytes"]),
+            ratio(&v["bytes"])
+        );
     }
-    if let (Some(d), Some(s)) = (r["write"]["default_bytes"].as_f64(), r["parquet"]["snappy"].as_f64()) {
+    if let (Some(d), Some(s)) =
+        (r["write"]["default_bytes"].as_f64(), r["parquet"]["snappy"].as_f64())
+    {
         println!("\ndistill default / Parquet snappy = {:.3}", d / s);
     }
-    println!("\nwrite (default level): {:.0} MB/s raw at 1 thread, {:.0} MB/s at 2 threads", r["write"]["1_threads_mb_s"].as_f64().unwrap_or(0.0), r["write"]["2_threads_mb_s"].as_f64().unwrap_or(0.0));
+    println!(
+        "\nwrite (default level): {:.0} MB/s raw at 1 thread, {:.0} MB/s at 2 threads",
+        r["write"]["1_threads_mb_s"].as_f64().unwrap_or(0.0),
+        r["write"]["2_threads_mb_s"].as_f64().unwrap_or(0.0)
+    );
     for v in r["levels"].as_array().into_iter().flatten() {
-        println!("  level {}: {:.0} MB/s at 2 threads", v["level"], v["write_mb_s_2t"].as_f64().unwrap_or(0.0));
+        println!(
+            "  level {}: {:.0} MB/s at 2 threads",
+            v["level"],
+            v["write_mb_s_2t"].as_f64().unwrap_or(0.0)
+        );
     }
     println!(
         "read: {:.0} MB/s parsed into records, {:.0} MB/s decompressed only (1 thread)",
@@ -227,9 +267,18 @@ fn print_markdown(r: &Value) {
         r["read"]["sequential_decompress_only_mb_s"].as_f64().unwrap_or(0.0)
     );
     for (k, v) in r["random_access"].as_object().into_iter().flatten() {
-        println!("random read ({k}): mean {:.0} µs, p50 {:.0} µs, p99 {:.0} µs", v["mean_us"].as_f64().unwrap_or(0.0), v["p50_us"].as_f64().unwrap_or(0.0), v["p99_us"].as_f64().unwrap_or(0.0));
+        println!(
+            "random read ({k}): mean {:.0} µs, p50 {:.0} µs, p99 {:.0} µs",
+            v["mean_us"].as_f64().unwrap_or(0.0),
+            v["p50_us"].as_f64().unwrap_or(0.0),
+            v["p99_us"].as_f64().unwrap_or(0.0)
+        );
     }
     for (k, v) in r["dictionary"].as_object().into_iter().flatten() {
-        println!("dictionary ({k}): plain {} vs with dictionary {}", mb(&v["plain_bytes"]), mb(&v["dict_bytes_incl_dict"]));
+        println!(
+            "dictionary ({k}): plain {} vs with dictionary {}",
+            mb(&v["plain_bytes"]),
+            mb(&v["dict_bytes_incl_dict"])
+        );
     }
 }

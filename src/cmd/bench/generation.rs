@@ -71,7 +71,12 @@ fn prompts(cfg: &ModelConfig, batch: usize, len: usize) -> Vec<Vec<u32>> {
         .collect()
 }
 
-fn run_on<B: Backend>(a: &Args, cfg: &ModelConfig, dtype: &str, device: B::Device) -> anyhow::Result<GenOut> {
+fn run_on<B: Backend>(
+    a: &Args,
+    cfg: &ModelConfig,
+    dtype: &str,
+    device: B::Device,
+) -> anyhow::Result<GenOut> {
     let mut model = CausalLm::<B>::load(cfg, &mut RandomSource::new(11), &device)?;
     if dtype == "bf16" {
         model = model.map(&mut CastParams(DType::BF16));
@@ -102,9 +107,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         Some("cpu") => true,
         Some(other) => anyhow::bail!("--against {other}: only `cpu` is supported"),
     };
-    let out = crate::backend::dispatch!(a.device, |B, device| run_on::<B>(&a, &cfg, &a.dtype, device))?;
+    let out =
+        crate::backend::dispatch!(a.device, |B, device| run_on::<B>(&a, &cfg, &a.dtype, device))?;
     let generated: usize = out.completions.iter().map(|c| c.ids.len()).sum();
-    let decode_tps = generated.saturating_sub(a.batch) as f64 / (out.secs - out.prefill_s).max(1e-9);
+    let decode_tps =
+        generated.saturating_sub(a.batch) as f64 / (out.secs - out.prefill_s).max(1e-9);
     let mut result = json!({
         "model": a.model, "params": distill_student::sft::plan::param_count(&cfg), "device": format!("{:?}", a.device),
         "dtype": a.dtype, "batch": a.batch, "prompt_len": a.prompt_len, "max_tokens": a.max_tokens,
@@ -126,12 +133,16 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         };
         let (mut same, mut total, mut max_lp, mut bad_rows) = (0usize, 0usize, 0f64, 0usize);
         for (x, y) in out.completions.iter().zip(&reference.completions) {
-            let (lx, ly) = (x.logprobs.as_ref().context("no logprobs")?, y.logprobs.as_ref().context("no logprobs")?);
+            let (lx, ly) = (
+                x.logprobs.as_ref().context("no logprobs")?,
+                y.logprobs.as_ref().context("no logprobs")?,
+            );
             total += y.ids.len();
             let agree = x.ids.iter().zip(&y.ids).take_while(|(p, q)| p == q).count();
             same += agree;
             for i in 0..agree.min(lx.len()).min(ly.len()) {
-                max_lp = max_lp.max((lx.token_logprobs[i] as f64 - ly.token_logprobs[i] as f64).abs());
+                max_lp =
+                    max_lp.max((lx.token_logprobs[i] as f64 - ly.token_logprobs[i] as f64).abs());
             }
             if agree < y.ids.len().min(x.ids.len()) {
                 let k = ly.k as usize;
@@ -142,16 +153,32 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             }
         }
         ok = max_lp <= tol && bad_rows == 0 && out.completions.len() == reference.completions.len();
-        verdict = format!("{} ({same}/{total} tokens equal, logprob Δ {max_lp:.1e})", if ok { "ok" } else { "FAIL" });
+        verdict = format!(
+            "{} ({same}/{total} tokens equal, logprob Δ {max_lp:.1e})",
+            if ok { "ok" } else { "FAIL" }
+        );
         result["against_cpu_f32"] = json!({"tokens_equal": same, "tokens": total, "max_logprob_abs": max_lp, "diverged_without_tie": bad_rows, "tolerance": tol, "ok": ok});
     }
     println!(
         "| {} | {:?} | {} | {}×{} +{} | {:.3} | {:.0} | {:.0} | {} |",
-        a.model, a.device, a.dtype, a.batch, a.prompt_len, a.max_tokens, out.prefill_s, decode_tps, generated as f64 / out.secs, verdict
+        a.model,
+        a.device,
+        a.dtype,
+        a.batch,
+        a.prompt_len,
+        a.max_tokens,
+        out.prefill_s,
+        decode_tps,
+        generated as f64 / out.secs,
+        verdict
     );
     if let Some(p) = &a.json {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p).with_context(|| format!("opening {}", p.display()))?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .with_context(|| format!("opening {}", p.display()))?;
         writeln!(f, "{result}")?;
     }
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })

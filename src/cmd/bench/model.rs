@@ -47,7 +47,11 @@ fn ids<B: Backend>(b: usize, t: usize, dev: &B::Device) -> Tensor<B, 2, Int> {
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
@@ -86,7 +90,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn measure<B: Backend>(a: &Args, dir: &std::path::Path, dev: &B::Device, r: &mut Value) -> anyhow::Result<()> {
+fn measure<B: Backend>(
+    a: &Args,
+    dir: &std::path::Path,
+    dev: &B::Device,
+    r: &mut Value,
+) -> anyhow::Result<()> {
     let parts: Vec<&str> = a.only.split(',').collect();
     let dev = dev.clone();
 
@@ -97,10 +106,19 @@ fn measure<B: Backend>(a: &Args, dir: &std::path::Path, dev: &B::Device, r: &mut
             let mut fwd = serde_json::Map::new();
             for (b, t) in [(1usize, 256usize), (8, 256)] {
                 let secs = time(3, || {
-                    let x = m.model.forward(ids::<B>(b, t, &dev), masks::positions(b, t, 0, &dev), &rope, &AttnMask::Causal);
+                    let x = m.model.forward(
+                        ids::<B>(b, t, &dev),
+                        masks::positions(b, t, 0, &dev),
+                        &rope,
+                        &AttnMask::Causal,
+                    );
                     std::hint::black_box(x.into_data());
                 });
-                eprintln!("forward b={b} t={t}: {:.3}s ({:.0} tokens/s)", secs, (b * t) as f64 / secs);
+                eprintln!(
+                    "forward b={b} t={t}: {:.3}s ({:.0} tokens/s)",
+                    secs,
+                    (b * t) as f64 / secs
+                );
                 fwd.insert(format!("b{b}_t{t}_tokens_s"), json!((b * t) as f64 / secs));
             }
             r["forward"] = Value::Object(fwd);
@@ -109,13 +127,17 @@ fn measure<B: Backend>(a: &Args, dir: &std::path::Path, dev: &B::Device, r: &mut
             let engine = Engine::new(&m.model, &m.config, None, dev.clone());
             let mut gen_ = serde_json::Map::new();
             for b in [1usize, 8] {
-                let prompts: Vec<Vec<u32>> = (0..b).map(|i| (0..32).map(|j| (100 + i * 31 + j * 7) as u32).collect()).collect();
+                let prompts: Vec<Vec<u32>> = (0..b)
+                    .map(|i| (0..32).map(|j| (100 + i * 31 + j * 7) as u32).collect())
+                    .collect();
                 let params = SamplingParams { max_tokens: 64, ..Default::default() };
                 let secs = time(2, || {
                     std::hint::black_box(engine.generate(&prompts, &params, |_| {}).unwrap());
                 });
                 let tps = (b * 64) as f64 / secs;
-                eprintln!("generate b={b}, 32-token prompts, 64 new tokens: {secs:.3}s ({tps:.1} tokens/s)");
+                eprintln!(
+                    "generate b={b}, 32-token prompts, 64 new tokens: {secs:.3}s ({tps:.1} tokens/s)"
+                );
                 gen_.insert(format!("b{b}_tokens_s"), json!(tps));
             }
             r["generate"] = Value::Object(gen_);
@@ -128,24 +150,42 @@ fn measure<B: Backend>(a: &Args, dir: &std::path::Path, dev: &B::Device, r: &mut
         let (b, t) = parse_shape(&a.train_shape)?;
         let secs = time(2, || {
             let x = ids::<Ad<B>>(b, t, &dev);
-            let logits = m.model.forward(x.clone(), masks::positions(b, t, 0, &dev), &rope, &AttnMask::Causal);
+            let logits = m.model.forward(
+                x.clone(),
+                masks::positions(b, t, 0, &dev),
+                &rope,
+                &AttnMask::Causal,
+            );
             let v = logits.dims()[2];
             let logp = burn::tensor::activation::log_softmax(logits.reshape([b * t, v]), 1);
             let target = x.reshape([b * t, 1]);
             let loss = logp.gather(1, target).mean().neg();
             std::hint::black_box(loss.backward());
         });
-        eprintln!("train step (forward+backward) b={b} t={t}: {secs:.3}s ({:.0} tokens/s)", (b * t) as f64 / secs);
-        r["train_step"] = json!({"shape": a.train_shape, "seconds": secs, "tokens_s": (b * t) as f64 / secs});
+        eprintln!(
+            "train step (forward+backward) b={b} t={t}: {secs:.3}s ({:.0} tokens/s)",
+            (b * t) as f64 / secs
+        );
+        r["train_step"] =
+            json!({"shape": a.train_shape, "seconds": secs, "tokens_s": (b * t) as f64 / secs});
     }
     Ok(())
 }
 
 fn torch_side(a: &Args, dir: &std::path::Path, r: &mut Value) {
     if !a.no_torch {
-        match Command::new(&a.python).arg(torch_script()).arg(dir).arg(&a.only).arg(&a.train_shape).output() {
+        match Command::new(&a.python)
+            .arg(torch_script())
+            .arg(dir)
+            .arg(&a.only)
+            .arg(&a.train_shape)
+            .output()
+        {
             Ok(o) if o.status.success() => r["torch"] = last_json_line(&o.stdout),
-            Ok(o) => eprintln!("PyTorch run skipped: {}", String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")),
+            Ok(o) => eprintln!(
+                "PyTorch run skipped: {}",
+                String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")
+            ),
             Err(e) => eprintln!("PyTorch run skipped: {e}"),
         }
     }
@@ -158,7 +198,10 @@ pub(super) fn torch_script() -> PathBuf {
 
 /// The script's result: the last non-empty line of its stdout, as JSON (`null` if it is not).
 pub(super) fn last_json_line(stdout: &[u8]) -> Value {
-    serde_json::from_slice(stdout.rsplit(|&c| c == b'\n').find(|l| !l.is_empty()).unwrap_or(b"null")).unwrap_or(Value::Null)
+    serde_json::from_slice(
+        stdout.rsplit(|&c| c == b'\n').find(|l| !l.is_empty()).unwrap_or(b"null"),
+    )
+    .unwrap_or(Value::Null)
 }
 
 /// `BATCHxSEQ`, e.g. `4x512`.

@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::Context;
 use burn::tensor::DType;
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use distill_student::CausalLm;
 use distill_student::ModelConfig;
 use distill_student::device::{Autodiff, Cpu, CpuDevice, parse_devices};
 use distill_student::rope::Rope;
@@ -17,9 +18,8 @@ use distill_student::sft::optim::{AdamW, OptimConfig};
 use distill_student::sft::pack::Batch;
 use distill_student::sft::parallel::{Comm, Layout, Parallel, ShardMode, launch};
 use distill_student::sft::plan::{MemoryPlan, RunShape, known_config};
-use distill_student::sft::train::{param_sizes, parallel_step};
+use distill_student::sft::train::{parallel_step, param_sizes};
 use distill_student::weights::{Collect, RandomSource, WeightSink};
-use distill_student::CausalLm;
 use serde_json::json;
 
 #[derive(clap::Args, Clone)]
@@ -77,7 +77,8 @@ fn tiny(arch: &str) -> anyhow::Result<ModelConfig> {
 pub fn model_config(name: &str) -> anyhow::Result<ModelConfig> {
     match name.strip_prefix("tiny-") {
         Some(arch) => tiny(arch),
-        None => known_config(name).with_context(|| format!("{name}: not a model distill knows the published config of")),
+        None => known_config(name)
+            .with_context(|| format!("{name}: not a model distill knows the published config of")),
     }
 }
 
@@ -85,7 +86,8 @@ pub fn model_config(name: &str) -> anyhow::Result<ModelConfig> {
 fn batches(cfg: &ModelConfig, rows: usize, seq: usize, n: usize, step: usize) -> Vec<Batch> {
     (0..n)
         .map(|m| {
-            let mut s = 0x2545_F491_4F6C_DD1Du64 ^ ((step * 1000 + m) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let mut s = 0x2545_F491_4F6C_DD1Du64
+                ^ ((step * 1000 + m) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             let mut next = || {
                 s ^= s << 13;
                 s ^= s >> 7;
@@ -93,8 +95,18 @@ fn batches(cfg: &ModelConfig, rows: usize, seq: usize, n: usize, step: usize) ->
                 (s % cfg.vocab_size as u64) as u32
             };
             let ids: Vec<u32> = (0..rows * seq).map(|_| next()).collect();
-            let targets = (0..rows * seq).map(|i| (i % seq + 1 < seq).then(|| ids[i + 1])).collect();
-            Batch { rows, len: seq, ids, docs: vec![0; rows * seq], targets, kd: vec![], kd_k: 0, real_tokens: rows * seq }
+            let targets =
+                (0..rows * seq).map(|i| (i % seq + 1 < seq).then(|| ids[i + 1])).collect();
+            Batch {
+                rows,
+                len: seq,
+                ids,
+                docs: vec![0; rows * seq],
+                targets,
+                kd: vec![],
+                kd_k: 0,
+                real_tokens: rows * seq,
+            }
         })
         .collect()
 }
@@ -112,26 +124,52 @@ struct RunOut {
     weights: Vec<(String, Vec<usize>, Vec<f32>)>,
 }
 
-fn run_rank<B: AutodiffBackend>(a: &Args, cfg: &ModelConfig, comm: Comm<B::InnerBackend>, device: B::Device, keep_weights: bool) -> distill_student::Result<RunOut> {
-    let (rows, seq) = super::model::parse_shape(&a.shape).map_err(|e| distill_student::Error::Invalid(e.to_string()))?;
+fn run_rank<B: AutodiffBackend>(
+    a: &Args,
+    cfg: &ModelConfig,
+    comm: Comm<B::InnerBackend>,
+    device: B::Device,
+    keep_weights: bool,
+) -> distill_student::Result<RunOut> {
+    let (rows, seq) = super::model::parse_shape(&a.shape)
+        .map_err(|e| distill_student::Error::Invalid(e.to_string()))?;
     let mut model = CausalLm::<B>::load(cfg, &mut RandomSource::new(11), &device)?;
     let rope = Rope::<B>::new(cfg, &device);
     let world = comm.world;
     let mode = serde_json::from_value::<ShardMode>(json!(a.shard)).unwrap_or_default();
     let layout = Layout::new(&param_sizes(&mut model), world, 25_000_000);
     let par = Parallel { comm, mode, layout };
-    let mut opt = AdamW::<B::InnerBackend>::new(OptimConfig { lr: 1e-3, warmup_steps: Some(0), weight_decay: 0.01, ..Default::default() });
+    let mut opt = AdamW::<B::InnerBackend>::new(OptimConfig {
+        lr: 1e-3,
+        warmup_steps: Some(0),
+        weight_decay: 0.01,
+        ..Default::default()
+    });
     let compute = if a.dtype == "bf16" { DType::BF16 } else { DType::F32 };
     let mut steps = Vec::new();
     for step in 0..a.steps {
         let micro = batches(cfg, rows, seq, a.grad_accum, step);
         let t0 = Instant::now();
-        let out = parallel_step(&mut model, &rope, &mut opt, &micro, 0.0, 1.0, 1e-3, compute, &device, &par, false)?;
+        let out = parallel_step(
+            &mut model, &rope, &mut opt, &micro, 0.0, 1.0, 1e-3, compute, &device, &par, false,
+        )?;
         if par.rank() == 0 {
             // Progress on stderr: a run cut short by a time limit still shows how far it got.
-            eprintln!("step {}/{}: {:.3} s, loss {:.4}, grad norm {:.4}", step + 1, a.steps, t0.elapsed().as_secs_f64(), out.loss, out.grad_norm);
+            eprintln!(
+                "step {}/{}: {:.3} s, loss {:.4}, grad norm {:.4}",
+                step + 1,
+                a.steps,
+                t0.elapsed().as_secs_f64(),
+                out.loss,
+                out.grad_norm
+            );
         }
-        steps.push(StepRec { loss: out.loss, grad_norm: out.grad_norm, secs: t0.elapsed().as_secs_f64(), comm_s: out.comm_s });
+        steps.push(StepRec {
+            loss: out.loss,
+            grad_norm: out.grad_norm,
+            secs: t0.elapsed().as_secs_f64(),
+            comm_s: out.comm_s,
+        });
     }
     let mut sink = Collect::default();
     if keep_weights && par.rank() == 0 {
@@ -141,12 +179,28 @@ fn run_rank<B: AutodiffBackend>(a: &Args, cfg: &ModelConfig, comm: Comm<B::Inner
     Ok(RunOut { steps, weights: sink.0 })
 }
 
-fn run_on<B: Backend>(a: &Args, cfg: &ModelConfig, devices: Vec<B::Device>, keep_weights: bool) -> distill_student::Result<RunOut> {
+fn run_on<B: Backend>(
+    a: &Args,
+    cfg: &ModelConfig,
+    devices: Vec<B::Device>,
+    keep_weights: bool,
+) -> distill_student::Result<RunOut> {
     if a.checkpointing {
-        type A<B> = Autodiff<B, burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing>;
-        launch::<B, RunOut>(devices, None, |c, d| run_rank::<A<B>>(a, cfg, c, d, keep_weights), |c, d| run_rank::<A<B>>(a, cfg, c, d, false))
+        type A<B> =
+            Autodiff<B, burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing>;
+        launch::<B, RunOut>(
+            devices,
+            None,
+            |c, d| run_rank::<A<B>>(a, cfg, c, d, keep_weights),
+            |c, d| run_rank::<A<B>>(a, cfg, c, d, false),
+        )
     } else {
-        launch::<B, RunOut>(devices, None, |c, d| run_rank::<Autodiff<B>>(a, cfg, c, d, keep_weights), |c, d| run_rank::<Autodiff<B>>(a, cfg, c, d, false))
+        launch::<B, RunOut>(
+            devices,
+            None,
+            |c, d| run_rank::<Autodiff<B>>(a, cfg, c, d, keep_weights),
+            |c, d| run_rank::<Autodiff<B>>(a, cfg, c, d, false),
+        )
     }
 }
 
@@ -165,7 +219,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         Some(other) => anyhow::bail!("--against {other}: only `cpu` is supported"),
     };
     let t0 = Instant::now();
-    let out = crate::backend::dispatch_many!(kinds, |B, devices| run_on::<B>(&a, &cfg, devices, compare))?;
+    let out = crate::backend::dispatch_many!(kinds, |B, devices| run_on::<B>(
+        &a, &cfg, devices, compare
+    ))?;
     let wall = t0.elapsed().as_secs_f64();
     let params = distill_student::sft::plan::param_count(&cfg);
     let tokens = (rows * seq * a.grad_accum) as f64;
@@ -181,10 +237,20 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let step_s = median(timed.iter().map(|s| s.secs).collect());
     let comm_s = median(timed.iter().map(|s| s.comm_s).collect());
     let on_cuda = a.devices.starts_with("cuda");
-    let peak = a.peak_tflops.unwrap_or_else(distill_student::sft::train::cpu_peak_tflops) * 1e12 * world as f64;
+    let peak = a.peak_tflops.unwrap_or_else(distill_student::sft::train::cpu_peak_tflops)
+        * 1e12
+        * world as f64;
     let mfu = 6.0 * params as f64 * tokens / step_s / peak;
     let mode = serde_json::from_value::<ShardMode>(json!(a.shard)).unwrap_or_default();
-    let shape = RunShape { micro_batch: rows, seq, grad_accum: a.grad_accum, checkpointing: a.checkpointing, bf16: a.dtype == "bf16", bucket_mb: 25.0, kd: false };
+    let shape = RunShape {
+        micro_batch: rows,
+        seq,
+        grad_accum: a.grad_accum,
+        checkpointing: a.checkpointing,
+        bf16: a.dtype == "bf16",
+        bucket_mb: 25.0,
+        kd: false,
+    };
     let planned = MemoryPlan::new(&cfg, shape, world, mode).total_gb();
     let mut result = json!({
         "model": a.model, "params": params, "devices": a.devices, "dtype": a.dtype, "shape": a.shape,
@@ -194,7 +260,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     });
     let mut ok = true;
     if compare {
-        let reference = run_on::<Cpu>(&Args { dtype: "f32".into(), shard: "none".into(), ..a.clone() }, &cfg, vec![CpuDevice::default()], true)?;
+        let reference = run_on::<Cpu>(
+            &Args { dtype: "f32".into(), shard: "none".into(), ..a.clone() },
+            &cfg,
+            vec![CpuDevice::default()],
+            true,
+        )?;
         // f32 on CUDA is not IEEE f32 matmul: cubecl's autotune picks tensor-core kernels
         // (cmma / tma_mma, TF32 inputs) for f32 on Hopper, as PyTorch does with allow_tf32. The
         // first H200 run measured 2.1e-4 (norm) and 3.3e-4 (weights) after 2 steps.
@@ -203,15 +274,28 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             (_, true) => 2e-3,
             _ => 1e-4,
         };
-        let loss_err = out.steps.iter().zip(&reference.steps).map(|(x, y)| rel(x.loss, y.loss)).fold(0.0, f64::max);
-        let norm_err = out.steps.iter().zip(&reference.steps).map(|(x, y)| rel(x.grad_norm, y.grad_norm)).fold(0.0, f64::max);
+        let loss_err = out
+            .steps
+            .iter()
+            .zip(&reference.steps)
+            .map(|(x, y)| rel(x.loss, y.loss))
+            .fold(0.0, f64::max);
+        let norm_err = out
+            .steps
+            .iter()
+            .zip(&reference.steps)
+            .map(|(x, y)| rel(x.grad_norm, y.grad_norm))
+            .fold(0.0, f64::max);
         let (mut d2, mut n2) = (0.0f64, 0.0f64);
         for ((_, _, x), (_, _, y)) in out.weights.iter().zip(&reference.weights) {
             d2 += x.iter().zip(y).map(|(p, q)| (*p as f64 - *q as f64).powi(2)).sum::<f64>();
             n2 += y.iter().map(|q| (*q as f64).powi(2)).sum::<f64>();
         }
         let weight_err = (d2 / n2.max(1e-30)).sqrt();
-        ok = loss_err <= tol && norm_err <= tol && weight_err <= tol && out.weights.len() == reference.weights.len();
+        ok = loss_err <= tol
+            && norm_err <= tol
+            && weight_err <= tol
+            && out.weights.len() == reference.weights.len();
         result["against_cpu_f32"] = json!({"loss_rel": loss_err, "grad_norm_rel": norm_err, "weights_rel_l2": weight_err, "tolerance": tol, "ok": ok});
     }
     println!(
@@ -237,7 +321,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     );
     if let Some(p) = &a.json {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p).with_context(|| format!("opening {}", p.display()))?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .with_context(|| format!("opening {}", p.display()))?;
         writeln!(f, "{result}")?;
     }
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
@@ -246,6 +334,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 fn peak_rss_gb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map_or(0.0, |kb| kb / 1e6)
 }

@@ -23,21 +23,34 @@ fn child(args: &[&str]) -> anyhow::Result<Value> {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let shapes = a.shapes.split(',').map(|s| Ok((s, super::model::parse_shape(s)?))).collect::<anyhow::Result<Vec<_>>>()?;
+    let shapes = a
+        .shapes
+        .split(',')
+        .map(|s| Ok((s, super::model::parse_shape(s)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let dir = crate::models::smollm2_hf()?;
     let script = super::model::torch_script();
     let mut rows = Vec::new();
-    println!("| shape (batch × seq) | distill step | distill tokens/s | distill peak RSS | PyTorch step | PyTorch tokens/s | PyTorch peak RSS | distill / PyTorch time | memory ratio |");
+    println!(
+        "| shape (batch × seq) | distill step | distill tokens/s | distill peak RSS | PyTorch step | PyTorch tokens/s | PyTorch peak RSS | distill / PyTorch time | memory ratio |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
     for (shape, (b, t)) in shapes {
-        let ours = child(&["bench", "model", "--only", "train", "--train-shape", shape, "--no-torch"])?;
+        let ours =
+            child(&["bench", "model", "--only", "train", "--train-shape", shape, "--no-torch"])?;
         let torch = Command::new(&a.python).arg(&script).arg(&dir).arg("train").arg(shape).output();
         let theirs = match torch {
             Ok(o) if o.status.success() => super::model::last_json_line(&o.stdout),
             _ => Value::Null,
         };
-        let (s1, m1) = (ours["train_step"]["seconds"].as_f64().unwrap_or(f64::NAN), ours["peak_rss_mb"].as_f64().unwrap_or(f64::NAN));
-        let (s2, m2) = (theirs["train_step"]["seconds"].as_f64().unwrap_or(f64::NAN), theirs["peak_rss_mb"].as_f64().unwrap_or(f64::NAN));
+        let (s1, m1) = (
+            ours["train_step"]["seconds"].as_f64().unwrap_or(f64::NAN),
+            ours["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
+        );
+        let (s2, m2) = (
+            theirs["train_step"]["seconds"].as_f64().unwrap_or(f64::NAN),
+            theirs["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
+        );
         let tokens = (b * t) as f64;
         println!(
             "| {shape} | {s1:.2} s | {:.0} | {:.0} MB | {s2:.2} s | {:.0} | {:.0} MB | {:.2}× | {:.2}× |",

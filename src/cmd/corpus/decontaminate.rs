@@ -40,7 +40,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             present += 1;
             continue;
         }
-        let text: String = t.messages.iter().filter(|m| m.role == Role::User).map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
+        let text: String = t
+            .messages
+            .iter()
+            .filter(|m| m.role == Role::User)
+            .map(|m| m.content.as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
         match d.check(&text) {
             Some(hit) => dropped.push(json!({"id": t.id, "prompt_id": t.prompt_id, "eval_file": hit.file, "eval_line": hit.line, "shared_ngram": hit.ngram})),
             None => {
@@ -53,9 +59,20 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let report_path = a.report.clone().unwrap_or_else(|| a.out.join("decontamination.json"));
     let report = json!({"against": a.against, "eval_problems": d.problems, "ngram": a.ngram, "kept": kept, "already_present": present, "dropped": dropped});
     distill_data::fsutil::atomic_write(&report_path, &serde_json::to_vec_pretty(&report)?)?;
-    println!("{} eval problems indexed; kept {kept}, dropped {} (report: {})", d.problems, dropped.len(), report_path.display());
+    println!(
+        "{} eval problems indexed; kept {kept}, dropped {} (report: {})",
+        d.problems,
+        dropped.len(),
+        report_path.display()
+    );
     for x in dropped.iter().take(10) {
-        println!("  dropped {} — shares \"{}\" with {}:{}", x["id"].as_str().unwrap_or(""), x["shared_ngram"].as_str().unwrap_or(""), x["eval_file"].as_str().unwrap_or(""), x["eval_line"]);
+        println!(
+            "  dropped {} — shares \"{}\" with {}:{}",
+            x["id"].as_str().unwrap_or(""),
+            x["shared_ngram"].as_str().unwrap_or(""),
+            x["eval_file"].as_str().unwrap_or(""),
+            x["eval_line"]
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

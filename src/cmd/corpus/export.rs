@@ -43,10 +43,16 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 } else {
                     format!("<think>\n{}\n</think>\n\n{}", t.reasoning, t.answer)
                 };
-                let mut messages: Vec<serde_json::Value> =
-                    t.messages.iter().map(|m| json!({"role": m.role.as_str(), "content": m.content})).collect();
+                let mut messages: Vec<serde_json::Value> = t
+                    .messages
+                    .iter()
+                    .map(|m| json!({"role": m.role.as_str(), "content": m.content}))
+                    .collect();
                 messages.push(json!({"role": Role::Assistant.as_str(), "content": content}));
-                serde_json::to_writer(&mut out, &json!({"id": t.id, "messages": messages, "reference": t.reference}))?;
+                serde_json::to_writer(
+                    &mut out,
+                    &json!({"id": t.id, "messages": messages, "reference": t.reference}),
+                )?;
             }
         }
         out.write_all(b"\n")?;

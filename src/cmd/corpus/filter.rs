@@ -38,7 +38,13 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let spec = FilterSpec {
-        passed: if a.passed { Some(true) } else if a.failed { Some(false) } else { None },
+        passed: if a.passed {
+            Some(true)
+        } else if a.failed {
+            Some(false)
+        } else {
+            None
+        },
         drop_finish: a.drop_finish.iter().cloned().map(FinishReason::from).collect(),
         min_chars: a.min_chars,
         max_chars: a.max_chars,

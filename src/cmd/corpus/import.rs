@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
+use distill_data::CorpusWriter;
 use distill_data::import::{ImportFormat, parse_line};
 use distill_data::prompts::{JsonlLines, dataset_name};
-use distill_data::CorpusWriter;
 
 use super::WriteArgs;
 
@@ -51,10 +51,15 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     for path in &a.files {
         let dataset = a.dataset.clone().unwrap_or_else(|| dataset_name(path));
         let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        for item in JsonlLines::new(BufReader::with_capacity(1 << 20, file), path, a.max_line_bytes) {
+        for item in JsonlLines::new(BufReader::with_capacity(1 << 20, file), path, a.max_line_bytes)
+        {
             let (line, text) = item?;
             let parsed = text.and_then(|t| {
-                if t.trim().is_empty() { Ok(vec![]) } else { parse_line(a.format, &dataset, &a.model, line - 1, &t) }
+                if t.trim().is_empty() {
+                    Ok(vec![])
+                } else {
+                    parse_line(a.format, &dataset, &a.model, line - 1, &t)
+                }
             });
             let traces = match parsed {
                 Ok(ts) => ts,

@@ -32,7 +32,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     );
     println!("passed      {} ({:.1}%), unverified {}", s.passed, pct(s.passed), s.unverified);
     for (v, (p, n)) in &s.verifiers {
-        println!("  verifier {v:<24} {p}/{n} passed ({:.1}%)", 100.0 * *p as f64 / (*n).max(1) as f64);
+        println!(
+            "  verifier {v:<24} {p}/{n} passed ({:.1}%)",
+            100.0 * *p as f64 / (*n).max(1) as f64
+        );
     }
     for (v, n) in &s.rejected_by {
         println!("  rejected by {v:<21} {n}");
@@ -48,7 +51,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn hist(name: &str, h: &Histogram) {
-    println!("{name}: min {} p50 {} p90 {} p99 {} max {} mean {:.0}", h.min, h.p50, h.p90, h.p99, h.max, h.mean);
+    println!(
+        "{name}: min {} p50 {} p90 {} p99 {} max {} mean {:.0}",
+        h.min, h.p50, h.p90, h.p99, h.max, h.mean
+    );
     let top = h.buckets.iter().map(|b| b.1).max().unwrap_or(1).max(1);
     for (lo, n) in &h.buckets {
         let hi = if *lo == 0 { 1 } else { lo * 2 };

@@ -25,10 +25,18 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             }
         }
         for s in &r.strays {
-            println!("note: {s} is not named by the manifest (a crash leftover; the next writer removes it)");
+            println!(
+                "note: {s} is not named by the manifest (a crash leftover; the next writer removes it)"
+            );
         }
         let verdict = if r.ok() { "OK" } else { "DAMAGED" };
-        println!("{verdict}: {} shards, {} frames, {} records read, {} problems", r.shards, r.frames, r.records, r.problems.len());
+        println!(
+            "{verdict}: {} shards, {} frames, {} records read, {} problems",
+            r.shards,
+            r.frames,
+            r.records,
+            r.problems.len()
+        );
     }
     Ok(if r.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

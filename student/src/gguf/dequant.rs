@@ -33,10 +33,35 @@ fn block(ty: u32) -> Option<(u64, u64)> {
 
 pub fn type_name(ty: u32) -> String {
     let known = [
-        (0, "F32"), (1, "F16"), (2, "Q4_0"), (3, "Q4_1"), (6, "Q5_0"), (7, "Q5_1"), (8, "Q8_0"), (9, "Q8_1"),
-        (10, "Q2_K"), (11, "Q3_K"), (12, "Q4_K"), (13, "Q5_K"), (14, "Q6_K"), (15, "Q8_K"), (16, "IQ2_XXS"),
-        (17, "IQ2_XS"), (18, "IQ3_XXS"), (19, "IQ1_S"), (20, "IQ4_NL"), (21, "IQ3_S"), (22, "IQ2_S"), (23, "IQ4_XS"),
-        (24, "I8"), (25, "I16"), (26, "I32"), (27, "I64"), (28, "F64"), (29, "IQ1_M"), (30, "BF16"),
+        (0, "F32"),
+        (1, "F16"),
+        (2, "Q4_0"),
+        (3, "Q4_1"),
+        (6, "Q5_0"),
+        (7, "Q5_1"),
+        (8, "Q8_0"),
+        (9, "Q8_1"),
+        (10, "Q2_K"),
+        (11, "Q3_K"),
+        (12, "Q4_K"),
+        (13, "Q5_K"),
+        (14, "Q6_K"),
+        (15, "Q8_K"),
+        (16, "IQ2_XXS"),
+        (17, "IQ2_XS"),
+        (18, "IQ3_XXS"),
+        (19, "IQ1_S"),
+        (20, "IQ4_NL"),
+        (21, "IQ3_S"),
+        (22, "IQ2_S"),
+        (23, "IQ4_XS"),
+        (24, "I8"),
+        (25, "I16"),
+        (26, "I32"),
+        (27, "I64"),
+        (28, "F64"),
+        (29, "IQ1_M"),
+        (30, "BF16"),
     ];
     known.iter().find(|(t, _)| *t == ty).map_or(format!("type {ty}"), |(_, n)| n.to_string())
 }
@@ -49,8 +74,11 @@ pub fn byte_size(ty: u32, n: u64) -> Option<Result<u64, String>> {
             type_name(ty)
         )));
     };
-    if n % per != 0 {
-        return Some(Err(format!("{n} elements is not a whole number of {per}-element {} blocks", type_name(ty))));
+    if !n.is_multiple_of(per) {
+        return Some(Err(format!(
+            "{n} elements is not a whole number of {per}-element {} blocks",
+            type_name(ty)
+        )));
     }
     (n / per).checked_mul(bytes).map(Ok)
 }
@@ -60,10 +88,13 @@ fn h(b: &[u8], at: usize) -> f32 {
 }
 
 /// Decode `n` elements of type `ty` from `data`.
+// The index arithmetic follows ggml-quants.c block by block, so it is kept as loops over indices.
+#[allow(clippy::needless_range_loop)]
 pub fn dequantize(ty: u32, data: &[u8], n: usize) -> Result<Vec<f32>, String> {
-    let (per, bytes) = block(ty).ok_or_else(|| format!("tensor type {} is not supported", type_name(ty)))?;
+    let (per, bytes) =
+        block(ty).ok_or_else(|| format!("tensor type {} is not supported", type_name(ty)))?;
     let (per, bytes) = (per as usize, bytes as usize);
-    if n % per != 0 || data.len() != n / per * bytes {
+    if !n.is_multiple_of(per) || data.len() != n / per * bytes {
         return Err(format!("{} bytes do not hold {n} {} elements", data.len(), type_name(ty)));
     }
     let mut y = Vec::with_capacity(n);
@@ -111,14 +142,16 @@ pub fn dequantize(ty: u32, data: &[u8], n: usize) -> Result<Vec<f32>, String> {
             for b in data.chunks_exact(bytes) {
                 let (d, dmin) = (h(b, 0), h(b, 2));
                 let scales = &b[4..16];
-                let (qh, mut ql) = if ty == Q5_K { (&b[16..48], &b[48..176]) } else { (&b[0..0], &b[16..144]) };
+                let (qh, mut ql) =
+                    if ty == Q5_K { (&b[16..48], &b[48..176]) } else { (&b[0..0], &b[16..144]) };
                 let (mut u1, mut u2) = (1u8, 2u8);
                 for j in 0..4 {
                     let (sc1, m1) = scale_min_k4(2 * j, scales);
                     let (sc2, m2) = scale_min_k4(2 * j + 1, scales);
                     let (d1, m1) = (d * sc1 as f32, dmin * m1 as f32);
                     let (d2, m2) = (d * sc2 as f32, dmin * m2 as f32);
-                    let hi = |l: usize, u: u8| if ty == Q5_K && qh[l] & u != 0 { 16.0 } else { 0.0 };
+                    let hi =
+                        |l: usize, u: u8| if ty == Q5_K && qh[l] & u != 0 { 16.0 } else { 0.0 };
                     for l in 0..32 {
                         y.push(d1 * ((ql[l] & 0xF) as f32 + hi(l, u1)) - m1);
                     }

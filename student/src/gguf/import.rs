@@ -70,7 +70,9 @@ pub fn import(path: &Path, out: &Path, opts: &ExportOptions) -> Result<ImportRep
     for t in &g.tensors {
         *report.types.entry(dequant::type_name(t.ggml_type)).or_default() += 1;
         let Some(name) = hf_name(&t.name) else {
-            report.warnings.push(format!("tensor '{}' has no Hugging Face counterpart; skipped", t.name));
+            report
+                .warnings
+                .push(format!("tensor '{}' has no Hugging Face counterpart; skipped", t.name));
             continue;
         };
         let shape = t.shape();
@@ -93,20 +95,27 @@ pub fn import(path: &Path, out: &Path, opts: &ExportOptions) -> Result<ImportRep
     };
     check_tensors(&config, &mut src)?;
     for extra in src.tensors.keys() {
-        report.warnings.push(format!("tensor '{extra}' is not used by a {} model", config.arch.hf_class()));
+        report
+            .warnings
+            .push(format!("tensor '{extra}' is not used by a {} model", config.arch.hf_class()));
     }
 
-    let (tokenizer_json, tokenizer_config) = tokenizer_files(&g, &config, &mut report).map_err(err)?;
+    let (tokenizer_json, tokenizer_config) =
+        tokenizer_files(&g, &config, &mut report).map_err(err)?;
     let assets = Assets {
         tokenizer_json: Some(serde_json::to_vec_pretty(&tokenizer_json).expect("json")),
         tokenizer_config: Some(tokenizer_config),
         generation_config: None,
     };
     // The tokenizer must load.
-    tokenizers::Tokenizer::from_bytes(assets.tokenizer_json.as_ref().unwrap())
-        .map_err(|e| err(format!("the tokenizer built from the GGUF vocabulary does not load: {e}")))?;
+    tokenizers::Tokenizer::from_bytes(assets.tokenizer_json.as_ref().unwrap()).map_err(|e| {
+        err(format!("the tokenizer built from the GGUF vocabulary does not load: {e}"))
+    })?;
     let mut opts = opts.clone();
-    opts.metadata.insert("distill.source".into(), path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default());
+    opts.metadata.insert(
+        "distill.source".into(),
+        path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default(),
+    );
     hf::write_dir(out, &tensors, &config, &assets, &opts)?;
     Ok(report)
 }
@@ -114,7 +123,13 @@ pub fn import(path: &Path, out: &Path, opts: &ExportOptions) -> Result<ImportRep
 /// Check names and shapes without materialising a model.
 fn check_tensors(cfg: &ModelConfig, src: &mut crate::weights::MapSource) -> Result<()> {
     use crate::weights::WeightSource;
-    let (d, f, h, kv, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+    let (d, f, h, kv, hd) = (
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+    );
     let mut need = |name: String, shape: Vec<usize>| -> Result<()> {
         // MapSource checks presence and shape; the data was kept aside.
         src.read(&name, &shape).map(|_| ())
@@ -162,20 +177,31 @@ pub fn unpermute(w: &[f32], shape: &[usize], n_head: usize) -> Vec<f32> {
             for s in 0..2 {
                 let hf_row = h * hd + s * half + i;
                 let gguf_row = h * hd + i * 2 + s;
-                out[hf_row * cols..(hf_row + 1) * cols].copy_from_slice(&w[gguf_row * cols..(gguf_row + 1) * cols]);
+                out[hf_row * cols..(hf_row + 1) * cols]
+                    .copy_from_slice(&w[gguf_row * cols..(gguf_row + 1) * cols]);
             }
         }
     }
     out
 }
 
-fn config_from_metadata(g: &GgufFile, report: &mut ImportReport) -> std::result::Result<ModelConfig, String> {
-    let arch_name = g.get("general.architecture").and_then(Value::as_str).ok_or("missing metadata `general.architecture`")?;
+fn config_from_metadata(
+    g: &GgufFile,
+    report: &mut ImportReport,
+) -> std::result::Result<ModelConfig, String> {
+    let arch_name = g
+        .get("general.architecture")
+        .and_then(Value::as_str)
+        .ok_or("missing metadata `general.architecture`")?;
     let arch = match arch_name {
         "llama" => Arch::Llama,
         "qwen2" => Arch::Qwen2,
         "qwen3" => Arch::Qwen3,
-        other => return Err(format!("architecture '{other}' is not supported (llama, qwen2, qwen3 are)")),
+        other => {
+            return Err(format!(
+                "architecture '{other}' is not supported (llama, qwen2, qwen3 are)"
+            ));
+        }
     };
     report.arch = arch_name.to_string();
     let key = |k: &str| format!("{arch_name}.{k}");
@@ -185,13 +211,17 @@ fn config_from_metadata(g: &GgufFile, report: &mut ImportReport) -> std::result:
     let tokens = g.get("tokenizer.ggml.tokens").and_then(Value::as_array).map_or(0, <[Value]>::len);
     let hidden = need("embedding_length")?;
     let heads = need("attention.head_count")?;
-    let head_dim = num("attention.key_length").or(num("rope.dimension_count")).unwrap_or(hidden / heads);
+    let head_dim =
+        num("attention.key_length").or(num("rope.dimension_count")).unwrap_or(hidden / heads);
     let rope_scaling = match g.get(&key("rope.scaling.type")).and_then(Value::as_str) {
         None | Some("none") => RopeScaling::None,
-        Some("linear") => RopeScaling::Linear { factor: float("rope.scaling.factor").ok_or("linear rope scaling without a factor")? },
+        Some("linear") => RopeScaling::Linear {
+            factor: float("rope.scaling.factor").ok_or("linear rope scaling without a factor")?,
+        },
         Some("yarn") => RopeScaling::Yarn {
             factor: float("rope.scaling.factor").ok_or("yarn rope scaling without a factor")?,
-            original_max_position_embeddings: float("rope.scaling.original_context_length").ok_or("yarn without original_context_length")?,
+            original_max_position_embeddings: float("rope.scaling.original_context_length")
+                .ok_or("yarn without original_context_length")?,
             beta_fast: 32.0,
             beta_slow: 1.0,
             attention_factor: None,
@@ -201,7 +231,8 @@ fn config_from_metadata(g: &GgufFile, report: &mut ImportReport) -> std::result:
     if g.tensor("rope_freqs.weight").is_some() {
         report.warnings.push("rope_freqs.weight (Llama 3.1 rope scaling) is not carried over: set rope_scaling in config.json by hand".into());
     }
-    let tok = |k: &str| g.get(&format!("tokenizer.ggml.{k}")).and_then(Value::as_u64).map(|v| v as u32);
+    let tok =
+        |k: &str| g.get(&format!("tokenizer.ggml.{k}")).and_then(Value::as_u64).map(|v| v as u32);
     Ok(ModelConfig {
         arch,
         vocab_size: num("vocab_size").unwrap_or(tokens),
@@ -246,11 +277,18 @@ fn pre_tokenizer(pre: &str) -> Option<Json> {
     }
 }
 
-fn tokenizer_files(g: &GgufFile, cfg: &ModelConfig, report: &mut ImportReport) -> std::result::Result<(Json, Json), String> {
+fn tokenizer_files(
+    g: &GgufFile,
+    cfg: &ModelConfig,
+    report: &mut ImportReport,
+) -> std::result::Result<(Json, Json), String> {
     let meta_str = |k: &str| g.get(k).and_then(Value::as_str);
-    let model = meta_str("tokenizer.ggml.model").ok_or("missing metadata `tokenizer.ggml.model`")?;
+    let model =
+        meta_str("tokenizer.ggml.model").ok_or("missing metadata `tokenizer.ggml.model`")?;
     if model != "gpt2" {
-        return Err(format!("tokenizer model '{model}' is not supported (byte-level BPE, 'gpt2', is)"));
+        return Err(format!(
+            "tokenizer model '{model}' is not supported (byte-level BPE, 'gpt2', is)"
+        ));
     }
     let tokens: Vec<&str> = g
         .get("tokenizer.ggml.tokens")
@@ -274,7 +312,9 @@ fn tokenizer_files(g: &GgufFile, cfg: &ModelConfig, report: &mut ImportReport) -
     let mut vocab = serde_json::Map::new();
     for (i, t) in tokens.iter().enumerate() {
         if vocab.contains_key(*t) {
-            report.warnings.push(format!("token {i} '{t}' repeats an earlier token; the first id is kept"));
+            report
+                .warnings
+                .push(format!("token {i} '{t}' repeats an earlier token; the first id is kept"));
             continue;
         }
         vocab.insert(t.to_string(), json!(i));
@@ -299,11 +339,18 @@ fn tokenizer_files(g: &GgufFile, cfg: &ModelConfig, report: &mut ImportReport) -
     });
     report.vocab = tokens.len();
     report.merges = merges.len();
-    let merge_pairs: Vec<Json> = merges.iter().map(|m| match m.split_once(' ') {
-        Some((a, b)) => json!([a, b]),
-        None => json!([m, ""]),
-    }).collect();
-    let normalizer = if pre.starts_with("qwen2") || pre == "deepseek-r1-qwen" { json!({"type": "NFC"}) } else { Json::Null };
+    let merge_pairs: Vec<Json> = merges
+        .iter()
+        .map(|m| match m.split_once(' ') {
+            Some((a, b)) => json!([a, b]),
+            None => json!([m, ""]),
+        })
+        .collect();
+    let normalizer = if pre.starts_with("qwen2") || pre == "deepseek-r1-qwen" {
+        json!({"type": "NFC"})
+    } else {
+        Json::Null
+    };
     let tokenizer = json!({
         "version": "1.0",
         "truncation": null,
@@ -318,7 +365,12 @@ fn tokenizer_files(g: &GgufFile, cfg: &ModelConfig, report: &mut ImportReport) -
                   "vocab": vocab, "merges": merge_pairs},
     });
 
-    let name_of = |k: &str| g.get(&format!("tokenizer.ggml.{k}")).and_then(Value::as_u64).and_then(|i| tokens.get(i as usize)).map(|s| s.to_string());
+    let name_of = |k: &str| {
+        g.get(&format!("tokenizer.ggml.{k}"))
+            .and_then(Value::as_u64)
+            .and_then(|i| tokens.get(i as usize))
+            .map(|s| s.to_string())
+    };
     let mut tc = json!({
         "tokenizer_class": "PreTrainedTokenizerFast",
         "clean_up_tokenization_spaces": false,
@@ -326,7 +378,12 @@ fn tokenizer_files(g: &GgufFile, cfg: &ModelConfig, report: &mut ImportReport) -
         "add_bos_token": g.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(false),
         "add_eos_token": g.get("tokenizer.ggml.add_eos_token").and_then(Value::as_bool).unwrap_or(false),
     });
-    for (field, key) in [("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"), ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")] {
+    for (field, key) in [
+        ("bos_token", "bos_token_id"),
+        ("eos_token", "eos_token_id"),
+        ("unk_token", "unknown_token_id"),
+        ("pad_token", "padding_token_id"),
+    ] {
         if let Some(t) = name_of(key) {
             tc[field] = Json::String(t);
         }

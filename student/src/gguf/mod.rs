@@ -119,11 +119,19 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn err(&self, msg: impl Into<String>) -> Error {
-        Error::Gguf { path: self.path.to_path_buf(), msg: format!("{} (at byte {})", msg.into(), self.pos) }
+        Error::Gguf {
+            path: self.path.to_path_buf(),
+            msg: format!("{} (at byte {})", msg.into(), self.pos),
+        }
     }
     fn bytes(&mut self, n: u64, what: &str) -> Result<&'a [u8]> {
         let end = (self.pos as u64).checked_add(n).filter(|&e| e <= self.b.len() as u64);
-        let end = end.ok_or_else(|| self.err(format!("{what} of {n} bytes runs past the end of the {}-byte file", self.b.len())))?;
+        let end = end.ok_or_else(|| {
+            self.err(format!(
+                "{what} of {n} bytes runs past the end of the {}-byte file",
+                self.b.len()
+            ))
+        })?;
         let s = &self.b[self.pos..end as usize];
         self.pos = end as usize;
         Ok(s)
@@ -159,7 +167,9 @@ impl<'a> Reader<'a> {
                 let n = self.u64(key)?;
                 // Every element takes at least one byte: a count beyond the file is a lie.
                 if n > (self.b.len() - self.pos) as u64 {
-                    return Err(self.err(format!("metadata '{key}': array of {n} elements cannot fit in the file")));
+                    return Err(self.err(format!(
+                        "metadata '{key}': array of {n} elements cannot fit in the file"
+                    )));
                 }
                 let mut v = Vec::with_capacity(n as usize);
                 for _ in 0..n {
@@ -182,16 +192,24 @@ impl GgufFile {
         let mmap = unsafe { Mmap::map(&file) }.at(path)?;
         let mut r = Reader { b: &mmap, pos: 0, path };
         if r.u32("magic")? != MAGIC {
-            return Err(Error::Gguf { path: path.to_path_buf(), msg: "not a GGUF file (bad magic)".into() });
+            return Err(Error::Gguf {
+                path: path.to_path_buf(),
+                msg: "not a GGUF file (bad magic)".into(),
+            });
         }
         let version = r.u32("version")?;
         if !(2..=3).contains(&version) {
-            return Err(Error::Gguf { path: path.to_path_buf(), msg: format!("GGUF version {version} is not supported (2 and 3 are)") });
+            return Err(Error::Gguf {
+                path: path.to_path_buf(),
+                msg: format!("GGUF version {version} is not supported (2 and 3 are)"),
+            });
         }
         let n_tensors = r.u64("tensor count")?;
         let n_kv = r.u64("metadata count")?;
         if n_tensors > 1 << 20 || n_kv > 1 << 20 {
-            return Err(r.err(format!("{n_tensors} tensors / {n_kv} metadata entries is not plausible")));
+            return Err(
+                r.err(format!("{n_tensors} tensors / {n_kv} metadata entries is not plausible"))
+            );
         }
         let mut metadata = BTreeMap::new();
         for _ in 0..n_kv {
@@ -212,7 +230,8 @@ impl GgufFile {
             let offset = r.u64(&name)?;
             infos.push((name, dims, ggml_type, offset));
         }
-        let align = metadata.get("general.alignment").and_then(Value::as_u64).unwrap_or(32).max(1) as usize;
+        let align =
+            metadata.get("general.alignment").and_then(Value::as_u64).unwrap_or(32).max(1) as usize;
         let data_start = r.pos.div_ceil(align) * align;
         let mut tensors = Vec::with_capacity(infos.len());
         for (name, dims, ggml_type, offset) in infos {
@@ -220,12 +239,24 @@ impl GgufFile {
             let bytes = elements.and_then(|n| dequant::byte_size(ggml_type, n));
             let start = (data_start as u64).checked_add(offset);
             let range = match (bytes, start) {
-                (Some(Ok(b)), Some(s)) if s.checked_add(b).is_some_and(|e| e <= mmap.len() as u64) => s as usize..(s + b) as usize,
-                (Some(Err(msg)), _) => return Err(Error::Gguf { path: path.to_path_buf(), msg: format!("tensor '{name}': {msg}") }),
+                (Some(Ok(b)), Some(s))
+                    if s.checked_add(b).is_some_and(|e| e <= mmap.len() as u64) =>
+                {
+                    s as usize..(s + b) as usize
+                }
+                (Some(Err(msg)), _) => {
+                    return Err(Error::Gguf {
+                        path: path.to_path_buf(),
+                        msg: format!("tensor '{name}': {msg}"),
+                    });
+                }
                 _ => {
                     return Err(Error::Gguf {
                         path: path.to_path_buf(),
-                        msg: format!("tensor '{name}' ({dims:?}, type {ggml_type}) lies outside the {}-byte file (truncated?)", mmap.len()),
+                        msg: format!(
+                            "tensor '{name}' ({dims:?}, type {ggml_type}) lies outside the {}-byte file (truncated?)",
+                            mmap.len()
+                        ),
                     });
                 }
             };
@@ -245,6 +276,9 @@ impl GgufFile {
     /// A tensor's values as f32, in row-major HF order.
     pub fn read_f32(&self, t: &TensorInfo) -> Result<Vec<f32>> {
         dequant::dequantize(t.ggml_type, &self.mmap[t.range.clone()], t.elements() as usize)
-            .map_err(|msg| Error::Gguf { path: self.path.clone(), msg: format!("tensor '{}': {msg}", t.name) })
+            .map_err(|msg| Error::Gguf {
+                path: self.path.clone(),
+                msg: format!("tensor '{}': {msg}", t.name),
+            })
     }
 }

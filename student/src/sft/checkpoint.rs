@@ -64,7 +64,10 @@ pub fn save<B: Backend, O: Backend>(
     let name = dir_name(state.step);
     let tmp = root.join(format!(".{name}.tmp"));
     let dst = root.join(&name);
-    let failed = |what: &str| Error::Collective { rank: par.rank(), msg: format!("saving checkpoint {}: {what} failed on another rank", dst.display()) };
+    let failed = |what: &str| Error::Collective {
+        rank: par.rank(),
+        msg: format!("saving checkpoint {}: {what} failed on another rank", dst.display()),
+    };
 
     // 1. Rank 0 lays out the temp directory.
     let made = if lead { prepare_tmp(root, &tmp) } else { Ok(()) };
@@ -84,7 +87,11 @@ pub fn save<B: Backend, O: Backend>(
         return Err(failed("writing optimizer state"));
     }
     // 3. Rank 0: the model, config, state and shard index; then the rename.
-    let finished = if lead { finish_dir(root, &tmp, &dst, model, config, state, keep, par, wrote.unwrap_or_default()) } else { Ok(()) };
+    let finished = if lead {
+        finish_dir(root, &tmp, &dst, model, config, state, keep, par, wrote.unwrap_or_default())
+    } else {
+        Ok(())
+    };
     if !par.comm.agree(finished.is_ok(), device)? {
         finished?;
         return Err(failed("publishing the checkpoint"));
@@ -105,9 +112,14 @@ fn write_moments<O: Backend>(dir: &Path, opt: &AdamW<O>) -> Result<Vec<PathBuf>>
         .state
         .iter()
         .flat_map(|(n, m)| {
-            let v = |t: &Tensor<O, 1>| t.clone().into_data().convert::<f32>().into_vec::<f32>().expect("f32");
+            let v = |t: &Tensor<O, 1>| {
+                t.clone().into_data().convert::<f32>().into_vec::<f32>().expect("f32")
+            };
             let (a, b) = (v(&m.exp_avg), v(&m.exp_avg_sq));
-            [(format!("exp_avg.{n}"), vec![a.len()], a), (format!("exp_avg_sq.{n}"), vec![b.len()], b)]
+            [
+                (format!("exp_avg.{n}"), vec![a.len()], a),
+                (format!("exp_avg_sq.{n}"), vec![b.len()], b),
+            ]
         })
         .collect();
     std::fs::create_dir_all(dir).at(dir)?;
@@ -147,11 +159,21 @@ fn finish_dir<B: Backend, O: Backend>(
         std::fs::write(&p, bytes).at(&p)?;
         Ok(p)
     };
-    files.push(write(tmp.join("config.json"), serde_json::to_vec_pretty(&config.to_hf_json("float32")).expect("json"))?);
+    files.push(write(
+        tmp.join("config.json"),
+        serde_json::to_vec_pretty(&config.to_hf_json("float32")).expect("json"),
+    )?);
     files.push(write(tmp.join("state.json"), serde_json::to_vec_pretty(state).expect("json"))?);
     if !par.replicated() {
-        let index = ShardIndex { world: par.world(), mode: par.mode, params: par.layout.slots.iter().map(|s| (s.name.clone(), s.numel)).collect() };
-        files.push(write(tmp.join("optimizer").join(SHARD_INDEX), serde_json::to_vec_pretty(&index).expect("json"))?);
+        let index = ShardIndex {
+            world: par.world(),
+            mode: par.mode,
+            params: par.layout.slots.iter().map(|s| (s.name.clone(), s.numel)).collect(),
+        };
+        files.push(write(
+            tmp.join("optimizer").join(SHARD_INDEX),
+            serde_json::to_vec_pretty(&index).expect("json"),
+        )?);
     }
     for f in &files {
         std::fs::File::open(f).and_then(|f| f.sync_all()).at(f)?;
@@ -190,13 +212,21 @@ pub fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
 
 /// Load a checkpoint's state and model. Every file is checked; a damaged checkpoint is an error
 /// naming it and what is wrong.
-pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<(RunState, crate::hf::Loaded<B>)> {
-    let bad = |msg: String| Error::Invalid(format!("checkpoint {} is unusable: {msg}", dir.display()));
+pub fn load_model<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(RunState, crate::hf::Loaded<B>)> {
+    let bad =
+        |msg: String| Error::Invalid(format!("checkpoint {} is unusable: {msg}", dir.display()));
     let sp = dir.join("state.json");
     let text = std::fs::read_to_string(&sp).map_err(|e| bad(format!("state.json: {e}")))?;
-    let state: RunState = serde_json::from_str(&text).map_err(|e| bad(format!("state.json: {e}")))?;
+    let state: RunState =
+        serde_json::from_str(&text).map_err(|e| bad(format!("state.json: {e}")))?;
     if state.format != FORMAT || state.version != VERSION {
-        return Err(bad(format!("format {} v{} is not {FORMAT} v{VERSION}; it was written by another distill version", state.format, state.version)));
+        return Err(bad(format!(
+            "format {} v{} is not {FORMAT} v{VERSION}; it was written by another distill version",
+            state.format, state.version
+        )));
     }
     let loaded = crate::hf::load_model::<B>(dir, device).map_err(|e| bad(e.to_string()))?;
     Ok((state, loaded))
@@ -205,29 +235,52 @@ pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<(RunStat
 /// Load AdamW's moments for the ranges this rank owns under `par`, whatever world size and shard
 /// mode wrote them: re-sharding is reading other ranges of the same flat layout. Every moment is
 /// checked against the parameter's size.
-pub fn load_optimizer<O: Backend>(dir: &Path, optim: OptimConfig, step: u64, par: &Parallel<O>, device: &O::Device) -> Result<AdamW<O>> {
-    let bad = |msg: String| Error::Invalid(format!("checkpoint {} is unusable: {msg}", dir.display()));
+pub fn load_optimizer<O: Backend>(
+    dir: &Path,
+    optim: OptimConfig,
+    step: u64,
+    par: &Parallel<O>,
+    device: &O::Device,
+) -> Result<AdamW<O>> {
+    let bad =
+        |msg: String| Error::Invalid(format!("checkpoint {} is unusable: {msg}", dir.display()));
     let opt_dir = dir.join("optimizer");
     let mut opt = AdamW::new(optim);
     opt.step = step;
     let index_path = opt_dir.join(SHARD_INDEX);
     // The saved layout: whole moments (one "rank"), or the ranks' ranges.
     let (saved, files): (Layout, Vec<Checkpoint>) = if index_path.exists() {
-        let text = std::fs::read_to_string(&index_path).map_err(|e| bad(format!("optimizer/{SHARD_INDEX}: {e}")))?;
-        let index: ShardIndex = serde_json::from_str(&text).map_err(|e| bad(format!("optimizer/{SHARD_INDEX}: {e}")))?;
+        let text = std::fs::read_to_string(&index_path)
+            .map_err(|e| bad(format!("optimizer/{SHARD_INDEX}: {e}")))?;
+        let index: ShardIndex = serde_json::from_str(&text)
+            .map_err(|e| bad(format!("optimizer/{SHARD_INDEX}: {e}")))?;
         if index.world == 0 || index.world > 1 << 16 {
-            return Err(bad(format!("optimizer/{SHARD_INDEX}: world size {} is out of range", index.world)));
+            return Err(bad(format!(
+                "optimizer/{SHARD_INDEX}: world size {} is out of range",
+                index.world
+            )));
         }
-        if index.params != par.layout.slots.iter().map(|s| (s.name.clone(), s.numel)).collect::<Vec<_>>() {
-            return Err(bad(format!("optimizer/{SHARD_INDEX}: its parameters are not the model's")));
+        if index.params
+            != par.layout.slots.iter().map(|s| (s.name.clone(), s.numel)).collect::<Vec<_>>()
+        {
+            return Err(bad(format!(
+                "optimizer/{SHARD_INDEX}: its parameters are not the model's"
+            )));
         }
         let files = (0..index.world)
-            .map(|r| Checkpoint::open(&opt_dir.join(format!("rank-{r:05}"))).map_err(|e| bad(e.to_string())))
+            .map(|r| {
+                Checkpoint::open(&opt_dir.join(format!("rank-{r:05}")))
+                    .map_err(|e| bad(e.to_string()))
+            })
             .collect::<Result<Vec<_>>>()?;
         (Layout::new(&index.params, index.world, usize::MAX), files)
     } else {
-        let params: Vec<(String, usize)> = par.layout.slots.iter().map(|s| (s.name.clone(), s.numel)).collect();
-        (Layout::new(&params, 1, usize::MAX), vec![Checkpoint::open(&opt_dir).map_err(|e| bad(e.to_string()))?])
+        let params: Vec<(String, usize)> =
+            par.layout.slots.iter().map(|s| (s.name.clone(), s.numel)).collect();
+        (
+            Layout::new(&params, 1, usize::MAX),
+            vec![Checkpoint::open(&opt_dir).map_err(|e| bad(e.to_string()))?],
+        )
     };
     let mut found = 0usize;
     for (i, slot) in par.layout.slots.iter().enumerate() {
@@ -244,7 +297,9 @@ pub fn load_optimizer<O: Backend>(dir: &Path, optim: OptimConfig, step: u64, par
                 continue; // a parameter that never had a gradient
             }
             let m = ckpt.read_f32(&key, &[have.len()]).map_err(|e| bad(e.to_string()))?;
-            let v = ckpt.read_f32(&format!("exp_avg_sq.{}", slot.name), &[have.len()]).map_err(|e| bad(e.to_string()))?;
+            let v = ckpt
+                .read_f32(&format!("exp_avg_sq.{}", slot.name), &[have.len()])
+                .map_err(|e| bad(e.to_string()))?;
             a.extend_from_slice(&m[lo - have.start..hi - have.start]);
             b.extend_from_slice(&v[lo - have.start..hi - have.start]);
         }
@@ -252,13 +307,21 @@ pub fn load_optimizer<O: Backend>(dir: &Path, optim: OptimConfig, step: u64, par
             continue;
         }
         if a.len() != want.len() {
-            return Err(bad(format!("the optimizer state of {} covers {} of the {} elements this rank needs", slot.name, a.len(), want.len())));
+            return Err(bad(format!(
+                "the optimizer state of {} covers {} of the {} elements this rank needs",
+                slot.name,
+                a.len(),
+                want.len()
+            )));
         }
         let t = |v: Vec<f32>| Tensor::<O, 1>::from_data(TensorData::new(v, [want.len()]), device);
         opt.state.insert(slot.name.clone(), Moments { exp_avg: t(a), exp_avg_sq: t(b) });
         found += 1;
     }
-    if step > 0 && found == 0 && par.layout.slots.iter().enumerate().any(|(i, _)| par.owned(i).is_some()) {
+    if step > 0
+        && found == 0
+        && par.layout.slots.iter().enumerate().any(|(i, _)| par.owned(i).is_some())
+    {
         return Err(bad("the optimizer state is empty".into()));
     }
     Ok(opt)

@@ -134,7 +134,8 @@ impl DataConfig {
 
     /// The assistant text of a trace.
     pub fn completion(&self, t: &Trace) -> String {
-        let f = if t.reasoning.trim().is_empty() { &self.plain_format } else { &self.assistant_format };
+        let f =
+            if t.reasoning.trim().is_empty() { &self.plain_format } else { &self.assistant_format };
         f.replace("{reasoning}", t.reasoning.trim()).replace("{answer}", t.answer.trim())
     }
 }
@@ -147,7 +148,11 @@ pub fn is_eval(prompt_id: &str, fraction: f64, seed: u64) -> bool {
 }
 
 /// Turn one trace into an example (or say why not).
-pub fn example(t: &Trace, tok: &TextTokenizer, cfg: &DataConfig) -> std::result::Result<(Example, bool), &'static str> {
+pub fn example(
+    t: &Trace,
+    tok: &TextTokenizer,
+    cfg: &DataConfig,
+) -> std::result::Result<(Example, bool), &'static str> {
     if cfg.only_passed && !t.passed() {
         return Err("failed");
     }
@@ -155,8 +160,10 @@ pub fn example(t: &Trace, tok: &TextTokenizer, cfg: &DataConfig) -> std::result:
         return Err("truncated");
     }
     let chat = tok.chat.as_ref().ok_or("no template")?;
-    let prompt: Vec<Message> = t.messages.iter().filter(|m| m.role != Role::Assistant).cloned().collect();
-    let (text, span) = chat.render_for_training(&prompt, &cfg.completion(t)).map_err(|_| "render")?;
+    let prompt: Vec<Message> =
+        t.messages.iter().filter(|m| m.role != Role::Assistant).cloned().collect();
+    let (text, span) =
+        chat.render_for_training(&prompt, &cfg.completion(t)).map_err(|_| "render")?;
     let (mut ids, offsets) = tok.encode_with_offsets(&text).map_err(|_| "tokenize")?;
     let mut assistant: Vec<bool> = offsets.iter().map(|&(s, _)| s >= span.start).collect();
     if tok.add_bos
@@ -188,11 +195,17 @@ pub fn example(t: &Trace, tok: &TextTokenizer, cfg: &DataConfig) -> std::result:
             logprobs: lp.top_logprobs[..n * lp.k as usize].to_vec(),
         })
     });
-    Ok((Example { id: t.id.clone(), prompt_id: t.prompt_id.clone(), ids, assistant, kd }, truncated))
+    Ok((
+        Example { id: t.id.clone(), prompt_id: t.prompt_id.clone(), ids, assistant, kd },
+        truncated,
+    ))
 }
 
 /// Read every corpus, build examples in parallel, split train/eval.
-pub fn load(cfg: &DataConfig, tok: &TextTokenizer) -> Result<(Vec<Example>, Vec<Example>, DataReport)> {
+pub fn load(
+    cfg: &DataConfig,
+    tok: &TextTokenizer,
+) -> Result<(Vec<Example>, Vec<Example>, DataReport)> {
     cfg.validate()?;
     let mut report = DataReport::default();
     let mut traces = Vec::new();
@@ -205,7 +218,10 @@ pub fn load(cfg: &DataConfig, tok: &TextTokenizer) -> Result<(Vec<Example>, Vec<
     }
     report.traces = traces.len() as u64;
     if traces.is_empty() {
-        return Err(Error::Invalid(format!("the corpus {} holds no traces", cfg.corpus.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))));
+        return Err(Error::Invalid(format!(
+            "the corpus {} holds no traces",
+            cfg.corpus.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        )));
     }
     let results: Vec<_> = traces.par_iter().map(|t| example(t, tok, cfg)).collect();
     let (mut train, mut eval) = (Vec::new(), Vec::new());
@@ -229,7 +245,11 @@ pub fn load(cfg: &DataConfig, tok: &TextTokenizer) -> Result<(Vec<Example>, Vec<
             Err("failed") => report.dropped_failed += 1,
             Err("truncated") => report.dropped_truncated += 1,
             Err("overlong") => report.dropped_overlong += 1,
-            Err(why) => return Err(Error::Invalid(format!("a trace could not be turned into an example ({why})"))),
+            Err(why) => {
+                return Err(Error::Invalid(format!(
+                    "a trace could not be turned into an example ({why})"
+                )));
+            }
         }
     }
     report.examples = (train.len() + eval.len()) as u64;
@@ -238,7 +258,12 @@ pub fn load(cfg: &DataConfig, tok: &TextTokenizer) -> Result<(Vec<Example>, Vec<
     if train.is_empty() {
         return Err(Error::Invalid(format!(
             "no training examples: all {} traces were filtered out ({} failed verification, {} truncated, {} longer than max_seq_len {}, {} held out for eval)",
-            report.traces, report.dropped_failed, report.dropped_truncated, report.dropped_overlong, cfg.max_seq_len, eval.len()
+            report.traces,
+            report.dropped_failed,
+            report.dropped_truncated,
+            report.dropped_overlong,
+            cfg.max_seq_len,
+            eval.len()
         )));
     }
     Ok((train, eval, report))

@@ -23,7 +23,12 @@ pub struct LossSums<B: Backend> {
 
 /// Forward the batch and compute the loss sums. Only positions with a target go through the
 /// LM head, so prompt tokens and padding cost no vocabulary-sized logits.
-pub fn losses<B: Backend>(model: &CausalLm<B>, rope: &Rope<B>, batch: &Batch, device: &B::Device) -> LossSums<B> {
+pub fn losses<B: Backend>(
+    model: &CausalLm<B>,
+    rope: &Rope<B>,
+    batch: &Batch,
+    device: &B::Device,
+) -> LossSums<B> {
     let (r, t) = (batch.rows, batch.len);
     let ids: Vec<i64> = batch.ids.iter().map(|&x| x as i64).collect();
     let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [r, t]), device);
@@ -38,7 +43,10 @@ pub fn losses<B: Backend>(model: &CausalLm<B>, rope: &Rope<B>, batch: &Batch, de
     if tokens == 0 {
         return LossSums { ce: Tensor::zeros([1], device), kd: None, tokens: 0, kd_positions: 0 };
     }
-    let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(rows.iter().map(|&i| i as i64).collect::<Vec<_>>(), [tokens]), device);
+    let idx = Tensor::<B, 1, Int>::from_data(
+        TensorData::new(rows.iter().map(|&i| i as i64).collect::<Vec<_>>(), [tokens]),
+        device,
+    );
     let selected = flat.select(0, idx); // [tokens, d]
     if batch.kd.is_empty()
         && std::env::var_os("DISTILL_PLAIN_CE").is_none()
@@ -58,13 +66,18 @@ pub fn losses<B: Backend>(model: &CausalLm<B>, rope: &Rope<B>, batch: &Batch, de
 
     let kd = (!batch.kd.is_empty()).then(|| {
         let k = batch.kd_k;
-        let pos_of: std::collections::HashMap<usize, usize> = rows.iter().enumerate().map(|(j, &i)| (i, j)).collect();
+        let pos_of: std::collections::HashMap<usize, usize> =
+            rows.iter().enumerate().map(|(j, &i)| (i, j)).collect();
         let at: Vec<i64> = batch.kd.iter().map(|(p, _, _)| pos_of[p] as i64).collect();
         let n = at.len();
         let sel = Tensor::<B, 1, Int>::from_data(TensorData::new(at, [n]), device);
         let student = logits.select(0, sel); // [n, vocab]
         // Padded alternatives (id u32::MAX, logprob -inf) point at token 0 with zero teacher mass.
-        let ids: Vec<i64> = batch.kd.iter().flat_map(|(_, ids, _)| ids.iter().map(|&i| if i == u32::MAX { 0 } else { i as i64 })).collect();
+        let ids: Vec<i64> = batch
+            .kd
+            .iter()
+            .flat_map(|(_, ids, _)| ids.iter().map(|&i| if i == u32::MAX { 0 } else { i as i64 }))
+            .collect();
         let mut tp: Vec<f32> = Vec::with_capacity(n * k);
         let mut valid: Vec<f32> = Vec::with_capacity(n * k);
         for (_, ids, lps) in &batch.kd {
@@ -77,7 +90,8 @@ pub fn losses<B: Backend>(model: &CausalLm<B>, rope: &Rope<B>, batch: &Batch, de
             }
         }
         let gather = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, k]), device);
-        let s_top = student.gather(1, gather) + Tensor::<B, 2>::from_data(TensorData::new(valid, [n, k]), device);
+        let s_top = student.gather(1, gather)
+            + Tensor::<B, 2>::from_data(TensorData::new(valid, [n, k]), device);
         let log_q = log_softmax(s_top, 1); // student renormalised over the teacher's top-k
         let p = Tensor::<B, 2>::from_data(TensorData::new(tp.clone(), [n, k]), device);
         let log_p: Vec<f32> = tp.iter().map(|&x| if x > 0.0 { x.ln() } else { 0.0 }).collect();

@@ -31,7 +31,17 @@ pub struct OptimConfig {
 
 impl Default for OptimConfig {
     fn default() -> Self {
-        OptimConfig { lr: 4e-5, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, warmup_ratio: 0.03, warmup_steps: None, min_lr_ratio: 0.1, max_grad_norm: 1.0 }
+        OptimConfig {
+            lr: 4e-5,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            warmup_ratio: 0.03,
+            warmup_steps: None,
+            min_lr_ratio: 0.1,
+            max_grad_norm: 1.0,
+        }
     }
 }
 
@@ -95,11 +105,24 @@ impl<B: Backend> AdamW<B> {
 
     /// One update of a flattened parameter `p` with gradient `g` at learning rate `lr`:
     /// torch's single-tensor AdamW (decay first, then the bias-corrected Adam step).
-    pub fn update(&mut self, name: &str, p: Tensor<B, 1>, g: Tensor<B, 1>, lr: f64) -> Tensor<B, 1> {
+    pub fn update(
+        &mut self,
+        name: &str,
+        p: Tensor<B, 1>,
+        g: Tensor<B, 1>,
+        lr: f64,
+    ) -> Tensor<B, 1> {
         let c = &self.cfg;
         let t = (self.step + 1) as i32;
-        let m0 = self.state.remove(name).unwrap_or_else(|| Moments { exp_avg: g.zeros_like(), exp_avg_sq: g.zeros_like() });
-        let p = if decays(name) && c.weight_decay > 0.0 { p.mul_scalar(1.0 - lr * c.weight_decay) } else { p };
+        let m0 = self
+            .state
+            .remove(name)
+            .unwrap_or_else(|| Moments { exp_avg: g.zeros_like(), exp_avg_sq: g.zeros_like() });
+        let p = if decays(name) && c.weight_decay > 0.0 {
+            p.mul_scalar(1.0 - lr * c.weight_decay)
+        } else {
+            p
+        };
         // exp_avg.lerp_(g, 1 - beta1) == exp_avg + (1 - beta1) (g - exp_avg)
         let m = m0.exp_avg.clone() + (g.clone() - m0.exp_avg).mul_scalar(1.0 - c.beta1);
         let v = m0.exp_avg_sq.mul_scalar(c.beta2) + g.clone().mul(g).mul_scalar(1.0 - c.beta2);

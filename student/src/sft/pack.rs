@@ -84,7 +84,16 @@ impl Batch {
 /// Lay out `rows` (each a list of examples) as one batch of length `len`.
 pub fn build(examples: &[Example], rows: &[Vec<usize>], len: usize, pad: u32) -> Batch {
     let n = rows.len();
-    let mut b = Batch { rows: n, len, ids: vec![pad; n * len], docs: vec![u32::MAX; n * len], targets: vec![None; n * len], kd: vec![], kd_k: 0, real_tokens: 0 };
+    let mut b = Batch {
+        rows: n,
+        len,
+        ids: vec![pad; n * len],
+        docs: vec![u32::MAX; n * len],
+        targets: vec![None; n * len],
+        kd: vec![],
+        kd_k: 0,
+        real_tokens: 0,
+    };
     for (r, row) in rows.iter().enumerate() {
         let mut at = 0usize;
         for (d, &ei) in row.iter().enumerate() {
@@ -109,7 +118,11 @@ pub fn build(examples: &[Example], rows: &[Vec<usize>], len: usize, pad: u32) ->
                         continue;
                     }
                     let s = j * kd.k..(j + 1) * kd.k;
-                    b.kd.push((r * len + at + tok - 1, kd.ids[s.clone()].to_vec(), kd.logprobs[s].to_vec()));
+                    b.kd.push((
+                        r * len + at + tok - 1,
+                        kd.ids[s.clone()].to_vec(),
+                        kd.logprobs[s].to_vec(),
+                    ));
                 }
             }
             at += l;
@@ -130,7 +143,8 @@ mod tests {
     #[test]
     fn best_fit_decreasing_fills_rows() {
         let rows = pack_bfd(&[5, 4, 3, 3, 2, 1, 6], 8);
-        let fill: Vec<usize> = rows.iter().map(|r| r.iter().map(|&i| [5, 4, 3, 3, 2, 1, 6][i]).sum()).collect();
+        let fill: Vec<usize> =
+            rows.iter().map(|r| r.iter().map(|&i| [5, 4, 3, 3, 2, 1, 6][i]).sum()).collect();
         assert!(fill.iter().all(|&f| f <= 8));
         assert_eq!(fill.iter().sum::<usize>(), 24);
         assert_eq!(rows.len(), 3, "24 tokens fit three rows of 8");
@@ -141,8 +155,15 @@ mod tests {
 
     #[test]
     fn targets_stay_inside_documents_and_on_assistant_tokens() {
-        let ex = |ids: Vec<u32>, a: Vec<bool>| Example { id: "x".into(), prompt_id: "p".into(), ids, assistant: a, kd: None };
-        let exs = vec![ex(vec![1, 2, 3], vec![false, true, true]), ex(vec![7, 8], vec![false, true])];
+        let ex = |ids: Vec<u32>, a: Vec<bool>| Example {
+            id: "x".into(),
+            prompt_id: "p".into(),
+            ids,
+            assistant: a,
+            kd: None,
+        };
+        let exs =
+            vec![ex(vec![1, 2, 3], vec![false, true, true]), ex(vec![7, 8], vec![false, true])];
         let b = build(&exs, &[vec![0, 1]], 6, 0);
         assert_eq!(b.ids, vec![1, 2, 3, 7, 8, 0]);
         assert_eq!(b.docs, vec![0, 0, 0, 1, 1, 2]);

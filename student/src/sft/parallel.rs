@@ -48,7 +48,8 @@ pub enum ShardMode {
 }
 
 impl ShardMode {
-    pub const ALL: [ShardMode; 4] = [ShardMode::None, ShardMode::Optimizer, ShardMode::Gradients, ShardMode::Parameters];
+    pub const ALL: [ShardMode; 4] =
+        [ShardMode::None, ShardMode::Optimizer, ShardMode::Gradients, ShardMode::Parameters];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -137,7 +138,10 @@ impl ParallelConfig {
             return Err(bad("nodes must be at least 1".into()));
         }
         if self.node_rank >= self.nodes {
-            return Err(bad(format!("node_rank {} is not below nodes = {}", self.node_rank, self.nodes)));
+            return Err(bad(format!(
+                "node_rank {} is not below nodes = {}",
+                self.node_rank, self.nodes
+            )));
         }
         if self.nodes == 1 {
             return Ok(None);
@@ -148,29 +152,61 @@ impl ParallelConfig {
                 self.nodes
             )));
         }
-        let c = self.coordinator.as_deref().ok_or_else(|| bad(format!("{} nodes need a coordinator (HOST:PORT of node 0, --coordinator)", self.nodes)))?;
-        let (coordinator_host, coordinator_port) = host_port(c).map_err(|e| bad(format!("coordinator: {e}")))?;
-        let loopback = coordinator_host == "localhost" || coordinator_host.starts_with("127.") || coordinator_host == "::1";
+        let c = self.coordinator.as_deref().ok_or_else(|| {
+            bad(format!(
+                "{} nodes need a coordinator (HOST:PORT of node 0, --coordinator)",
+                self.nodes
+            ))
+        })?;
+        let (coordinator_host, coordinator_port) =
+            host_port(c).map_err(|e| bad(format!("coordinator: {e}")))?;
+        let loopback = coordinator_host == "localhost"
+            || coordinator_host.starts_with("127.")
+            || coordinator_host == "::1";
         let host = match &self.node_host {
             Some(h) => h.clone(),
             None if loopback => "127.0.0.1".into(),
-            None => std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).ok().filter(|h| !h.is_empty()).ok_or_else(|| bad("node_host is not set and this machine has no hostname".into()))?,
+            None => std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .ok_or_else(|| {
+                    bad("node_host is not set and this machine has no hostname".into())
+                })?,
         };
         let data_port = match self.data_port {
             Some(p) => p,
-            None => u16::try_from(coordinator_port as usize + 1 + self.node_rank).map_err(|_| bad("data_port: the coordinator's port leaves no room; set data_port".into()))?,
+            None => {
+                u16::try_from(coordinator_port as usize + 1 + self.node_rank).map_err(|_| {
+                    bad("data_port: the coordinator's port leaves no room; set data_port".into())
+                })?
+            }
         };
         if !(self.join_timeout_s.is_finite() && self.join_timeout_s > 0.0) {
-            return Err(bad(format!("join_timeout_s must be a positive number of seconds, not {}", self.join_timeout_s)));
+            return Err(bad(format!(
+                "join_timeout_s must be a positive number of seconds, not {}",
+                self.join_timeout_s
+            )));
         }
-        Ok(Some(NodeSpec { count: self.nodes, rank: self.node_rank, coordinator_host, coordinator_port, host, data_port, join_timeout: std::time::Duration::from_secs_f64(self.join_timeout_s) }))
+        Ok(Some(NodeSpec {
+            count: self.nodes,
+            rank: self.node_rank,
+            coordinator_host,
+            coordinator_port,
+            host,
+            data_port,
+            join_timeout: std::time::Duration::from_secs_f64(self.join_timeout_s),
+        }))
     }
 }
 
 impl ParallelConfig {
     pub fn validate(&self) -> Result<()> {
         if !(self.bucket_mb.is_finite() && self.bucket_mb > 0.0) {
-            return Err(Error::Invalid(format!("[train.parallel] bucket_mb must be a positive number of MB, not {}", self.bucket_mb)));
+            return Err(Error::Invalid(format!(
+                "[train.parallel] bucket_mb must be a positive number of MB, not {}",
+                self.bucket_mb
+            )));
         }
         if self.shard == ShardMode::Parameters {
             return Err(Error::Invalid(
@@ -178,7 +214,8 @@ impl ParallelConfig {
             ));
         }
         if let Some(d) = &self.devices {
-            crate::device::parse_devices(d).map_err(|e| Error::Invalid(format!("[train.parallel] devices: {e}")))?;
+            crate::device::parse_devices(d)
+                .map_err(|e| Error::Invalid(format!("[train.parallel] devices: {e}")))?;
         }
         self.node_spec()?;
         Ok(())
@@ -275,7 +312,13 @@ impl<B: Backend> Comm<B> {
 
     /// Join the collective as global `rank` of `world` (blocks until every rank has joined, or
     /// until the node's join timeout). `local` is the number of ranks in this process.
-    pub fn join(rank: usize, world: usize, local: usize, nodes: Option<&NodeSpec>, device: &B::Device) -> Result<Self> {
+    pub fn join(
+        rank: usize,
+        world: usize,
+        local: usize,
+        nodes: Option<&NodeSpec>,
+        device: &B::Device,
+    ) -> Result<Self> {
         if world == 1 {
             return Ok(Comm { rank, world, _b: PhantomData });
         }
@@ -283,14 +326,20 @@ impl<B: Backend> Comm<B> {
         if let Some(n) = nodes {
             config = config
                 .with_num_nodes(n.count as u32)
-                .with_global_address(format!("ws://{}:{}", n.coordinator_host, n.coordinator_port).parse().expect("an address"))
-                .with_node_address(format!("ws://{}:{}", n.host, n.data_port).parse().expect("an address"))
+                .with_global_address(
+                    format!("ws://{}:{}", n.coordinator_host, n.coordinator_port)
+                        .parse()
+                        .expect("an address"),
+                )
+                .with_node_address(
+                    format!("ws://{}:{}", n.host, n.data_port).parse().expect("an address"),
+                )
                 .with_data_service_port(n.data_port);
-
         }
         let err = |msg: String| Error::Collective { rank, msg };
         match nodes {
-            None => collective::register::<B>(PeerId(rank as u32), device.clone(), config).map_err(|e| err(format!("joining the collective: {e:?}")))?,
+            None => collective::register::<B>(PeerId(rank as u32), device.clone(), config)
+                .map_err(|e| err(format!("joining the collective: {e:?}")))?,
             Some(n) => {
                 // burn-collective retries the coordinator forever: wait in a helper thread, with a deadline.
                 let (tx, rx) = std::sync::mpsc::channel();
@@ -323,7 +372,10 @@ impl<B: Backend> Comm<B> {
             v[n.count + 1] = world as f64;
             let s = comm.sum(&v, device)?;
             let per_node: Vec<usize> = s[..n.count].iter().map(|&x| x as usize).collect();
-            if s[n.count] as usize != world || per_node.iter().any(|&c| c != local) || s[n.count + 1] != (world * world) as f64 {
+            if s[n.count] as usize != world
+                || per_node.iter().any(|&c| c != local)
+                || s[n.count + 1] != (world * world) as f64
+            {
                 return Err(err(format!(
                     "the nodes disagree about the world: ranks per node {per_node:?} (this node expects {local} on each of {} nodes, {world} in all); check --nodes, --node-rank (each node its own) and --devices on every node",
                     n.count
@@ -336,7 +388,9 @@ impl<B: Backend> Comm<B> {
     /// Leave cleanly (every rank, at the end of a run; [`launch`] does it).
     fn finish(rank: usize, world: usize) -> Result<()> {
         if world > 1 {
-            collective::finish_collective::<B>(PeerId(rank as u32)).map_err(|e| Error::Collective { rank, msg: format!("leaving the collective: {e:?}") })?;
+            collective::finish_collective::<B>(PeerId(rank as u32)).map_err(|e| {
+                Error::Collective { rank, msg: format!("leaving the collective: {e:?}") }
+            })?;
         }
         Ok(())
     }
@@ -353,7 +407,10 @@ impl<B: Backend> Comm<B> {
         }
         let p = t.into_primitive().tensor();
         let r = collective::all_reduce::<B>(PeerId(self.rank as u32), p, ReduceOperation::Sum)
-            .map_err(|e| Error::Collective { rank: self.rank, msg: format!("all-reduce: {e:?} (another rank failed or left)") })?;
+            .map_err(|e| Error::Collective {
+                rank: self.rank,
+                msg: format!("all-reduce: {e:?} (another rank failed or left)"),
+            })?;
         Ok(Tensor::from_primitive(TensorPrimitive::Float(r)))
     }
 
@@ -364,7 +421,10 @@ impl<B: Backend> Comm<B> {
         }
         let t = Tensor::<B, 1>::from_data(TensorData::new(v.to_vec(), [v.len()]), device);
         let r = self.all_reduce(t)?;
-        r.into_data().convert::<f64>().into_vec::<f64>().map_err(|e| Error::Invalid(format!("{e:?}")))
+        r.into_data()
+            .convert::<f64>()
+            .into_vec::<f64>()
+            .map_err(|e| Error::Invalid(format!("{e:?}")))
     }
 
     /// True on every rank when `ok` is true on every rank: a barrier that carries failure.
@@ -396,16 +456,40 @@ impl<B: Backend> Parallel<B> {
 
     /// The range of parameter `i` this rank updates.
     pub fn owned(&self, i: usize) -> Option<Range<usize>> {
-        if self.replicated() { Some(0..self.layout.slots[i].numel) } else { self.layout.owned(i, self.rank()) }
+        if self.replicated() {
+            Some(0..self.layout.slots[i].numel)
+        } else {
+            self.layout.owned(i, self.rank())
+        }
     }
 
-    fn concat(&self, bucket: &Range<usize>, grads: &[Option<Tensor<B, 1>>], device: &B::Device) -> Tensor<B, 1> {
-        let parts: Vec<Tensor<B, 1>> = bucket.clone().map(|i| grads[i].clone().unwrap_or_else(|| Tensor::zeros([self.layout.slots[i].numel], device))).collect();
-        if parts.len() == 1 { parts.into_iter().next().expect("one") } else { Tensor::cat(parts, 0) }
+    fn concat(
+        &self,
+        bucket: &Range<usize>,
+        grads: &[Option<Tensor<B, 1>>],
+        device: &B::Device,
+    ) -> Tensor<B, 1> {
+        let parts: Vec<Tensor<B, 1>> = bucket
+            .clone()
+            .map(|i| {
+                grads[i]
+                    .clone()
+                    .unwrap_or_else(|| Tensor::zeros([self.layout.slots[i].numel], device))
+            })
+            .collect();
+        if parts.len() == 1 {
+            parts.into_iter().next().expect("one")
+        } else {
+            Tensor::cat(parts, 0)
+        }
     }
 
     /// Sum full gradients over ranks, bucket by bucket (in place).
-    pub fn all_reduce_grads(&self, grads: &mut [Option<Tensor<B, 1>>], device: &B::Device) -> Result<()> {
+    pub fn all_reduce_grads(
+        &self,
+        grads: &mut [Option<Tensor<B, 1>>],
+        device: &B::Device,
+    ) -> Result<()> {
         if self.world() == 1 {
             return Ok(());
         }
@@ -423,7 +507,11 @@ impl<B: Backend> Parallel<B> {
 
     /// Reduce-scatter: sum full gradients over ranks and keep only this rank's ranges.
     /// `grads[i]` is the full local gradient (or none); the result holds owned slices.
-    pub fn reduce_scatter_grads(&self, grads: Vec<Option<Tensor<B, 1>>>, device: &B::Device) -> Result<Vec<Option<Tensor<B, 1>>>> {
+    pub fn reduce_scatter_grads(
+        &self,
+        grads: Vec<Option<Tensor<B, 1>>>,
+        device: &B::Device,
+    ) -> Result<Vec<Option<Tensor<B, 1>>>> {
         let mut out: Vec<Option<Tensor<B, 1>>> = vec![None; grads.len()];
         for bucket in &self.layout.buckets {
             let flat = self.comm.all_reduce(self.concat(bucket, &grads, device))?;
@@ -440,7 +528,11 @@ impl<B: Backend> Parallel<B> {
 
     /// All-gather: every rank contributes its updated ranges (`own[i]`, the owned slice of
     /// parameter i) and receives every parameter whole, bucket by bucket.
-    pub fn all_gather_params(&self, own: &[Option<Tensor<B, 1>>], device: &B::Device) -> Result<Vec<Tensor<B, 1>>> {
+    pub fn all_gather_params(
+        &self,
+        own: &[Option<Tensor<B, 1>>],
+        device: &B::Device,
+    ) -> Result<Vec<Tensor<B, 1>>> {
         let mut out = Vec::with_capacity(own.len());
         for bucket in &self.layout.buckets {
             let len = self.layout.len_of(bucket);
@@ -479,7 +571,14 @@ impl<B: Backend> Drop for AbortOnDrop<B> {
     }
 }
 
-fn rank_main<B: Backend, T>(rank: usize, world: usize, local: usize, nodes: Option<&NodeSpec>, device: B::Device, f: impl FnOnce(Comm<B>, B::Device) -> Result<T>) -> Result<T> {
+fn rank_main<B: Backend, T>(
+    rank: usize,
+    world: usize,
+    local: usize,
+    nodes: Option<&NodeSpec>,
+    device: B::Device,
+    f: impl FnOnce(Comm<B>, B::Device) -> Result<T>,
+) -> Result<T> {
     let mut guard = AbortOnDrop::<B> { armed: true, _b: PhantomData };
     let comm = Comm::<B>::join(rank, world, local, nodes, &device)?;
     let out = f(comm, device)?;
@@ -520,7 +619,9 @@ pub fn launch<B: Backend, T: Send>(
             .map(|(k, device)| {
                 std::thread::Builder::new()
                     .name(format!("rank-{}", base + k + 1))
-                    .spawn_scoped(s, move || rank_main::<B, T>(base + k + 1, world, local, nodes, device, rest))
+                    .spawn_scoped(s, move || {
+                        rank_main::<B, T>(base + k + 1, world, local, nodes, device, rest)
+                    })
                     .expect("spawning a rank thread")
             })
             .collect();
@@ -531,7 +632,11 @@ pub fn launch<B: Backend, T: Send>(
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => errors.push((base + k + 1, e)),
                 Err(p) => {
-                    let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                    let msg = p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
                     errors.push((base + k + 1, Error::Invalid(format!("panicked: {msg}"))));
                 }
             }
@@ -555,12 +660,17 @@ fn start_coordinator(port: u16) -> Result<()> {
     if started.contains(&port) {
         return Ok(());
     }
-    std::net::TcpListener::bind(("0.0.0.0", port)).map_err(|e| Error::Invalid(format!("the coordinator cannot listen on port {port}: {e}")))?;
+    std::net::TcpListener::bind(("0.0.0.0", port)).map_err(|e| {
+        Error::Invalid(format!("the coordinator cannot listen on port {port}: {e}"))
+    })?;
     std::thread::Builder::new()
         .name("coordinator".into())
-        .spawn(move || match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-            Ok(rt) => rt.block_on(burn_collective::start_global_orchestrator(port)),
-            Err(e) => log::error!("coordinator runtime: {e}"),
+        .spawn(move || {
+            match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
+            {
+                Ok(rt) => rt.block_on(burn_collective::start_global_orchestrator(port)),
+                Err(e) => log::error!("coordinator runtime: {e}"),
+            }
         })
         .map_err(|e| Error::Invalid(format!("starting the coordinator: {e}")))?;
     started.push(port);
@@ -576,11 +686,19 @@ pub fn own_copy<B: Backend>(t: Tensor<B, 1>) -> Tensor<B, 1> {
 /// The error a multi-rank run reports: the first rank's own failure, with the others named.
 pub fn rank_error_summary(errors: &[(usize, Error)]) -> Error {
     // The first error that is not a consequence of another rank's failure is the cause.
-    let cause = errors.iter().find(|(_, e)| !matches!(e, Error::Collective { .. })).or_else(|| errors.first());
+    let cause = errors
+        .iter()
+        .find(|(_, e)| !matches!(e, Error::Collective { .. }))
+        .or_else(|| errors.first());
     match cause {
         Some((rank, e)) => {
-            let others: Vec<String> = errors.iter().filter(|(r, _)| r != rank).map(|(r, _)| r.to_string()).collect();
-            let tail = if others.is_empty() { String::new() } else { format!(" (ranks {} stopped with it)", others.join(", ")) };
+            let others: Vec<String> =
+                errors.iter().filter(|(r, _)| r != rank).map(|(r, _)| r.to_string()).collect();
+            let tail = if others.is_empty() {
+                String::new()
+            } else {
+                format!(" (ranks {} stopped with it)", others.join(", "))
+            };
             Error::Invalid(format!("rank {rank} failed: {e}{tail}"))
         }
         None => Error::Invalid("a rank failed".into()),
@@ -593,7 +711,8 @@ mod tests {
 
     #[test]
     fn shards_cover_the_parameters_once() {
-        let params: Vec<(String, usize)> = [7, 3, 11, 1, 5].iter().enumerate().map(|(i, &n)| (format!("p{i}"), n)).collect();
+        let params: Vec<(String, usize)> =
+            [7, 3, 11, 1, 5].iter().enumerate().map(|(i, &n)| (format!("p{i}"), n)).collect();
         for world in 1..=5 {
             let l = Layout::new(&params, world, 16);
             let mut seen = vec![0u8; l.total];

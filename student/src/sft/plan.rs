@@ -52,7 +52,9 @@ pub fn param_count(c: &ModelConfig) -> usize {
 /// the LM head).
 pub fn largest_unit(c: &ModelConfig) -> usize {
     let embed = c.vocab_size * c.hidden_size;
-    let layer = (param_count(c) - embed * if c.tie_word_embeddings { 1 } else { 2 } - c.hidden_size) / c.num_hidden_layers.max(1);
+    let layer =
+        (param_count(c) - embed * if c.tie_word_embeddings { 1 } else { 2 } - c.hidden_size)
+            / c.num_hidden_layers.max(1);
     embed.max(layer)
 }
 
@@ -60,12 +62,18 @@ pub fn largest_unit(c: &ModelConfig) -> usize {
 /// so a plan needs no download.
 pub fn known_config(base_model: &str) -> Option<ModelConfig> {
     let (arch, h, i, layers, heads, kv, vocab, tied) = match base_model {
-        "Qwen/Qwen2.5-Math-1.5B" | "Qwen/Qwen2.5-1.5B" => ("Qwen2ForCausalLM", 1536, 8960, 28, 12, 2, 151936, true),
-        "Qwen/Qwen2.5-Math-7B" | "Qwen/Qwen2.5-7B" => ("Qwen2ForCausalLM", 3584, 18944, 28, 28, 4, 152064, false),
+        "Qwen/Qwen2.5-Math-1.5B" | "Qwen/Qwen2.5-1.5B" => {
+            ("Qwen2ForCausalLM", 1536, 8960, 28, 12, 2, 151936, true)
+        }
+        "Qwen/Qwen2.5-Math-7B" | "Qwen/Qwen2.5-7B" => {
+            ("Qwen2ForCausalLM", 3584, 18944, 28, 28, 4, 152064, false)
+        }
         "Qwen/Qwen2.5-14B" => ("Qwen2ForCausalLM", 5120, 13824, 48, 40, 8, 152064, false),
         "Qwen/Qwen2.5-32B" => ("Qwen2ForCausalLM", 5120, 27648, 64, 40, 8, 152064, false),
         "meta-llama/Llama-3.1-8B" => ("LlamaForCausalLM", 4096, 14336, 32, 32, 8, 128256, false),
-        "meta-llama/Llama-3.3-70B-Instruct" => ("LlamaForCausalLM", 8192, 28672, 80, 64, 8, 128256, false),
+        "meta-llama/Llama-3.3-70B-Instruct" => {
+            ("LlamaForCausalLM", 8192, 28672, 80, 64, 8, 128256, false)
+        }
         "Qwen/Qwen3-8B-Base" => ("Qwen3ForCausalLM", 4096, 12288, 36, 32, 8, 151936, false),
         "HuggingFaceTB/SmolLM2-135M" => ("LlamaForCausalLM", 576, 1536, 30, 9, 3, 49152, true),
         _ => return None,
@@ -145,13 +153,21 @@ impl MemoryPlan {
         // Attention keeps no score matrix (`crate::attention` recomputes it per chunk).
         let per_layer = tokens * (c.hidden_size * 10 + c.intermediate_size * 3) as f64 * 4.0;
         let layers = c.num_hidden_layers as f64;
-        let activations = if s.checkpointing { layers * tokens * c.hidden_size as f64 * 4.0 + per_layer } else { layers * per_layer };
+        let activations = if s.checkpointing {
+            layers * tokens * c.hidden_size as f64 * 4.0 + per_layer
+        } else {
+            layers * per_layer
+        };
         // Under bf16 compute the saved activations are bf16 (norms and attention statistics stay
         // f32, a small share): half the f32 figure. An assumption until measured on a GPU.
         let activations = activations * compute_bytes / 4.0;
         // Logits and their gradient, f32, over the vocabulary — or, for cross-entropy alone, the
         // chunked LM head's temporaries (logits, probabilities, their gradient: one chunk each).
-        let logits = if s.kd { tokens * c.vocab_size as f64 * 4.0 * 2.0 } else { 3.0 * crate::lm_head_loss::CHUNK_ELEMS as f64 * 4.0 };
+        let logits = if s.kd {
+            tokens * c.vocab_size as f64 * 4.0 * 2.0
+        } else {
+            3.0 * crate::lm_head_loss::CHUNK_ELEMS as f64 * 4.0
+        };
         let comm_buffers = if world > 1 { 2.0 * (s.bucket_mb * 1e6).min(4.0 * pf) } else { 0.0 };
         MemoryPlan {
             world: world.max(1),
@@ -172,7 +188,13 @@ impl MemoryPlan {
     }
 
     pub fn total(&self) -> f64 {
-        self.weights + self.compute_copy + self.gradients + self.moments + self.activations + self.logits + self.comm_buffers
+        self.weights
+            + self.compute_copy
+            + self.gradients
+            + self.moments
+            + self.activations
+            + self.logits
+            + self.comm_buffers
     }
 
     pub fn total_gb(&self) -> f64 {
@@ -194,7 +216,8 @@ impl MemoryPlan {
 
     /// A plain-text table of the components, GB per rank.
     pub fn table(&self) -> String {
-        let mut out = format!("  per rank, {} rank(s), shard = {}:\n", self.world, self.mode.name());
+        let mut out =
+            format!("  per rank, {} rank(s), shard = {}:\n", self.world, self.mode.name());
         for (name, b) in self.parts() {
             out.push_str(&format!("    {name:<24} {:>9.2} GB\n", b / 1e9));
         }
@@ -204,7 +227,13 @@ impl MemoryPlan {
 }
 
 /// The smallest number of ranks (up to `max`) at which `mode` fits `gb` per device.
-pub fn min_ranks(c: &ModelConfig, s: RunShape, mode: ShardMode, gb: f64, max: usize) -> Option<usize> {
+pub fn min_ranks(
+    c: &ModelConfig,
+    s: RunShape,
+    mode: ShardMode,
+    gb: f64,
+    max: usize,
+) -> Option<usize> {
     (1..=max).find(|&n| MemoryPlan::new(c, s, n, mode).total_gb() <= gb)
 }
 
@@ -228,7 +257,15 @@ mod tests {
     #[test]
     fn sharding_shrinks_moments_and_gradients_as_the_table_says() {
         let c = qwen25_1_5b();
-        let s = RunShape { micro_batch: 1, seq: 1024, grad_accum: 4, checkpointing: true, bf16: false, bucket_mb: 25.0, kd: true };
+        let s = RunShape {
+            micro_batch: 1,
+            seq: 1024,
+            grad_accum: 4,
+            checkpointing: true,
+            bf16: false,
+            bucket_mb: 25.0,
+            kd: true,
+        };
         let p = param_count(&c) as f64;
         let none = MemoryPlan::new(&c, s, 4, ShardMode::None);
         let opt = MemoryPlan::new(&c, s, 4, ShardMode::Optimizer);
@@ -239,7 +276,10 @@ mod tests {
         assert_eq!(grads.gradients, 5.0 * p);
         assert!(grads.total() < opt.total() && opt.total() < none.total());
         // World size 1 is always the unsharded plan.
-        assert_eq!(MemoryPlan::new(&c, s, 1, ShardMode::Gradients).total(), MemoryPlan::new(&c, s, 1, ShardMode::None).total());
+        assert_eq!(
+            MemoryPlan::new(&c, s, 1, ShardMode::Gradients).total(),
+            MemoryPlan::new(&c, s, 1, ShardMode::None).total()
+        );
         assert_eq!(min_ranks(&c, s, ShardMode::Gradients, grads.total_gb(), 8), Some(4));
     }
 }

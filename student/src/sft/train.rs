@@ -18,8 +18,8 @@ use super::checkpoint::{self, RunState};
 use super::data::{self, DataConfig, DataReport};
 use super::loss::losses;
 use super::optim::{AdamW, OptimConfig};
-use super::parallel::{Comm, Layout, Parallel, ParallelConfig, ShardMode};
 use super::pack::{self, Batch};
+use super::parallel::{Comm, Layout, Parallel, ParallelConfig, ShardMode};
 use crate::checkpoint::SaveDtype;
 use crate::error::{Error, IoContext, Result};
 use crate::hf::{self, Assets, ExportOptions};
@@ -154,13 +154,19 @@ impl TrainConfig {
     /// The devices of this node, one rank each: `[train.parallel] devices`, else `[train] device`.
     pub fn device_kinds(&self) -> Result<Vec<crate::device::DeviceKind>> {
         match &self.parallel.devices {
-            Some(d) => crate::device::parse_devices(d).map_err(|e| Error::Invalid(format!("[train.parallel] devices: {e}"))),
-            None => Ok(vec![self.device.parse().map_err(|e: String| Error::Invalid(format!("[train] device: {e}")))?]),
+            Some(d) => crate::device::parse_devices(d)
+                .map_err(|e| Error::Invalid(format!("[train.parallel] devices: {e}"))),
+            None => Ok(vec![
+                self.device
+                    .parse()
+                    .map_err(|e: String| Error::Invalid(format!("[train] device: {e}")))?,
+            ]),
         }
     }
 
     pub fn on_cuda(&self) -> bool {
-        self.device_kinds().is_ok_and(|k| matches!(k.first(), Some(crate::device::DeviceKind::Cuda(_))))
+        self.device_kinds()
+            .is_ok_and(|k| matches!(k.first(), Some(crate::device::DeviceKind::Cuda(_))))
     }
 }
 
@@ -216,7 +222,10 @@ pub struct Summary {
 
 /// Check that the student's tokenizer has every special token its chat template writes.
 pub fn check_template_tokens(tok: &TextTokenizer) -> Result<()> {
-    let chat = tok.chat.as_ref().ok_or_else(|| Error::Tokenizer("the student has no chat template".into()))?;
+    let chat = tok
+        .chat
+        .as_ref()
+        .ok_or_else(|| Error::Tokenizer("the student has no chat template".into()))?;
     let probe = [distill_data::Message::new(distill_data::Role::User, "hi")];
     let (text, _) = chat.render_for_training(&probe, "ok")?;
     let mut missing = Vec::new();
@@ -234,7 +243,10 @@ pub fn check_template_tokens(tok: &TextTokenizer) -> Result<()> {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(Error::Tokenizer(format!("the chat template writes special tokens the tokenizer does not have: {}", missing.join(", "))))
+        Err(Error::Tokenizer(format!(
+            "the chat template writes special tokens the tokenizer does not have: {}",
+            missing.join(", ")
+        )))
     }
 }
 
@@ -267,7 +279,13 @@ impl Observer for Quiet {}
 
 /// Train per the config, one rank per device in `devices` (data parallel when there are
 /// several). With `resume`, continue from the newest complete checkpoint.
-pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, recipe: serde_json::Value, devices: Vec<B::Device>, resume: bool, obs: &mut dyn Observer) -> Result<Summary> {
+pub fn train<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    recipe: serde_json::Value,
+    devices: Vec<B::Device>,
+    resume: bool,
+    obs: &mut dyn Observer,
+) -> Result<Summary> {
     cfg.validate()?;
     if devices.is_empty() {
         return Err(Error::Invalid("[train] no device to train on".into()));
@@ -291,14 +309,27 @@ pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, recipe: serde_json::Value, d
     let global_rows = cfg.micro_batch * cfg.grad_accum;
     let steps_per_epoch = rows.len().div_ceil(global_rows) as u64;
     let total = cfg.max_steps.unwrap_or(steps_per_epoch * cfg.epochs).max(1);
-    let pad = tok.pad_token.as_deref().and_then(|p| tok.token_id(p)).or_else(|| tok.eos_token.as_deref().and_then(|e| tok.token_id(e))).unwrap_or(0);
+    let pad = tok
+        .pad_token
+        .as_deref()
+        .and_then(|p| tok.token_id(p))
+        .or_else(|| tok.eos_token.as_deref().and_then(|e| tok.token_id(e)))
+        .unwrap_or(0);
 
     let ckpt_root = cfg.output.join("checkpoints");
     std::fs::create_dir_all(&cfg.output).at(&cfg.output)?;
     match (resume, checkpoint::list(&ckpt_root)?.is_empty()) {
-        (true, true) => return Err(Error::Invalid(format!("--resume: no checkpoint under {}", ckpt_root.display()))),
+        (true, true) => {
+            return Err(Error::Invalid(format!(
+                "--resume: no checkpoint under {}",
+                ckpt_root.display()
+            )));
+        }
         (false, false) => {
-            return Err(Error::Invalid(format!("{} already holds checkpoints; pass --resume to continue the run, or choose another output", ckpt_root.display())));
+            return Err(Error::Invalid(format!(
+                "{} already holds checkpoints; pass --resume to continue the run, or choose another output",
+                ckpt_root.display()
+            )));
         }
         _ => {}
     }
@@ -306,7 +337,9 @@ pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, recipe: serde_json::Value, d
     let config = crate::ModelConfig::from_file(&cfg.model.join("config.json"))?;
     let plan = super::plan::MemoryPlan::for_run(&config, cfg, world);
     // CPU peers share the machine's memory.
-    let have = cfg.device_memory_gb.unwrap_or_else(|| machine_memory_gb() / if cfg.on_cuda() { 1.0 } else { devices.len() as f64 });
+    let have = cfg.device_memory_gb.unwrap_or_else(|| {
+        machine_memory_gb() / if cfg.on_cuda() { 1.0 } else { devices.len() as f64 }
+    });
     if plan.total_gb() > have {
         return Err(Error::Invalid(format!(
             "this run needs about {:.0} GB per rank but a device has {have:.0} GB:\n{}\nlower max_seq_len or micro_batch, turn on activation_checkpointing, add devices, or shard more ([train.parallel] shard = \"optimizer\" or \"gradients\"); `distill plan` shows every mode",
@@ -315,7 +348,18 @@ pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, recipe: serde_json::Value, d
         )));
     }
 
-    let shared = Shared { cfg, recipe, train_ex: Arc::new(train_ex), eval_ex, rows, eval_rows, total, pad, report, resume };
+    let shared = Shared {
+        cfg,
+        recipe,
+        train_ex: Arc::new(train_ex),
+        eval_ex,
+        rows,
+        eval_rows,
+        total,
+        pad,
+        report,
+        resume,
+    };
     super::parallel::launch::<B::InnerBackend, Summary>(
         devices,
         nodes.as_ref(),
@@ -324,27 +368,49 @@ pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, recipe: serde_json::Value, d
     )
 }
 
-fn run_rank<B: AutodiffBackend>(sh: &Shared<'_>, comm: Comm<B::InnerBackend>, device: B::Device, obs: &mut dyn Observer) -> Result<Summary> {
+fn run_rank<B: AutodiffBackend>(
+    sh: &Shared<'_>,
+    comm: Comm<B::InnerBackend>,
+    device: B::Device,
+    obs: &mut dyn Observer,
+) -> Result<Summary> {
     let cfg = sh.cfg;
     let (rank, world) = (comm.rank, comm.world);
     let lead = rank == 0;
     let seq = cfg.data.max_seq_len;
     let total = sh.total;
     let ckpt_root = cfg.output.join("checkpoints");
-    let resume_dir = if sh.resume { checkpoint::list(&ckpt_root)?.pop().map(|(_, d)| d) } else { None };
+    let resume_dir =
+        if sh.resume { checkpoint::list(&ckpt_root)?.pop().map(|(_, d)| d) } else { None };
     let (mut state, loaded) = match &resume_dir {
         Some(dir) => checkpoint::load_model::<B>(dir, &device)?,
         None => {
-            let st = RunState { format: checkpoint::FORMAT.into(), version: checkpoint::VERSION, step: 0, epoch: 0, epoch_row: 0, tokens_seen: 0, elapsed_s: 0.0, recipe: sh.recipe.clone() };
+            let st = RunState {
+                format: checkpoint::FORMAT.into(),
+                version: checkpoint::VERSION,
+                step: 0,
+                epoch: 0,
+                epoch_row: 0,
+                tokens_seen: 0,
+                elapsed_s: 0.0,
+                recipe: sh.recipe.clone(),
+            };
             (st, hf::load_model::<B>(&cfg.model, &device)?)
         }
     };
     let config = loaded.config.clone();
     let mut model: CausalLm<B> = loaded.model;
-    let layout = Layout::new(&param_sizes(&mut model), world, (cfg.parallel.bucket_mb * 1e6) as usize);
+    let layout =
+        Layout::new(&param_sizes(&mut model), world, (cfg.parallel.bucket_mb * 1e6) as usize);
     let par = Parallel { comm, mode: cfg.parallel.shard, layout };
     let mut opt = match &resume_dir {
-        Some(dir) => checkpoint::load_optimizer::<B::InnerBackend>(dir, cfg.optim.clone(), state.step, &par, &device)?,
+        Some(dir) => checkpoint::load_optimizer::<B::InnerBackend>(
+            dir,
+            cfg.optim.clone(),
+            state.step,
+            &par,
+            &device,
+        )?,
         None => AdamW::<B::InnerBackend>::new(cfg.optim.clone()),
     };
     let rope = Rope::<B>::new(&config, &device);
@@ -358,7 +424,12 @@ fn run_rank<B: AutodiffBackend>(sh: &Shared<'_>, comm: Comm<B::InnerBackend>, de
         let kept_lines: Vec<String> = std::fs::read_to_string(&metrics_path)
             .unwrap_or_default()
             .lines()
-            .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= state.step))
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64())
+                    .is_some_and(|s| s <= state.step)
+            })
             .map(str::to_string)
             .collect();
         let mut f = std::fs::File::create(&metrics_path).at(&metrics_path)?;
@@ -369,7 +440,11 @@ fn run_rank<B: AutodiffBackend>(sh: &Shared<'_>, comm: Comm<B::InnerBackend>, de
     } else {
         None
     };
-    fn log(metrics: &mut Option<std::fs::File>, path: &Path, line: serde_json::Value) -> Result<()> {
+    fn log(
+        metrics: &mut Option<std::fs::File>,
+        path: &Path,
+        line: serde_json::Value,
+    ) -> Result<()> {
         if let Some(f) = metrics.as_mut() {
             writeln!(f, "{line}").at(path)?;
             f.flush().at(path)?;
@@ -416,7 +491,10 @@ fn run_rank<B: AutodiffBackend>(sh: &Shared<'_>, comm: Comm<B::InnerBackend>, de
     let fault = injected_fault();
     while state.step < total {
         if fault == Some((rank, state.step + 1)) {
-            panic!("injected fault (DISTILL_FAULT_INJECT) on rank {rank} at step {}", state.step + 1);
+            panic!(
+                "injected fault (DISTILL_FAULT_INJECT) on rank {rank} at step {}",
+                state.step + 1
+            );
         }
         let t0 = Instant::now();
         // The rows of this global batch, in micro-batches; every rank builds the same list and
@@ -433,15 +511,34 @@ fn run_rank<B: AutodiffBackend>(sh: &Shared<'_>, comm: Comm<B::InnerBackend>, de
                 chosen.push(rows[order[state.epoch_row as usize]].clone());
                 state.epoch_row += 1;
             }
-            let len = if cfg.data.packing { seq } else { chosen.iter().map(|r| sh.train_ex[r[0]].ids.len()).max().unwrap_or(1) };
+            let len = if cfg.data.packing {
+                seq
+            } else {
+                chosen.iter().map(|r| sh.train_ex[r[0]].ids.len()).max().unwrap_or(1)
+            };
             micro.push(pack::build(&sh.train_ex, &chosen, len, sh.pad));
         }
         let seen: u64 = micro.iter().map(|b| b.real_tokens as u64).sum();
         let lr = cfg.optim.lr_at(state.step, total);
-        let out = parallel_step(&mut model, &rope, &mut opt, &micro, cfg.kd_weight, cfg.optim.max_grad_norm, lr, cfg.compute(), &device, &par, false)?;
-        let (loss, ce, kd, grad_norm, n_tokens) = (out.loss, out.ce, out.kd, out.grad_norm, out.tokens);
+        let out = parallel_step(
+            &mut model,
+            &rope,
+            &mut opt,
+            &micro,
+            cfg.kd_weight,
+            cfg.optim.max_grad_norm,
+            lr,
+            cfg.compute(),
+            &device,
+            &par,
+            false,
+        )?;
+        let (loss, ce, kd, grad_norm, n_tokens) =
+            (out.loss, out.ce, out.kd, out.grad_norm, out.tokens);
         if !loss.is_finite() || !grad_norm.is_finite() {
-            let last = checkpoint::list(&ckpt_root)?.pop().map_or("none".to_string(), |(_, d)| d.display().to_string());
+            let last = checkpoint::list(&ckpt_root)?
+                .pop()
+                .map_or("none".to_string(), |(_, d)| d.display().to_string());
             return Err(Error::Invalid(format!(
                 "non-finite {} at step {} (loss {loss}, grad norm {grad_norm}); stopped without saving. Last good checkpoint: {last}",
                 if loss.is_finite() { "gradient" } else { "loss" },
@@ -471,7 +568,9 @@ fn run_rank<B: AutodiffBackend>(sh: &Shared<'_>, comm: Comm<B::InnerBackend>, de
         if lead {
             obs.step(&m);
         }
-        if cfg.eval_every > 0 && state.step % cfg.eval_every == 0 && state.step < total
+        if cfg.eval_every > 0
+            && state.step % cfg.eval_every == 0
+            && state.step < total
             && let Some(l) = eval_loss(&model)?
         {
             log(&mut metrics, &metrics_path, json!({"step": state.step, "eval_loss": l}))?;
@@ -484,7 +583,16 @@ fn run_rank<B: AutodiffBackend>(sh: &Shared<'_>, comm: Comm<B::InnerBackend>, de
                 f.sync_all().at(&metrics_path)?;
             }
             state.elapsed_s = elapsed0 + t_run.elapsed().as_secs_f64();
-            let dir = checkpoint::save(&ckpt_root, &model, &config, &opt, &state, cfg.keep_checkpoints, &par, &device)?;
+            let dir = checkpoint::save(
+                &ckpt_root,
+                &model,
+                &config,
+                &opt,
+                &state,
+                cfg.keep_checkpoints,
+                &par,
+                &device,
+            )?;
             if lead {
                 obs.saved(&dir);
             }
@@ -501,7 +609,16 @@ fn run_rank<B: AutodiffBackend>(sh: &Shared<'_>, comm: Comm<B::InnerBackend>, de
         f.sync_all().at(&metrics_path)?;
     }
     state.elapsed_s = elapsed0 + t_run.elapsed().as_secs_f64();
-    let dir = checkpoint::save(&ckpt_root, &model, &config, &opt, &state, cfg.keep_checkpoints, &par, &device)?;
+    let dir = checkpoint::save(
+        &ckpt_root,
+        &model,
+        &config,
+        &opt,
+        &state,
+        cfg.keep_checkpoints,
+        &par,
+        &device,
+    )?;
     if lead {
         obs.saved(&dir);
     }
@@ -509,16 +626,34 @@ fn run_rank<B: AutodiffBackend>(sh: &Shared<'_>, comm: Comm<B::InnerBackend>, de
     // Export (rank 0: the weights are the same on every rank), recording what the model was
     // distilled from.
     let export_dir = cfg.output.join("export");
-    let exported = if lead { export(cfg, &sh.recipe, &sh.report, &model, &config, &state, &export_dir) } else { Ok(()) };
+    let exported = if lead {
+        export(cfg, &sh.recipe, &sh.report, &model, &config, &state, &export_dir)
+    } else {
+        Ok(())
+    };
     let ok = par.comm.agree(exported.is_ok(), &device)?;
     exported?;
     if !ok {
         return Err(Error::Collective { rank, msg: "rank 0 failed to export".into() });
     }
-    Ok(Summary { steps: state.step, final_eval_loss: last_eval, first_eval_loss: first_eval, export_dir, data: sh.report.clone() })
+    Ok(Summary {
+        steps: state.step,
+        final_eval_loss: last_eval,
+        first_eval_loss: first_eval,
+        export_dir,
+        data: sh.report.clone(),
+    })
 }
 
-fn export<B: Backend>(cfg: &TrainConfig, recipe: &serde_json::Value, report: &DataReport, model: &CausalLm<B>, config: &crate::ModelConfig, state: &RunState, export_dir: &Path) -> Result<()> {
+fn export<B: Backend>(
+    cfg: &TrainConfig,
+    recipe: &serde_json::Value,
+    report: &DataReport,
+    model: &CausalLm<B>,
+    config: &crate::ModelConfig,
+    state: &RunState,
+    export_dir: &Path,
+) -> Result<()> {
     let mut assets = Assets::read(&cfg.model)?;
     let provenance = json!({"corpus_manifest_blake3": report.corpus_checksums, "corpora": cfg.data.corpus, "recipe": recipe, "steps": state.step, "base_model": cfg.model});
     if let Some(g) = assets.generation_config.as_mut() {
@@ -535,7 +670,10 @@ fn export<B: Backend>(cfg: &TrainConfig, recipe: &serde_json::Value, report: &Da
         overwrite: true,
     };
     hf::export(model, config, &assets, export_dir, &opts)?;
-    distill_data::fsutil::atomic_write(&export_dir.join("distill.json"), &serde_json::to_vec_pretty(&provenance).expect("json"))?;
+    distill_data::fsutil::atomic_write(
+        &export_dir.join("distill.json"),
+        &serde_json::to_vec_pretty(&provenance).expect("json"),
+    )?;
     Ok(())
 }
 
@@ -557,7 +695,11 @@ fn injected_fault() -> Option<(usize, u64)> {
 
 /// Names and element counts of the trainable parameters, in `params_mut` order.
 pub fn param_sizes<B: Backend>(model: &mut CausalLm<B>) -> Vec<(String, usize)> {
-    model.params_mut().iter().map(|(n, p)| (n.clone(), flatten(p).1.iter().product::<usize>())).collect()
+    model
+        .params_mut()
+        .iter()
+        .map(|(n, p)| (n.clone(), flatten(p).1.iter().product::<usize>()))
+        .collect()
 }
 
 /// What one optimizer step did.
@@ -593,7 +735,20 @@ pub fn optimizer_step<B: AutodiffBackend>(
 ) -> StepOutcome {
     let layout = Layout::new(&param_sizes(model), 1, usize::MAX);
     let par = Parallel { comm: Comm::single(), mode: ShardMode::None, layout };
-    parallel_step(model, rope, opt, micro, kd_weight, max_grad_norm, lr, compute, device, &par, true).expect("world size 1 makes no collective call")
+    parallel_step(
+        model,
+        rope,
+        opt,
+        micro,
+        kd_weight,
+        max_grad_norm,
+        lr,
+        compute,
+        device,
+        &par,
+        true,
+    )
+    .expect("world size 1 makes no collective call")
 }
 
 /// One optimizer step over the micro-batches of a global batch: each micro-batch's loss is scaled
@@ -636,7 +791,11 @@ pub fn parallel_step<B: AutodiffBackend>(
             // f32). The cast is made anew for each micro-batch: a backward pass consumes the graph
             // it belongs to, and a cast shared across micro-batches would pass no gradient to the
             // f32 masters after the first.
-            let fwd = if compute == DType::F32 { model.clone() } else { model.clone().map(&mut CastParams(compute)) };
+            let fwd = if compute == DType::F32 {
+                model.clone()
+            } else {
+                model.clone().map(&mut CastParams(compute))
+            };
             let l = losses(&fwd, rope, b, device);
             let mut loss = l.ce.clone().mul_scalar((1.0 - w) / n_tokens.max(1) as f64);
             ce_total += l.ce.clone().into_scalar().elem::<f64>();
@@ -680,30 +839,62 @@ pub fn parallel_step<B: AutodiffBackend>(
 
     // Global norm: per-tensor sums of squares of what this rank holds, in parameter order, summed
     // over ranks when each holds a part.
-    let held: Vec<(usize, Tensor<B::InnerBackend, 1>)> = acc.iter().enumerate().filter_map(|(i, g)| g.clone().map(|g| (i, g))).collect();
+    let held: Vec<(usize, Tensor<B::InnerBackend, 1>)> =
+        acc.iter().enumerate().filter_map(|(i, g)| g.clone().map(|g| (i, g))).collect();
     let sq: Vec<f64> = if held.is_empty() {
         vec![]
     } else {
         // Sums of squares in f64: a sum over a shard and a sum over the whole tensor then agree.
-        let parts: Vec<Tensor<B::InnerBackend, 1>> = held.iter().map(|(_, g)| g.clone().cast(DType::F64).square().sum()).collect();
-        Tensor::cat(parts, 0).into_data().convert::<f64>().into_vec::<f64>().map_err(|e| Error::Invalid(format!("{e:?}")))?
+        let parts: Vec<Tensor<B::InnerBackend, 1>> =
+            held.iter().map(|(_, g)| g.clone().cast(DType::F64).square().sum()).collect();
+        Tensor::cat(parts, 0)
+            .into_data()
+            .convert::<f64>()
+            .into_vec::<f64>()
+            .map_err(|e| Error::Invalid(format!("{e:?}")))?
     };
     let local: f64 = sq.iter().sum();
     let total_sq = if whole { local } else { par.comm.sum(&[local], device)?[0] };
     let grad_norm = total_sq.sqrt();
-    let coef = if max_grad_norm > 0.0 { (max_grad_norm / (grad_norm + 1e-6)).min(1.0) } else { 1.0 };
+    let coef =
+        if max_grad_norm > 0.0 { (max_grad_norm / (grad_norm + 1e-6)).min(1.0) } else { 1.0 };
     let name = |i: usize| par.layout.slots[i].name.clone();
     let want_norms = per_tensor_norms && whole;
-    let grad_norms: BTreeMap<String, f64> = if want_norms { held.iter().zip(&sq).map(|((i, _), s)| (name(*i), s.sqrt())).collect() } else { BTreeMap::new() };
+    let grad_norms: BTreeMap<String, f64> = if want_norms {
+        held.iter().zip(&sq).map(|((i, _), s)| (name(*i), s.sqrt())).collect()
+    } else {
+        BTreeMap::new()
+    };
     if max_grad_norm > 0.0 {
         acc = acc.into_iter().map(|g| g.map(|g| g.mul_scalar(coef))).collect();
     }
-    let norm = |t: &Tensor<B::InnerBackend, 1>| t.clone().square().sum().into_scalar().elem::<f64>().sqrt();
-    let clipped_grad_norms = if want_norms { acc.iter().enumerate().filter_map(|(i, g)| g.as_ref().map(|g| (name(i), norm(g)))).collect() } else { BTreeMap::new() };
-    let mut outcome = StepOutcome { loss, ce, kd, grad_norm, grad_norms, clipped_grad_norms, tokens: n_tokens, comm_s };
+    let norm = |t: &Tensor<B::InnerBackend, 1>| {
+        t.clone().square().sum().into_scalar().elem::<f64>().sqrt()
+    };
+    let clipped_grad_norms = if want_norms {
+        acc.iter().enumerate().filter_map(|(i, g)| g.as_ref().map(|g| (name(i), norm(g)))).collect()
+    } else {
+        BTreeMap::new()
+    };
+    let mut outcome = StepOutcome {
+        loss,
+        ce,
+        kd,
+        grad_norm,
+        grad_norms,
+        clipped_grad_norms,
+        tokens: n_tokens,
+        comm_s,
+    };
     if whole && !par.replicated() {
         // ZeRO-1: keep the owned ranges for the update.
-        acc = acc.into_iter().enumerate().map(|(i, g)| g.and_then(|g| par.owned(i).map(|r| super::parallel::own_copy(g.slice(r))))).collect();
+        acc = acc
+            .into_iter()
+            .enumerate()
+            .map(|(i, g)| {
+                g.and_then(|g| par.owned(i).map(|r| super::parallel::own_copy(g.slice(r))))
+            })
+            .collect();
     }
     if !loss.is_finite() || !grad_norm.is_finite() {
         return Ok(outcome);
@@ -744,7 +935,9 @@ pub fn parallel_step<B: AutodiffBackend>(
 pub fn machine_memory_gb() -> f64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| s.lines().next().and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines().next().and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map_or(f64::INFINITY, |kb| kb * 1024.0 / 1e9)
 }
 
@@ -753,4 +946,3 @@ pub fn cpu_peak_tflops() -> f64 {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     cores * 2.5e9 * 32.0 / 1e12
 }
-

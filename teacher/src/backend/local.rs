@@ -54,10 +54,21 @@ impl<B: Backend> LocalTeacher<B> {
         let loaded = hf::load_model::<B>(&cfg.model_dir, &device)?;
         let tok = TextTokenizer::from_dir(&cfg.model_dir)?;
         if tok.chat.is_none() {
-            return Err(crate::Error::Config(format!("{}: the model has no chat template", cfg.model_dir.display())));
+            return Err(crate::Error::Config(format!(
+                "{}: the model has no chat template",
+                cfg.model_dir.display()
+            )));
         }
-        let name = cfg.model_dir.file_name().map_or_else(|| "local".into(), |n| n.to_string_lossy().to_string());
-        Ok(LocalTeacher { state: Mutex::new(State { loaded, tok, device }), name, dir: cfg.model_dir.clone(), batch: cfg.batch.max(1) })
+        let name = cfg
+            .model_dir
+            .file_name()
+            .map_or_else(|| "local".into(), |n| n.to_string_lossy().to_string());
+        Ok(LocalTeacher {
+            state: Mutex::new(State { loaded, tok, device }),
+            name,
+            dir: cfg.model_dir.clone(),
+            batch: cfg.batch.max(1),
+        })
     }
 
     pub fn model_dir(&self) -> &Path {
@@ -80,7 +91,11 @@ where
         let Some(first) = reqs.first() else { return vec![] };
         // One decode call per distinct sampling setting (in a run there is one).
         if reqs.iter().any(|r| r.sampling != first.sampling || r.logprobs != first.logprobs) {
-            return reqs.iter().map(|r| self.complete_many_same(&st, chat, std::slice::from_ref(r))).flat_map(|mut v| v.pop()).collect();
+            return reqs
+                .iter()
+                .map(|r| self.complete_many_same(&st, chat, std::slice::from_ref(r)))
+                .flat_map(|mut v| v.pop())
+                .collect();
         }
         let _ = fatal;
         self.complete_many_same(&st, chat, reqs)
@@ -104,21 +119,35 @@ where
 }
 
 impl<B: Backend> LocalTeacher<B> {
-    fn complete_many_same(&self, st: &State<B>, chat: &distill_student::chat::ChatTemplate, reqs: &[ChatRequest]) -> Vec<Result<Completion, BackendError>> {
+    fn complete_many_same(
+        &self,
+        st: &State<B>,
+        chat: &distill_student::chat::ChatTemplate,
+        reqs: &[ChatRequest],
+    ) -> Vec<Result<Completion, BackendError>> {
         let fatal = |e: &dyn std::fmt::Display| BackendError::Fatal(format!("local engine: {e}"));
         let mut prompts = Vec::new();
         let mut seeds = Vec::new();
         let mut owner = Vec::new();
         let mut prompt_tokens = vec![0u64; reqs.len()];
         for (r, req) in reqs.iter().enumerate() {
-            let ids = match chat.render(&req.messages, true).map_err(|e| fatal(&e)).and_then(|t| st.tok.encode(&t).map_err(|e| fatal(&e))) {
+            let ids = match chat
+                .render(&req.messages, true)
+                .map_err(|e| fatal(&e))
+                .and_then(|t| st.tok.encode(&t).map_err(|e| fatal(&e)))
+            {
                 Ok(ids) => ids,
                 Err(e) => return reqs.iter().map(|_| Err(e.clone())).collect(),
             };
             prompt_tokens[r] = ids.len() as u64;
             for k in 0..req.n {
                 prompts.push(ids.clone());
-                seeds.push(req.seed.unwrap_or(0).wrapping_add(k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                seeds.push(
+                    req.seed
+                        .unwrap_or(0)
+                        .wrapping_add(k as u64)
+                        .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                );
                 owner.push(r);
             }
         }
@@ -133,16 +162,27 @@ impl<B: Backend> LocalTeacher<B> {
             stop_strings: s.stop.clone(),
             logprobs: reqs[0].logprobs.unwrap_or(0) as usize,
         };
-        let engine = Engine::new(&st.loaded.model, &st.loaded.config, Some(&st.tok), st.device.clone());
+        let engine =
+            Engine::new(&st.loaded.model, &st.loaded.config, Some(&st.tok), st.device.clone());
         let mut outs: Vec<Completion> = reqs
             .iter()
             .enumerate()
-            .map(|(r, _)| Completion { choices: vec![], prompt_tokens: prompt_tokens[r], completion_tokens: 0, model: self.name.clone() })
+            .map(|(r, _)| Completion {
+                choices: vec![],
+                prompt_tokens: prompt_tokens[r],
+                completion_tokens: 0,
+                model: self.name.clone(),
+            })
             .collect();
         // Decode in chunks of the configured batch size.
         for start in (0..prompts.len()).step_by(self.batch) {
             let end = (start + self.batch).min(prompts.len());
-            let got = match engine.generate_seeded(&prompts[start..end], &seeds[start..end], &params, |_| {}) {
+            let got = match engine.generate_seeded(
+                &prompts[start..end],
+                &seeds[start..end],
+                &params,
+                |_| {},
+            ) {
                 Ok(g) => g,
                 Err(e) => return reqs.iter().map(|_| Err(fatal(&e))).collect(),
             };

@@ -28,7 +28,14 @@ pub struct SamplingSpec {
 impl Default for SamplingSpec {
     fn default() -> Self {
         // R1's evaluation defaults.
-        SamplingSpec { temperature: 0.6, top_p: 0.95, top_k: None, max_tokens: 4096, seed: Some(0), stop: vec![] }
+        SamplingSpec {
+            temperature: 0.6,
+            top_p: 0.95,
+            top_k: None,
+            max_tokens: 4096,
+            seed: Some(0),
+            stop: vec![],
+        }
     }
 }
 

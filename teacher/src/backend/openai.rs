@@ -78,7 +78,10 @@ pub struct OpenAiClient {
 
 impl OpenAiClient {
     /// The API key is read from the environment here; a named variable that is unset is an error.
-    pub fn new(cfg: OpenAiConfig, vocab: Option<HashMap<String, u32>>) -> Result<OpenAiClient, String> {
+    pub fn new(
+        cfg: OpenAiConfig,
+        vocab: Option<HashMap<String, u32>>,
+    ) -> Result<OpenAiClient, String> {
         let auth = match &cfg.api_key_env {
             None => None,
             Some(var) => match std::env::var(var) {
@@ -97,7 +100,11 @@ impl OpenAiClient {
     }
 
     fn body(&self, req: &ChatRequest) -> Value {
-        let messages: Vec<Value> = req.messages.iter().map(|m| json!({"role": m.role.as_str(), "content": m.content})).collect();
+        let messages: Vec<Value> = req
+            .messages
+            .iter()
+            .map(|m| json!({"role": m.role.as_str(), "content": m.content}))
+            .collect();
         let s = &req.sampling;
         let mut b = json!({
             "model": self.cfg.model,
@@ -155,7 +162,13 @@ impl OpenAiClient {
             let top: Vec<(u32, f32)> = e
                 .get("top_logprobs")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|t| Some((self.token_id(t)?, t.get("logprob")?.as_f64()? as f32))).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|t| {
+                            Some((self.token_id(t)?, t.get("logprob")?.as_f64()? as f32))
+                        })
+                        .collect()
+                })
                 .unwrap_or_default();
             lp.push(id, logprob, &top);
         }
@@ -163,13 +176,23 @@ impl OpenAiClient {
     }
 
     fn parse_full(&self, v: &Value, req: &ChatRequest) -> Result<Completion, BackendError> {
-        let choices = v.get("choices").and_then(Value::as_array).ok_or_else(|| self.malformed("no `choices` array"))?;
+        let choices = v
+            .get("choices")
+            .and_then(Value::as_array)
+            .ok_or_else(|| self.malformed("no `choices` array"))?;
         let mut out = Vec::with_capacity(choices.len());
         for c in choices {
             let msg = c.get("message").ok_or_else(|| self.malformed("choice without `message`"))?;
             let content = msg.get("content").and_then(Value::as_str).unwrap_or("").to_string();
-            let reasoning = msg.get("reasoning_content").or_else(|| msg.get("reasoning")).and_then(Value::as_str).map(str::to_string);
-            let finish = c.get("finish_reason").and_then(Value::as_str).ok_or_else(|| self.malformed("choice without `finish_reason`"))?;
+            let reasoning = msg
+                .get("reasoning_content")
+                .or_else(|| msg.get("reasoning"))
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let finish = c
+                .get("finish_reason")
+                .and_then(Value::as_str)
+                .ok_or_else(|| self.malformed("choice without `finish_reason`"))?;
             let entries = c.pointer("/logprobs/content").and_then(Value::as_array);
             let logprobs = match (req.logprobs, entries) {
                 (Some(k), Some(e)) => self.logprobs(e, k),
@@ -214,7 +237,8 @@ impl OpenAiClient {
                 done = true;
                 break;
             }
-            let v: Value = serde_json::from_str(data).map_err(|e| self.malformed(format!("bad stream chunk: {e}")))?;
+            let v: Value = serde_json::from_str(data)
+                .map_err(|e| self.malformed(format!("bad stream chunk: {e}")))?;
             if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
                 usage = Some(u.clone());
             }
@@ -231,7 +255,11 @@ impl OpenAiClient {
                     if let Some(t) = d.get("content").and_then(Value::as_str) {
                         a.content.push_str(t);
                     }
-                    if let Some(t) = d.get("reasoning_content").or_else(|| d.get("reasoning")).and_then(Value::as_str) {
+                    if let Some(t) = d
+                        .get("reasoning_content")
+                        .or_else(|| d.get("reasoning"))
+                        .and_then(Value::as_str)
+                    {
                         a.reasoning.push_str(t);
                     }
                 }
@@ -248,24 +276,36 @@ impl OpenAiClient {
         }
         let mut choices = Vec::with_capacity(accs.len());
         for (i, a) in accs.into_iter().enumerate() {
-            let finish = a.finish.ok_or_else(|| self.malformed(format!("choice {i} has no finish_reason")))?;
+            let finish = a
+                .finish
+                .ok_or_else(|| self.malformed(format!("choice {i} has no finish_reason")))?;
             choices.push(Choice {
                 completion_tokens: (!a.logprobs.is_empty()).then_some(a.logprobs.len() as u64),
-                logprobs: req.logprobs.and_then(|k| (!a.logprobs.is_empty()).then(|| self.logprobs(&a.logprobs, k)).flatten()),
+                logprobs: req.logprobs.and_then(|k| {
+                    (!a.logprobs.is_empty()).then(|| self.logprobs(&a.logprobs, k)).flatten()
+                }),
                 content: a.content,
                 reasoning: (!a.reasoning.is_empty()).then_some(a.reasoning),
                 finish_reason: FinishReason::from(finish),
             });
         }
-        let get = |k: &str| usage.as_ref().and_then(|u| u.get(k)).and_then(Value::as_u64).unwrap_or(0);
-        Ok(Completion { choices, prompt_tokens: get("prompt_tokens"), completion_tokens: get("completion_tokens"), model: model.unwrap_or_else(|| self.cfg.model.clone()) })
+        let get =
+            |k: &str| usage.as_ref().and_then(|u| u.get(k)).and_then(Value::as_u64).unwrap_or(0);
+        Ok(Completion {
+            choices,
+            prompt_tokens: get("prompt_tokens"),
+            completion_tokens: get("completion_tokens"),
+            model: model.unwrap_or_else(|| self.cfg.model.clone()),
+        })
     }
 }
 
 impl Teacher for OpenAiClient {
     fn complete(&self, req: &ChatRequest) -> Result<Completion, BackendError> {
         if req.messages.iter().any(|m| m.role == Role::Tool) {
-            return Err(BackendError::Fatal("tool messages are not supported by the teacher client".into()));
+            return Err(BackendError::Fatal(
+                "tool messages are not supported by the teacher client".into(),
+            ));
         }
         let mut call = self.agent.post(&self.url).header("Content-Type", "application/json");
         if let Some(a) = &self.auth {
@@ -275,20 +315,38 @@ impl Teacher for OpenAiClient {
         let mut resp = call.send(&body[..]).map_err(|e| self.transport(e))?;
         let status = resp.status().as_u16();
         if status != 200 {
-            let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+            let retry_after = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
             let text = resp.body_mut().read_to_string().unwrap_or_default();
             let msg: String = text.chars().take(300).collect();
-            return Err(BackendError::Http { endpoint: self.cfg.base_url.clone(), status, retry_after, msg });
+            return Err(BackendError::Http {
+                endpoint: self.cfg.base_url.clone(),
+                status,
+                retry_after,
+                msg,
+            });
         }
         let out = if self.cfg.stream {
             self.read_stream(resp.body_mut().as_reader(), req)?
         } else {
-            let text = resp.body_mut().with_config().limit(1 << 30).read_to_string().map_err(|e| self.transport(format!("reading body: {e}")))?;
+            let text = resp
+                .body_mut()
+                .with_config()
+                .limit(1 << 30)
+                .read_to_string()
+                .map_err(|e| self.transport(format!("reading body: {e}")))?;
             let v: Value = serde_json::from_str(&text).map_err(|e| self.malformed(e))?;
             self.parse_full(&v, req)?
         };
         if out.choices.len() != req.n as usize {
-            return Err(self.malformed(format!("asked for n={} completions, got {}", req.n, out.choices.len())));
+            return Err(self.malformed(format!(
+                "asked for n={} completions, got {}",
+                req.n,
+                out.choices.len()
+            )));
         }
         Ok(out)
     }

@@ -14,7 +14,11 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { max_attempts: 6, base: Duration::from_millis(500), cap: Duration::from_secs(30) }
+        RetryPolicy {
+            max_attempts: 6,
+            base: Duration::from_millis(500),
+            cap: Duration::from_secs(30),
+        }
     }
 }
 
@@ -39,7 +43,11 @@ impl RetryPolicy {
     }
 
     /// Run `f` until it succeeds, fails with a non-retryable error, or the attempts run out.
-    pub fn run<T>(&self, seed: u64, mut f: impl FnMut() -> Result<T, BackendError>) -> (Result<T, BackendError>, Attempts) {
+    pub fn run<T>(
+        &self,
+        seed: u64,
+        mut f: impl FnMut() -> Result<T, BackendError>,
+    ) -> (Result<T, BackendError>, Attempts) {
         let mut attempts = Attempts::default();
         let mut rng = seed | 1;
         loop {
@@ -74,7 +82,10 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
         return None;
     }
     let day: i64 = parts[1].parse().ok()?;
-    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"].iter().position(|m| *m == parts[2])? as i64 + 1;
+    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        .iter()
+        .position(|m| *m == parts[2])? as i64
+        + 1;
     let year: i64 = parts[3].parse().ok()?;
     let hms: Vec<i64> = parts[4].split(':').filter_map(|x| x.parse().ok()).collect();
     if hms.len() != 3 {
@@ -88,7 +99,8 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     let at = days * 86400 + hms[0] * 3600 + hms[1] * 60 + hms[2];
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64;
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64;
     Some(Duration::from_secs((at - now).max(0) as u64))
 }
 
@@ -98,7 +110,11 @@ mod tests {
 
     #[test]
     fn backoff_grows_is_capped_and_honours_retry_after() {
-        let p = RetryPolicy { max_attempts: 10, base: Duration::from_millis(100), cap: Duration::from_secs(2) };
+        let p = RetryPolicy {
+            max_attempts: 10,
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(2),
+        };
         assert_eq!(p.delay(1, None, 1.0), Duration::from_millis(100));
         assert_eq!(p.delay(3, None, 1.0), Duration::from_millis(400));
         assert_eq!(p.delay(9, None, 1.0), Duration::from_secs(2));

@@ -22,14 +22,17 @@ pub fn last_boxed(text: &str) -> Option<String> {
                 matching_brace(inner).map(|end| inner[..end].to_string())
             } else if rest.starts_with(' ') {
                 // `\boxed 5`
-                rest_trim.split(['$', '\n']).next().map(|s| s.trim().trim_end_matches('.').to_string())
+                rest_trim
+                    .split(['$', '\n'])
+                    .next()
+                    .map(|s| s.trim().trim_end_matches('.').to_string())
             } else {
                 None
             };
-            if let Some(g) = got {
-                if best.as_ref().is_none_or(|(p, _)| start > *p) {
-                    best = Some((start, g));
-                }
+            if let Some(g) = got
+                && best.as_ref().is_none_or(|(p, _)| start > *p)
+            {
+                best = Some((start, g));
             }
         }
     }
@@ -96,7 +99,9 @@ fn last_number(text: &str) -> Option<String> {
     while end > 0 {
         if b[end - 1].is_ascii_digit() {
             let mut start = end;
-            while start > 0 && (b[start - 1].is_ascii_digit() || b[start - 1] == b'.' || b[start - 1] == b',') {
+            while start > 0
+                && (b[start - 1].is_ascii_digit() || b[start - 1] == b'.' || b[start - 1] == b',')
+            {
                 start -= 1;
             }
             if start > 0 && b[start - 1] == b'-' {
@@ -144,7 +149,16 @@ pub fn normalize(s: &str) -> String {
         s = s.replace(a, b);
     }
     // `\text{…}` and friends: keep the content.
-    for cmd in ["\\textbf", "\\textrm", "\\textit", "\\mathrm", "\\mathbf", "\\mbox", "\\text", "\\operatorname"] {
+    for cmd in [
+        "\\textbf",
+        "\\textrm",
+        "\\textit",
+        "\\mathrm",
+        "\\mathbf",
+        "\\mbox",
+        "\\text",
+        "\\operatorname",
+    ] {
         while let Some(i) = s.find(&format!("{cmd}{{")) {
             let inner_start = i + cmd.len() + 1;
             let Some(end) = matching_brace(&s[inner_start..]) else { break };
@@ -164,21 +178,23 @@ pub fn normalize(s: &str) -> String {
         let chars: Vec<char> = s.chars().collect();
         let mut i = 0;
         while i < chars.len() {
-            if chars[i] == op && i + 3 < chars.len() + 1 && chars.get(i + 1) == Some(&'{') {
-                if let Some(close) = chars[i + 2..].iter().position(|&c| c == '}') {
-                    let inner: String = chars[i + 2..i + 2 + close].iter().collect();
-                    if !inner.is_empty() && inner.chars().all(|c| c.is_ascii_alphanumeric()) {
-                        out.push(op);
-                        if inner.len() > 1 {
-                            out.push('{');
-                            out.push_str(&inner);
-                            out.push('}');
-                        } else {
-                            out.push_str(&inner);
-                        }
-                        i += close + 3;
-                        continue;
+            if chars[i] == op
+                && i + 3 < chars.len() + 1
+                && chars.get(i + 1) == Some(&'{')
+                && let Some(close) = chars[i + 2..].iter().position(|&c| c == '}')
+            {
+                let inner: String = chars[i + 2..i + 2 + close].iter().collect();
+                if !inner.is_empty() && inner.chars().all(|c| c.is_ascii_alphanumeric()) {
+                    out.push(op);
+                    if inner.len() > 1 {
+                        out.push('{');
+                        out.push_str(&inner);
+                        out.push('}');
+                    } else {
+                        out.push_str(&inner);
                     }
+                    i += close + 3;
+                    continue;
                 }
             }
             out.push(chars[i]);
@@ -200,9 +216,13 @@ pub fn normalize(s: &str) -> String {
 }
 
 fn strip_units(s: &str) -> Option<String> {
-    let words_start = s.char_indices().find(|&(i, c)| c.is_ascii_alphabetic() && i > 0 && s[..i].ends_with(' '))?.0;
+    let words_start = s
+        .char_indices()
+        .find(|&(i, c)| c.is_ascii_alphabetic() && i > 0 && s[..i].ends_with(' '))?
+        .0;
     let (head, tail) = s.split_at(words_start);
-    let tail_ok = tail.chars().all(|c| c.is_ascii_alphabetic() || c == ' ' || c == '^' || c.is_ascii_digit());
+    let tail_ok =
+        tail.chars().all(|c| c.is_ascii_alphabetic() || c == ' ' || c == '^' || c.is_ascii_digit());
     // Letters in the head may only be LaTeX command names (`\frac`) or the imaginary unit.
     let mut bare = String::new();
     let mut in_cmd = false;
@@ -212,7 +232,8 @@ fn strip_units(s: &str) -> Option<String> {
             bare.push(c);
         }
     }
-    let head_numeric = bare.chars().any(|c| c.is_ascii_digit()) && !bare.chars().any(|c| c.is_ascii_alphabetic() && c != 'i');
+    let head_numeric = bare.chars().any(|c| c.is_ascii_digit())
+        && !bare.chars().any(|c| c.is_ascii_alphabetic() && c != 'i');
     (tail_ok && head_numeric).then(|| head.trim().to_string())
 }
 
@@ -272,8 +293,11 @@ fn choice_letter(s: &str) -> Option<char> {
     let t = s.trim_start_matches('(').trim_end_matches(')');
     let mut cs = t.chars();
     let c = cs.next()?;
-    (cs.next().is_none() && c.is_ascii_alphabetic() && "ABCDEabcde".contains(c) && (s.starts_with('(') || c.is_ascii_uppercase()))
-        .then(|| c.to_ascii_uppercase())
+    (cs.next().is_none()
+        && c.is_ascii_alphabetic()
+        && "ABCDEabcde".contains(c)
+        && (s.starts_with('(') || c.is_ascii_uppercase()))
+    .then(|| c.to_ascii_uppercase())
 }
 
 fn brackets(s: &str) -> Option<(char, &str, char)> {
@@ -325,7 +349,14 @@ fn matrix(s: &str) -> Option<Vec<String>> {
     let begin = s.find("\\begin{")?;
     let inner_start = s[begin..].find('}')? + begin + 1;
     let end = s.rfind("\\end{")?;
-    Some(s[inner_start..end].split("\\\\").flat_map(|row| row.split('&')).map(str::to_string).filter(|x| !x.is_empty()).collect())
+    Some(
+        s[inner_start..end]
+            .split("\\\\")
+            .flat_map(|row| row.split('&'))
+            .map(str::to_string)
+            .filter(|x| !x.is_empty())
+            .collect(),
+    )
 }
 
 fn same_list(a: &[String], b: &[String]) -> bool {
@@ -366,7 +397,11 @@ fn value_equal(a: &str, b: &str) -> bool {
     // Same function of the same variables: agree at several points.
     let points = [0.37, 1.91, -2.63, 0.83];
     (0..3).all(|k| {
-        let env: Vec<(char, f64)> = vars.iter().enumerate().map(|(j, &v)| (v, points[(j + k) % points.len()] + k as f64 * 0.5)).collect();
+        let env: Vec<(char, f64)> = vars
+            .iter()
+            .enumerate()
+            .map(|(j, &v)| (v, points[(j + k) % points.len()] + k as f64 * 0.5))
+            .collect();
         matches!((ea.eval(&env), eb.eval(&env)), (Some(x), Some(y)) if x.close(y))
     })
 }

@@ -52,7 +52,12 @@ pub struct Sample<'a> {
     pub reference: Option<&'a str>,
 }
 
-fn verdict(verifier: &str, passed: bool, extracted: Option<String>, reason: impl Into<String>) -> Verdict {
+fn verdict(
+    verifier: &str,
+    passed: bool,
+    extracted: Option<String>,
+    reason: impl Into<String>,
+) -> Verdict {
     Verdict { verifier: verifier.into(), passed, extracted, reason: Some(reason.into()) }
 }
 
@@ -61,7 +66,12 @@ pub fn verify(s: &Sample, cfg: &VerifyConfig) -> Vec<Verdict> {
     let mut out = Vec::new();
     if cfg.reject_truncated {
         let cut = *s.finish_reason == FinishReason::Length;
-        out.push(verdict("filter.truncated", !cut, None, if cut { "finish_reason is length" } else { "complete" }));
+        out.push(verdict(
+            "filter.truncated",
+            !cut,
+            None,
+            if cut { "finish_reason is length" } else { "complete" },
+        ));
     }
     if cfg.format {
         let problem = if s.think == ThinkBlock::Unclosed {
@@ -79,7 +89,8 @@ pub fn verify(s: &Sample, cfg: &VerifyConfig) -> Vec<Verdict> {
         && let Some(gold) = s.reference
     {
         // The answer part first; a model that boxed its answer inside the reasoning only still counts.
-        let extracted = math::extract_answer(s.answer).or_else(|| math::extract_answer(s.reasoning));
+        let extracted =
+            math::extract_answer(s.answer).or_else(|| math::extract_answer(s.reasoning));
         let ok = extracted.as_deref().is_some_and(|e| math::equivalent(gold, e));
         let reason = match &extracted {
             None => "no answer found".to_string(),
@@ -90,15 +101,30 @@ pub fn verify(s: &Sample, cfg: &VerifyConfig) -> Vec<Verdict> {
     }
     if let Some(max) = cfg.max_script_mix {
         let mix = filters::script_mix(s.reasoning);
-        out.push(verdict("filter.language_mix", mix <= max, None, format!("{:.1}% of letters outside the main script", mix * 100.0)));
+        out.push(verdict(
+            "filter.language_mix",
+            mix <= max,
+            None,
+            format!("{:.1}% of letters outside the main script", mix * 100.0),
+        ));
     }
     if cfg.no_code_in_reasoning {
         let code = s.reasoning.contains("```");
-        out.push(verdict("filter.code_in_reasoning", !code, None, if code { "code block in reasoning" } else { "none" }));
+        out.push(verdict(
+            "filter.code_in_reasoning",
+            !code,
+            None,
+            if code { "code block in reasoning" } else { "none" },
+        ));
     }
     if let Some(max) = cfg.max_paragraph_chars {
         let longest = filters::longest_paragraph(s.reasoning);
-        out.push(verdict("filter.long_paragraph", longest <= max, None, format!("longest paragraph {longest} chars")));
+        out.push(verdict(
+            "filter.long_paragraph",
+            longest <= max,
+            None,
+            format!("longest paragraph {longest} chars"),
+        ));
     }
     out
 }

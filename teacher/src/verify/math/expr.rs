@@ -27,7 +27,10 @@ impl Rational {
         Some(Rational { num: s * num / g, den: s * den / g })
     }
     fn add(self, o: Rational) -> Option<Rational> {
-        Rational::new(self.num.checked_mul(o.den)?.checked_add(o.num.checked_mul(self.den)?)?, self.den.checked_mul(o.den)?)
+        Rational::new(
+            self.num.checked_mul(o.den)?.checked_add(o.num.checked_mul(self.den)?)?,
+            self.den.checked_mul(o.den)?,
+        )
     }
     fn mul(self, o: Rational) -> Option<Rational> {
         Rational::new(self.num.checked_mul(o.num)?, self.den.checked_mul(o.den)?)
@@ -121,7 +124,11 @@ impl Expr {
         f(self);
         match self {
             Expr::Neg(a) | Expr::Func(_, a) => a.walk(f),
-            Expr::Add(a, b) | Expr::Mul(a, b) | Expr::Div(a, b) | Expr::Pow(a, b) | Expr::Root(a, b) => {
+            Expr::Add(a, b)
+            | Expr::Mul(a, b)
+            | Expr::Div(a, b)
+            | Expr::Pow(a, b)
+            | Expr::Root(a, b) => {
                 a.walk(f);
                 b.walk(f);
             }
@@ -223,8 +230,13 @@ impl Parser {
         if self.peek() != Some('\\') {
             return None;
         }
-        let name: String = self.c[self.i + 1..].iter().take_while(|c| c.is_ascii_alphabetic()).collect();
-        let known = ["frac", "sqrt", "pi"].iter().chain(FUNCS.iter()).filter(|k| name.starts_with(*k)).max_by_key(|k| k.len());
+        let name: String =
+            self.c[self.i + 1..].iter().take_while(|c| c.is_ascii_alphabetic()).collect();
+        let known = ["frac", "sqrt", "pi"]
+            .iter()
+            .chain(FUNCS.iter())
+            .filter(|k| name.starts_with(*k))
+            .max_by_key(|k| k.len());
         match known {
             Some(k) => Some(k.to_string()),
             None => (!name.is_empty()).then_some(name),
@@ -247,7 +259,9 @@ impl Parser {
     fn starts_atom(&self) -> bool {
         match self.peek() {
             Some(c) if c.is_ascii_alphanumeric() || c == '(' || c == '{' || c == '.' => true,
-            Some('\\') => self.command().is_some_and(|c| c == "frac" || c == "sqrt" || c == "pi" || FUNCS.contains(&c.as_str())),
+            Some('\\') => self.command().is_some_and(|c| {
+                c == "frac" || c == "sqrt" || c == "pi" || FUNCS.contains(&c.as_str())
+            }),
             _ => false,
         }
     }
@@ -261,9 +275,14 @@ impl Parser {
                 e = Expr::Div(Box::new(e), Box::new(self.unary()?));
             } else if self.starts_atom() {
                 // A mixed number: an integer directly followed by \frac.
-                let mixed = matches!(e, Expr::Num(r) if r.den == 1) && self.command().as_deref() == Some("frac");
+                let mixed = matches!(e, Expr::Num(r) if r.den == 1)
+                    && self.command().as_deref() == Some("frac");
                 let rhs = self.power()?;
-                e = if mixed { Expr::Add(Box::new(e), Box::new(rhs)) } else { Expr::Mul(Box::new(e), Box::new(rhs)) };
+                e = if mixed {
+                    Expr::Add(Box::new(e), Box::new(rhs))
+                } else {
+                    Expr::Mul(Box::new(e), Box::new(rhs))
+                };
             } else {
                 return Ok(e);
             }
@@ -366,7 +385,9 @@ impl Parser {
             self.i += 1;
         }
         // Scientific notation: 1.5e3, 2e-4.
-        if self.peek() == Some('e') && self.c.get(self.i + 1).is_some_and(|c| c.is_ascii_digit() || *c == '-' || *c == '+') {
+        if self.peek() == Some('e')
+            && self.c.get(self.i + 1).is_some_and(|c| c.is_ascii_digit() || *c == '-' || *c == '+')
+        {
             let save = self.i;
             self.i += 1;
             if self.peek() == Some('-') || self.peek() == Some('+') {
@@ -382,8 +403,11 @@ impl Parser {
         }
         let text: String = self.c[start..self.i].iter().collect();
         if let Some((mant, exp)) = text.split_once('e') {
-            let (m, e): (f64, i32) = (mant.parse().map_err(|_| "bad number")?, exp.parse().map_err(|_| "bad exponent")?);
-            return Ok(decimal(mant).and_then(|r| r.mul(Rational { num: 10, den: 1 }.powi(e as i128)?)).map_or(Expr::Float(m * 10f64.powi(e)), Expr::Num));
+            let (m, e): (f64, i32) =
+                (mant.parse().map_err(|_| "bad number")?, exp.parse().map_err(|_| "bad exponent")?);
+            return Ok(decimal(mant)
+                .and_then(|r| r.mul(Rational { num: 10, den: 1 }.powi(e as i128)?))
+                .map_or(Expr::Float(m * 10f64.powi(e)), Expr::Num));
         }
         decimal(&text).map(Expr::Num).ok_or_else(|| format!("bad number '{text}'"))
     }
@@ -392,7 +416,8 @@ impl Parser {
 /// "12.50" → 25/2 exactly.
 fn decimal(t: &str) -> Option<Rational> {
     let (int, frac) = t.split_once('.').unwrap_or((t, ""));
-    if int.is_empty() && frac.is_empty() || frac.contains('.') || frac.len() > 30 || int.len() > 30 {
+    if int.is_empty() && frac.is_empty() || frac.contains('.') || frac.len() > 30 || int.len() > 30
+    {
         return None;
     }
     let digits = format!("{int}{frac}");
