@@ -3,10 +3,10 @@
 
 use anyhow::{Context, ensure};
 use distill_student::agreement::{Agreement, agreement};
-use distill_student::device::{Cpu, CpuDevice};
-use distill_student::hf;
-use distill_student::rope::Rope;
-use distill_student::tokenizer::TextTokenizer;
+use distill_models::device::{Cpu, CpuDevice};
+use distill_models::hf;
+use distill_models::rope::Rope;
+use distill_models::tokenizer::TextTokenizer;
 use serde_json::json;
 
 use crate::recipe::{Paths, Recipe};

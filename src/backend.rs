@@ -5,17 +5,17 @@
 /// `device` to its device for the `DeviceKind` `kind`.
 macro_rules! dispatch {
     ($kind:expr, |$b:ident, $dev:ident| $body:expr) => {{
-        use distill_student::device::DeviceKind;
+        use distill_models::device::DeviceKind;
         match $kind {
             DeviceKind::Cpu => {
-                type $b = distill_student::device::Cpu;
-                let $dev = distill_student::device::CpuDevice::default();
+                type $b = distill_models::device::Cpu;
+                let $dev = distill_models::device::CpuDevice::default();
                 $body
             }
             #[cfg(feature = "cuda")]
             DeviceKind::Cuda(index) => {
-                type $b = distill_student::device::Cuda;
-                let $dev = distill_student::device::CudaDevice { index };
+                type $b = distill_models::device::Cuda;
+                let $dev = distill_models::device::CudaDevice { index };
                 $body
             }
             #[cfg(not(feature = "cuda"))]
@@ -30,21 +30,21 @@ pub(crate) use dispatch;
 /// backend's devices, one per rank (all of one kind).
 macro_rules! dispatch_many {
     ($kinds:expr, |$b:ident, $devs:ident| $body:expr) => {{
-        use distill_student::device::DeviceKind;
+        use distill_models::device::DeviceKind;
         let kinds: Vec<DeviceKind> = $kinds;
         match kinds.first().copied().unwrap_or(DeviceKind::Cpu) {
             DeviceKind::Cpu => {
-                type $b = distill_student::device::Cpu;
-                let $devs: Vec<distill_student::device::CpuDevice> = kinds.iter().map(|_| distill_student::device::CpuDevice::default()).collect();
+                type $b = distill_models::device::Cpu;
+                let $devs: Vec<distill_models::device::CpuDevice> = kinds.iter().map(|_| distill_models::device::CpuDevice::default()).collect();
                 $body
             }
             #[cfg(feature = "cuda")]
             DeviceKind::Cuda(_) => {
-                type $b = distill_student::device::Cuda;
-                let $devs: Vec<distill_student::device::CudaDevice> = kinds
+                type $b = distill_models::device::Cuda;
+                let $devs: Vec<distill_models::device::CudaDevice> = kinds
                     .iter()
                     .map(|k| match k {
-                        DeviceKind::Cuda(index) => distill_student::device::CudaDevice { index: *index },
+                        DeviceKind::Cuda(index) => distill_models::device::CudaDevice { index: *index },
                         DeviceKind::Cpu => unreachable!("parse_devices keeps one kind"),
                     })
                     .collect();

@@ -64,7 +64,7 @@ pub fn smollm2_gguf() -> anyhow::Result<PathBuf> {
 
 /// Where SmolLM2's HF import lives in the cache (whether or not it is there yet).
 pub fn smollm2_hf_path() -> PathBuf {
-    let version = distill_student::gguf::import::IMPORT_VERSION;
+    let version = distill_models::gguf::import::IMPORT_VERSION;
     cache_dir().join(format!("models/smollm2-135m-instruct.import-v{version}"))
 }
 
@@ -75,16 +75,16 @@ pub fn smollm2_hf() -> anyhow::Result<PathBuf> {
         return Ok(out);
     }
     let gguf = smollm2_gguf()?;
-    import_gguf(&gguf, &out, distill_student::checkpoint::SaveDtype::F32)?;
+    import_gguf(&gguf, &out, distill_models::checkpoint::SaveDtype::F32)?;
     Ok(out)
 }
 
 pub fn import_gguf(
     gguf: &Path,
     out: &Path,
-    dtype: distill_student::checkpoint::SaveDtype,
-) -> anyhow::Result<distill_student::gguf::import::ImportReport> {
-    let opts = distill_student::hf::ExportOptions { dtype, ..Default::default() };
-    distill_student::gguf::import::import(gguf, out, &opts)
+    dtype: distill_models::checkpoint::SaveDtype,
+) -> anyhow::Result<distill_models::gguf::import::ImportReport> {
+    let opts = distill_models::hf::ExportOptions { dtype, ..Default::default() };
+    distill_models::gguf::import::import(gguf, out, &opts)
         .with_context(|| format!("importing {}", gguf.display()))
 }

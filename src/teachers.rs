@@ -31,7 +31,7 @@ pub fn build(backend: &BackendConfig) -> anyhow::Result<Vec<Arc<dyn Teacher>>> {
                 .as_ref()
                 .context("backend kind local needs `local = { model_dir = … }`")?;
             check_model_dir(&local.model_dir)?;
-            let kind: distill_student::device::DeviceKind =
+            let kind: distill_models::device::DeviceKind =
                 backend.device.parse().map_err(anyhow::Error::msg)?;
             crate::backend::dispatch!(kind, |B, device| Ok(vec![Arc::new(LocalTeacher::<B>::load(
                 local, device

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
-use distill_student::Arch;
-use distill_student::checkpoint::Checkpoint;
-use distill_student::device::{Autodiff, Cpu, CpuDevice};
+use distill_models::Arch;
+use distill_models::checkpoint::Checkpoint;
+use distill_models::device::{Autodiff, Cpu, CpuDevice};
 use distill_student::sft::parallel::ShardMode;
 use distill_student::sft::train::{Observer, TrainConfig, train};
 

@@ -10,12 +10,12 @@ use std::sync::OnceLock;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use distill_data::{Message, Role};
-use distill_student::device::{Cpu, CpuDevice};
-use distill_student::generate::{Engine, SamplingParams};
-use distill_student::masks;
-use distill_student::model::AttnMask;
-use distill_student::rope::Rope;
-use distill_student::tokenizer::TextTokenizer;
+use distill_models::device::{Cpu, CpuDevice};
+use distill_models::generate::{Engine, SamplingParams};
+use distill_models::masks;
+use distill_models::model::AttnMask;
+use distill_models::rope::Rope;
+use distill_models::tokenizer::TextTokenizer;
 use serde_json::Value;
 
 fn reference_dir() -> Option<PathBuf> {
@@ -79,7 +79,7 @@ fn reproduces_the_transformers_golden_outputs() {
     };
     let dir = model_dir();
     let dev = CpuDevice::default();
-    let loaded = distill_student::hf::load_model::<Cpu>(dir, &dev).unwrap();
+    let loaded = distill_models::hf::load_model::<Cpu>(dir, &dev).unwrap();
     let tok = TextTokenizer::from_dir(dir).unwrap();
     let chat = tok.chat.as_ref().expect("the GGUF carries a chat template");
     let rope = Rope::<Cpu>::new(&loaded.config, &dev);

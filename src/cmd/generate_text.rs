@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use burn::prelude::Backend;
 use distill_data::{Message, Role};
-use distill_student::device::DeviceKind;
-use distill_student::generate::{Engine, SamplingParams};
-use distill_student::hf;
-use distill_student::tokenizer::TextTokenizer;
+use distill_models::device::DeviceKind;
+use distill_models::generate::{Engine, SamplingParams};
+use distill_models::hf;
+use distill_models::tokenizer::TextTokenizer;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use distill_student::checkpoint::SaveDtype;
+use distill_models::checkpoint::SaveDtype;
 
 #[derive(Subcommand)]
 pub enum ImportCommand {

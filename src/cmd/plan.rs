@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use distill_student::ModelConfig;
+use distill_models::ModelConfig;
 use distill_student::sft::parallel::ShardMode;
 use distill_student::sft::plan::{MemoryPlan, RunShape, known_config, min_ranks};
 use distill_student::sft::train::{TrainConfig, machine_memory_gb};

@@ -133,11 +133,11 @@ fn run_stage(stage: Stage, l: &Loaded) -> anyhow::Result<serde_json::Value> {
             };
             let mut out = json!({"teacher": teacher});
             if let Some(layers) = &pr.student_layers {
-                let cfg = distill_student::prune::prune_layers(
+                let cfg = distill_models::prune::prune_layers(
                     &teacher,
                     layers,
                     &p.student,
-                    distill_student::checkpoint::SaveDtype::F32,
+                    distill_models::checkpoint::SaveDtype::F32,
                 )?;
                 println!(
                     "  student: {} of the teacher's layers {:?} → {}",

@@ -7,9 +7,9 @@ use burn::tensor::TensorData;
 use burn::tensor::activation::{log_softmax, softmax};
 use serde::Serialize;
 
-use crate::masks;
-use crate::model::{AttnMask, CausalLm};
-use crate::rope::Rope;
+use distill_models::masks;
+use distill_models::model::{AttnMask, CausalLm};
+use distill_models::rope::Rope;
 use crate::sft::data::Example;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]

@@ -1,4 +1,5 @@
-//! Errors of the student crate. Each says which file, tensor or key.
+//! Errors of the SFT stage. Each says which file, field or rank; model and corpus errors pass
+//! through with their own.
 
 use std::path::PathBuf;
 
@@ -13,37 +14,15 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// config.json problems: a missing key, a bad value, an unsupported architecture.
-    #[error("{}: {msg}", path.display())]
-    Config { path: PathBuf, msg: String },
-
-    /// A checkpoint file that is not valid safetensors (truncated, huge header, bad offsets…).
-    #[error("{}: not a valid safetensors file: {msg}", path.display())]
-    Safetensors { path: PathBuf, msg: String },
-
-    #[error("tensor '{name}' is missing from the checkpoint ({where_})")]
-    MissingTensor { name: String, where_: String },
-
-    #[error("tensor '{name}' has shape {found:?} in {}, the config expects {expected:?}", file.display())]
-    ShapeMismatch { name: String, file: PathBuf, found: Vec<usize>, expected: Vec<usize> },
-
-    #[error("tensor '{name}' in {}: dtype {dtype} is not supported (F32, BF16, F16 are)", file.display())]
-    Dtype { name: String, file: PathBuf, dtype: String },
-
-    #[error("{}: GGUF: {msg}", path.display())]
-    Gguf { path: PathBuf, msg: String },
-
-    #[error("tokenizer: {0}")]
-    Tokenizer(String),
-
-    #[error("chat template: {0}")]
-    Template(String),
-
-    #[error("generation: {0}")]
-    Generate(String),
+    /// Loading, saving or running a model.
+    #[error(transparent)]
+    Model(#[from] distill_models::Error),
 
     #[error(transparent)]
     Data(#[from] distill_data::Error),
+
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
 
     #[error("{0}")]
     Invalid(String),

@@ -1,29 +1,12 @@
-//! `distill-student`: the student (and local teacher) models.
-//!
-//! Config → init → forward: [`config::ModelConfig`] mirrors HF `config.json`; [`model::CausalLm`]
-//! is Llama / Qwen2 / Qwen3 in burn, generic over the backend; [`hf`] loads and exports the Hugging
-//! Face layout; [`gguf`] imports llama.cpp files; [`tokenizer`] wraps `tokenizer.json` and renders
-//! chat templates; [`generate`] samples with a KV cache.
+//! `distill-student`: the SFT stage. Trace data → packed batches ([`sft::data`], [`sft::pack`]) →
+//! cross-entropy and logit distillation ([`sft::loss`], [`lm_head_loss`]) → AdamW ([`sft::optim`])
+//! → the trainer ([`sft::train`]) with data parallelism ([`sft::parallel`]), checkpoints
+//! ([`sft::checkpoint`]) and the memory planner ([`sft::plan`]); and the student-teacher
+//! agreement score ([`agreement`]). The models themselves live in `distill-models`.
 
 pub mod agreement;
-pub mod attention;
-pub mod chat;
-pub mod checkpoint;
-pub mod config;
-pub mod device;
 pub mod error;
-pub mod generate;
-pub mod gguf;
-pub mod hf;
 pub mod lm_head_loss;
-pub mod masks;
-pub mod model;
-pub mod prune;
-pub mod rope;
 pub mod sft;
-pub mod tokenizer;
-pub mod weights;
 
-pub use config::{Arch, ModelConfig};
 pub use error::{Error, Result};
-pub use model::CausalLm;

@@ -11,7 +11,7 @@
 //! Under bf16 compute the matmuls run in the weights' dtype and every chunk's softmax in f32, as
 //! the unchunked path does (its logits are cast to f32 before the log-softmax).
 //!
-//! Used on the backends of [`crate::attention`] under autodiff; elsewhere the plain computation
+//! Used on the backends of [`distill_models::attention`] under autodiff; elsewhere the plain computation
 //! runs.
 
 use std::any::TypeId;
@@ -27,7 +27,7 @@ use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, TensorData, TensorPrimitive};
 
-use crate::attention::{prim, same_type, wrap};
+use distill_models::attention::{prim, same_type, wrap};
 
 /// Logit elements per chunk (`rows × vocab`): 32M f32 = 128 MB per temporary.
 pub const CHUNK_ELEMS: usize = 1 << 25;
@@ -51,14 +51,14 @@ pub fn cross_entropy_sum<B: Backend>(
             }
         };
     }
-    fused_on!(crate::device::Flex, NoCheckpointing);
-    fused_on!(crate::device::Flex, BalancedCheckpointing);
-    fused_on!(crate::device::NdArray, NoCheckpointing);
-    fused_on!(crate::device::NdArray, BalancedCheckpointing);
+    fused_on!(distill_models::device::Flex, NoCheckpointing);
+    fused_on!(distill_models::device::Flex, BalancedCheckpointing);
+    fused_on!(distill_models::device::NdArray, NoCheckpointing);
+    fused_on!(distill_models::device::NdArray, BalancedCheckpointing);
     #[cfg(feature = "cuda")]
     {
-        fused_on!(crate::device::Cuda, NoCheckpointing);
-        fused_on!(crate::device::Cuda, BalancedCheckpointing);
+        fused_on!(distill_models::device::Cuda, NoCheckpointing);
+        fused_on!(distill_models::device::Cuda, BalancedCheckpointing);
     }
     plain(hidden, weight, targets)
 }
@@ -196,7 +196,7 @@ fn backward<I: Backend>(st: Saved<I>, g: Tensor<I, 1>) -> (Tensor<I, 2>, Tensor<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::{Flex, FlexDevice};
+    use distill_models::device::{Flex, FlexDevice};
     use burn::tensor::Distribution;
 
     type Ad = Autodiff<Flex>;

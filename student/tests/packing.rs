@@ -4,16 +4,16 @@
 use std::path::Path;
 
 use burn::prelude::*;
-use distill_student::device::{Cpu, CpuDevice};
-use distill_student::hf;
-use distill_student::rope::Rope;
+use distill_models::device::{Cpu, CpuDevice};
+use distill_models::hf;
+use distill_models::rope::Rope;
 use distill_student::sft::data::Example;
 use distill_student::sft::loss::losses;
 use distill_student::sft::pack;
 
 #[test]
 fn packed_documents_lose_what_they_lose_alone() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-qwen2");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/tiny-qwen2");
     let dev = CpuDevice::default();
     let m = hf::load_model::<Cpu>(&dir, &dev).unwrap();
     let rope = Rope::<Cpu>::new(&m.config, &dev);

@@ -7,15 +7,15 @@
 use std::path::Path;
 
 use burn::tensor::DType;
-use distill_student::checkpoint::Checkpoint;
-use distill_student::device::{Autodiff, Cpu, CpuDevice};
-use distill_student::hf;
-use distill_student::rope::Rope;
+use distill_models::checkpoint::Checkpoint;
+use distill_models::device::{Autodiff, Cpu, CpuDevice};
+use distill_models::hf;
+use distill_models::rope::Rope;
 use distill_student::sft::data::Example;
 use distill_student::sft::optim::{AdamW, OptimConfig};
 use distill_student::sft::pack;
 use distill_student::sft::train::optimizer_step;
-use distill_student::weights::{Collect, WeightSink};
+use distill_models::weights::{Collect, WeightSink};
 use serde_json::Value;
 
 type B = Autodiff<Cpu>;
@@ -32,7 +32,7 @@ fn check(name: &str, compute: DType, tol: f64) {
 /// `split`: the three documents go through as two micro-batches (gradient accumulation) instead
 /// of one packed row; packing gives each document its own loss, so the step is the same.
 fn check_split(name: &str, compute: DType, tol: f64, split: bool) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures").join(name);
     let reference: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("train-step.json")).unwrap())
             .unwrap();
@@ -132,8 +132,8 @@ fn check_split(name: &str, compute: DType, tol: f64, split: bool) {
     // Master weights stay f32 whatever the compute dtype.
     for (n, p) in model.params_mut() {
         let dtype = match &p {
-            distill_student::model::ParamMut::Vector(p) => p.val().dtype(),
-            distill_student::model::ParamMut::Matrix(p) => p.val().dtype(),
+            distill_models::model::ParamMut::Vector(p) => p.val().dtype(),
+            distill_models::model::ParamMut::Matrix(p) => p.val().dtype(),
         };
         assert_eq!(dtype, DType::F32, "{name}: master weight {n} is {dtype:?}");
     }

@@ -11,7 +11,7 @@ pub enum Error {
     #[error(transparent)]
     Data(#[from] distill_data::Error),
     #[error(transparent)]
-    Student(#[from] distill_student::Error),
+    Model(#[from] distill_models::Error),
     #[error("{0}")]
     Config(String),
     #[error("{}: {source}", path.display())]

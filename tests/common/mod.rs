@@ -357,13 +357,13 @@ pub fn tiny_student_with(
     dir: &Path,
     name: &str,
     seed: u64,
-    edit: impl FnOnce(&mut distill_student::ModelConfig),
+    edit: impl FnOnce(&mut distill_models::ModelConfig),
 ) -> PathBuf {
-    use distill_student::checkpoint::SaveDtype;
-    use distill_student::device::{Cpu, CpuDevice};
-    use distill_student::hf::{self, Assets, ExportOptions};
-    use distill_student::weights::RandomSource;
-    use distill_student::{CausalLm, ModelConfig};
+    use distill_models::checkpoint::SaveDtype;
+    use distill_models::device::{Cpu, CpuDevice};
+    use distill_models::hf::{self, Assets, ExportOptions};
+    use distill_models::weights::RandomSource;
+    use distill_models::{CausalLm, ModelConfig};
     let (_, hf_dir) = smollm2();
     let mut cfg = ModelConfig::from_file(&hf_dir.join("config.json")).unwrap();
     cfg.hidden_size = 64;

@@ -11,12 +11,12 @@ use anyhow::Context;
 use burn::module::Module;
 use burn::prelude::Backend;
 use burn::tensor::DType;
-use distill_student::CausalLm;
-use distill_student::ModelConfig;
-use distill_student::device::{Cpu, CpuDevice, DeviceKind};
-use distill_student::generate::{Completion, Engine, SamplingParams};
+use distill_models::CausalLm;
+use distill_models::ModelConfig;
+use distill_models::device::{Cpu, CpuDevice, DeviceKind};
+use distill_models::generate::{Completion, Engine, SamplingParams};
 use distill_student::sft::train::CastParams;
-use distill_student::weights::RandomSource;
+use distill_models::weights::RandomSource;
 use serde_json::json;
 
 #[derive(clap::Args, Clone)]

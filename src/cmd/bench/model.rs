@@ -7,12 +7,12 @@ use std::time::Instant;
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use distill_student::device::{Autodiff, Cpu, CpuDevice, NdArray, NdArrayDevice};
-use distill_student::generate::{Engine, SamplingParams};
-use distill_student::hf;
-use distill_student::masks;
-use distill_student::model::AttnMask;
-use distill_student::rope::Rope;
+use distill_models::device::{Autodiff, Cpu, CpuDevice, NdArray, NdArrayDevice};
+use distill_models::generate::{Engine, SamplingParams};
+use distill_models::hf;
+use distill_models::masks;
+use distill_models::model::AttnMask;
+use distill_models::rope::Rope;
 use serde_json::{Value, json};
 
 #[derive(clap::Args)]

@@ -10,16 +10,16 @@ use std::time::Instant;
 use anyhow::Context;
 use burn::tensor::DType;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use distill_student::CausalLm;
-use distill_student::ModelConfig;
-use distill_student::device::{Autodiff, Cpu, CpuDevice, parse_devices};
-use distill_student::rope::Rope;
+use distill_models::CausalLm;
+use distill_models::ModelConfig;
+use distill_models::device::{Autodiff, Cpu, CpuDevice, parse_devices};
+use distill_models::rope::Rope;
 use distill_student::sft::optim::{AdamW, OptimConfig};
 use distill_student::sft::pack::Batch;
 use distill_student::sft::parallel::{Comm, Layout, Parallel, ShardMode, launch};
 use distill_student::sft::plan::{MemoryPlan, RunShape, known_config};
 use distill_student::sft::train::{parallel_step, param_sizes};
-use distill_student::weights::{Collect, RandomSource, WeightSink};
+use distill_models::weights::{Collect, RandomSource, WeightSink};
 use serde_json::json;
 
 #[derive(clap::Args, Clone)]

@@ -15,11 +15,11 @@ use serde::{Deserialize, Serialize};
 
 use super::optim::{AdamW, Moments, OptimConfig};
 use super::parallel::{Layout, Parallel, ShardMode};
-use crate::checkpoint::{Checkpoint, SaveDtype, write_sharded};
-use crate::config::ModelConfig;
+use distill_models::checkpoint::{Checkpoint, SaveDtype, write_sharded};
+use distill_models::config::ModelConfig;
 use crate::error::{Error, IoContext, Result};
-use crate::model::CausalLm;
-use crate::weights::{Collect, WeightSink};
+use distill_models::model::CausalLm;
+use distill_models::weights::{Collect, WeightSink};
 
 pub const FORMAT: &str = "distill-train-checkpoint";
 pub const VERSION: u32 = 1;
@@ -215,7 +215,7 @@ pub fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
 pub fn load_model<B: Backend>(
     dir: &Path,
     device: &B::Device,
-) -> Result<(RunState, crate::hf::Loaded<B>)> {
+) -> Result<(RunState, distill_models::hf::Loaded<B>)> {
     let bad =
         |msg: String| Error::Invalid(format!("checkpoint {} is unusable: {msg}", dir.display()));
     let sp = dir.join("state.json");
@@ -228,7 +228,7 @@ pub fn load_model<B: Backend>(
             state.format, state.version
         )));
     }
-    let loaded = crate::hf::load_model::<B>(dir, device).map_err(|e| bad(e.to_string()))?;
+    let loaded = distill_models::hf::load_model::<B>(dir, device).map_err(|e| bad(e.to_string()))?;
     Ok((state, loaded))
 }
 

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::tokenizer::TextTokenizer;
+use distill_models::tokenizer::TextTokenizer;
 
 /// What to do with examples longer than `max_seq_len`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

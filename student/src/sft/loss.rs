@@ -7,9 +7,9 @@ use burn::tensor::TensorData;
 use burn::tensor::activation::log_softmax;
 
 use super::pack::Batch;
-use crate::masks;
-use crate::model::CausalLm;
-use crate::rope::Rope;
+use distill_models::masks;
+use distill_models::model::CausalLm;
+use distill_models::rope::Rope;
 
 /// Sums for one micro-batch.
 pub struct LossSums<B: Backend> {

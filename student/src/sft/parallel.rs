@@ -214,7 +214,7 @@ impl ParallelConfig {
             ));
         }
         if let Some(d) = &self.devices {
-            crate::device::parse_devices(d)
+            distill_models::device::parse_devices(d)
                 .map_err(|e| Error::Invalid(format!("[train.parallel] devices: {e}")))?;
         }
         self.node_spec()?;

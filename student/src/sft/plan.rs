@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use super::parallel::ShardMode;
 use super::train::TrainConfig;
-use crate::config::ModelConfig;
+use distill_models::config::ModelConfig;
 
 /// Exact trainable parameter count of a Llama / Qwen2 / Qwen3 config (weights, biases, norms).
 pub fn param_count(c: &ModelConfig) -> usize {
@@ -150,7 +150,7 @@ impl MemoryPlan {
         };
         let tokens = (s.micro_batch * s.seq) as f64;
         // Per layer and token: ~ (hidden·10 + intermediate·3) floats kept for the backward pass.
-        // Attention keeps no score matrix (`crate::attention` recomputes it per chunk).
+        // Attention keeps no score matrix (`distill_models::attention` recomputes it per chunk).
         let per_layer = tokens * (c.hidden_size * 10 + c.intermediate_size * 3) as f64 * 4.0;
         let layers = c.num_hidden_layers as f64;
         let activations = if s.checkpointing {

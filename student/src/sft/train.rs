@@ -20,12 +20,12 @@ use super::loss::losses;
 use super::optim::{AdamW, OptimConfig};
 use super::pack::{self, Batch};
 use super::parallel::{Comm, Layout, Parallel, ParallelConfig, ShardMode};
-use crate::checkpoint::SaveDtype;
+use distill_models::checkpoint::SaveDtype;
 use crate::error::{Error, IoContext, Result};
-use crate::hf::{self, Assets, ExportOptions};
-use crate::model::{CausalLm, ParamMut};
-use crate::rope::Rope;
-use crate::tokenizer::TextTokenizer;
+use distill_models::hf::{self, Assets, ExportOptions};
+use distill_models::model::{CausalLm, ParamMut};
+use distill_models::rope::Rope;
+use distill_models::tokenizer::TextTokenizer;
 
 /// `[train]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -152,9 +152,9 @@ impl TrainConfig {
     }
 
     /// The devices of this node, one rank each: `[train.parallel] devices`, else `[train] device`.
-    pub fn device_kinds(&self) -> Result<Vec<crate::device::DeviceKind>> {
+    pub fn device_kinds(&self) -> Result<Vec<distill_models::device::DeviceKind>> {
         match &self.parallel.devices {
-            Some(d) => crate::device::parse_devices(d)
+            Some(d) => distill_models::device::parse_devices(d)
                 .map_err(|e| Error::Invalid(format!("[train.parallel] devices: {e}"))),
             None => Ok(vec![
                 self.device
@@ -166,7 +166,7 @@ impl TrainConfig {
 
     pub fn on_cuda(&self) -> bool {
         self.device_kinds()
-            .is_ok_and(|k| matches!(k.first(), Some(crate::device::DeviceKind::Cuda(_))))
+            .is_ok_and(|k| matches!(k.first(), Some(distill_models::device::DeviceKind::Cuda(_))))
     }
 }
 
@@ -334,7 +334,7 @@ pub fn train<B: AutodiffBackend>(
         _ => {}
     }
     // The plan must fit before any rank loads anything.
-    let config = crate::ModelConfig::from_file(&cfg.model.join("config.json"))?;
+    let config = distill_models::ModelConfig::from_file(&cfg.model.join("config.json"))?;
     let plan = super::plan::MemoryPlan::for_run(&config, cfg, world);
     // CPU peers share the machine's memory.
     let have = cfg.device_memory_gb.unwrap_or_else(|| {
@@ -650,7 +650,7 @@ fn export<B: Backend>(
     recipe: &serde_json::Value,
     report: &DataReport,
     model: &CausalLm<B>,
-    config: &crate::ModelConfig,
+    config: &distill_models::ModelConfig,
     state: &RunState,
     export_dir: &Path,
 ) -> Result<()> {

@@ -6,9 +6,9 @@ use std::sync::Mutex;
 
 use burn::prelude::Backend;
 use distill_data::EndpointKind;
-use distill_student::generate::{Engine, SamplingParams};
-use distill_student::hf::{self, Loaded};
-use distill_student::tokenizer::TextTokenizer;
+use distill_models::generate::{Engine, SamplingParams};
+use distill_models::hf::{self, Loaded};
+use distill_models::tokenizer::TextTokenizer;
 use serde::{Deserialize, Serialize};
 
 use super::{ChatRequest, Choice, Completion, Teacher};
@@ -122,7 +122,7 @@ impl<B: Backend> LocalTeacher<B> {
     fn complete_many_same(
         &self,
         st: &State<B>,
-        chat: &distill_student::chat::ChatTemplate,
+        chat: &distill_models::chat::ChatTemplate,
         reqs: &[ChatRequest],
     ) -> Vec<Result<Completion, BackendError>> {
         let fatal = |e: &dyn std::fmt::Display| BackendError::Fatal(format!("local engine: {e}"));

@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use distill_student::device::{Cpu, CpuDevice};
-use distill_student::hf;
-use distill_student::masks;
-use distill_student::model::AttnMask;
-use distill_student::rope::Rope;
+use distill_models::device::{Cpu, CpuDevice};
+use distill_models::hf;
+use distill_models::masks;
+use distill_models::model::AttnMask;
+use distill_models::rope::Rope;
 use safetensors::SafeTensors;
 
 fn fixture(name: &str) -> PathBuf {

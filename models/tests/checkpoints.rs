@@ -3,11 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use distill_student::Error;
-use distill_student::checkpoint::{Checkpoint, SaveDtype};
-use distill_student::device::{Cpu, CpuDevice};
-use distill_student::hf::{self, Assets, ExportOptions};
-use distill_student::weights::{Collect, WeightSink};
+use distill_models::Error;
+use distill_models::checkpoint::{Checkpoint, SaveDtype};
+use distill_models::device::{Cpu, CpuDevice};
+use distill_models::hf::{self, Assets, ExportOptions};
+use distill_models::weights::{Collect, WeightSink};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)

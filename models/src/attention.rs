@@ -75,15 +75,18 @@ pub fn causal<B: Backend>(
 }
 
 /// Moves a value between two names of the same type (checked by `TypeId` at the call).
-pub(crate) fn same_type<T: 'static, U: 'static>(x: T) -> U {
+#[doc(hidden)]
+pub fn same_type<T: 'static, U: 'static>(x: T) -> U {
     *(Box::new(x) as Box<dyn Any>).downcast::<U>().expect("backend dispatch: type mismatch")
 }
 
-pub(crate) fn wrap<I: Backend, const D: usize>(p: FloatTensor<I>) -> Tensor<I, D> {
+#[doc(hidden)]
+pub fn wrap<I: Backend, const D: usize>(p: FloatTensor<I>) -> Tensor<I, D> {
     Tensor::from_primitive(TensorPrimitive::Float(p))
 }
 
-pub(crate) fn prim<I: Backend, const D: usize>(t: Tensor<I, D>) -> FloatTensor<I> {
+#[doc(hidden)]
+pub fn prim<I: Backend, const D: usize>(t: Tensor<I, D>) -> FloatTensor<I> {
     t.into_primitive().tensor()
 }
 

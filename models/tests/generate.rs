@@ -7,11 +7,11 @@ use std::path::Path;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use distill_data::FinishReason;
-use distill_student::device::{Cpu, CpuDevice};
-use distill_student::generate::{Engine, SamplingParams};
-use distill_student::hf;
-use distill_student::masks;
-use distill_student::model::AttnMask;
+use distill_models::device::{Cpu, CpuDevice};
+use distill_models::generate::{Engine, SamplingParams};
+use distill_models::hf;
+use distill_models::masks;
+use distill_models::model::AttnMask;
 
 fn load() -> hf::Loaded<Cpu> {
     hf::load_model::<Cpu>(
@@ -23,7 +23,7 @@ fn load() -> hf::Loaded<Cpu> {
 
 fn full_logits(m: &hf::Loaded<Cpu>, ids: &[u32]) -> Vec<f32> {
     let dev = CpuDevice::default();
-    let rope = distill_student::rope::Rope::<Cpu>::new(&m.config, &dev);
+    let rope = distill_models::rope::Rope::<Cpu>::new(&m.config, &dev);
     let n = ids.len();
     let t = Tensor::<Cpu, 2, Int>::from_data(
         TensorData::new(ids.iter().map(|&x| x as i64).collect::<Vec<_>>(), [1, n]),
@@ -63,7 +63,7 @@ fn cached_greedy_decoding_equals_recomputing_everything() {
 /// token and its log-probability equal a full forward over the unpadded sequence.
 #[test]
 fn the_cache_crosses_block_boundaries_with_padding_and_stays_exact() {
-    assert_eq!(distill_student::model::KV_BLOCK, 128);
+    assert_eq!(distill_models::model::KV_BLOCK, 128);
     let m = load();
     let engine = Engine::new(&m.model, &m.config, None, CpuDevice::default());
     let prompts: Vec<Vec<u32>> = [120usize, 97]

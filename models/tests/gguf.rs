@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use distill_student::gguf::GgufFile;
-use distill_student::gguf::dequant::{self, dequantize};
-use distill_student::gguf::import::{hf_name, unpermute};
+use distill_models::gguf::GgufFile;
+use distill_models::gguf::dequant::{self, dequantize};
+use distill_models::gguf::import::{hf_name, unpermute};
 use safetensors::SafeTensors;
 
 const TYPES: &[(&str, u32)] = &[

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use distill_data::{Message, Role};
-use distill_student::chat::ChatTemplate;
+use distill_models::chat::ChatTemplate;
 use serde_json::Value;
 
 fn dir() -> &'static Path {
