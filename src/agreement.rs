@@ -2,11 +2,11 @@
 //! teacher's held-out traces (teacher-forced next-token accuracy, KL, NLL), before and after SFT.
 
 use anyhow::{Context, ensure};
-use distill_student::agreement::{Agreement, agreement};
 use distill_models::device::{Cpu, CpuDevice};
 use distill_models::hf;
 use distill_models::rope::Rope;
 use distill_models::tokenizer::TextTokenizer;
+use distill_student::agreement::{Agreement, agreement};
 use serde_json::json;
 
 use crate::recipe::{Paths, Recipe};

@@ -30,7 +30,6 @@ mod plot;
 mod progress;
 mod recipe;
 mod report;
-mod teachers;
 
 #[derive(Parser)]
 #[command(

@@ -541,10 +541,10 @@ impl Input {
                 anyhow::ensure!(p.exists(), "{}: {} does not exist", self.what, p.display())
             }
             InputKind::ModelDir(p) => {
-                crate::teachers::check_model_dir(p).with_context(|| self.what.clone())?
+                distill_teacher::backend::check_model_dir(p).with_context(|| self.what.clone())?
             }
             InputKind::Endpoint(u) if network => {
-                crate::teachers::preflight(u).with_context(|| self.what.clone())?
+                distill_teacher::backend::preflight(u).with_context(|| self.what.clone())?
             }
             InputKind::Endpoint(_) => {}
         }

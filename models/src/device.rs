@@ -3,6 +3,10 @@
 //! On CPU the default is burn's `flex` backend (pure Rust, multithreaded gemm, fused attention);
 //! `ndarray` is kept for comparison. docs/backends.md has the measurements behind the choice.
 
+use burn::prelude::Backend;
+
+use crate::error::Error;
+
 pub use burn::backend::Autodiff;
 pub use burn::backend::flex::{Flex, FlexDevice};
 pub use burn::backend::ndarray::{NdArray, NdArrayDevice};
@@ -23,14 +27,16 @@ pub enum DeviceKind {
 }
 
 impl std::str::FromStr for DeviceKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
         match s {
             "cpu" => Ok(DeviceKind::Cpu),
             "cuda" => Ok(DeviceKind::Cuda(0)),
             _ => match s.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
                 Some(i) => Ok(DeviceKind::Cuda(i)),
-                None => Err(format!("unknown device '{s}' (expected cpu, cuda or cuda:N)")),
+                None => Err(Error::Device(format!(
+                    "unknown device '{s}' (expected cpu, cuda or cuda:N)"
+                ))),
             },
         }
     }
@@ -38,7 +44,11 @@ impl std::str::FromStr for DeviceKind {
 
 /// A node's devices, one rank each: `cpu`, `cpu:4` (four CPU peers), `cuda`, `cuda:0,cuda:1,…`.
 /// All of one kind; CUDA indices distinct.
-pub fn parse_devices(s: &str) -> Result<Vec<DeviceKind>, String> {
+pub fn parse_devices(s: &str) -> Result<Vec<DeviceKind>, Error> {
+    parse_devices_(s).map_err(Error::Device)
+}
+
+fn parse_devices_(s: &str) -> Result<Vec<DeviceKind>, String> {
     let s = s.trim();
     if let Some(n) = s.strip_prefix("cpu:") {
         let n: usize =
@@ -53,7 +63,10 @@ pub fn parse_devices(s: &str) -> Result<Vec<DeviceKind>, String> {
     }
     let mut out: Vec<DeviceKind> = Vec::new();
     for part in s.split(',') {
-        let d: DeviceKind = part.trim().parse()?;
+        let d: DeviceKind = part.trim().parse().map_err(|e: Error| match e {
+            Error::Device(m) => m,
+            other => other.to_string(),
+        })?;
         if d == DeviceKind::Cpu && s.contains(',') {
             return Err(format!("'{s}': CPU peers are written cpu:N"));
         }
@@ -70,13 +83,36 @@ pub fn parse_devices(s: &str) -> Result<Vec<DeviceKind>, String> {
 
 impl DeviceKind {
     /// An error if this build cannot run on the device.
-    pub fn check_available(self) -> Result<(), String> {
+    pub fn check_available(self) -> Result<(), Error> {
         match self {
             DeviceKind::Cpu => Ok(()),
             DeviceKind::Cuda(_) if cfg!(feature = "cuda") => Ok(()),
-            DeviceKind::Cuda(_) => {
-                Err("this distill was built without CUDA; rebuild with `--features cuda`".into())
-            }
+            DeviceKind::Cuda(_) => Err(Error::Device(NO_CUDA.into())),
         }
+    }
+}
+
+const NO_CUDA: &str =
+    "this distill was built without CUDA; rebuild with `cargo build --release --features cuda`";
+
+/// A computation generic over the backend, run by [`on_device`] on the backend of a device kind.
+/// (A trait, not a closure: the backend is a type parameter chosen at run time.)
+pub trait OnDevice {
+    type Output;
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output
+    where
+        B::Device: Send;
+}
+
+/// Run `f` on the backend of `kind`: CPU (flex) always, CUDA in builds with the `cuda` feature.
+/// The choice is made here, in the crate that has the feature, so every crate can build models
+/// on any device without a macro of its own.
+pub fn on_device<F: OnDevice>(kind: DeviceKind, f: F) -> Result<F::Output, Error> {
+    match kind {
+        DeviceKind::Cpu => Ok(f.run::<Cpu>(CpuDevice::default())),
+        #[cfg(feature = "cuda")]
+        DeviceKind::Cuda(index) => Ok(f.run::<Cuda>(CudaDevice { index })),
+        #[cfg(not(feature = "cuda"))]
+        DeviceKind::Cuda(_) => Err(Error::Device(NO_CUDA.into())),
     }
 }

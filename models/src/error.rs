@@ -33,6 +33,10 @@ pub enum Error {
     #[error("{}: GGUF: {msg}", path.display())]
     Gguf { path: PathBuf, msg: String },
 
+    /// A device string that names no device, or one this build cannot run on.
+    #[error("{0}")]
+    Device(String),
+
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 
@@ -47,7 +51,6 @@ pub enum Error {
 
     #[error("{0}")]
     Invalid(String),
-
 }
 
 impl Error {

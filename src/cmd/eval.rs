@@ -128,7 +128,7 @@ pub fn run_eval(cfg: &EvalConfig) -> anyhow::Result<Vec<BenchSummary>> {
             bail!("benchmark {}: {} does not exist", b.name, b.file.display());
         }
     }
-    let teachers = crate::teachers::build(&cfg.backend)?;
+    let teachers = distill_teacher::backend::build(&cfg.backend)?;
     let pb = crate::progress::bar(Some(1), "problems");
     let out = evaluate(cfg, &teachers, |name, done, total| {
         pb.set_length(total as u64);

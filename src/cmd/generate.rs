@@ -40,7 +40,7 @@ pub fn generate(
 ) -> anyhow::Result<run::GenerateReport> {
     cfg.validate()?;
     let set = run::load_prompts(cfg)?;
-    let teachers = crate::teachers::build(&cfg.backend)?;
+    let teachers = distill_teacher::backend::build(&cfg.backend)?;
     let pb = crate::progress::bar(Some(set.prompts.len() as u64), "prompts");
     let t0 = Instant::now();
     let report = run::generate(cfg, set, teachers, provenance, |p| {

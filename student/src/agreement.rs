@@ -7,10 +7,10 @@ use burn::tensor::TensorData;
 use burn::tensor::activation::{log_softmax, softmax};
 use serde::Serialize;
 
+use crate::sft::data::Example;
 use distill_models::masks;
 use distill_models::model::{AttnMask, CausalLm};
 use distill_models::rope::Rope;
-use crate::sft::data::Example;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Agreement {

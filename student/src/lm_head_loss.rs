@@ -196,8 +196,8 @@ fn backward<I: Backend>(st: Saved<I>, g: Tensor<I, 1>) -> (Tensor<I, 2>, Tensor<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use distill_models::device::{Flex, FlexDevice};
     use burn::tensor::Distribution;
+    use distill_models::device::{Flex, FlexDevice};
 
     type Ad = Autodiff<Flex>;
 

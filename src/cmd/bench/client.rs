@@ -95,7 +95,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         stream: false,
         max_n: 8,
     };
-    let client = Arc::new(OpenAiClient::new(cfg, None).map_err(anyhow::Error::msg)?);
+    let client = Arc::new(OpenAiClient::new(cfg, None)?);
     let req = Arc::new(ChatRequest {
         messages: vec![Message::new(
             Role::User,

@@ -15,8 +15,8 @@ use distill_models::CausalLm;
 use distill_models::ModelConfig;
 use distill_models::device::{Cpu, CpuDevice, DeviceKind};
 use distill_models::generate::{Completion, Engine, SamplingParams};
-use distill_student::sft::train::CastParams;
 use distill_models::weights::RandomSource;
+use distill_student::sft::train::CastParams;
 use serde_json::json;
 
 #[derive(clap::Args, Clone)]

@@ -14,12 +14,12 @@ use distill_models::CausalLm;
 use distill_models::ModelConfig;
 use distill_models::device::{Autodiff, Cpu, CpuDevice, parse_devices};
 use distill_models::rope::Rope;
+use distill_models::weights::{Collect, RandomSource, WeightSink};
 use distill_student::sft::optim::{AdamW, OptimConfig};
 use distill_student::sft::pack::Batch;
 use distill_student::sft::parallel::{Comm, Layout, Parallel, ShardMode, launch};
 use distill_student::sft::plan::{MemoryPlan, RunShape, known_config};
 use distill_student::sft::train::{parallel_step, param_sizes};
-use distill_models::weights::{Collect, RandomSource, WeightSink};
 use serde_json::json;
 
 #[derive(clap::Args, Clone)]
@@ -210,7 +210,7 @@ fn rel(a: f64, b: f64) -> f64 {
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let cfg = model_config(&a.model)?;
-    let kinds = parse_devices(&a.devices).map_err(anyhow::Error::msg)?;
+    let kinds = parse_devices(&a.devices)?;
     let world = kinds.len();
     let (rows, seq) = super::model::parse_shape(&a.shape)?;
     let compare = match a.against.as_deref() {

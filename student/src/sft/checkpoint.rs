@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use super::optim::{AdamW, Moments, OptimConfig};
 use super::parallel::{Layout, Parallel, ShardMode};
+use crate::error::{Error, IoContext, Result};
 use distill_models::checkpoint::{Checkpoint, SaveDtype, write_sharded};
 use distill_models::config::ModelConfig;
-use crate::error::{Error, IoContext, Result};
 use distill_models::model::CausalLm;
 use distill_models::weights::{Collect, WeightSink};
 
@@ -228,7 +228,8 @@ pub fn load_model<B: Backend>(
             state.format, state.version
         )));
     }
-    let loaded = distill_models::hf::load_model::<B>(dir, device).map_err(|e| bad(e.to_string()))?;
+    let loaded =
+        distill_models::hf::load_model::<B>(dir, device).map_err(|e| bad(e.to_string()))?;
     Ok((state, loaded))
 }
 

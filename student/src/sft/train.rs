@@ -20,8 +20,8 @@ use super::loss::losses;
 use super::optim::{AdamW, OptimConfig};
 use super::pack::{self, Batch};
 use super::parallel::{Comm, Layout, Parallel, ParallelConfig, ShardMode};
-use distill_models::checkpoint::SaveDtype;
 use crate::error::{Error, IoContext, Result};
+use distill_models::checkpoint::SaveDtype;
 use distill_models::hf::{self, Assets, ExportOptions};
 use distill_models::model::{CausalLm, ParamMut};
 use distill_models::rope::Rope;
@@ -156,11 +156,9 @@ impl TrainConfig {
         match &self.parallel.devices {
             Some(d) => distill_models::device::parse_devices(d)
                 .map_err(|e| Error::Invalid(format!("[train.parallel] devices: {e}"))),
-            None => Ok(vec![
-                self.device
-                    .parse()
-                    .map_err(|e: String| Error::Invalid(format!("[train] device: {e}")))?,
-            ]),
+            None => Ok(vec![self.device.parse().map_err(|e: distill_models::Error| {
+                Error::Invalid(format!("[train] device: {e}"))
+            })?]),
         }
     }
 

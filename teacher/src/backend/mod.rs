@@ -6,10 +6,82 @@ pub mod openai;
 pub mod pool;
 pub mod retry;
 
+use std::path::Path;
+use std::sync::Arc;
+
 use distill_data::{EndpointKind, FinishReason, Message, TokenLogprobs};
+use distill_models::device::{DeviceKind, OnDevice, on_device};
 use serde::{Deserialize, Serialize};
 
-use crate::error::BackendError;
+use crate::error::{BackendError, Error, Result};
+use crate::run::{BackendConfig, BackendKind};
+
+/// The teachers a `[…backend]` section names, checked before any long work: an endpoint that
+/// does not answer, a missing model directory or an unknown device is an error here.
+pub fn build(backend: &BackendConfig) -> Result<Vec<Arc<dyn Teacher>>> {
+    match backend.kind {
+        BackendKind::Openai => {
+            if backend.endpoints.is_empty() {
+                return Err(Error::Config(
+                    "backend kind openai needs at least one endpoint".into(),
+                ));
+            }
+            backend
+                .endpoints
+                .iter()
+                .map(|e| {
+                    preflight(&e.base_url)?;
+                    let client = openai::OpenAiClient::new(e.clone(), None)?;
+                    Ok(Arc::new(client) as Arc<dyn Teacher>)
+                })
+                .collect()
+        }
+        BackendKind::Local => {
+            let local = backend.local.as_ref().ok_or_else(|| {
+                Error::Config("backend kind local needs `local = { model_dir = … }`".into())
+            })?;
+            check_model_dir(&local.model_dir)?;
+            let kind: DeviceKind = backend.device.parse()?;
+            struct Load<'a>(&'a local::LocalConfig);
+            impl OnDevice for Load<'_> {
+                type Output = Result<Arc<dyn Teacher>>;
+                fn run<B: burn::prelude::Backend>(self, device: B::Device) -> Self::Output
+                where
+                    B::Device: Send,
+                {
+                    Ok(Arc::new(local::LocalTeacher::<B>::load(self.0, device)?))
+                }
+            }
+            Ok(vec![on_device(kind, Load(local))??])
+        }
+    }
+}
+
+/// A Hugging Face model directory: at least its config.json.
+pub fn check_model_dir(dir: &Path) -> Result<()> {
+    if !dir.join("config.json").exists() {
+        return Err(Error::Config(format!(
+            "model directory {} does not exist or has no config.json",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Fail early on an endpoint that does not answer at all (any HTTP answer counts as alive).
+pub fn preflight(base_url: &str) -> Result<()> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("{}/models", base_url.trim_end_matches('/'));
+    agent
+        .get(&url)
+        .call()
+        .map(|_| ())
+        .map_err(|e| Error::Config(format!("teacher endpoint {base_url} is unreachable: {e}")))
+}
 
 /// Sampling settings sent with every request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -81,12 +81,17 @@ impl OpenAiClient {
     pub fn new(
         cfg: OpenAiConfig,
         vocab: Option<HashMap<String, u32>>,
-    ) -> Result<OpenAiClient, String> {
+    ) -> Result<OpenAiClient, crate::Error> {
         let auth = match &cfg.api_key_env {
             None => None,
             Some(var) => match std::env::var(var) {
                 Ok(k) if !k.is_empty() => Some(format!("Bearer {k}")),
-                _ => return Err(format!("the API key variable {var} (api_key_env) is not set")),
+                _ => {
+                    return Err(crate::Error::Config(format!(
+                        "{}: the API key variable {var} (api_key_env) is not set",
+                        cfg.base_url
+                    )));
+                }
             },
         };
         let agent: ureq::Agent = ureq::Agent::config_builder()
