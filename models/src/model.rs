@@ -1,8 +1,9 @@
 //! The decoder-only transformer shared by Llama, Qwen2 and Qwen3 (HF `modeling_llama.py`,
 //! `modeling_qwen2.py`, `modeling_qwen3.py`). They differ only in switches read from the config:
 //! q/k/v bias (Qwen2), q/k RMSNorm over the head dimension (Qwen3), tied embeddings, and RoPE
-//! scaling (Llama 3). Struct fields carry the Hugging Face tensor names, so loading is a path walk
-//! (`model.layers.3.self_attn.q_proj.weight`) and export is the same walk backwards.
+//! scaling (Llama 3). Struct fields follow the Hugging Face module names; the tensor names and
+//! shapes come from the parameter spec ([`crate::spec`]), which load, export and `params_mut`
+//! walk in the same order.
 
 use burn::module::{Module, Param};
 use burn::prelude::*;
@@ -15,6 +16,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::rope::{self, Rope};
+use crate::spec::{Cursor, Dims, Kind};
 use crate::weights::{WeightSink, WeightSource};
 
 /// `y = x Wᵀ + b`. HF stores `W` as `[out, in]`; it is kept here transposed, `[in, out]`, so
@@ -27,15 +29,10 @@ pub struct Linear<B: Backend> {
 }
 
 impl<B: Backend> Linear<B> {
-    fn load(
-        src: &mut dyn WeightSource,
-        name: &str,
-        d_in: usize,
-        d_out: usize,
-        bias: bool,
-        device: &B::Device,
-    ) -> Result<Self> {
-        let w = src.read(&format!("{name}.weight"), &[d_out, d_in])?;
+    fn load(src: &mut dyn WeightSource, at: &mut Cursor, device: &B::Device) -> Result<Self> {
+        let spec = at.next(Kind::Weight);
+        let (d_out, d_in) = (spec.shape[0], spec.shape[1]);
+        let w = src.read(&spec.name, &spec.shape)?;
         let mut t = vec![0f32; w.len()];
         for o in 0..d_out {
             for i in 0..d_in {
@@ -47,18 +44,17 @@ impl<B: Backend> Linear<B> {
                 TensorData::new(t, [d_in, d_out]),
                 device,
             )),
-            bias: if bias {
-                Some(Param::from_tensor(src.take(&format!("{name}.bias"), &[d_out], device)?))
-            } else {
-                None
+            bias: match at.next_if(Kind::Bias) {
+                Some(b) => Some(Param::from_tensor(src.take(&b.name, &[b.shape[0]], device)?)),
+                None => None,
             },
         })
     }
 
-    fn export(&self, name: &str, sink: &mut dyn WeightSink) {
-        sink.put(&format!("{name}.weight"), self.weight.val().transpose());
+    fn export(&self, at: &mut Cursor, sink: &mut dyn WeightSink) {
+        sink.put(&at.next(Kind::Weight).name, self.weight.val().transpose());
         if let Some(b) = &self.bias {
-            sink.put(&format!("{name}.bias"), b.val());
+            sink.put(&at.next(Kind::Bias).name, b.val());
         }
     }
 
@@ -92,19 +88,18 @@ pub struct RmsNorm<B: Backend> {
 impl<B: Backend> RmsNorm<B> {
     fn load(
         src: &mut dyn WeightSource,
-        name: &str,
-        dim: usize,
+        spec: &crate::spec::ParamSpec,
         eps: f64,
         device: &B::Device,
     ) -> Result<Self> {
         Ok(RmsNorm {
-            weight: Param::from_tensor(src.take(&format!("{name}.weight"), &[dim], device)?),
+            weight: Param::from_tensor(src.take(&spec.name, &[spec.shape[0]], device)?),
             eps,
         })
     }
 
-    fn export(&self, name: &str, sink: &mut dyn WeightSink) {
-        sink.put(&format!("{name}.weight"), self.weight.val());
+    fn export(&self, at: &mut Cursor, sink: &mut dyn WeightSink) {
+        sink.put(&at.next(Kind::Norm).name, self.weight.val());
     }
 
     /// `[.., dim]` → `[.., dim]`, computed on a 2-D view (contiguous element-wise ops). Under bf16
@@ -217,71 +212,35 @@ pub struct Attention<B: Backend> {
 impl<B: Backend> Attention<B> {
     fn load(
         src: &mut dyn WeightSource,
-        p: &str,
+        at: &mut Cursor,
         c: &ModelConfig,
         device: &B::Device,
     ) -> Result<Self> {
-        let (h, kv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let qk_norm = |name: &str, src: &mut dyn WeightSource| -> Result<Option<RmsNorm<B>>> {
-            if c.qk_norm {
-                Ok(Some(RmsNorm::load(src, &format!("{p}.{name}"), hd, c.rms_norm_eps, device)?))
-            } else {
-                Ok(None)
+        let norm = |at: &mut Cursor, src: &mut dyn WeightSource| -> Result<Option<RmsNorm<B>>> {
+            match at.next_if(Kind::Norm).filter(|_| c.qk_norm) {
+                Some(spec) => Ok(Some(RmsNorm::load(src, spec, c.rms_norm_eps, device)?)),
+                None => Ok(None),
             }
         };
         Ok(Attention {
-            q_proj: Linear::load(
-                src,
-                &format!("{p}.q_proj"),
-                c.hidden_size,
-                h * hd,
-                c.qkv_bias,
-                device,
-            )?,
-            k_proj: Linear::load(
-                src,
-                &format!("{p}.k_proj"),
-                c.hidden_size,
-                kv * hd,
-                c.qkv_bias,
-                device,
-            )?,
-            v_proj: Linear::load(
-                src,
-                &format!("{p}.v_proj"),
-                c.hidden_size,
-                kv * hd,
-                c.qkv_bias,
-                device,
-            )?,
-            o_proj: Linear::load(
-                src,
-                &format!("{p}.o_proj"),
-                h * hd,
-                c.hidden_size,
-                c.o_bias,
-                device,
-            )?,
-            q_norm: qk_norm("q_norm", src)?,
-            k_norm: qk_norm("k_norm", src)?,
-            n_heads: h,
-            n_kv_heads: kv,
-            head_dim: hd,
+            q_proj: Linear::load(src, at, device)?,
+            k_proj: Linear::load(src, at, device)?,
+            v_proj: Linear::load(src, at, device)?,
+            o_proj: Linear::load(src, at, device)?,
+            q_norm: norm(at, src)?,
+            k_norm: norm(at, src)?,
+            n_heads: c.num_attention_heads,
+            n_kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
         })
     }
 
-    fn export(&self, p: &str, sink: &mut dyn WeightSink) {
-        for (name, l) in [
-            ("q_proj", &self.q_proj),
-            ("k_proj", &self.k_proj),
-            ("v_proj", &self.v_proj),
-            ("o_proj", &self.o_proj),
-        ] {
-            l.export(&format!("{p}.{name}"), sink);
+    fn export(&self, at: &mut Cursor, sink: &mut dyn WeightSink) {
+        for l in [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj] {
+            l.export(at, sink);
         }
-        if let (Some(q), Some(k)) = (&self.q_norm, &self.k_norm) {
-            q.export(&format!("{p}.q_norm"), sink);
-            k.export(&format!("{p}.k_norm"), sink);
+        for n in [&self.q_norm, &self.k_norm].into_iter().flatten() {
+            n.export(at, sink);
         }
     }
 
@@ -359,24 +318,18 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: Backend> Mlp<B> {
-    fn load(
-        src: &mut dyn WeightSource,
-        p: &str,
-        c: &ModelConfig,
-        device: &B::Device,
-    ) -> Result<Self> {
-        let (d, f) = (c.hidden_size, c.intermediate_size);
+    fn load(src: &mut dyn WeightSource, at: &mut Cursor, device: &B::Device) -> Result<Self> {
         Ok(Mlp {
-            gate_proj: Linear::load(src, &format!("{p}.gate_proj"), d, f, c.mlp_bias, device)?,
-            up_proj: Linear::load(src, &format!("{p}.up_proj"), d, f, c.mlp_bias, device)?,
-            down_proj: Linear::load(src, &format!("{p}.down_proj"), f, d, c.mlp_bias, device)?,
+            gate_proj: Linear::load(src, at, device)?,
+            up_proj: Linear::load(src, at, device)?,
+            down_proj: Linear::load(src, at, device)?,
         })
     }
 
-    fn export(&self, p: &str, sink: &mut dyn WeightSink) {
-        self.gate_proj.export(&format!("{p}.gate_proj"), sink);
-        self.up_proj.export(&format!("{p}.up_proj"), sink);
-        self.down_proj.export(&format!("{p}.down_proj"), sink);
+    fn export(&self, at: &mut Cursor, sink: &mut dyn WeightSink) {
+        for l in [&self.gate_proj, &self.up_proj, &self.down_proj] {
+            l.export(at, sink);
+        }
     }
 
     /// SwiGLU: `down(silu(gate(x)) * up(x))`.
@@ -396,35 +349,24 @@ pub struct DecoderLayer<B: Backend> {
 impl<B: Backend> DecoderLayer<B> {
     fn load(
         src: &mut dyn WeightSource,
-        p: &str,
+        at: &mut Cursor,
         c: &ModelConfig,
         device: &B::Device,
     ) -> Result<Self> {
+        let eps = c.rms_norm_eps;
         Ok(DecoderLayer {
-            self_attn: Attention::load(src, &format!("{p}.self_attn"), c, device)?,
-            mlp: Mlp::load(src, &format!("{p}.mlp"), c, device)?,
-            input_layernorm: RmsNorm::load(
-                src,
-                &format!("{p}.input_layernorm"),
-                c.hidden_size,
-                c.rms_norm_eps,
-                device,
-            )?,
-            post_attention_layernorm: RmsNorm::load(
-                src,
-                &format!("{p}.post_attention_layernorm"),
-                c.hidden_size,
-                c.rms_norm_eps,
-                device,
-            )?,
+            self_attn: Attention::load(src, at, c, device)?,
+            mlp: Mlp::load(src, at, device)?,
+            input_layernorm: RmsNorm::load(src, at.next(Kind::Norm), eps, device)?,
+            post_attention_layernorm: RmsNorm::load(src, at.next(Kind::Norm), eps, device)?,
         })
     }
 
-    fn export(&self, p: &str, sink: &mut dyn WeightSink) {
-        self.self_attn.export(&format!("{p}.self_attn"), sink);
-        self.mlp.export(&format!("{p}.mlp"), sink);
-        self.input_layernorm.export(&format!("{p}.input_layernorm"), sink);
-        self.post_attention_layernorm.export(&format!("{p}.post_attention_layernorm"), sink);
+    fn export(&self, at: &mut Cursor, sink: &mut dyn WeightSink) {
+        self.self_attn.export(at, sink);
+        self.mlp.export(at, sink);
+        self.input_layernorm.export(at, sink);
+        self.post_attention_layernorm.export(at, sink);
     }
 }
 
@@ -446,35 +388,61 @@ pub struct CausalLm<B: Backend> {
 }
 
 impl<B: Backend> CausalLm<B> {
-    /// Build the model by pulling every tensor by its HF name from `src`.
+    /// Build the model by pulling every tensor of its parameter spec ([`crate::spec`]) from `src`.
     pub fn load(cfg: &ModelConfig, src: &mut dyn WeightSource, device: &B::Device) -> Result<Self> {
-        let embed =
-            src.take("model.embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size], device)?;
+        let specs = crate::spec::param_specs(cfg);
+        let mut at = Cursor::new(&specs);
+        let e = at.next(Kind::Embedding);
+        let embed = src.take(&e.name, &[e.shape[0], e.shape[1]], device)?;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DecoderLayer::load(src, &format!("model.layers.{i}"), cfg, device))
+            .map(|_| DecoderLayer::load(src, &mut at, cfg, device))
             .collect::<Result<Vec<_>>>()?;
-        let norm = RmsNorm::load(src, "model.norm", cfg.hidden_size, cfg.rms_norm_eps, device)?;
-        let lm_head = if cfg.tie_word_embeddings {
-            None
-        } else {
-            Some(Linear::load(src, "lm_head", cfg.hidden_size, cfg.vocab_size, false, device)?)
-        };
+        let norm = RmsNorm::load(src, at.next(Kind::Norm), cfg.rms_norm_eps, device)?;
+        let lm_head =
+            if cfg.tie_word_embeddings { None } else { Some(Linear::load(src, &mut at, device)?) };
+        at.finish();
         Ok(CausalLm {
             model: Decoder { embed_tokens: Param::from_tensor(embed), layers, norm },
             lm_head,
         })
     }
 
-    /// Hand every tensor to `sink` under its HF name, in checkpoint order.
+    /// The dimensions that decide this model's parameters (its spec).
+    pub fn dims(&self) -> Dims {
+        let [vocab, hidden] = self.model.embed_tokens.dims();
+        let (attn, mlp) = match self.model.layers.first() {
+            Some(l) => (Some(&l.self_attn), Some(&l.mlp)),
+            None => (None, None),
+        };
+        Dims {
+            vocab,
+            hidden,
+            intermediate: mlp.map_or(0, |m| m.gate_proj.weight.dims()[1]),
+            layers: self.model.layers.len(),
+            heads: attn.map_or(0, |a| a.n_heads),
+            kv_heads: attn.map_or(0, |a| a.n_kv_heads),
+            head_dim: attn.map_or(0, |a| a.head_dim),
+            qkv_bias: attn.is_some_and(|a| a.q_proj.bias.is_some()),
+            o_bias: attn.is_some_and(|a| a.o_proj.bias.is_some()),
+            mlp_bias: mlp.is_some_and(|m| m.gate_proj.bias.is_some()),
+            qk_norm: attn.is_some_and(|a| a.q_norm.is_some()),
+            tied: self.lm_head.is_none(),
+        }
+    }
+
+    /// Hand every tensor to `sink` under its HF name, in checkpoint order (the spec's).
     pub fn export(&self, sink: &mut dyn WeightSink) {
-        sink.put("model.embed_tokens.weight", self.model.embed_tokens.val());
-        for (i, l) in self.model.layers.iter().enumerate() {
-            l.export(&format!("model.layers.{i}"), sink);
+        let specs = crate::spec::specs(&self.dims());
+        let mut at = Cursor::new(&specs);
+        sink.put(&at.next(Kind::Embedding).name, self.model.embed_tokens.val());
+        for l in &self.model.layers {
+            l.export(&mut at, sink);
         }
-        self.model.norm.export("model.norm", sink);
+        self.model.norm.export(&mut at, sink);
         if let Some(h) = &self.lm_head {
-            h.export("lm_head", sink);
+            h.export(&mut at, sink);
         }
+        at.finish();
     }
 
     /// Final hidden states `[batch, seq, hidden]` for `input_ids` `[batch, seq]` at `positions`
@@ -560,50 +528,49 @@ impl<B: Backend> CausalLm<B> {
     /// Every parameter with its HF name, in checkpoint order. (Linear weights are held `[in, out]`;
     /// the name is the HF one.)
     pub fn params_mut(&mut self) -> Vec<(String, ParamMut<'_, B>)> {
+        let specs = crate::spec::specs(&self.dims());
+        let mut at = Cursor::new(&specs);
         let mut out: Vec<(String, ParamMut<'_, B>)> = Vec::new();
         fn lin<'a, B: Backend>(
             out: &mut Vec<(String, ParamMut<'a, B>)>,
-            name: String,
+            at: &mut Cursor,
             l: &'a mut Linear<B>,
         ) {
-            out.push((format!("{name}.weight"), ParamMut::Matrix(&mut l.weight)));
+            out.push((at.next(Kind::Weight).name.clone(), ParamMut::Matrix(&mut l.weight)));
             if let Some(b) = l.bias.as_mut() {
-                out.push((format!("{name}.bias"), ParamMut::Vector(b)));
+                out.push((at.next(Kind::Bias).name.clone(), ParamMut::Vector(b)));
             }
+        }
+        fn norm<'a, B: Backend>(
+            out: &mut Vec<(String, ParamMut<'a, B>)>,
+            at: &mut Cursor,
+            n: &'a mut RmsNorm<B>,
+        ) {
+            out.push((at.next(Kind::Norm).name.clone(), ParamMut::Vector(&mut n.weight)));
         }
         out.push((
-            "model.embed_tokens.weight".into(),
+            at.next(Kind::Embedding).name.clone(),
             ParamMut::Matrix(&mut self.model.embed_tokens),
         ));
-        for (i, l) in self.model.layers.iter_mut().enumerate() {
-            let p = format!("model.layers.{i}");
+        for l in self.model.layers.iter_mut() {
             let a = &mut l.self_attn;
-            lin(&mut out, format!("{p}.self_attn.q_proj"), &mut a.q_proj);
-            lin(&mut out, format!("{p}.self_attn.k_proj"), &mut a.k_proj);
-            lin(&mut out, format!("{p}.self_attn.v_proj"), &mut a.v_proj);
-            lin(&mut out, format!("{p}.self_attn.o_proj"), &mut a.o_proj);
-            if let Some(n) = a.q_norm.as_mut() {
-                out.push((format!("{p}.self_attn.q_norm.weight"), ParamMut::Vector(&mut n.weight)));
+            for p in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj] {
+                lin(&mut out, &mut at, p);
             }
-            if let Some(n) = a.k_norm.as_mut() {
-                out.push((format!("{p}.self_attn.k_norm.weight"), ParamMut::Vector(&mut n.weight)));
+            for n in [a.q_norm.as_mut(), a.k_norm.as_mut()].into_iter().flatten() {
+                norm(&mut out, &mut at, n);
             }
-            lin(&mut out, format!("{p}.mlp.gate_proj"), &mut l.mlp.gate_proj);
-            lin(&mut out, format!("{p}.mlp.up_proj"), &mut l.mlp.up_proj);
-            lin(&mut out, format!("{p}.mlp.down_proj"), &mut l.mlp.down_proj);
-            out.push((
-                format!("{p}.input_layernorm.weight"),
-                ParamMut::Vector(&mut l.input_layernorm.weight),
-            ));
-            out.push((
-                format!("{p}.post_attention_layernorm.weight"),
-                ParamMut::Vector(&mut l.post_attention_layernorm.weight),
-            ));
+            for p in [&mut l.mlp.gate_proj, &mut l.mlp.up_proj, &mut l.mlp.down_proj] {
+                lin(&mut out, &mut at, p);
+            }
+            norm(&mut out, &mut at, &mut l.input_layernorm);
+            norm(&mut out, &mut at, &mut l.post_attention_layernorm);
         }
-        out.push(("model.norm.weight".into(), ParamMut::Vector(&mut self.model.norm.weight)));
+        norm(&mut out, &mut at, &mut self.model.norm);
         if let Some(h) = self.lm_head.as_mut() {
-            lin(&mut out, "lm_head".into(), h);
+            lin(&mut out, &mut at, h);
         }
+        at.finish();
         out
     }
 }

@@ -2,7 +2,7 @@
 """Expected chat-template renderings, recorded with transformers' own renderer
 (`transformers.utils.chat_template_utils.render_jinja_template`, what `apply_chat_template` uses).
 
-    chat_templates.py student/tests/fixtures/templates  # writes expected.json there
+    chat_templates.py models/tests/fixtures/templates  # writes expected.json there
 """
 import json
 import os

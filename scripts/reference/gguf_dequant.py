@@ -3,7 +3,7 @@
 Python package): random blocks of each tensor type and the floats gguf-py decodes them to.
 
     pip install gguf numpy safetensors
-    gguf_dequant.py student/tests/fixtures/gguf-dequant.safetensors
+    gguf_dequant.py models/tests/fixtures/gguf-dequant.safetensors
 """
 import sys
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One SFT step, recorded with transformers + torch AdamW, for the Rust trainer's reference test.
 
-    train_step.py student/tests/fixtures   # reads tiny-{llama,qwen2}/, writes train-step.json and
+    train_step.py models/tests/fixtures   # reads tiny-{llama,qwen2}/, writes train-step.json and
                                            # train-step-weights.safetensors into each
 
 The batch packs three documents into one row. Each document has prompt tokens (no loss) and

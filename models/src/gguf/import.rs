@@ -120,47 +120,12 @@ pub fn import(path: &Path, out: &Path, opts: &ExportOptions) -> Result<ImportRep
     Ok(report)
 }
 
-/// Check names and shapes without materialising a model.
+/// Check names and shapes against the parameter spec without materialising a model.
 fn check_tensors(cfg: &ModelConfig, src: &mut crate::weights::MapSource) -> Result<()> {
     use crate::weights::WeightSource;
-    let (d, f, h, kv, hd) = (
-        cfg.hidden_size,
-        cfg.intermediate_size,
-        cfg.num_attention_heads,
-        cfg.num_key_value_heads,
-        cfg.head_dim,
-    );
-    let mut need = |name: String, shape: Vec<usize>| -> Result<()> {
+    for spec in crate::spec::param_specs(cfg) {
         // MapSource checks presence and shape; the data was kept aside.
-        src.read(&name, &shape).map(|_| ())
-    };
-    need("model.embed_tokens.weight".into(), vec![cfg.vocab_size, d])?;
-    need("model.norm.weight".into(), vec![d])?;
-    if !cfg.tie_word_embeddings {
-        need("lm_head.weight".into(), vec![cfg.vocab_size, d])?;
-    }
-    for i in 0..cfg.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        need(format!("{p}.input_layernorm.weight"), vec![d])?;
-        need(format!("{p}.post_attention_layernorm.weight"), vec![d])?;
-        for (n, rows, cols, bias) in [
-            ("self_attn.q_proj", h * hd, d, cfg.qkv_bias),
-            ("self_attn.k_proj", kv * hd, d, cfg.qkv_bias),
-            ("self_attn.v_proj", kv * hd, d, cfg.qkv_bias),
-            ("self_attn.o_proj", d, h * hd, cfg.o_bias),
-            ("mlp.gate_proj", f, d, cfg.mlp_bias),
-            ("mlp.up_proj", f, d, cfg.mlp_bias),
-            ("mlp.down_proj", d, f, cfg.mlp_bias),
-        ] {
-            need(format!("{p}.{n}.weight"), vec![rows, cols])?;
-            if bias {
-                need(format!("{p}.{n}.bias"), vec![rows])?;
-            }
-        }
-        if cfg.qk_norm {
-            need(format!("{p}.self_attn.q_norm.weight"), vec![hd])?;
-            need(format!("{p}.self_attn.k_norm.weight"), vec![hd])?;
-        }
+        src.read(&spec.name, &spec.shape)?;
     }
     Ok(())
 }

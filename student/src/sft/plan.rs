@@ -29,23 +29,7 @@ use distill_models::config::ModelConfig;
 
 /// Exact trainable parameter count of a Llama / Qwen2 / Qwen3 config (weights, biases, norms).
 pub fn param_count(c: &ModelConfig) -> usize {
-    let (h, hd) = (c.hidden_size, c.head_dim);
-    let (q, kv) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
-    let mut layer = h * q + 2 * h * kv + q * h + 3 * h * c.intermediate_size + 2 * h;
-    if c.qkv_bias {
-        layer += q + 2 * kv;
-    }
-    if c.o_bias {
-        layer += h;
-    }
-    if c.mlp_bias {
-        layer += 2 * c.intermediate_size + h;
-    }
-    if c.qk_norm {
-        layer += 2 * hd;
-    }
-    let embed = c.vocab_size * h * if c.tie_word_embeddings { 1 } else { 2 };
-    embed + c.num_hidden_layers * layer + h
+    distill_models::spec::param_count(c) as usize
 }
 
 /// Parameters of the largest unit FSDP gathers at once: one decoder layer, or the embedding (or
