@@ -147,14 +147,14 @@ impl<'a> Cursor<'a> {
 
     /// The next parameter, which must be of `kind`.
     pub fn next(&mut self, kind: Kind) -> &'a ParamSpec {
-        let s = self.next_if(kind).unwrap_or_else(|| {
-            panic!(
+        match self.next_if(kind) {
+            Some(s) => s,
+            None => panic!(
                 "parameter walk: expected a {kind:?} at position {}, found {:?}",
                 self.at,
                 self.specs.get(self.at)
-            )
-        });
-        s
+            ),
+        }
     }
 
     /// The next parameter if it is of `kind` (optional parameters: biases, q/k norms, the LM head).
