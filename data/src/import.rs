@@ -23,14 +23,33 @@ pub enum ImportFormat {
     OpenR1,
 }
 
+/// Why a line could not be imported (the caller adds the file and line).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct ImportError(pub String);
+
+impl From<String> for ImportError {
+    fn from(s: String) -> Self {
+        ImportError(s)
+    }
+}
+
+impl From<&str> for ImportError {
+    fn from(s: &str) -> Self {
+        ImportError(s.to_string())
+    }
+}
+
 impl std::str::FromStr for ImportFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ImportError;
+    fn from_str(s: &str) -> Result<Self, ImportError> {
         match s {
             "native" => Ok(Self::Native),
             "chat" | "messages" => Ok(Self::Chat),
             "openr1" => Ok(Self::OpenR1),
-            _ => Err(format!("unknown import format '{s}' (expected native, chat or openr1)")),
+            _ => {
+                Err(format!("unknown import format '{s}' (expected native, chat or openr1)").into())
+            }
         }
     }
 }
@@ -42,9 +61,9 @@ pub fn parse_line(
     model: &str,
     row: u64,
     line: &str,
-) -> Result<Vec<Trace>, String> {
+) -> Result<Vec<Trace>, ImportError> {
     if format == ImportFormat::Native {
-        return Trace::from_json(line).map(|t| vec![t]).map_err(|e| e.to_string());
+        return Trace::from_json(line).map(|t| vec![t]).map_err(|e| ImportError(e.to_string()));
     }
     let v: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
     let Value::Object(obj) = v else { return Err("line is not a JSON object".into()) };

@@ -125,7 +125,7 @@ impl FieldMap {
     }
 
     /// Turn one parsed JSON row into a prompt. Errors are plain messages; the caller adds file:line.
-    pub fn apply(
+    pub(crate) fn apply(
         &self,
         dataset: &str,
         row: u64,

@@ -138,14 +138,23 @@ fn ids(v: &Option<Value>) -> Vec<u32> {
     }
 }
 
+/// What is wrong with a config.json's text (which key, which value); `from_file` adds the path.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
 impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<ModelConfig> {
         let text = std::fs::read_to_string(path).at(path)?;
-        Self::from_json(&text).map_err(|msg| Error::Config { path: path.to_path_buf(), msg })
+        Self::from_json(&text).map_err(|e| Error::Config { path: path.to_path_buf(), msg: e.0 })
     }
 
-    /// Parse config.json text. The error is a message naming the key.
-    pub fn from_json(text: &str) -> std::result::Result<ModelConfig, String> {
+    /// Parse config.json text. The error names the key.
+    pub fn from_json(text: &str) -> std::result::Result<ModelConfig, ConfigError> {
+        Self::parse_json(text).map_err(ConfigError)
+    }
+
+    fn parse_json(text: &str) -> std::result::Result<ModelConfig, String> {
         let raw: Raw = serde_json::from_str(text).map_err(|e| {
             let m = e.to_string();
             match m.strip_prefix("missing field ") {
@@ -372,15 +381,15 @@ mod tests {
     #[test]
     fn missing_keys_and_unknown_architectures_are_named() {
         let e = ModelConfig::from_json(&SMOL.replace("\"hidden_size\": 576,", "")).unwrap_err();
-        assert!(e.contains("missing required key `hidden_size`"), "{e}");
+        assert!(e.0.contains("missing required key `hidden_size`"), "{e}");
         let e =
             ModelConfig::from_json(&SMOL.replace("\"model_type\": \"llama\",", "")).unwrap_err();
-        assert!(e.contains("`architectures`"), "{e}");
+        assert!(e.0.contains("`architectures`"), "{e}");
         let e = ModelConfig::from_json(&SMOL.replace("\"llama\"", "\"mistral\"")).unwrap_err();
-        assert!(e.contains("unsupported architecture 'mistral'"), "{e}");
+        assert!(e.0.contains("unsupported architecture 'mistral'"), "{e}");
         let bad = SMOL
             .replace("\"rope_type\": \"default\"", "\"rope_type\": \"llama3\", \"factor\": 8.0");
         let e = ModelConfig::from_json(&bad).unwrap_err();
-        assert!(e.contains("missing required key `low_freq_factor`"), "{e}");
+        assert!(e.0.contains("missing required key `low_freq_factor`"), "{e}");
     }
 }

@@ -385,7 +385,7 @@ struct Job {
 
 struct Reply {
     job: Job,
-    result: std::result::Result<Completion, String>,
+    result: std::result::Result<Completion, crate::error::BackendError>,
     tries: u32,
     teacher: usize,
 }
@@ -517,12 +517,7 @@ pub fn generate(
                             });
                         let job = jobs.into_iter().next().unwrap();
                         if tx
-                            .send(Reply {
-                                job,
-                                result: res.map_err(|e| e.to_string()),
-                                tries: attempts.tries,
-                                teacher: ti,
-                            })
+                            .send(Reply { job, result: res, tries: attempts.tries, teacher: ti })
                             .is_err()
                         {
                             return;
@@ -530,15 +525,7 @@ pub fn generate(
                     } else {
                         let results = teacher.complete_many(&reqs);
                         for (job, res) in jobs.into_iter().zip(results) {
-                            if tx
-                                .send(Reply {
-                                    job,
-                                    result: res.map_err(|e| e.to_string()),
-                                    tries: 1,
-                                    teacher: ti,
-                                })
-                                .is_err()
-                            {
+                            if tx.send(Reply { job, result: res, tries: 1, teacher: ti }).is_err() {
                                 return;
                             }
                         }
@@ -565,7 +552,7 @@ pub fn generate(
             let st = &mut states[p];
             st.outstanding -= 1;
             match reply.result {
-                Err(e) => st.failed = Some(e),
+                Err(e) => st.failed = Some(e.to_string()),
                 Ok(c) => {
                     report.prompt_tokens += c.prompt_tokens;
                     report.completion_tokens += c.completion_tokens;

@@ -139,7 +139,7 @@ impl Default for Manifest {
 }
 
 /// A shard name from a manifest must be a plain file name: no `..`, no separator, not absolute.
-pub fn check_shard_name(name: &str) -> std::result::Result<(), String> {
+pub(crate) fn check_shard_name(name: &str) -> std::result::Result<(), String> {
     let bad = name.is_empty()
         || name == "."
         || name.contains("..")

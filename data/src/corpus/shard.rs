@@ -255,7 +255,10 @@ pub fn compress_frame(raw: &[u8], level: i32) -> Vec<u8> {
 }
 
 /// Decompress one frame, checking its size and zstd checksum.
-pub fn decompress_frame(bytes: &[u8], raw_len: usize) -> std::result::Result<Vec<u8>, String> {
+pub(crate) fn decompress_frame(
+    bytes: &[u8],
+    raw_len: usize,
+) -> std::result::Result<Vec<u8>, String> {
     DECOMPRESSOR.with(|d| {
         let mut d = d.borrow_mut();
         let d =
@@ -321,7 +324,7 @@ pub fn scan_frames(bytes: &[u8], shard: &str) -> Result<ShardIndex> {
 }
 
 /// The `id` of a JSON record line, without parsing the rest.
-pub fn record_id_of(line: &[u8]) -> std::result::Result<String, String> {
+pub(crate) fn record_id_of(line: &[u8]) -> std::result::Result<String, String> {
     #[derive(serde::Deserialize)]
     struct Id {
         id: String,

@@ -67,7 +67,7 @@ pub fn type_name(ty: u32) -> String {
 }
 
 /// Bytes taken by `n` elements of type `ty`.
-pub fn byte_size(ty: u32, n: u64) -> Option<Result<u64, String>> {
+pub(crate) fn byte_size(ty: u32, n: u64) -> Option<Result<u64, String>> {
     let Some((per, bytes)) = block(ty) else {
         return Some(Err(format!(
             "tensor type {} is not supported (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)",
@@ -88,9 +88,18 @@ fn h(b: &[u8], at: usize) -> f32 {
 }
 
 /// Decode `n` elements of type `ty` from `data`.
+pub fn dequantize(ty: u32, data: &[u8], n: usize) -> Result<Vec<f32>, DequantError> {
+    dequantize_(ty, data, n).map_err(DequantError)
+}
+
+/// Why a tensor's bytes cannot be dequantized (its type, its size); the caller names the tensor.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct DequantError(pub String);
+
 // The index arithmetic follows ggml-quants.c block by block, so it is kept as loops over indices.
 #[allow(clippy::needless_range_loop)]
-pub fn dequantize(ty: u32, data: &[u8], n: usize) -> Result<Vec<f32>, String> {
+fn dequantize_(ty: u32, data: &[u8], n: usize) -> Result<Vec<f32>, String> {
     let (per, bytes) =
         block(ty).ok_or_else(|| format!("tensor type {} is not supported", type_name(ty)))?;
     let (per, bytes) = (per as usize, bytes as usize);

@@ -58,7 +58,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 if t.trim().is_empty() {
                     Ok(vec![])
                 } else {
-                    parse_line(a.format, &dataset, &a.model, line - 1, &t)
+                    parse_line(a.format, &dataset, &a.model, line - 1, &t).map_err(|e| e.0)
                 }
             });
             let traces = match parsed {

@@ -64,7 +64,7 @@ impl OptimConfig {
         self.lr * factor
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> crate::Result<()> {
         let ok = self.lr > 0.0
             && (0.0..1.0).contains(&self.beta1)
             && (0.0..1.0).contains(&self.beta2)
@@ -73,7 +73,11 @@ impl OptimConfig {
             && (0.0..=1.0).contains(&self.warmup_ratio)
             && (0.0..=1.0).contains(&self.min_lr_ratio)
             && self.max_grad_norm >= 0.0;
-        if ok { Ok(()) } else { Err(format!("[train.optim] has an out-of-range value: {self:?}")) }
+        if ok {
+            Ok(())
+        } else {
+            Err(crate::Error::Invalid(format!("[train.optim] has an out-of-range value: {self:?}")))
+        }
     }
 }
 

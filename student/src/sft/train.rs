@@ -121,7 +121,7 @@ fn auto() -> String {
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         self.data.validate()?;
-        self.optim.validate().map_err(Error::Invalid)?;
+        self.optim.validate()?;
         self.parallel.validate()?;
         let bad = |m: &str| Err(Error::Invalid(format!("[train] {m}")));
         if self.micro_batch == 0 || self.grad_accum == 0 {

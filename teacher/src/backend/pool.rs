@@ -7,13 +7,14 @@ use std::sync::{Arc, Mutex};
 
 use super::retry::RetryPolicy;
 use super::{ChatRequest, Completion, Teacher};
+use crate::error::BackendError;
 
 /// Run every request; `on_done(index, result)` is called on the caller's thread as they finish.
 pub fn dispatch(
     teachers: &[Arc<dyn Teacher>],
     reqs: Vec<ChatRequest>,
     policy: &RetryPolicy,
-    mut on_done: impl FnMut(usize, Result<Completion, String>),
+    mut on_done: impl FnMut(usize, Result<Completion, BackendError>),
 ) {
     let n = reqs.len();
     let queue: Arc<Mutex<VecDeque<(usize, ChatRequest)>>> =
@@ -36,13 +37,13 @@ pub fn dispatch(
                     if jobs.len() == 1 {
                         let (i, r) = &jobs[0];
                         let (res, _) = policy.run((*i as u64) << 8 ^ w as u64, || t.complete(r));
-                        if tx.send((*i, res.map_err(|e| e.to_string()))).is_err() {
+                        if tx.send((*i, res)).is_err() {
                             return;
                         }
                     } else {
                         let reqs: Vec<ChatRequest> = jobs.iter().map(|j| j.1.clone()).collect();
                         for ((i, _), res) in jobs.iter().zip(t.complete_many(&reqs)) {
-                            if tx.send((*i, res.map_err(|e| e.to_string()))).is_err() {
+                            if tx.send((*i, res)).is_err() {
                                 return;
                             }
                         }
