@@ -130,7 +130,7 @@ pub struct FilterConfig {
 }
 
 fn eight() -> usize {
-    8
+    distill_teacher::decontam::DEFAULT_NGRAM
 }
 
 /// `[agreement]`: teacher-forced next-token accuracy and KL of the student against the teacher

@@ -240,3 +240,79 @@ fn import_reads_chat_and_openr1_rows() {
     assert_eq!(t.finish_reason, distill_data::FinishReason::Length);
     assert_eq!(c.len(), 4);
 }
+
+/// `distill corpus decontaminate` (the same routine as the `filter` stage): a trace whose problem
+/// (its user turn) shares an 8-gram with an eval problem is dropped and reported with the eval
+/// file, line and shared words; text outside the user turns (here a system message) is not the
+/// problem and does not count; a second run over the same destination resumes.
+#[test]
+fn decontaminate_drops_copied_problems_with_one_report_schema() {
+    use distill_data::{CorpusWriter, Message, Role, WriterOptions};
+    let d = tempfile::tempdir().unwrap();
+    let eval = d.path().join("eval.jsonl");
+    std::fs::write(
+        &eval,
+        "{\"problem\": \"Find the number of ordered pairs of integers such that both are positive and sum to ten\"}\n{\"problem\": \"What is the area of a circle of radius three\"}\n",
+    )
+    .unwrap();
+    let src = d.path().join("src");
+    let mut w = CorpusWriter::open(&src, WriterOptions::default()).unwrap();
+    let base: Vec<Trace> = synth::traces(5, 3, 1).collect();
+    let texts = [
+        (
+            None,
+            "Please find the number of ordered pairs of integers such that both are positive and sum to ten.",
+        ),
+        (
+            Some(
+                "Find the number of ordered pairs of integers such that both are positive and sum to ten",
+            ),
+            "What is 2 + 2?",
+        ),
+        (None, "What is 3 + 4?"),
+    ];
+    for (mut t, (system, user)) in base.into_iter().zip(texts) {
+        t.messages = system
+            .map(|s| Message::new(Role::System, s))
+            .into_iter()
+            .chain([Message::new(Role::User, user)])
+            .collect();
+        w.append(t).unwrap();
+    }
+    w.commit().unwrap();
+    let out = d.path().join("clean");
+    let args = [
+        "corpus",
+        "decontaminate",
+        src.to_str().unwrap(),
+        "--against",
+        eval.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let o = distill(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("decontamination.json")).unwrap())
+            .unwrap();
+    assert_eq!(rep["kept"], 2, "{rep}");
+    assert_eq!(rep["ngram"], 8);
+    assert_eq!(rep["eval_problems"], 2);
+    let dropped = rep["dropped"].as_array().unwrap();
+    assert_eq!(dropped.len(), 1, "{rep}");
+    assert_eq!(dropped[0]["eval_line"], 1);
+    assert!(dropped[0]["shared_ngram"].as_str().unwrap().split(' ').count() == 8, "{rep}");
+    assert!(dropped[0]["eval_file"].as_str().unwrap().ends_with("eval.jsonl"));
+    assert_eq!(Corpus::open(&out).unwrap().len(), 2);
+    // Again over the same destination: nothing new, both already present.
+    let o = distill(&args);
+    assert!(o.status.success());
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("decontamination.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (rep["kept"].as_u64(), rep["already_present"].as_u64()),
+        (Some(0), Some(2)),
+        "{rep}"
+    );
+}

@@ -162,29 +162,19 @@ fn run_stage(stage: Stage, l: &Loaded) -> anyhow::Result<serde_json::Value> {
                 .as_ref()
                 .map(|g| g.output.clone())
                 .unwrap_or_else(|| p.run_dir.join("corpus"));
-            let d = distill_teacher::decontam::Decontaminator::from_files(
-                &f.decontaminate_against,
-                f.ngram,
-            )?;
             let corpus = distill_data::Corpus::open(&src)?;
             let mut w = distill_data::CorpusWriter::open(
                 &p.corpus,
                 distill_data::WriterOptions { provenance, ..Default::default() },
             )?;
-            let mut dropped = vec![];
-            for t in corpus.iter() {
-                let t = t?;
-                let text: String =
-                    t.messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
-                match d.check(&text) {
-                    Some(hit) => dropped.push(json!({"id": t.id, "eval_file": hit.file, "eval_line": hit.line, "ngram": hit.ngram})),
-                    None if !w.contains(&t.id) => w.append(t)?,
-                    None => {}
-                }
-            }
-            w.commit()?;
-            println!("  {} traces dropped as contaminated", dropped.len());
-            Ok(json!({"corpus": p.corpus, "dropped": dropped}))
+            let rep = distill_teacher::decontam::decontaminate_corpus(
+                &corpus,
+                &mut w,
+                &f.decontaminate_against,
+                f.ngram,
+            )?;
+            println!("  {} traces dropped as contaminated", rep.dropped.len());
+            Ok(json!({"corpus": p.corpus, "decontamination": rep}))
         }
         Stage::Train => {
             let t = l.train()?;

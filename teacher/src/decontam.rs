@@ -1,19 +1,108 @@
 //! Prompt dedup and decontamination.
 //!
 //! - Exact dedup after normalisation: case folded, whitespace collapsed, outer punctuation trimmed.
-//! - Decontamination (Open-R1's rule): a prompt is dropped if it shares a word 8-gram with any
-//!   problem of an eval set. Words are lowercase alphanumeric runs, so LaTeX and punctuation do not
-//!   hide a copy.
+//! - Decontamination (Open-R1's rule): a prompt is dropped if it shares a word n-gram (n = 8 by
+//!   default) with any problem of an eval set. Words are lowercase alphanumeric runs, so LaTeX and
+//!   punctuation do not hide a copy. What is compared is the problem: the user turns
+//!   ([`problem_text`]), never the teacher's answer. Prompt selection before generation, the
+//!   `filter` stage and `distill corpus decontaminate` all use [`Decontaminator`] this way and
+//!   report with one schema ([`Contaminated`]).
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
 use distill_data::prompts::JsonlLines;
+use distill_data::{Corpus, CorpusWriter, Message, Role};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+
+/// The n-gram length Open-R1 decontaminates with.
+pub const DEFAULT_NGRAM: usize = 8;
+
+/// The text compared with the eval sets: the user turns, joined.
+pub fn problem_text(messages: &[Message]) -> String {
+    messages
+        .iter()
+        .filter(|m| m.role == Role::User)
+        .map(|m| m.content.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// One item dropped as contaminated, as every report writes it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Contaminated {
+    /// The trace id (or, before generation, the prompt id).
+    pub id: String,
+    pub prompt_id: String,
+    pub eval_file: PathBuf,
+    /// 1-based line in the eval file.
+    pub eval_line: u64,
+    /// The shared words.
+    pub shared_ngram: String,
+}
+
+impl Contaminated {
+    pub fn new(id: &str, prompt_id: &str, hit: Hit) -> Self {
+        Contaminated {
+            id: id.into(),
+            prompt_id: prompt_id.into(),
+            eval_file: hit.file,
+            eval_line: hit.line,
+            shared_ngram: hit.ngram,
+        }
+    }
+}
+
+/// What decontaminating a corpus did.
+#[derive(Debug, Clone, Serialize)]
+pub struct CorpusDecontamination {
+    pub against: Vec<PathBuf>,
+    pub eval_problems: usize,
+    pub ngram: usize,
+    pub kept: u64,
+    /// Already in the destination (a resumed run).
+    pub already_present: u64,
+    pub dropped: Vec<Contaminated>,
+}
+
+/// Copy `src` into `out`, leaving out every trace whose problem shares an n-gram with an eval
+/// problem. Resumable: traces already in `out` are skipped. Commits `out`.
+pub fn decontaminate_corpus(
+    src: &Corpus,
+    out: &mut CorpusWriter,
+    against: &[PathBuf],
+    n: usize,
+) -> Result<CorpusDecontamination> {
+    let d = Decontaminator::from_files(against, n)?;
+    let mut rep = CorpusDecontamination {
+        against: against.to_vec(),
+        eval_problems: d.problems,
+        ngram: n,
+        kept: 0,
+        already_present: 0,
+        dropped: vec![],
+    };
+    for t in src.iter() {
+        let t = t?;
+        if out.contains(&t.id) {
+            rep.already_present += 1;
+            continue;
+        }
+        match d.check(&problem_text(&t.messages)) {
+            Some(hit) => rep.dropped.push(Contaminated::new(&t.id, &t.prompt_id, hit)),
+            None => {
+                out.append(t)?;
+                rep.kept += 1;
+            }
+        }
+    }
+    out.commit()?;
+    Ok(rep)
+}
 
 /// The key under which two prompts count as the same.
 pub fn normalize_prompt(text: &str) -> String {
@@ -71,7 +160,7 @@ impl Decontaminator {
                 let v: Value = serde_json::from_str(&text).map_err(|e| {
                     Error::Config(format!("{}:{line}: invalid JSON: {e}", path.display()))
                 })?;
-                let problem = problem_text(&v);
+                let problem = eval_problem_text(&v);
                 if problem.is_empty() {
                     return Err(Error::Config(format!(
                         "{}:{line}: no problem/question/prompt/messages field",
@@ -101,7 +190,7 @@ impl Decontaminator {
     }
 }
 
-fn problem_text(v: &Value) -> String {
+fn eval_problem_text(v: &Value) -> String {
     for k in ["problem", "question", "prompt", "instruction"] {
         if let Some(s) = v.get(k).and_then(Value::as_str) {
             return s.to_string();

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use distill_data::prompts::{FieldMap, ReadOptions, dataset_name, read_prompts};
 use distill_data::think::{ThinkBlock, split_think};
 use distill_data::{
-    CorpusWriter, Prompt, Role, SCHEMA_VERSION, Sampling, Teacher as TeacherInfo, Trace, Usage,
-    Verdict, WriterOptions,
+    CorpusWriter, Prompt, SCHEMA_VERSION, Sampling, Teacher as TeacherInfo, Trace, Usage, Verdict,
+    WriterOptions,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -62,9 +62,12 @@ pub struct GenerateConfig {
     /// Drop prompts whose normalised text repeats an earlier one.
     #[serde(default = "yes")]
     pub dedup: bool,
-    /// Drop prompts sharing a word 8-gram with these eval files.
+    /// Drop prompts sharing a word n-gram with these eval files.
     #[serde(default)]
     pub decontaminate_against: Vec<PathBuf>,
+    /// The n of those n-grams (Open-R1: 8).
+    #[serde(default = "default_ngram")]
+    pub decontaminate_ngram: usize,
     /// Skip malformed prompt lines (counted in the report) instead of failing.
     #[serde(default)]
     pub skip_bad_lines: bool,
@@ -89,6 +92,10 @@ fn one() -> u32 {
 fn yes() -> bool {
     true
 }
+fn default_ngram() -> usize {
+    crate::decontam::DEFAULT_NGRAM
+}
+
 fn commit_every() -> usize {
     16
 }
@@ -200,14 +207,7 @@ pub fn load_prompts(cfg: &GenerateConfig) -> Result<PromptSet> {
         )));
     }
     let read = prompts.len() as u64 + rep.duplicates;
-    let user_text = |p: &Prompt| {
-        p.messages
-            .iter()
-            .filter(|m| m.role == Role::User)
-            .map(|m| m.content.as_str())
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let user_text = |p: &Prompt| crate::decontam::problem_text(&p.messages);
     let mut prompts = prompts;
     let mut duplicates = rep.duplicates;
     if cfg.dedup {
@@ -224,7 +224,7 @@ pub fn load_prompts(cfg: &GenerateConfig) -> Result<PromptSet> {
     }
     let mut contaminated = Vec::new();
     if !cfg.decontaminate_against.is_empty() {
-        let d = Decontaminator::from_files(&cfg.decontaminate_against, 8)?;
+        let d = Decontaminator::from_files(&cfg.decontaminate_against, cfg.decontaminate_ngram)?;
         prompts.retain(|p| match d.check(&user_text(p)) {
             Some(hit) => {
                 contaminated.push((p.id.clone(), hit));
@@ -246,7 +246,7 @@ pub struct GenerateReport {
     pub prompts_read: u64,
     pub bad_lines: u64,
     pub duplicates_dropped: u64,
-    pub contaminated_dropped: Vec<ContaminatedPrompt>,
+    pub contaminated_dropped: Vec<crate::decontam::Contaminated>,
     pub prompts_selected: u64,
     /// Done by earlier runs (skipped, not sent).
     pub already_done: u64,
@@ -271,14 +271,6 @@ pub struct GenerateReport {
     pub elapsed_s: f64,
     pub completion_tokens_per_s: f64,
     pub teachers: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ContaminatedPrompt {
-    pub prompt_id: String,
-    pub eval_file: PathBuf,
-    pub eval_line: u64,
-    pub ngram: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -430,12 +422,7 @@ pub fn generate(
         contaminated_dropped: set
             .contaminated
             .iter()
-            .map(|(id, h)| ContaminatedPrompt {
-                prompt_id: id.clone(),
-                eval_file: h.file.clone(),
-                eval_line: h.line,
-                ngram: h.ngram.clone(),
-            })
+            .map(|(id, h)| crate::decontam::Contaminated::new(id, id, h.clone()))
             .collect(),
         prompts_selected: prompts.len() as u64,
         already_done: (prompts.len() - todo.len()) as u64,

@@ -1,9 +1,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use distill_data::{Corpus, CorpusWriter, Role};
-use distill_teacher::decontam::Decontaminator;
-use serde_json::json;
+use distill_data::{Corpus, CorpusWriter};
+use distill_teacher::decontam::decontaminate_corpus;
 
 use super::WriteArgs;
 
@@ -18,7 +17,7 @@ pub struct Args {
     #[arg(long)]
     out: PathBuf,
     /// Word n-gram length (Open-R1 uses 8).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = distill_teacher::decontam::DEFAULT_NGRAM)]
     ngram: usize,
     /// Where to write the JSON report of what was dropped and why (default: OUT/decontamination.json).
     #[arg(long)]
@@ -29,49 +28,25 @@ pub struct Args {
 
 /// Drop every trace whose prompt shares a word n-gram with an eval problem.
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let d = Decontaminator::from_files(&a.against, a.ngram)?;
     let src = Corpus::open(&a.src)?;
     let mut w = CorpusWriter::open(&a.out, a.write.options(super::provenance()))?;
-    let (mut kept, mut present) = (0u64, 0u64);
-    let mut dropped = Vec::new();
-    for t in src.iter() {
-        let t = t?;
-        if w.contains(&t.id) {
-            present += 1;
-            continue;
-        }
-        let text: String = t
-            .messages
-            .iter()
-            .filter(|m| m.role == Role::User)
-            .map(|m| m.content.as_str())
-            .collect::<Vec<_>>()
-            .join("\n");
-        match d.check(&text) {
-            Some(hit) => dropped.push(json!({"id": t.id, "prompt_id": t.prompt_id, "eval_file": hit.file, "eval_line": hit.line, "shared_ngram": hit.ngram})),
-            None => {
-                w.append(t)?;
-                kept += 1;
-            }
-        }
-    }
-    w.commit()?;
+    let rep = decontaminate_corpus(&src, &mut w, &a.against, a.ngram)?;
     let report_path = a.report.clone().unwrap_or_else(|| a.out.join("decontamination.json"));
-    let report = json!({"against": a.against, "eval_problems": d.problems, "ngram": a.ngram, "kept": kept, "already_present": present, "dropped": dropped});
-    distill_data::fsutil::atomic_write(&report_path, &serde_json::to_vec_pretty(&report)?)?;
+    distill_data::fsutil::atomic_write(&report_path, &serde_json::to_vec_pretty(&rep)?)?;
     println!(
-        "{} eval problems indexed; kept {kept}, dropped {} (report: {})",
-        d.problems,
-        dropped.len(),
+        "{} eval problems indexed; kept {}, dropped {} (report: {})",
+        rep.eval_problems,
+        rep.kept,
+        rep.dropped.len(),
         report_path.display()
     );
-    for x in dropped.iter().take(10) {
+    for x in rep.dropped.iter().take(10) {
         println!(
             "  dropped {} — shares \"{}\" with {}:{}",
-            x["id"].as_str().unwrap_or(""),
-            x["shared_ngram"].as_str().unwrap_or(""),
-            x["eval_file"].as_str().unwrap_or(""),
-            x["eval_line"]
+            x.id,
+            x.shared_ngram,
+            x.eval_file.display(),
+            x.eval_line
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -195,7 +195,7 @@ impl Expr {
     }
 }
 
-pub fn parse(s: &str) -> Result<Expr, String> {
+pub(crate) fn parse(s: &str) -> Result<Expr, String> {
     let chars: Vec<char> = s.chars().collect();
     let mut p = Parser { c: chars, i: 0 };
     let e = p.expr()?;
