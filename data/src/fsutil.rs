@@ -32,6 +32,37 @@ pub fn commit_rename(tmp: &Path, path: &Path) -> Result<()> {
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
+/// Start writing a directory under the temp path `tmp` (beside its destination): a stale one
+/// from a crashed writer is removed first.
+pub fn fresh_dir(tmp: &Path) -> Result<()> {
+    if tmp.exists() {
+        fs::remove_dir_all(tmp).at(tmp)?;
+    }
+    fs::create_dir_all(tmp).at(tmp)
+}
+
+/// Publish the directory written at `tmp` as `dst` in one rename, durably: `files` (those written
+/// inside `tmp`) are fsynced, an existing `dst` is moved aside and removed only once the new one is
+/// in place, and the parent directory is fsynced. A reader sees the old directory or the new one,
+/// never a mix. Export and checkpoints both publish this way.
+pub fn publish_dir(tmp: &Path, dst: &Path, files: &[PathBuf]) -> Result<()> {
+    for f in files {
+        File::open(f).and_then(|f| f.sync_all()).at(f)?;
+    }
+    let parent = dst.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if dst.exists() {
+        let mut name = dst.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".old-{}", std::process::id()));
+        let old = parent.join(name);
+        fs::rename(dst, &old).at(dst)?;
+        fs::rename(tmp, dst).at(dst)?;
+        fs::remove_dir_all(&old).at(&old)?;
+    } else {
+        fs::rename(tmp, dst).at(dst)?;
+    }
+    sync_dir(parent)
+}
+
 /// fsync a directory so that renames and creations inside it survive a power loss.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };

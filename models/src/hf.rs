@@ -127,10 +127,7 @@ pub fn write_dir(
     let name =
         out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "export".into());
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).at(&tmp)?;
-    }
-    std::fs::create_dir_all(&tmp).at(&tmp)?;
+    distill_data::fsutil::fresh_dir(&tmp)?;
 
     let mut meta = opts.metadata.clone();
     meta.insert("format".into(), "pt".into());
@@ -165,17 +162,6 @@ pub fn write_dir(
     if let Some(tc) = &assets.tokenizer_config {
         write_json("tokenizer_config.json", tc, &mut files)?;
     }
-    for f in &files {
-        std::fs::File::open(f).and_then(|f| f.sync_all()).at(f)?;
-    }
-    if out.exists() {
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        std::fs::rename(out, &old).at(out)?;
-        std::fs::rename(&tmp, out).at(out)?;
-        std::fs::remove_dir_all(&old).at(&old)?;
-    } else {
-        std::fs::rename(&tmp, out).at(out)?;
-    }
-    std::fs::File::open(parent).and_then(|d| d.sync_all()).at(parent)?;
+    distill_data::fsutil::publish_dir(&tmp, out, &files)?;
     Ok(files.into_iter().map(|f| out.join(f.file_name().expect("file name"))).collect())
 }

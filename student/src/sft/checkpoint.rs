@@ -101,10 +101,7 @@ pub fn save<B: Backend, O: Backend>(
 
 fn prepare_tmp(root: &Path, tmp: &Path) -> Result<()> {
     std::fs::create_dir_all(root).at(root)?;
-    if tmp.exists() {
-        std::fs::remove_dir_all(tmp).at(tmp)?;
-    }
-    std::fs::create_dir_all(tmp).at(tmp)
+    Ok(distill_data::fsutil::fresh_dir(tmp)?)
 }
 
 fn write_moments<O: Backend>(dir: &Path, opt: &AdamW<O>) -> Result<Vec<PathBuf>> {
@@ -175,14 +172,7 @@ fn finish_dir<B: Backend, O: Backend>(
             serde_json::to_vec_pretty(&index).expect("json"),
         )?);
     }
-    for f in &files {
-        std::fs::File::open(f).and_then(|f| f.sync_all()).at(f)?;
-    }
-    if dst.exists() {
-        std::fs::remove_dir_all(dst).at(dst)?;
-    }
-    std::fs::rename(tmp, dst).at(dst)?;
-    std::fs::File::open(root).and_then(|d| d.sync_all()).at(root)?;
+    distill_data::fsutil::publish_dir(tmp, dst, &files)?;
     let mut all = list(root)?;
     while all.len() > keep.max(1) {
         let (_, old) = all.remove(0);
