@@ -1,6 +1,7 @@
 //! Teachers behind one small trait: an OpenAI-compatible server ([`openai`]) or distill's own
 //! generation engine ([`local`]).
 
+pub mod config;
 pub mod local;
 pub mod openai;
 pub mod pool;
@@ -13,8 +14,8 @@ use distill_data::{EndpointKind, FinishReason, Message, TokenLogprobs};
 use distill_models::device::{DeviceKind, OnDevice, on_device};
 use serde::{Deserialize, Serialize};
 
+use self::config::{BackendConfig, BackendKind};
 use crate::error::{BackendError, Error, Result};
-use crate::run::{BackendConfig, BackendKind};
 
 /// The teachers a `[…backend]` section names, checked before any long work: an endpoint that
 /// does not answer, a missing model directory or an unknown device is an error here.

@@ -1,13 +1,118 @@
-//! Send a list of requests to one or more teachers with per-teacher concurrency (and batching
-//! for engines that batch), retrying as the policy says. Results arrive in completion order.
+//! The one scheduler: workers for every teacher (its `concurrency()` each, taking up to
+//! `batch_size()` requests at a time for engines that batch) pull from one queue, retry as the
+//! policy says, and hand results back in completion order. `distill generate` submits as it goes
+//! (first-pass-wins sends more samples for a prompt only after its first ones fail); eval submits
+//! a fixed list ([`dispatch`]).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use super::retry::RetryPolicy;
 use super::{ChatRequest, Completion, Teacher};
 use crate::error::BackendError;
+
+/// One finished request.
+pub struct Done<T> {
+    /// What the caller submitted it with.
+    pub tag: T,
+    pub result: Result<Completion, BackendError>,
+    /// Attempts made (1 = no retry).
+    pub tries: u32,
+    /// Index of the teacher that answered, in the list the pool was started with.
+    pub teacher: usize,
+}
+
+type Queue<T> = Arc<Mutex<VecDeque<(T, ChatRequest)>>>;
+
+/// Workers over a shared queue; stopped (and joined) on [`Pool::shutdown`] or drop.
+pub struct Pool<T> {
+    queue: Queue<T>,
+    rx: mpsc::Receiver<Done<T>>,
+    stop: Arc<AtomicBool>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl<T: Send + 'static> Pool<T> {
+    pub fn start(teachers: &[Arc<dyn Teacher>], policy: &RetryPolicy) -> Self {
+        let queue: Queue<T> = Arc::new(Mutex::new(VecDeque::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let mut handles = Vec::new();
+        for (ti, t) in teachers.iter().enumerate() {
+            for w in 0..t.concurrency() {
+                let (t, queue, tx, stop, policy) =
+                    (t.clone(), queue.clone(), tx.clone(), stop.clone(), policy.clone());
+                handles.push(std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let jobs: Vec<(T, ChatRequest)> = {
+                            let mut q = queue.lock().unwrap();
+                            let k = t.batch_size().min(q.len());
+                            q.drain(..k).collect()
+                        };
+                        if jobs.is_empty() {
+                            std::thread::sleep(Duration::from_millis(5));
+                            continue;
+                        }
+                        if jobs.len() == 1 {
+                            let (tag, req) = jobs.into_iter().next().expect("one job");
+                            let jitter = req.seed.unwrap_or(0) ^ ((w as u64) << 32);
+                            let (result, attempts) = policy.run(jitter, || t.complete(&req));
+                            let done = Done { tag, result, tries: attempts.tries, teacher: ti };
+                            if tx.send(done).is_err() {
+                                return;
+                            }
+                        } else {
+                            let (tags, reqs): (Vec<T>, Vec<ChatRequest>) = jobs.into_iter().unzip();
+                            for (tag, result) in tags.into_iter().zip(t.complete_many(&reqs)) {
+                                if tx.send(Done { tag, result, tries: 1, teacher: ti }).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }));
+            }
+        }
+        Pool { queue, rx, stop, handles }
+    }
+
+    pub fn submit(&self, tag: T, req: ChatRequest) {
+        self.queue.lock().unwrap().push_back((tag, req));
+    }
+
+    /// The next finished request; `None` only if every worker is gone.
+    pub fn recv(&self) -> Option<Done<T>> {
+        self.rx.recv().ok()
+    }
+
+    /// Drop queued requests, stop the workers after their current request, join them.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.queue.lock().unwrap().clear();
+        // Each worker stops after its current request (sends never block: the channel is
+        // unbounded).
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl<T> Drop for Pool<T> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Ok(mut q) = self.queue.lock() {
+            q.clear();
+        }
+    }
+}
 
 /// Run every request; `on_done(index, result)` is called on the caller's thread as they finish.
 pub fn dispatch(
@@ -17,49 +122,15 @@ pub fn dispatch(
     mut on_done: impl FnMut(usize, Result<Completion, BackendError>),
 ) {
     let n = reqs.len();
-    let queue: Arc<Mutex<VecDeque<(usize, ChatRequest)>>> =
-        Arc::new(Mutex::new(reqs.into_iter().enumerate().collect()));
-    let (tx, rx) = mpsc::channel();
-    let mut handles = Vec::new();
-    for t in teachers {
-        for w in 0..t.concurrency() {
-            let (t, queue, tx, policy) = (t.clone(), queue.clone(), tx.clone(), policy.clone());
-            handles.push(std::thread::spawn(move || {
-                loop {
-                    let jobs: Vec<(usize, ChatRequest)> = {
-                        let mut q = queue.lock().unwrap();
-                        let k = t.batch_size().min(q.len());
-                        q.drain(..k).collect()
-                    };
-                    if jobs.is_empty() {
-                        return;
-                    }
-                    if jobs.len() == 1 {
-                        let (i, r) = &jobs[0];
-                        let (res, _) = policy.run((*i as u64) << 8 ^ w as u64, || t.complete(r));
-                        if tx.send((*i, res)).is_err() {
-                            return;
-                        }
-                    } else {
-                        let reqs: Vec<ChatRequest> = jobs.iter().map(|j| j.1.clone()).collect();
-                        for ((i, _), res) in jobs.iter().zip(t.complete_many(&reqs)) {
-                            if tx.send((*i, res)).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            }));
-        }
+    let pool = Pool::start(teachers, policy);
+    for (i, r) in reqs.into_iter().enumerate() {
+        pool.submit(i, r);
     }
-    drop(tx);
     for _ in 0..n {
-        match rx.recv() {
-            Ok((i, r)) => on_done(i, r),
-            Err(_) => break,
+        match pool.recv() {
+            Some(d) => on_done(d.tag, d.result),
+            None => break,
         }
     }
-    for h in handles {
-        let _ = h.join();
-    }
+    pool.shutdown();
 }
