@@ -19,8 +19,9 @@ pub type CpuDevice = FlexDevice;
 pub use burn::backend::cuda::{Cuda, CudaDevice};
 
 /// Which device a command runs on, as the user named it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum DeviceKind {
+    #[default]
     Cpu,
     /// CUDA device by index; only with the `cuda` feature.
     Cuda(usize),
@@ -39,6 +40,29 @@ impl std::str::FromStr for DeviceKind {
                 ))),
             },
         }
+    }
+}
+
+impl std::fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceKind::Cpu => f.write_str("cpu"),
+            DeviceKind::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+/// In recipes a device is the string the command line takes: `cpu`, `cuda`, `cuda:N`.
+impl serde::Serialize for DeviceKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DeviceKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <String as serde::Deserialize>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 

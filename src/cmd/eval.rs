@@ -54,7 +54,7 @@ pub struct Args {
     #[arg(long, default_value = "runs/eval")]
     out: PathBuf,
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: distill_models::device::DeviceKind,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -84,13 +84,13 @@ fn flags(a: &Args) -> anyhow::Result<EvalConfig> {
             kind: BackendKind::Local,
             endpoints: vec![],
             local: Some(LocalConfig::new(m.clone())),
-            device: a.device.clone(),
+            device: a.device,
         },
         (None, Some(u)) => BackendConfig {
             kind: BackendKind::Openai,
             endpoints: vec![OpenAiConfig::new(u.clone(), a.served_model.clone())],
             local: None,
-            device: a.device.clone(),
+            device: a.device,
         },
         _ => bail!("give --model DIR (local engine) or --endpoint URL"),
     };

@@ -82,7 +82,7 @@ fn cfg(out: PathBuf, benchmarks: Vec<BenchSpec>) -> EvalConfig {
             kind: BackendKind::Openai,
             endpoints: vec![],
             local: None,
-            device: "cpu".into(),
+            device: distill_models::device::DeviceKind::Cpu,
         },
         retry: RetryConfig { max_attempts: 1, ..Default::default() },
         output: out,

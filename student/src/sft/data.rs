@@ -147,24 +147,47 @@ pub fn is_eval(prompt_id: &str, fraction: f64, seed: u64) -> bool {
     (x as f64 / u64::MAX as f64) < fraction
 }
 
-/// Turn one trace into an example (or say why not).
+/// Why a trace is not an example.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Skip {
+    /// Dropped by `only_passed` (counted).
+    #[error("it failed verification")]
+    Failed,
+    /// Dropped by `drop_truncated` (counted).
+    #[error("the teacher's token limit cut it")]
+    Truncated,
+    /// Longer than `max_seq_len` with `overlong = "drop"` (counted).
+    #[error("it is longer than max_seq_len")]
+    Overlong,
+    /// The rest are errors: the run stops, naming the trace.
+    #[error("the tokenizer has no chat template")]
+    NoTemplate,
+    #[error("the chat template failed: {0}")]
+    Render(String),
+    #[error("tokenizing failed: {0}")]
+    Tokenize(String),
+}
+
+/// Turn one trace into an example (and whether it was truncated to fit), or say why not.
 pub fn example(
     t: &Trace,
     tok: &TextTokenizer,
     cfg: &DataConfig,
-) -> std::result::Result<(Example, bool), &'static str> {
+) -> std::result::Result<(Example, bool), Skip> {
     if cfg.only_passed && !t.passed() {
-        return Err("failed");
+        return Err(Skip::Failed);
     }
     if cfg.drop_truncated && t.finish_reason == FinishReason::Length {
-        return Err("truncated");
+        return Err(Skip::Truncated);
     }
-    let chat = tok.chat.as_ref().ok_or("no template")?;
+    let chat = tok.chat.as_ref().ok_or(Skip::NoTemplate)?;
     let prompt: Vec<Message> =
         t.messages.iter().filter(|m| m.role != Role::Assistant).cloned().collect();
-    let (text, span) =
-        chat.render_for_training(&prompt, &cfg.completion(t)).map_err(|_| "render")?;
-    let (mut ids, offsets) = tok.encode_with_offsets(&text).map_err(|_| "tokenize")?;
+    let (text, span) = chat
+        .render_for_training(&prompt, &cfg.completion(t))
+        .map_err(|e| Skip::Render(e.to_string()))?;
+    let (mut ids, offsets) =
+        tok.encode_with_offsets(&text).map_err(|e| Skip::Tokenize(e.to_string()))?;
     let mut assistant: Vec<bool> = offsets.iter().map(|&(s, _)| s >= span.start).collect();
     if tok.add_bos
         && let Some(b) = tok.bos_token.as_deref().and_then(|b| tok.token_id(b))
@@ -176,7 +199,7 @@ pub fn example(
     let mut truncated = false;
     if ids.len() > cfg.max_seq_len {
         match cfg.overlong {
-            Overlong::Drop => return Err("overlong"),
+            Overlong::Drop => return Err(Skip::Overlong),
             Overlong::Truncate => {
                 ids.truncate(cfg.max_seq_len);
                 assistant.truncate(cfg.max_seq_len);
@@ -242,12 +265,13 @@ pub fn load(
                     train.push(ex);
                 }
             }
-            Err("failed") => report.dropped_failed += 1,
-            Err("truncated") => report.dropped_truncated += 1,
-            Err("overlong") => report.dropped_overlong += 1,
+            Err(Skip::Failed) => report.dropped_failed += 1,
+            Err(Skip::Truncated) => report.dropped_truncated += 1,
+            Err(Skip::Overlong) => report.dropped_overlong += 1,
             Err(why) => {
                 return Err(Error::Invalid(format!(
-                    "a trace could not be turned into an example ({why})"
+                    "trace {}: could not be turned into an example: {why}",
+                    t.id
                 )));
             }
         }

@@ -22,6 +22,7 @@ use super::pack::{self, Batch};
 use super::parallel::{Comm, Layout, Parallel, ParallelConfig, ShardMode};
 use crate::error::{Error, IoContext, Result};
 use distill_models::checkpoint::SaveDtype;
+use distill_models::device::DeviceKind;
 use distill_models::hf::{self, Assets, ExportOptions};
 use distill_models::model::{CausalLm, ParamMut};
 use distill_models::rope::Rope;
@@ -66,13 +67,13 @@ pub struct TrainConfig {
     #[serde(default)]
     pub activation_checkpointing: bool,
     /// `cpu`, `cuda` or `cuda:N`.
-    #[serde(default = "cpu")]
-    pub device: String,
+    #[serde(default)]
+    pub device: DeviceKind,
     /// Compute precision: `f32`, `bf16` (weights cast to bf16 for each forward, master weights,
     /// gradients and AdamW state stay f32; norms, softmax, attention math and the loss run in f32),
     /// or `auto` (the default): bf16 on CUDA, f32 on CPU.
-    #[serde(default = "auto")]
-    pub compute_dtype: String,
+    #[serde(default)]
+    pub compute_dtype: ComputeDtype,
     /// Peak device throughput for the MFU estimate, TFLOP/s (default: a CPU estimate).
     #[serde(default)]
     pub peak_tflops: Option<f64>,
@@ -87,18 +88,48 @@ pub struct TrainConfig {
     pub parallel: ParallelConfig,
 }
 
+/// `[train] compute_dtype`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeDtype {
+    /// bf16 on CUDA, f32 on CPU.
+    #[default]
+    Auto,
+    F32,
+    Bf16,
+}
+
+/// `[train.export] dtype`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportDtype {
+    /// Half the size; what the R1-Distill releases ship.
+    #[default]
+    Bf16,
+    F32,
+}
+
+impl ExportDtype {
+    pub fn save(self) -> SaveDtype {
+        match self {
+            ExportDtype::Bf16 => SaveDtype::Bf16,
+            ExportDtype::F32 => SaveDtype::F32,
+        }
+    }
+}
+
 /// `[train.export]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExportConfig {
-    /// `bf16` (half the size; what the R1-Distill releases ship) or `f32`.
-    pub dtype: String,
+    /// `bf16` or `f32`.
+    pub dtype: ExportDtype,
     pub max_shard_gb: f64,
 }
 
 impl Default for ExportConfig {
     fn default() -> Self {
-        ExportConfig { dtype: "bf16".into(), max_shard_gb: 5.0 }
+        ExportConfig { dtype: ExportDtype::Bf16, max_shard_gb: 5.0 }
     }
 }
 
@@ -110,12 +141,6 @@ fn one_usize() -> usize {
 }
 fn two() -> usize {
     2
-}
-fn cpu() -> String {
-    "cpu".into()
-}
-fn auto() -> String {
-    "auto".into()
 }
 
 impl TrainConfig {
@@ -133,32 +158,24 @@ impl TrainConfig {
         if !(0.0..=1.0).contains(&self.kd_weight) {
             return bad("kd_weight must be in [0, 1]");
         }
-        if self.export.dtype != "bf16" && self.export.dtype != "f32" {
-            return bad("export.dtype must be bf16 or f32");
-        }
-        if !["auto", "f32", "bf16"].contains(&self.compute_dtype.as_str()) {
-            return bad("compute_dtype must be auto, f32 or bf16");
-        }
         Ok(())
     }
 
     /// The compute dtype `auto` resolves to: bf16 on CUDA, f32 on CPU.
     pub fn compute(&self) -> DType {
-        match self.compute_dtype.as_str() {
-            "bf16" => DType::BF16,
-            "auto" if self.on_cuda() => DType::BF16,
-            _ => DType::F32,
+        match self.compute_dtype {
+            ComputeDtype::Bf16 => DType::BF16,
+            ComputeDtype::Auto if self.on_cuda() => DType::BF16,
+            ComputeDtype::Auto | ComputeDtype::F32 => DType::F32,
         }
     }
 
     /// The devices of this node, one rank each: `[train.parallel] devices`, else `[train] device`.
-    pub fn device_kinds(&self) -> Result<Vec<distill_models::device::DeviceKind>> {
+    pub fn device_kinds(&self) -> Result<Vec<DeviceKind>> {
         match &self.parallel.devices {
             Some(d) => distill_models::device::parse_devices(d)
                 .map_err(|e| Error::Invalid(format!("[train.parallel] devices: {e}"))),
-            None => Ok(vec![self.device.parse().map_err(|e: distill_models::Error| {
-                Error::Invalid(format!("[train] device: {e}"))
-            })?]),
+            None => Ok(vec![self.device]),
         }
     }
 
@@ -662,7 +679,7 @@ fn export<B: Backend>(
         ("distill.recipe".to_string(), serde_json::to_string(recipe).expect("json")),
     ]);
     let opts = ExportOptions {
-        dtype: if cfg.export.dtype == "f32" { SaveDtype::F32 } else { SaveDtype::Bf16 },
+        dtype: cfg.export.dtype.save(),
         max_shard_bytes: (cfg.export.max_shard_gb * 1e9) as u64,
         metadata,
         overwrite: true,

@@ -29,12 +29,8 @@ pub struct BackendConfig {
     #[serde(default)]
     pub local: Option<LocalConfig>,
     /// For `local`: `cpu`, `cuda` or `cuda:N`.
-    #[serde(default = "cpu")]
-    pub device: String,
-}
-
-fn cpu() -> String {
-    "cpu".into()
+    #[serde(default)]
+    pub device: distill_models::device::DeviceKind,
 }
 
 /// `[generate.retry]`.

@@ -42,7 +42,7 @@ pub fn build(backend: &BackendConfig) -> Result<Vec<Arc<dyn Teacher>>> {
                 Error::Config("backend kind local needs `local = { model_dir = … }`".into())
             })?;
             check_model_dir(&local.model_dir)?;
-            let kind: DeviceKind = backend.device.parse()?;
+            let kind: DeviceKind = backend.device;
             struct Load<'a>(&'a local::LocalConfig);
             impl OnDevice for Load<'_> {
                 type Output = Result<Arc<dyn Teacher>>;
