@@ -21,6 +21,9 @@ pub fn load(path: &Path, sets: &[String]) -> anyhow::Result<toml::Value> {
 /// falling back to a plain string.
 pub fn set(root: &mut toml::Value, assignment: &str) -> anyhow::Result<()> {
     let (key, raw) = assignment.split_once('=').context("expected KEY=VALUE")?;
+    if key.trim().is_empty() || key.split('.').any(|p| p.trim().is_empty()) {
+        bail!("'{key}' is not a key: expected a dotted path such as train.optim.lr");
+    }
     let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
         .ok()
         .and_then(|mut t| t.remove("v"))
@@ -55,6 +58,9 @@ mod tests {
         assert_eq!(v["optim"]["name"].as_str(), Some("adamw"));
         assert_eq!(v["data"]["files"].as_array().unwrap().len(), 2);
         assert!(set(&mut v, "optim.lr.x=1").is_err());
+        // Hardening: an empty key or an empty path part is refused, not stored under "".
+        assert!(set(&mut v, "=3").is_err());
+        assert!(set(&mut v, "optim..lr=3").is_err());
     }
 }
 

@@ -103,6 +103,18 @@ fn bad_input_fails_clearly() {
     let r4 = train_recipe(d.path(), &model, &good, &d.path().join("r4"), "");
     let e = run(&r4, &["--set", "train.optim.lr=-1"]);
     assert!(e.contains("[train.optim]") && e.contains("out-of-range"), "{e}");
+    // Values that used to train without learning, or run a step that was not asked for, and a
+    // misspelled section, which used to be ignored by `distill train`.
+    for set in ["train.optim.eps=inf", "train.optim.lr=inf", "train.optim.lr=nan"] {
+        let e = run(&r4, &["--set", set]);
+        assert!(e.contains("[train.optim]") && e.contains("out-of-range"), "{set}: {e}");
+    }
+    let e = run(&r4, &["--set", "train.max_steps=0"]);
+    assert!(e.contains("max_steps = 0"), "{e}");
+    let e = run(&r4, &["--set", "trian.optim.lr=5"]);
+    assert!(e.contains("unknown field `trian`"), "{e}");
+    let e = run(&r4, &["--set", "=3"]);
+    assert!(e.contains("is not a key"), "{e}");
     // A tokenizer without the template's special tokens.
     let broken = d.path().join("broken-student");
     std::fs::create_dir_all(&broken).unwrap();

@@ -208,7 +208,7 @@ impl ModelConfig {
             Some(p) => parse_scaling(p, raw.max_position_embeddings)?,
         };
         let attention_bias = raw.attention_bias.unwrap_or(false);
-        Ok(ModelConfig {
+        let c = ModelConfig {
             arch,
             vocab_size: raw.vocab_size,
             hidden_size: raw.hidden_size,
@@ -236,7 +236,9 @@ impl ModelConfig {
             bos_token_id: ids(&raw.bos_token_id).first().copied(),
             eos_token_ids: ids(&raw.eos_token_id),
             pad_token_id: ids(&raw.pad_token_id).first().copied(),
-        })
+        };
+        check_dims(&c)?;
+        Ok(c)
     }
 
     /// Write as a transformers-loadable config.json (both `rope_theta` spellings, both dtype keys).
@@ -303,6 +305,55 @@ impl ModelConfig {
         }
         v
     }
+}
+
+/// Bounds no real model comes near (the largest R1 student has 80 layers, 8192 hidden, 152k
+/// vocabulary), so a hostile config cannot make the parameter spec allocate without limit.
+const MAX_LAYERS: usize = 4096;
+const MAX_DIM: usize = 1 << 20;
+const MAX_VOCAB: usize = 1 << 24;
+
+/// The dimensions every model needs to be buildable: positive, GQA-divisible, RoPE-even, bounded.
+/// Shared by config.json and the GGUF import.
+pub(crate) fn check_dims(c: &ModelConfig) -> std::result::Result<(), String> {
+    let (h, kv) = (c.num_attention_heads, c.num_key_value_heads);
+    if h == 0 || kv == 0 || c.hidden_size == 0 || c.head_dim == 0 || c.vocab_size == 0 {
+        return Err(format!(
+            "num_attention_heads ({h}), num_key_value_heads ({kv}), hidden_size ({}), head_dim ({}) and vocab_size ({}) must be positive",
+            c.hidden_size, c.head_dim, c.vocab_size
+        ));
+    }
+    if !h.is_multiple_of(kv) {
+        return Err(format!(
+            "num_attention_heads ({h}) must be a multiple of num_key_value_heads ({kv})"
+        ));
+    }
+    if !c.head_dim.is_multiple_of(2) {
+        return Err(format!("head_dim {} must be even for RoPE", c.head_dim));
+    }
+    if c.num_hidden_layers > MAX_LAYERS {
+        return Err(format!(
+            "num_hidden_layers {} is beyond any real model (at most {MAX_LAYERS})",
+            c.num_hidden_layers
+        ));
+    }
+    for (name, v) in [
+        ("hidden_size", c.hidden_size),
+        ("intermediate_size", c.intermediate_size),
+        ("head_dim", c.head_dim),
+        ("num_attention_heads", h),
+    ] {
+        if v > MAX_DIM {
+            return Err(format!("{name} {v} is beyond any real model (at most {MAX_DIM})"));
+        }
+    }
+    if c.vocab_size > MAX_VOCAB {
+        return Err(format!(
+            "vocab_size {} is beyond any real model (at most {MAX_VOCAB})",
+            c.vocab_size
+        ));
+    }
+    Ok(())
 }
 
 fn parse_scaling(p: &Value, max_pos: Option<usize>) -> std::result::Result<RopeScaling, String> {
@@ -391,5 +442,18 @@ mod tests {
             .replace("\"rope_type\": \"default\"", "\"rope_type\": \"llama3\", \"factor\": 8.0");
         let e = ModelConfig::from_json(&bad).unwrap_err();
         assert!(e.0.contains("missing required key `low_freq_factor`"), "{e}");
+    }
+
+    /// A hostile config cannot make the parameter spec allocate without limit, nor divide by 0.
+    #[test]
+    fn hostile_dimensions_are_refused() {
+        let layers =
+            SMOL.replace("\"num_hidden_layers\": 30", "\"num_hidden_layers\": 1099511627776");
+        let e = ModelConfig::from_json(&layers).unwrap_err();
+        assert!(e.0.contains("num_hidden_layers 1099511627776 is beyond any real model"), "{e}");
+        let vocab = SMOL.replace("\"vocab_size\": 49152", "\"vocab_size\": 0");
+        assert!(ModelConfig::from_json(&vocab).unwrap_err().0.contains("must be positive"));
+        let kv = SMOL.replace("\"num_key_value_heads\": 3", "\"num_key_value_heads\": 0");
+        assert!(ModelConfig::from_json(&kv).unwrap_err().0.contains("must be a multiple"));
     }
 }

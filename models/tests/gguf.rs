@@ -87,6 +87,11 @@ fn tensor_names_map_to_hugging_face() {
 
 /// A minimal GGUF writer for bad-input tests.
 fn gguf(tensors: &[(&str, &[u64], u32, Vec<u8>)]) -> Vec<u8> {
+    gguf_with(&[], tensors)
+}
+
+/// The same, with `llama.*` u64 metadata values.
+fn gguf_with(meta: &[(&str, u64)], tensors: &[(&str, &[u64], u32, Vec<u8>)]) -> Vec<u8> {
     let mut b = Vec::new();
     let s = |b: &mut Vec<u8>, x: &str| {
         b.extend((x.len() as u64).to_le_bytes());
@@ -95,10 +100,15 @@ fn gguf(tensors: &[(&str, &[u64], u32, Vec<u8>)]) -> Vec<u8> {
     b.extend(0x4655_4747u32.to_le_bytes());
     b.extend(3u32.to_le_bytes());
     b.extend((tensors.len() as u64).to_le_bytes());
-    b.extend(1u64.to_le_bytes());
+    b.extend((1 + meta.len() as u64).to_le_bytes());
     s(&mut b, "general.architecture");
     b.extend(8u32.to_le_bytes());
     s(&mut b, "llama");
+    for (k, v) in meta {
+        s(&mut b, &format!("llama.{k}"));
+        b.extend(10u32.to_le_bytes()); // UINT64
+        b.extend(v.to_le_bytes());
+    }
     let mut offset = 0u64;
     for (name, dims, ty, data) in tensors {
         s(&mut b, name);
@@ -173,4 +183,39 @@ fn a_lying_array_count_does_not_allocate() {
     std::fs::write(&p, &b).unwrap();
     let e = GgufFile::open(&p).err().unwrap().to_string();
     assert!(e.contains("cannot fit"), "{e}");
+}
+
+/// Hostile head counts and layer counts are refused with the key named, before any arithmetic on
+/// them (a head count of 0 used to divide by zero; a huge block count would size the parameter
+/// spec).
+#[test]
+fn hostile_dimensions_in_gguf_metadata_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = [
+        ("embedding_length", 64u64),
+        ("feed_forward_length", 128),
+        ("block_count", 1),
+        ("attention.head_count", 4),
+        ("attention.head_count_kv", 2),
+        ("vocab_size", 8),
+    ];
+    let tensors = [("token_embd.weight", &[64u64, 8][..], dequant::F32, vec![0u8; 64 * 8 * 4])];
+    let cases: [(&str, u64, &str); 4] = [
+        ("attention.head_count", 0, "attention.head_count` is 0"),
+        ("attention.head_count_kv", 0, "must be positive"),
+        ("attention.head_count_kv", 3, "multiple of num_key_value_heads"),
+        ("block_count", 1 << 40, "the file holds only 1 tensors"),
+    ];
+    for (key, value, want) in cases {
+        let meta: Vec<(&str, u64)> =
+            base.iter().map(|&(k, v)| (k, if k == key { value } else { v })).collect();
+        let p = tmp.path().join(format!("{}-{value}.gguf", key.replace('.', "_")));
+        std::fs::write(&p, gguf_with(&meta, &tensors)).unwrap();
+        let out = tmp.path().join(format!("out-{key}-{value}"));
+        let e = distill_models::gguf::import::import(&p, &out, &Default::default())
+            .err()
+            .unwrap_or_else(|| panic!("{key} = {value} was accepted"))
+            .to_string();
+        assert!(e.contains(want), "{key} = {value}: {e}");
+    }
 }

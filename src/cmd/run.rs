@@ -182,10 +182,9 @@ fn run_stage(stage: Stage, l: &Loaded) -> anyhow::Result<serde_json::Value> {
                 !distill_student::sft::checkpoint::list(&t.output.join("checkpoints"))?.is_empty();
             let s = crate::cmd::train::run_train(t, serde_json::to_value(&l.resolved)?, resume)?;
             println!(
-                "  {} steps; held-out loss {:?} → {:?}; export {}",
+                "  {} steps; held-out loss {}; export {}",
                 s.steps,
-                s.first_eval_loss,
-                s.final_eval_loss,
+                crate::cmd::train::eval_losses(s.first_eval_loss, s.final_eval_loss),
                 s.export_dir.display()
             );
             Ok(

@@ -99,18 +99,23 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let recipe = serde_json::to_value(&loaded.resolved)?;
     let s = run_train(&cfg, recipe, a.resume)?;
     println!(
-        "trained {} steps; eval loss {} → {}",
+        "trained {} steps; eval loss {}",
         s.steps,
-        fmt(s.first_eval_loss),
-        fmt(s.final_eval_loss)
+        eval_losses(s.first_eval_loss, s.final_eval_loss)
     );
     println!("exported {}", s.export_dir.display());
     println!("curves {}", cfg.output.join("loss.png").display());
     Ok(ExitCode::SUCCESS)
 }
 
-fn fmt(x: Option<f64>) -> String {
-    x.map_or("n/a".into(), |v| format!("{v:.4}"))
+/// "3.1416 → 2.7183", or only the final loss (a resumed run did not measure the first here).
+pub fn eval_losses(first: Option<f64>, last: Option<f64>) -> String {
+    match (first, last) {
+        (Some(a), Some(b)) => format!("{a:.4} → {b:.4}"),
+        (None, Some(b)) => format!("{b:.4} (the run resumed: its first evaluation was earlier)"),
+        (Some(a), None) => format!("{a:.4}"),
+        (None, None) => "not measured (eval_fraction = 0?)".into(),
+    }
 }
 
 /// Train on the configured device, then draw the curves.

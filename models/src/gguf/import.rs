@@ -176,8 +176,12 @@ fn config_from_metadata(
     let tokens = g.get("tokenizer.ggml.tokens").and_then(Value::as_array).map_or(0, <[Value]>::len);
     let hidden = need("embedding_length")?;
     let heads = need("attention.head_count")?;
-    let head_dim =
-        num("attention.key_length").or(num("rope.dimension_count")).unwrap_or(hidden / heads);
+    if heads == 0 {
+        return Err(format!("metadata `{}` is 0", key("attention.head_count")));
+    }
+    let head_dim = num("attention.key_length")
+        .or(num("rope.dimension_count"))
+        .unwrap_or_else(|| hidden / heads);
     let rope_scaling = match g.get(&key("rope.scaling.type")).and_then(Value::as_str) {
         None | Some("none") => RopeScaling::None,
         Some("linear") => RopeScaling::Linear {
@@ -198,7 +202,7 @@ fn config_from_metadata(
     }
     let tok =
         |k: &str| g.get(&format!("tokenizer.ggml.{k}")).and_then(Value::as_u64).map(|v| v as u32);
-    Ok(ModelConfig {
+    let c = ModelConfig {
         arch,
         vocab_size: num("vocab_size").unwrap_or(tokens),
         hidden_size: hidden,
@@ -220,7 +224,18 @@ fn config_from_metadata(
         bos_token_id: tok("bos_token_id"),
         eos_token_ids: tok("eos_token_id").into_iter().collect(),
         pad_token_id: tok("padding_token_id"),
-    })
+    };
+    // The file's own tensors bound the layer count: each layer has at least nine.
+    if c.num_hidden_layers > g.tensors.len() {
+        return Err(format!(
+            "metadata `{}` is {}, but the file holds only {} tensors",
+            key("block_count"),
+            c.num_hidden_layers,
+            g.tensors.len()
+        ));
+    }
+    crate::config::check_dims(&c)?;
+    Ok(c)
 }
 
 /// The split regex of a llama.cpp pre-tokenizer type, or `None` for GPT-2's ByteLevel regex.

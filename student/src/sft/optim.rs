@@ -65,7 +65,21 @@ impl OptimConfig {
     }
 
     pub fn validate(&self) -> crate::Result<()> {
-        let ok = self.lr > 0.0
+        // Every value finite: `lr = inf` or `eps = inf` would train without learning.
+        let finite = [
+            self.lr,
+            self.beta1,
+            self.beta2,
+            self.eps,
+            self.weight_decay,
+            self.warmup_ratio,
+            self.min_lr_ratio,
+            self.max_grad_norm,
+        ]
+        .iter()
+        .all(|x| x.is_finite());
+        let ok = finite
+            && self.lr > 0.0
             && (0.0..1.0).contains(&self.beta1)
             && (0.0..1.0).contains(&self.beta2)
             && self.eps > 0.0

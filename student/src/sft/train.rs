@@ -155,6 +155,9 @@ impl TrainConfig {
         if self.epochs == 0 && self.max_steps.is_none() {
             return bad("set epochs ≥ 1 or max_steps");
         }
+        if self.max_steps == Some(0) {
+            return bad("max_steps = 0 trains nothing; set it to 1 or more");
+        }
         if !(0.0..=1.0).contains(&self.kd_weight) {
             return bad("kd_weight must be in [0, 1]");
         }
