@@ -263,3 +263,26 @@ fn filter_and_merge_are_idempotent() {
     assert_eq!(r.written, expect);
     assert_eq!(r.written + r.dropped.values().sum::<u64>(), 60);
 }
+
+/// A manifest claiming 2^40 records in a shard (it used to size the writer's id set and OOM every
+/// writer) is refused by writers and readers, naming the manifest and the shard.
+#[test]
+fn a_manifest_with_a_huge_record_count_is_refused_without_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut w = CorpusWriter::open(dir.path(), small_opts()).unwrap();
+        for t in synth::traces(3, 5, 1) {
+            w.append(t).unwrap();
+        }
+        w.commit().unwrap();
+    }
+    let mpath = dir.path().join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&mpath).unwrap()).unwrap();
+    m["shards"][0]["records"] = serde_json::json!(1u64 << 40);
+    fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
+    let e =
+        CorpusWriter::open(dir.path(), small_opts()).err().expect("writer must refuse").to_string();
+    assert!(e.contains("shard-00000") && e.contains("the manifest says 1099511627776"), "{e}");
+    assert!(Corpus::open(dir.path()).is_err());
+}

@@ -192,11 +192,25 @@ impl ShardIndex {
                 "frames end at {expect_offset} but the index starts at {index_offset}"
             ));
         }
+        let in_frames: u64 = frames.iter().map(|f| f.records as u64).sum();
+        if n_records != in_frames {
+            return Err(format!(
+                "{n_records} records declared, the frame entries hold {in_frames}"
+            ));
+        }
         let ids_len = r.u32()? as usize;
         let ids_z = r.take(ids_len)?;
-        let joined =
-            zstd::bulk::decompress(ids_z, (n_records as usize).saturating_mul(256).max(1 << 16))
-                .map_err(|e| format!("record ids do not decompress: {e}"))?;
+        // The buffer is sized by what the compressed ids declare, checked against the record
+        // count (an id is at most 255 bytes and a newline), never by the count alone.
+        let declared = match zstd::zstd_safe::get_frame_content_size(ids_z) {
+            Ok(Some(n)) if n <= n_records.saturating_mul(256) => n as usize,
+            Ok(Some(n)) => {
+                return Err(format!("record ids declare {n} bytes for {n_records} records"));
+            }
+            _ => return Err("record ids have no declared size".into()),
+        };
+        let joined = zstd::bulk::decompress(ids_z, declared.max(1))
+            .map_err(|e| format!("record ids do not decompress: {e}"))?;
         let joined =
             String::from_utf8(joined).map_err(|_| "record ids are not UTF-8".to_string())?;
         let ids: Vec<String> = joined.split_terminator('\n').map(str::to_string).collect();
@@ -337,4 +351,34 @@ pub(crate) fn record_id_of(line: &[u8]) -> std::result::Result<String, String> {
 /// Size of the file at `path`.
 pub fn file_len(path: &Path) -> Result<u64> {
     Ok(std::fs::metadata(path).at(path)?.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An index body whose record count (and frame entries) claim 2^40 records, as a damaged or
+    /// hostile shard could with a recomputed checksum: a clean error, no allocation from the count.
+    #[test]
+    fn a_lying_record_count_is_refused_before_allocating() {
+        let frames =
+            vec![FrameEntry { offset: 0, compressed: 10, raw: 20, records: 2, hash: [0; 16] }];
+        let idx = ShardIndex::new(frames, vec!["a#0".into(), "b#0".into()]);
+        let enc = idx.encode();
+        let body_len = enc.len() - 8 - FOOTER_BYTES - 32;
+        let body = &enc[8..8 + body_len];
+        assert!(ShardIndex::parse_body(body, 10).is_ok());
+        for claim in [1u64 << 40, 1 << 56, 3] {
+            let mut lie = body.to_vec();
+            lie[16..24].copy_from_slice(&claim.to_le_bytes());
+            let e = ShardIndex::parse_body(&lie, 10).err().unwrap();
+            assert!(e.contains(&format!("{claim} records declared")), "{e}");
+        }
+        // The frame entry claiming u32::MAX records and the count agreeing with it.
+        let mut lie = body.to_vec();
+        lie[16..24].copy_from_slice(&(u32::MAX as u64).to_le_bytes());
+        lie[24 + 16..24 + 20].copy_from_slice(&u32::MAX.to_le_bytes());
+        let e = ShardIndex::parse_body(&lie, 10).err().unwrap();
+        assert!(e.contains("record ids declare") || e.contains("records declared"), "{e}");
+    }
 }

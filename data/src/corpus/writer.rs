@@ -140,8 +140,10 @@ impl CorpusWriter {
             fsutil::sync_dir(dir)?;
         }
 
-        let mut committed = HashSet::with_capacity(manifest.records() as usize);
+        // The manifest's counts are claims: they size nothing until the shards confirm them.
+        let mut committed = HashSet::new();
         for entry in &manifest.shards {
+            // load_index checks the shard's count against the manifest's.
             for id in load_index(dir, entry)?.ids {
                 if !committed.insert(id.clone()) {
                     return Err(Error::DuplicateId {
