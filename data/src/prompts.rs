@@ -390,7 +390,12 @@ impl<R: BufRead> Iterator for JsonlLines<R> {
                 self.buf.pop();
             }
         }
-        let text = match std::str::from_utf8(&self.buf) {
+        // A UTF-8 byte-order mark (Windows editors write one) starts the file, not the JSON.
+        let body: &[u8] = match (self.line, self.buf.strip_prefix(b"\xEF\xBB\xBF")) {
+            (1, Some(rest)) => rest,
+            _ => &self.buf,
+        };
+        let text = match std::str::from_utf8(body) {
             Ok(s) => Ok(s.to_string()),
             Err(e) => Err(format!("invalid UTF-8 at byte {}", e.valid_up_to())),
         };

@@ -154,3 +154,18 @@ fn reads_the_shared_eval_and_prompt_sets() {
         assert!(ps.iter().all(|p| p.reference.as_ref().is_some_and(|r| !r.is_empty())), "{file}");
     }
 }
+
+/// A UTF-8 byte-order mark at the start of the file is not part of the first record; elsewhere
+/// it is still an error with its file:line.
+#[test]
+fn a_leading_byte_order_mark_is_accepted() {
+    let d = tempfile::tempdir().unwrap();
+    let p = file(&d, "bom.jsonl", b"\xEF\xBB\xBF{\"problem\": \"1+1?\", \"answer\": \"2\"}\n{\"problem\": \"2+2?\", \"answer\": \"4\"}\n");
+    let (ps, _) = read_prompts(&p, "m", &FieldMap::math(), &ReadOptions::default()).unwrap();
+    assert_eq!(ps.len(), 2);
+    let (line, _msg) = line_error(
+        b"{\"problem\": \"1+1?\", \"answer\": \"2\"}\n\xEF\xBB\xBF{\"problem\": \"2+2?\", \"answer\": \"4\"}\n",
+        &FieldMap::math(),
+    );
+    assert_eq!(line, 2, "{_msg}");
+}
