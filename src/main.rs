@@ -75,8 +75,16 @@ enum Command {
     Plan(cmd::plan::Args),
 }
 
+/// Die quietly on a closed pipe, as Unix tools do (`distill corpus cat … | head -1`): Rust
+/// ignores SIGPIPE, and every `println!` after the reader left would panic.
+fn default_sigpipe() {
+    // SAFETY: restores the default disposition of one signal, once, before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
 fn main() -> ExitCode {
     keep_freed_memory();
+    default_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Corpus(c) => cmd::corpus::run(c),

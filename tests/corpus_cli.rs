@@ -316,3 +316,32 @@ fn decontaminate_drops_copied_problems_with_one_report_schema() {
         "{rep}"
     );
 }
+
+/// `distill corpus cat … | head -1`: the reader leaves after one line and distill ends quietly
+/// (killed by SIGPIPE, as Unix tools are), not with a panic.
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("c");
+    let mut w = distill_data::CorpusWriter::open(&src, Default::default()).unwrap();
+    for t in synth::traces(9, 2000, 1) {
+        w.append(t).unwrap();
+    }
+    w.commit().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(["corpus", "cat", src.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.starts_with('{'), "{first}");
+    // The read end is dropped here; distill's next writes hit a closed pipe.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?} {stderr}", out.status);
+}
