@@ -104,7 +104,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", distill_data::redact::redact(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

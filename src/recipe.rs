@@ -234,6 +234,18 @@ pub struct Loaded {
     pub resolved: toml::Value,
 }
 
+/// `v` with every string redacted (API keys, URL userinfo), for the copies a run writes.
+pub fn redacted(v: &toml::Value) -> toml::Value {
+    match v {
+        toml::Value::String(s) => toml::Value::String(distill_data::redact::redact(s)),
+        toml::Value::Array(a) => toml::Value::Array(a.iter().map(redacted).collect()),
+        toml::Value::Table(t) => {
+            toml::Value::Table(t.iter().map(|(k, x)| (k.clone(), redacted(x))).collect())
+        }
+        other => other.clone(),
+    }
+}
+
 /// Replace the placeholders in every string of `v` (keys and numbers untouched).
 fn resolve(v: &mut toml::Value, subs: &[(&str, String)]) {
     match v {

@@ -11,6 +11,7 @@ pub mod import;
 pub mod logprobs;
 pub mod prompts;
 pub mod record;
+pub mod redact;
 pub mod synth;
 #[doc(hidden)]
 pub mod testing;

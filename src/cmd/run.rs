@@ -60,7 +60,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(paths.run_dir.join("stages"))?;
     atomic_write(
         &paths.run_dir.join("recipe.toml"),
-        toml::to_string_pretty(&loaded.resolved)?.as_bytes(),
+        toml::to_string_pretty(&crate::recipe::redacted(&loaded.resolved))?.as_bytes(),
     )?;
     println!("run {} → {}", recipe.recipe.name, paths.run_dir.display());
     for &stage in &to_run {

@@ -173,7 +173,7 @@ impl Drop for Proxy {
     }
 }
 
-fn read_request(r: &mut BufReader<TcpStream>) -> Option<(String, Vec<u8>)> {
+pub fn read_request(r: &mut BufReader<TcpStream>) -> Option<(String, Vec<u8>)> {
     let mut head = String::new();
     loop {
         let mut line = String::new();

@@ -348,7 +348,9 @@ impl CorpusWriter {
         let mut provenance =
             serde_json::json!({ "writer": format!("distill-data {}", env!("CARGO_PKG_VERSION")) });
         if !self.opts.provenance.is_null() {
-            provenance["run"] = self.opts.provenance.clone();
+            let mut run = self.opts.provenance.clone();
+            crate::redact::redact_json(&mut run);
+            provenance["run"] = run;
         }
         let entry = ShardEntry {
             file: s.name,

@@ -673,13 +673,15 @@ fn export<B: Backend>(
     export_dir: &Path,
 ) -> Result<()> {
     let mut assets = Assets::read(&cfg.model)?;
+    let mut recipe = recipe.clone();
+    distill_data::redact::redact_json(&mut recipe);
     let provenance = json!({"corpus_manifest_blake3": report.corpus_checksums, "corpora": cfg.data.corpus, "recipe": recipe, "steps": state.step, "base_model": cfg.model});
     if let Some(g) = assets.generation_config.as_mut() {
         g["distill"] = provenance.clone();
     }
     let metadata = std::collections::HashMap::from([
         ("distill.corpus_manifest_blake3".to_string(), report.corpus_checksums.join(",")),
-        ("distill.recipe".to_string(), serde_json::to_string(recipe).expect("json")),
+        ("distill.recipe".to_string(), serde_json::to_string(&recipe).expect("json")),
     ]);
     let opts = ExportOptions {
         dtype: cfg.export.dtype.save(),

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::time::Duration;
 
+use distill_data::redact::redact;
 use distill_data::{EndpointKind, FinishReason, Role, TokenLogprobs};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -85,11 +86,14 @@ impl OpenAiClient {
         let auth = match &cfg.api_key_env {
             None => None,
             Some(var) => match std::env::var(var) {
-                Ok(k) if !k.is_empty() => Some(format!("Bearer {k}")),
+                Ok(k) if !k.is_empty() => {
+                    distill_data::redact::register_secret(&k);
+                    Some(format!("Bearer {k}"))
+                }
                 _ => {
                     return Err(crate::Error::Config(format!(
                         "{}: the API key variable {var} (api_key_env) is not set",
-                        cfg.base_url
+                        redact(&cfg.base_url)
                     )));
                 }
             },
@@ -140,11 +144,17 @@ impl OpenAiClient {
     }
 
     fn transport(&self, msg: impl std::fmt::Display) -> BackendError {
-        BackendError::Transport { endpoint: self.cfg.base_url.clone(), msg: msg.to_string() }
+        BackendError::Transport {
+            endpoint: redact(&self.cfg.base_url),
+            msg: redact(&msg.to_string()),
+        }
     }
 
     fn malformed(&self, msg: impl std::fmt::Display) -> BackendError {
-        BackendError::Malformed { endpoint: self.cfg.base_url.clone(), msg: msg.to_string() }
+        BackendError::Malformed {
+            endpoint: redact(&self.cfg.base_url),
+            msg: redact(&msg.to_string()),
+        }
     }
 
     fn token_id(&self, entry: &Value) -> Option<u32> {
@@ -328,10 +338,11 @@ impl Teacher for OpenAiClient {
             let text = resp.body_mut().read_to_string().unwrap_or_default();
             let msg: String = text.chars().take(300).collect();
             return Err(BackendError::Http {
-                endpoint: self.cfg.base_url.clone(),
+                endpoint: redact(&self.cfg.base_url),
                 status,
                 retry_after,
-                msg,
+                // An endpoint may echo the request (its Authorization header included).
+                msg: redact(&msg),
             });
         }
         let out = if self.cfg.stream {
@@ -369,6 +380,6 @@ impl Teacher for OpenAiClient {
     }
 
     fn describe(&self) -> String {
-        self.cfg.base_url.clone()
+        redact(&self.cfg.base_url)
     }
 }

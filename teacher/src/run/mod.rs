@@ -130,7 +130,7 @@ pub fn generate(
             let st = &mut states[p];
             st.outstanding -= 1;
             match reply.result {
-                Err(e) => st.failed = Some(e.to_string()),
+                Err(e) => st.failed = Some(distill_data::redact::redact(&e.to_string())),
                 Ok(mut c) => {
                     report.prompt_tokens += c.prompt_tokens;
                     report.completion_tokens += c.completion_tokens;

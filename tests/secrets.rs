@@ -1,0 +1,147 @@
+//! Secrets never reach what distill writes or prints: an API key (even when an endpoint echoes
+//! the Authorization header into an error body) and the userinfo of an endpoint URL.
+
+mod common;
+
+use std::io::{BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Command;
+
+const KEY: &str = "sk-distill-test-93f1c0ffee";
+const PASSWORD: &str = "hunter2pw";
+
+/// A stub OpenAI-compatible endpoint: `/models` answers; chat completions answer `2` in a box
+/// (`echo = false`) or fail with a 500 whose body echoes the request head (`echo = true`).
+fn stub(echo: bool) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in l.incoming().flatten() {
+            std::thread::spawn(move || answer(conn, echo));
+        }
+    });
+    port
+}
+
+fn answer(conn: TcpStream, echo: bool) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut conn = conn;
+    while let Some((head, _body)) = common::read_request(&mut reader) {
+        let (status, body) = if !head.contains("/chat/completions") {
+            ("200 OK", "{\"data\": []}".to_string())
+        } else if echo {
+            ("500 Internal Server Error", format!("server error; your request was:\n{head}"))
+        } else {
+            (
+                "200 OK",
+                r#"{"id": "c", "object": "chat.completion", "model": "stub", "choices": [{"index": 0, "message": {"role": "assistant", "content": "1 + 1 = 2, so \\boxed{2}."}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 5, "completion_tokens": 9}}"#.to_string(),
+            )
+        };
+        let resp = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if conn.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+fn recipe(dir: &Path, port: u16) -> std::path::PathBuf {
+    let prompts = dir.join("prompts.jsonl");
+    std::fs::write(&prompts, "{\"question\": \"What is 1 + 1?\", \"answer\": \"#### 2\"}\n{\"question\": \"What is 1 + 1 again?\", \"answer\": \"#### 2\"}\n").unwrap();
+    let r = dir.join("teach.toml");
+    std::fs::write(
+        &r,
+        format!(
+            r#"[generate]
+prompts = "{}"
+output = "{}"
+fields = {{ prompt = "question", answer = "answer", answer_style = "gsm8k" }}
+
+[generate.backend]
+kind = "openai"
+
+[[generate.backend.endpoints]]
+base_url = "http://alice:{PASSWORD}@127.0.0.1:{port}/v1"
+model = "stub"
+api_key_env = "DISTILL_TEST_KEY"
+
+[generate.retry]
+max_attempts = 1
+
+[generate.verify]
+require_reasoning = false
+"#,
+            prompts.display(),
+            dir.join("corpus").display()
+        ),
+    )
+    .unwrap();
+    r
+}
+
+/// Every file under `dir`, and the process's output, must be free of both secrets.
+fn assert_clean(dir: &Path, output: &str) {
+    assert!(!output.contains(KEY) && !output.contains(PASSWORD), "printed a secret:\n{output}");
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            assert_clean(&p, "");
+        } else if let Ok(bytes) = std::fs::read(&p) {
+            // Shards are compressed: read records through the corpus reader below instead.
+            if p.extension().is_some_and(|x| x == "zst") {
+                continue;
+            }
+            let t = String::from_utf8_lossy(&bytes);
+            assert!(!t.contains(KEY) && !t.contains(PASSWORD), "{} holds a secret", p.display());
+        }
+    }
+}
+
+fn run(recipe: &Path) -> (bool, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(["generate", "--recipe", recipe.to_str().unwrap()])
+        .env("DISTILL_TEST_KEY", KEY)
+        .output()
+        .unwrap();
+    let t = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    (o.status.success(), t)
+}
+
+#[test]
+fn keys_and_url_credentials_are_redacted_everywhere() {
+    // A working endpoint: the traces' metadata, the report and the manifest name it without
+    // its credentials.
+    let d = tempfile::tempdir().unwrap();
+    let r = recipe(d.path(), stub(false));
+    let (ok, out) = run(&r);
+    assert!(ok, "{out}");
+    let traces: Vec<distill_data::Trace> = distill_data::Corpus::open(&d.path().join("corpus"))
+        .unwrap()
+        .iter()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(traces.len(), 2, "{out}");
+    for t in &traces {
+        let meta = serde_json::to_string(&t.metadata).unwrap();
+        assert!(meta.contains("http://***@127.0.0.1"), "{meta}");
+        assert!(!meta.contains(PASSWORD) && !meta.contains(KEY), "{meta}");
+    }
+    std::fs::remove_file(&r).unwrap(); // the user's own recipe holds the password
+    std::fs::remove_file(d.path().join("prompts.jsonl")).unwrap();
+    assert_clean(d.path(), &out);
+
+    // An endpoint that echoes the request (Authorization header and all) in its error body.
+    let d = tempfile::tempdir().unwrap();
+    let r = recipe(d.path(), stub(true));
+    let (_, out) = run(&r);
+    let report = std::fs::read_to_string(d.path().join("corpus/generate-report.json")).unwrap();
+    assert!(
+        report.to_lowercase().contains("authorization: bearer ***"),
+        "the echo was not recorded: {report}"
+    );
+    std::fs::remove_file(&r).unwrap();
+    assert_clean(d.path(), &out);
+}
