@@ -345,3 +345,13 @@ fn a_closed_pipe_ends_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?} {stderr}", out.status);
 }
+
+/// An I/O error says its cause once, after the path.
+#[test]
+fn a_missing_corpus_names_the_path_and_the_cause_once() {
+    let o = distill(&["corpus", "stats", "/nonexistent-distill-corpus"]);
+    let t = text(&o);
+    assert!(!o.status.success());
+    assert!(t.contains("/nonexistent-distill-corpus/manifest.json"), "{t}");
+    assert_eq!(t.matches("os error 2").count(), 1, "{t}");
+}

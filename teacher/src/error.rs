@@ -14,12 +14,10 @@ pub enum Error {
     Model(#[from] distill_models::Error),
     #[error("{0}")]
     Config(String),
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // The cause is in the message and deliberately not a `#[source]`: printed with its chain
+    // (`{:#}`), it would repeat ("… (os error 2): … (os error 2)").
+    #[error("{}: {err}", path.display())]
+    Io { path: std::path::PathBuf, err: std::io::Error },
 }
 
 /// One failed call to a teacher.

@@ -144,7 +144,7 @@ pub fn fields_for(spec: &BenchSpec) -> Result<FieldMap> {
         return Ok(f.clone());
     }
     let first = std::fs::read_to_string(&spec.file)
-        .map_err(|e| Error::Io { path: spec.file.clone(), source: e })?;
+        .map_err(|e| Error::Io { path: spec.file.clone(), err: e })?;
     let line = first.lines().find(|l| !l.trim().is_empty()).unwrap_or("{}");
     let v: serde_json::Value = serde_json::from_str(line)
         .map_err(|e| Error::Config(format!("{}:1: {e}", spec.file.display())))?;
@@ -187,7 +187,7 @@ pub fn evaluate(
         return Err(Error::Config("[eval] needs k ≥ 1 and at least one benchmark".into()));
     }
     std::fs::create_dir_all(&cfg.output)
-        .map_err(|e| Error::Io { path: cfg.output.clone(), source: e })?;
+        .map_err(|e| Error::Io { path: cfg.output.clone(), err: e })?;
     let policy = cfg.retry.policy();
     let mut summaries = Vec::new();
     for spec in &cfg.benchmarks {
@@ -218,7 +218,7 @@ pub fn evaluate(
             .create(true)
             .append(true)
             .open(&out_path)
-            .map_err(|e| Error::Io { path: out_path.clone(), source: e })?;
+            .map_err(|e| Error::Io { path: out_path.clone(), err: e })?;
         let mut failed = 0u64;
         let total = problems.len();
         let mut finished = results.len();
@@ -255,7 +255,7 @@ pub fn evaluate(
             }
         });
         if let Some(e) = io_err {
-            return Err(Error::Io { path: out_path, source: e });
+            return Err(Error::Io { path: out_path, err: e });
         }
         let samples: Vec<&SampleResult> = results.iter().flat_map(|r| r.samples.iter()).collect();
         let m = results.len().max(1) as f64;

@@ -33,7 +33,7 @@ pub(super) fn commit(
 ) -> Result<()> {
     writer.commit()?;
     if !empty_done.is_empty() {
-        let io = |e| Error::Io { path: journal.to_path_buf(), source: e };
+        let io = |e| Error::Io { path: journal.to_path_buf(), err: e };
         let mut f =
             std::fs::OpenOptions::new().create(true).append(true).open(journal).map_err(io)?;
         for id in empty_done.drain(..) {
