@@ -168,3 +168,24 @@ fn the_tokenizer_built_from_the_gguf_encodes_like_transformers() {
         );
     }
 }
+
+/// Importing the bundled model warns about nothing it handles on purpose (its `smollm`
+/// pre-tokenizer is mapped to GPT-2's regex deliberately).
+#[test]
+fn importing_the_bundled_gguf_gives_no_spurious_warning() {
+    let gguf = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(["fetch", "smollm2", "--gguf"])
+        .output()
+        .unwrap();
+    assert!(gguf.status.success());
+    let gguf = String::from_utf8(gguf.stdout).unwrap().trim().to_string();
+    let d = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(["import", "gguf", &gguf, d.path().join("m").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let t =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{t}");
+    assert!(!t.contains("is unknown") && t.contains("pre-tokenizer 'smollm'"), "{t}");
+}

@@ -148,8 +148,8 @@ impl Decontaminator {
     pub fn from_files(files: &[PathBuf], n: usize) -> Result<Decontaminator> {
         let mut d = Decontaminator { n, grams: HashMap::new(), files: files.to_vec(), problems: 0 };
         for (fi, path) in files.iter().enumerate() {
-            let f = std::fs::File::open(path)
-                .map_err(|e| Error::Io { path: path.clone(), err: e })?;
+            let f =
+                std::fs::File::open(path).map_err(|e| Error::Io { path: path.clone(), err: e })?;
             for item in JsonlLines::new(std::io::BufReader::new(f), path, 16 << 20) {
                 let (line, text) = item?;
                 let text =

@@ -312,7 +312,8 @@ fn tokenizer_files(
     let pre = meta_str("tokenizer.ggml.pre").unwrap_or("default");
     report.pre_tokenizer = pre.to_string();
     let pre_tok = pre_tokenizer(pre).unwrap_or_else(|| {
-        if pre != "gpt2" && pre != "default" {
+        // `smollm` deliberately takes GPT-2's regex (see `pre_tokenizer`): no warning for it.
+        if !matches!(pre, "gpt2" | "default" | "smollm") {
             report.warnings.push(format!("pre-tokenizer '{pre}' is unknown; using GPT-2's byte-level regex"));
         }
         json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true})
