@@ -24,7 +24,7 @@ use distill_data::{CorpusWriter, WriterOptions};
 
 pub use self::config::GenerateConfig;
 pub use self::prompts::{PromptSet, load_prompts};
-pub use self::report::{FailedPrompt, GenerateReport, Progress};
+pub use self::report::{FailedPrompt, GenerateReport, Progress, SkippedLine};
 pub use crate::backend::config::{BackendConfig, BackendKind, RetryConfig};
 use crate::backend::pool::Pool;
 use crate::backend::{ChatRequest, Teacher};
@@ -73,6 +73,12 @@ pub fn generate(
         prompts_file: cfg.prompts.clone(),
         prompts_read: set.read,
         bad_lines: set.bad_lines.len() as u64,
+        skipped_lines: set
+            .bad_lines
+            .iter()
+            .take(10_000)
+            .map(|(line, error)| report::SkippedLine { line: *line, error: error.clone() })
+            .collect(),
         duplicates_dropped: set.duplicates,
         contaminated_dropped: set
             .contaminated

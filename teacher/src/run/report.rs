@@ -14,6 +14,8 @@ pub struct GenerateReport {
     pub prompts_file: PathBuf,
     pub prompts_read: u64,
     pub bad_lines: u64,
+    /// The skipped lines (`skip_bad_lines`), each with why; the first 10,000.
+    pub skipped_lines: Vec<SkippedLine>,
     pub duplicates_dropped: u64,
     pub contaminated_dropped: Vec<crate::decontam::Contaminated>,
     pub prompts_selected: u64,
@@ -40,6 +42,13 @@ pub struct GenerateReport {
     pub elapsed_s: f64,
     pub completion_tokens_per_s: f64,
     pub teachers: Vec<String>,
+}
+
+/// A prompt line that could not be read, skipped under `skip_bad_lines`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedLine {
+    pub line: u64,
+    pub error: String,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -1,5 +1,6 @@
-//! Secrets never reach what distill writes or prints: an API key (even when an endpoint echoes
-//! the Authorization header into an error body) and the userinfo of an endpoint URL.
+//! `distill generate` against stub OpenAI-compatible endpoints: secrets never reach what distill
+//! writes or prints (an API key, even when an endpoint echoes the Authorization header into an
+//! error body, and the userinfo of an endpoint URL), and skipped prompt lines are listed.
 
 mod common;
 
@@ -144,4 +145,35 @@ fn keys_and_url_credentials_are_redacted_everywhere() {
     );
     std::fs::remove_file(&r).unwrap();
     assert_clean(d.path(), &out);
+}
+
+/// With `skip_bad_lines`, the report lists each skipped line with why.
+#[test]
+fn skipped_prompt_lines_are_listed_in_the_report() {
+    let d = tempfile::tempdir().unwrap();
+    let r = recipe(d.path(), stub(false));
+    std::fs::write(
+        d.path().join("prompts.jsonl"),
+        "{\"question\": \"What is 1 + 1?\", \"answer\": \"#### 2\"}\nnot json\n{\"answer\": \"#### 2\"}\n{\"question\": \"And 1 + 1?\", \"answer\": \"#### 2\"}\n",
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&r)
+        .unwrap()
+        .replace("[generate]\n", "[generate]\nskip_bad_lines = true\n");
+    std::fs::write(&r, text).unwrap();
+    let (ok, out) = run(&r);
+    assert!(ok, "{out}");
+    let rep: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(d.path().join("corpus/generate-report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rep["bad_lines"], 2, "{rep}");
+    let lines: Vec<u64> = rep["skipped_lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, vec![2, 3], "{rep}");
+    assert!(rep["skipped_lines"][1]["error"].as_str().unwrap().contains("question"), "{rep}");
 }
