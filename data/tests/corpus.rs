@@ -286,3 +286,35 @@ fn a_manifest_with_a_huge_record_count_is_refused_without_allocating() {
     assert!(e.contains("shard-00000") && e.contains("the manifest says 1099511627776"), "{e}");
     assert!(Corpus::open(dir.path()).is_err());
 }
+
+/// A later record under an id already present, with different content, is not written and is
+/// counted as a conflict, not as "already present" — within one run and across runs.
+#[test]
+fn a_different_record_under_a_present_id_is_a_conflict() {
+    use distill_data::corpus::ops::merge;
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let ta = write_synthetic(a.path(), 5, small_opts());
+    {
+        let mut w = CorpusWriter::open(b.path(), small_opts()).unwrap();
+        for (i, t) in ta.iter().enumerate() {
+            let mut t = t.clone();
+            if i == 2 {
+                t.answer.push_str(" (edited)");
+            }
+            w.append(t).unwrap();
+        }
+        w.commit().unwrap();
+    }
+    let srcs = [Corpus::open(a.path()).unwrap(), Corpus::open(b.path()).unwrap()];
+    let mut w = CorpusWriter::open(out.path(), small_opts()).unwrap();
+    let r = merge(&srcs, &mut w).unwrap();
+    assert_eq!((r.written, r.already_present, r.conflicting), (5, 4, 1));
+    assert_eq!(r.conflicting_ids, vec![ta[2].id.clone()]);
+    drop(w);
+    // Again, over what is now committed: the same verdicts.
+    let mut w = CorpusWriter::open(out.path(), small_opts()).unwrap();
+    let r = merge(&srcs, &mut w).unwrap();
+    assert_eq!((r.written, r.already_present, r.conflicting), (0, 9, 1));
+}

@@ -58,8 +58,14 @@ impl FilterSpec {
 pub struct CopyReport {
     pub read: u64,
     pub written: u64,
-    /// Records whose id the destination already held (from an earlier run or another input).
+    /// Records whose id the destination already held with the same content (from an earlier
+    /// run or another input).
     pub already_present: u64,
+    /// Records whose id the destination already held with *different* content: not written (the
+    /// first copy wins), counted and named here.
+    pub conflicting: u64,
+    /// The first 100 conflicting ids.
+    pub conflicting_ids: Vec<String>,
     pub dropped: BTreeMap<String, u64>,
 }
 
@@ -90,8 +96,15 @@ fn copy_into(
     for t in src.iter() {
         let t = t?;
         report.read += 1;
-        if dst.contains(&t.id) {
-            report.already_present += 1;
+        if let Some(same) = dst.same_content(&t)? {
+            if same {
+                report.already_present += 1;
+            } else {
+                report.conflicting += 1;
+                if report.conflicting_ids.len() < 100 {
+                    report.conflicting_ids.push(t.id.clone());
+                }
+            }
         } else if let Some(why) = reject(&t) {
             *report.dropped.entry(why.to_string()).or_default() += 1;
         } else {

@@ -71,6 +71,11 @@ pub struct CorpusWriter {
     committed: HashSet<String>,
     /// Ids appended but not yet committed.
     pending: HashSet<String>,
+    /// Content hashes of the records appended by this writer, for [`CorpusWriter::same_content`].
+    /// (BLAKE3 of the id, of the JSON), 16 bytes each: 32 bytes a record.
+    appended: std::collections::HashMap<[u8; 16], [u8; 16]>,
+    /// A reader of what was committed before this writer opened, opened on demand.
+    before: Option<super::reader::Corpus>,
     frame: Vec<Trace>,
     frame_bytes: usize,
     full_frames: Vec<Vec<Trace>>,
@@ -166,6 +171,8 @@ impl CorpusWriter {
             manifest,
             committed,
             pending: HashSet::new(),
+            appended: Default::default(),
+            before: None,
             frame: Vec::new(),
             frame_bytes: 0,
             full_frames: Vec::new(),
@@ -206,6 +213,23 @@ impl CorpusWriter {
         self.pending.len() as u64
     }
 
+    /// For a record whose id this corpus already holds: is the stored record the same (byte for
+    /// byte as JSON)? Copies of one record are harmless; a different record under the same id is
+    /// a conflict the caller reports. `None` if the id is not held.
+    pub fn same_content(&mut self, t: &Trace) -> Result<Option<bool>> {
+        if let Some(h) = self.appended.get(&short_hash(t.id.as_bytes())) {
+            return Ok(Some(*h == content_hash(t)));
+        }
+        if !self.committed.contains(&t.id) {
+            return Ok(None);
+        }
+        if self.before.is_none() {
+            self.before = Some(super::reader::Corpus::open(&self.dir)?);
+        }
+        let stored = self.before.as_ref().expect("opened").get_by_id(&t.id)?;
+        Ok(stored.map(|s| content_hash(&s) == content_hash(t)))
+    }
+
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }
@@ -231,12 +255,14 @@ impl CorpusWriter {
         if self.committed.contains(&trace.id) {
             return Err(Error::DuplicateId { id: trace.id, where_: "committed" });
         }
+        let hash = content_hash(&trace);
         if !self.pending.insert(trace.id.clone()) {
             return Err(Error::DuplicateId {
                 id: trace.id,
                 where_: "appended and waiting for commit",
             });
         }
+        self.appended.insert(short_hash(trace.id.as_bytes()), hash);
         self.frame_bytes += trace.approx_json_len();
         self.frame.push(trace);
         if self.frame.len() >= self.opts.frame_records || self.frame_bytes >= self.opts.frame_bytes
@@ -385,4 +411,13 @@ fn list_dir(dir: &Path) -> Result<Vec<String>> {
         }
     }
     Ok(names)
+}
+
+/// BLAKE3 of a record's JSON, first 16 bytes.
+fn content_hash(t: &Trace) -> [u8; 16] {
+    short_hash(&serde_json::to_vec(t).expect("a trace serialises"))
+}
+
+fn short_hash(b: &[u8]) -> [u8; 16] {
+    blake3::hash(b).as_bytes()[..16].try_into().expect("16 bytes")
 }

@@ -54,9 +54,28 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let src = Corpus::open(&a.src)?;
     let mut w = CorpusWriter::open(&a.out, a.write.options(super::provenance()))?;
     let r = ops::filter(&src, &mut w, &spec)?;
-    println!("read {}, kept {}, already present {}", r.read, r.written, r.already_present);
+    println!(
+        "read {}, kept {}, already present {}, conflicting {}{}",
+        r.read,
+        r.written,
+        r.already_present,
+        r.conflicting,
+        conflicts(&r.conflicting_ids)
+    );
     for (why, n) in &r.dropped {
         println!("  dropped {n}: {why}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// "; ids with different content under the same id (first copy kept): a, b, …".
+pub fn conflicts(ids: &[String]) -> String {
+    if ids.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (a different record under an id already present; the first copy is kept: {})",
+            ids.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
+        )
+    }
 }

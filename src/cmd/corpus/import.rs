@@ -47,6 +47,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     let already = w.committed_records();
     let (mut imported, mut skipped, mut bad) = (0u64, 0u64, Vec::new());
+    let mut conflicting: Vec<String> = Vec::new();
     let pb = crate::progress::bar(None, "records");
     for path in &a.files {
         let dataset = a.dataset.clone().unwrap_or_else(|| dataset_name(path));
@@ -70,9 +71,16 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 Err(msg) => bail!("{}:{line}: {msg}", path.display()),
             };
             for t in traces {
-                if w.contains(&t.id) {
-                    skipped += 1;
-                    continue;
+                match w.same_content(&t)? {
+                    Some(true) => {
+                        skipped += 1;
+                        continue;
+                    }
+                    Some(false) => {
+                        conflicting.push(format!("{}:{line}: {}", path.display(), t.id));
+                        continue;
+                    }
+                    None => {}
                 }
                 w.append(t)?;
                 imported += 1;
@@ -96,6 +104,15 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     if bad.len() > 20 {
         println!("  … and {} more", bad.len() - 20);
+    }
+    if !conflicting.is_empty() {
+        println!(
+            "{} records not imported: their id is already present with different content (the first copy is kept)",
+            conflicting.len()
+        );
+        for c in conflicting.iter().take(20) {
+            println!("  conflicting {c}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

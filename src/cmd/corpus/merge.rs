@@ -22,6 +22,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let srcs = a.srcs.iter().map(|p| Corpus::open(p)).collect::<Result<Vec<_>, _>>()?;
     let mut w = CorpusWriter::open(&a.out, a.write.options(super::provenance()))?;
     let r = ops::merge(&srcs, &mut w)?;
-    println!("read {}, written {}, duplicates skipped {}", r.read, r.written, r.already_present);
+    println!(
+        "read {}, written {}, duplicates skipped {}, conflicting {}{}",
+        r.read,
+        r.written,
+        r.already_present,
+        r.conflicting,
+        super::filter::conflicts(&r.conflicting_ids)
+    );
     Ok(ExitCode::SUCCESS)
 }
