@@ -355,3 +355,28 @@ fn a_missing_corpus_names_the_path_and_the_cause_once() {
     assert!(t.contains("/nonexistent-distill-corpus/manifest.json"), "{t}");
     assert_eq!(t.matches("os error 2").count(), 1, "{t}");
 }
+
+/// A record whose id holds a newline is refused with the file and line it came from.
+#[test]
+fn a_bad_id_in_an_import_names_its_file_and_line() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("in.jsonl");
+    std::fs::write(
+        &src,
+        "{\"id\": \"ok\", \"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"hello\"}]}\n{\"id\": \"bad\\nid\", \"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"hello\"}]}\n",
+    )
+    .unwrap();
+    let out = d.path().join("c");
+    let o = distill(&[
+        "corpus",
+        "import",
+        "--format",
+        "chat",
+        src.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains(&format!("{}:2", src.display())) && t.contains("newline"), "{t}");
+}

@@ -82,7 +82,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                     }
                     None => {}
                 }
-                w.append(t)?;
+                w.append(t).with_context(|| format!("{}:{line}", path.display()))?;
                 imported += 1;
                 pb.inc(1);
                 if w.pending_records() >= a.commit_every {
