@@ -173,13 +173,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         verdict
     );
     if let Some(p) = &a.json {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .with_context(|| format!("opening {}", p.display()))?;
-        writeln!(f, "{result}")?;
+        super::append_json_line(p, &result)?;
     }
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

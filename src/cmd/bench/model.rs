@@ -44,17 +44,6 @@ fn ids<B: Backend>(b: usize, t: usize, dev: &B::Device) -> Tensor<B, 2, Int> {
     Tensor::from_data(TensorData::new(v, [b, t]), dev)
 }
 
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// Median of `reps` timed runs after one warm-up.
 fn time(reps: usize, mut f: impl FnMut()) -> f64 {
     f();
@@ -80,8 +69,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     } else {
         measure::<Cpu>(&a, &dir, &CpuDevice::default(), &mut r)?;
     }
-    r["peak_rss_mb"] = json!(peak_rss_mb());
-    eprintln!("peak RSS {:.0} MB", peak_rss_mb());
+    r["peak_rss_mb"] = json!(super::peak_rss_mb());
+    eprintln!("peak RSS {:.0} MB", super::peak_rss_mb());
     torch_side(&a, &dir, &mut r);
     println!("{}", serde_json::to_string_pretty(&r)?);
     if let Some(p) = &a.json {

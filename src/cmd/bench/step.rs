@@ -256,7 +256,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         "model": a.model, "params": params, "devices": a.devices, "dtype": a.dtype, "shape": a.shape,
         "grad_accum": a.grad_accum, "shard": a.shard, "checkpointing": a.checkpointing,
         "steps": out.steps, "step_s": step_s, "comm_s": comm_s, "tokens_per_s": tokens / step_s, "mfu": mfu,
-        "planner_gb_per_rank": planned, "host_peak_rss_gb": peak_rss_gb(), "wall_s": wall, "cuda": on_cuda,
+        "planner_gb_per_rank": planned, "host_peak_rss_gb": super::peak_rss_mb() / 1024.0, "wall_s": wall, "cuda": on_cuda,
     });
     let mut ok = true;
     if compare {
@@ -320,24 +320,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         planned
     );
     if let Some(p) = &a.json {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .with_context(|| format!("opening {}", p.display()))?;
-        writeln!(f, "{result}")?;
+        super::append_json_line(p, &result)?;
     }
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
-}
-
-fn peak_rss_gb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1e6)
 }
