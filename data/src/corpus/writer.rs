@@ -71,7 +71,9 @@ pub struct CorpusWriter {
     committed: HashSet<String>,
     /// Ids appended but not yet committed.
     pending: HashSet<String>,
-    /// Content hashes of the records appended by this writer, for [`CorpusWriter::same_content`].
+    /// Content hashes of the records this writer has serialized, for
+    /// [`CorpusWriter::same_content`]; taken from the JSON the frames are written from, so
+    /// appending costs no second serialization.
     /// (BLAKE3 of the id, of the JSON), 16 bytes each: 32 bytes a record.
     appended: std::collections::HashMap<[u8; 16], [u8; 16]>,
     /// A reader of what was committed before this writer opened, opened on demand.
@@ -220,6 +222,12 @@ impl CorpusWriter {
         if let Some(h) = self.appended.get(&short_hash(t.id.as_bytes())) {
             return Ok(Some(*h == content_hash(t)));
         }
+        if self.pending.contains(&t.id) {
+            // Appended in this session and not serialized yet: still in memory.
+            let held =
+                self.frame.iter().chain(self.full_frames.iter().flatten()).find(|x| x.id == t.id);
+            return Ok(held.map(|x| content_hash(x) == content_hash(t)));
+        }
         if !self.committed.contains(&t.id) {
             return Ok(None);
         }
@@ -255,14 +263,12 @@ impl CorpusWriter {
         if self.committed.contains(&trace.id) {
             return Err(Error::DuplicateId { id: trace.id, where_: "committed" });
         }
-        let hash = content_hash(&trace);
         if !self.pending.insert(trace.id.clone()) {
             return Err(Error::DuplicateId {
                 id: trace.id,
                 where_: "appended and waiting for commit",
             });
         }
-        self.appended.insert(short_hash(trace.id.as_bytes()), hash);
         self.frame_bytes += trace.approx_json_len();
         self.frame.push(trace);
         if self.frame.len() >= self.opts.frame_records || self.frame_bytes >= self.opts.frame_bytes
@@ -298,21 +304,26 @@ impl CorpusWriter {
         }
         let level = self.opts.level;
         let frames = std::mem::take(&mut self.full_frames);
-        let encoded: Vec<(Vec<u8>, usize, Vec<String>)> = frames
+        type Hashes = Vec<([u8; 16], [u8; 16])>;
+        let encoded: Vec<(Vec<u8>, usize, Vec<String>, Hashes)> = frames
             .into_par_iter()
             .map(|records| {
                 let mut raw = Vec::with_capacity(records.iter().map(Trace::approx_json_len).sum());
                 let mut ids = Vec::with_capacity(records.len());
+                let mut hashes = Vec::with_capacity(records.len());
                 for t in records {
+                    let start = raw.len();
                     serde_json::to_writer(&mut raw, &t).expect("a Trace always serializes");
+                    hashes.push((short_hash(t.id.as_bytes()), short_hash(&raw[start..])));
                     raw.push(b'\n');
                     ids.push(t.id);
                 }
-                (compress_frame(&raw, level), raw.len(), ids)
+                (compress_frame(&raw, level), raw.len(), ids, hashes)
             })
             .collect();
         let (max_records, max_bytes) = (self.opts.shard_records, self.opts.shard_bytes);
-        for (bytes, raw_len, ids) in encoded {
+        for (bytes, raw_len, ids, hashes) in encoded {
+            self.appended.extend(hashes);
             if raw_len as u64 > super::shard::MAX_FRAME_RAW {
                 return Err(Error::Record {
                     id: ids[0].clone(),
