@@ -17,7 +17,7 @@ pub mod synth;
 pub mod testing;
 pub mod think;
 
-pub use corpus::{Corpus, CorpusWriter, WriterOptions};
+pub use corpus::{Corpus, CorpusWriter, Damage, WriterOptions};
 pub use error::{Error, Result};
 pub use logprobs::TokenLogprobs;
 pub use prompts::{FieldMap, Prompt, PromptReport};

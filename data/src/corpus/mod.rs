@@ -4,6 +4,7 @@
 pub mod manifest;
 pub mod ops;
 pub mod reader;
+pub mod salvage;
 pub mod shard;
 pub mod stats;
 pub mod verify;
@@ -11,5 +12,6 @@ pub mod writer;
 
 pub use manifest::{Manifest, ShardEntry};
 pub use reader::{Corpus, FrameLoc};
+pub use salvage::Damage;
 pub use verify::{Problem, VerifyReport, verify};
 pub use writer::{CorpusWriter, WriterOptions};

@@ -111,6 +111,29 @@ impl ShardIndex {
 
     /// Read the index trailer of the shard at `path` (`file_len` bytes long).
     pub fn read(file: &File, file_len: u64, shard: &str) -> Result<ShardIndex> {
+        Self::read_trailer(file, file_len, shard, true)
+    }
+
+    /// The index a damaged shard's trailer still records: its checksum must hold, but the frame
+    /// offsets need not match the file any more (bytes before the trailer were deleted or
+    /// inserted) and the skippable-frame header may be damaged. Used to name the frames and ids
+    /// that damage destroyed.
+    pub fn read_lenient(file: &File, file_len: u64, shard: &str) -> Result<ShardIndex> {
+        Self::read_trailer(file, file_len, shard, false)
+    }
+
+    /// Where the trailer starts according to the footer, if the footer is intact.
+    pub fn trailer_start(file: &File, file_len: u64) -> Option<u64> {
+        let mut foot = [0u8; FOOTER_BYTES];
+        file.read_exact_at(&mut foot, file_len.checked_sub(FOOTER_BYTES as u64)?).ok()?;
+        if &foot[8..] != FOOTER_MAGIC {
+            return None;
+        }
+        let payload_len = u64::from_le_bytes(foot[..8].try_into().unwrap());
+        file_len.checked_sub(payload_len.checked_add(8)?)
+    }
+
+    fn read_trailer(file: &File, file_len: u64, shard: &str, strict: bool) -> Result<ShardIndex> {
         let bad = |msg: String| Error::Shard {
             shard: shard.to_string(),
             msg: format!("index trailer: {msg}"),
@@ -135,8 +158,9 @@ impl ShardIndex {
         let start = file_len - payload_len - 8;
         let mut buf = vec![0u8; payload_len as usize + 8];
         file.read_exact_at(&mut buf, start).at(shard)?;
-        if u32::from_le_bytes(buf[..4].try_into().unwrap()) != SKIPPABLE_MAGIC
-            || u32::from_le_bytes(buf[4..8].try_into().unwrap()) as u64 != payload_len
+        if strict
+            && (u32::from_le_bytes(buf[..4].try_into().unwrap()) != SKIPPABLE_MAGIC
+                || u32::from_le_bytes(buf[4..8].try_into().unwrap()) as u64 != payload_len)
         {
             return Err(bad("skippable frame header does not match".into()));
         }
@@ -146,10 +170,11 @@ impl ShardIndex {
         if blake3::hash(body).as_bytes() != sum {
             return Err(bad("checksum mismatch (the index is damaged)".into()));
         }
-        Self::parse_body(body, start).map_err(bad)
+        Self::parse_body(body, strict.then_some(start)).map_err(bad)
     }
 
-    fn parse_body(b: &[u8], index_offset: u64) -> std::result::Result<ShardIndex, String> {
+    /// `index_offset`: where the trailer starts, to check the frame offsets against (strict).
+    fn parse_body(b: &[u8], index_offset: Option<u64>) -> std::result::Result<ShardIndex, String> {
         let mut r = Cursor { b, pos: 0 };
         if r.take(8)? != INDEX_MAGIC {
             return Err("bad magic".into());
@@ -178,7 +203,8 @@ impl ShardIndex {
                     r.take(16)?.try_into().unwrap()
                 },
             };
-            if f.offset != expect_offset || f.raw as u64 > MAX_FRAME_RAW {
+            if (index_offset.is_some() && f.offset != expect_offset) || f.raw as u64 > MAX_FRAME_RAW
+            {
                 return Err(format!(
                     "frame {i} entry is inconsistent (offset {}, expected {expect_offset})",
                     f.offset
@@ -187,7 +213,9 @@ impl ShardIndex {
             expect_offset += f.compressed as u64;
             frames.push(f);
         }
-        if expect_offset != index_offset {
+        if let Some(index_offset) = index_offset
+            && expect_offset != index_offset
+        {
             return Err(format!(
                 "frames end at {expect_offset} but the index starts at {index_offset}"
             ));
@@ -299,42 +327,133 @@ pub fn read_frame_bytes(file: &File, f: &FrameEntry, shard: &str) -> Result<Vec<
 /// Rebuild a shard's index by walking its zstd frames, for when the trailer is damaged.
 /// Every frame must decode; a frame that does not makes the shard unindexable.
 pub fn scan_frames(bytes: &[u8], shard: &str) -> Result<ShardIndex> {
-    let mut frames = Vec::new();
-    let mut ids = Vec::new();
+    let scan = scan(bytes, None);
+    if let Some(bad) = scan.damaged.first() {
+        return Err(Error::Frame {
+            shard: shard.to_string(),
+            frame: bad.position,
+            msg: format!("bytes {}..{} do not decode: {}", bad.start, bad.end, bad.why),
+        });
+    }
+    Ok(scan.into_index())
+}
+
+/// A frame found by [`scan`]: it decoded, its zstd checksum held and every line has an id.
+#[derive(Debug, Clone)]
+pub struct ScannedFrame {
+    pub entry: FrameEntry,
+    pub ids: Vec<String>,
+}
+
+/// Bytes between good frames that do not decode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DamagedRange {
+    pub start: u64,
+    pub end: u64,
+    /// Its place among the frames as the file now stands (good frames and damaged ranges before it).
+    pub position: usize,
+    /// Why the first frame there did not decode.
+    pub why: String,
+}
+
+/// What a lenient walk of a shard's bytes found.
+#[derive(Debug, Clone, Default)]
+pub struct Scan {
+    pub frames: Vec<ScannedFrame>,
+    pub damaged: Vec<DamagedRange>,
+    /// Where the index trailer starts, if it was found (intact or not).
+    pub trailer_at: Option<u64>,
+}
+
+impl Scan {
+    pub fn into_index(self) -> ShardIndex {
+        let mut ids = Vec::new();
+        let mut frames = Vec::with_capacity(self.frames.len());
+        for f in self.frames {
+            ids.extend(f.ids);
+            frames.push(f.entry);
+        }
+        ShardIndex::new(frames, ids)
+    }
+}
+
+const ZSTD_MAGIC: [u8; 4] = 0xFD2F_B528u32.to_le_bytes();
+
+/// Walk a shard's zstd frames, stepping over damage: where a frame does not decode, look for the
+/// next offset at which one does (or the trailer starts). `trailer_hint` is where the footer says
+/// the trailer starts, when the footer is intact.
+pub fn scan(bytes: &[u8], trailer_hint: Option<u64>) -> Scan {
+    let mut out = Scan::default();
+    let is_trailer = |off: usize| {
+        let rest = &bytes[off..];
+        trailer_hint == Some(off as u64)
+            || (rest.len() >= 8
+                && u32::from_le_bytes(rest[..4].try_into().unwrap()) & 0xFFFF_FFF0
+                    == SKIPPABLE_MAGIC & 0xFFFF_FFF0)
+    };
     let mut off = 0usize;
     while off < bytes.len() {
-        let rest = &bytes[off..];
-        if rest.len() >= 4
-            && u32::from_le_bytes(rest[..4].try_into().unwrap()) & 0xFFFF_FFF0
-                == SKIPPABLE_MAGIC & 0xFFFF_FFF0
-        {
-            break; // the (damaged) index
+        if is_trailer(off) {
+            out.trailer_at = Some(off as u64);
+            break;
         }
-        let frame = frames.len();
-        let err = |msg: String| Error::Frame { shard: shard.to_string(), frame, msg };
-        let len = zstd::zstd_safe::find_frame_compressed_size(rest)
-            .map_err(|_| err("cannot find the frame's end".into()))?;
-        let raw_len = match zstd::zstd_safe::get_frame_content_size(&rest[..len]) {
-            Ok(Some(n)) if n <= MAX_FRAME_RAW => n,
-            Ok(Some(n)) => return Err(err(format!("frame declares {n} bytes"))),
-            _ => return Err(err("frame header has no content size".into())),
-        };
-        let raw = decompress_frame(&rest[..len], raw_len as usize).map_err(err)?;
-        let mut n = 0u32;
-        for line in raw.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            ids.push(record_id_of(line).map_err(err)?);
-            n += 1;
+        match decode_frame_at(bytes, off) {
+            Ok(f) => {
+                off += f.entry.compressed as usize;
+                out.frames.push(f);
+            }
+            Err(why) => {
+                // Resume at the next offset where a frame decodes or our trailer starts.
+                let next = (off + 1..bytes.len().saturating_sub(3)).find(|&p| {
+                    (bytes[p..p + 4] == ZSTD_MAGIC && decode_frame_at(bytes, p).is_ok())
+                        || (trailer_hint == Some(p as u64))
+                        || (bytes.len() - p >= 16
+                            && u32::from_le_bytes(bytes[p..p + 4].try_into().unwrap())
+                                == SKIPPABLE_MAGIC
+                            && &bytes[p + 8..p + 16] == INDEX_MAGIC)
+                });
+                let end = next.unwrap_or(bytes.len());
+                out.damaged.push(DamagedRange {
+                    start: off as u64,
+                    end: end as u64,
+                    position: out.frames.len() + out.damaged.len(),
+                    why,
+                });
+                off = end;
+            }
         }
-        frames.push(FrameEntry {
+    }
+    out
+}
+
+/// Decode the frame starting at `off`, checking its size bound, zstd checksum and record ids.
+fn decode_frame_at(bytes: &[u8], off: usize) -> std::result::Result<ScannedFrame, String> {
+    let rest = &bytes[off..];
+    let len = zstd::zstd_safe::find_frame_compressed_size(rest)
+        .map_err(|_| "cannot find the frame's end".to_string())?;
+    if len > rest.len() || len > u32::MAX as usize {
+        return Err("the frame runs past the end of the file".into());
+    }
+    let raw_len = match zstd::zstd_safe::get_frame_content_size(&rest[..len]) {
+        Ok(Some(n)) if n <= MAX_FRAME_RAW => n,
+        Ok(Some(n)) => return Err(format!("frame declares {n} bytes")),
+        _ => return Err("frame header has no content size".into()),
+    };
+    let raw = decompress_frame(&rest[..len], raw_len as usize)?;
+    let mut ids = Vec::new();
+    for line in raw.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        ids.push(record_id_of(line)?);
+    }
+    Ok(ScannedFrame {
+        entry: FrameEntry {
             offset: off as u64,
             compressed: len as u32,
             raw: raw_len as u32,
-            records: n,
+            records: ids.len() as u32,
             hash: frame_hash(&rest[..len]),
-        });
-        off += len;
-    }
-    Ok(ShardIndex::new(frames, ids))
+        },
+        ids,
+    })
 }
 
 /// The `id` of a JSON record line, without parsing the rest.
@@ -367,18 +486,18 @@ mod tests {
         let enc = idx.encode();
         let body_len = enc.len() - 8 - FOOTER_BYTES - 32;
         let body = &enc[8..8 + body_len];
-        assert!(ShardIndex::parse_body(body, 10).is_ok());
+        assert!(ShardIndex::parse_body(body, Some(10)).is_ok());
         for claim in [1u64 << 40, 1 << 56, 3] {
             let mut lie = body.to_vec();
             lie[16..24].copy_from_slice(&claim.to_le_bytes());
-            let e = ShardIndex::parse_body(&lie, 10).err().unwrap();
+            let e = ShardIndex::parse_body(&lie, Some(10)).err().unwrap();
             assert!(e.contains(&format!("{claim} records declared")), "{e}");
         }
         // The frame entry claiming u32::MAX records and the count agreeing with it.
         let mut lie = body.to_vec();
         lie[16..24].copy_from_slice(&(u32::MAX as u64).to_le_bytes());
         lie[24 + 16..24 + 20].copy_from_slice(&u32::MAX.to_le_bytes());
-        let e = ShardIndex::parse_body(&lie, 10).err().unwrap();
+        let e = ShardIndex::parse_body(&lie, Some(10)).err().unwrap();
         assert!(e.contains("record ids declare") || e.contains("records declared"), "{e}");
     }
 }

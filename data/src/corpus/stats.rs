@@ -30,6 +30,16 @@ pub struct CorpusStats {
     pub completion_tokens: Histogram,
     pub reasoning_chars: Histogram,
     pub answer_chars: Histogram,
+    /// What was skipped as damaged (a corpus opened with `Corpus::open_skipping_damage`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub damage: Vec<super::Damage>,
+    /// Records lost to that damage, where known.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub lost_records: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Log2-bucketed histogram with exact quantiles.
@@ -132,8 +142,9 @@ impl Partial {
     }
 }
 
-/// Compute statistics with a parallel scan. The first unreadable frame is an error
-/// (run `corpus verify` for a full damage report).
+/// Compute statistics with a parallel scan. The first unreadable frame is an error (run
+/// `corpus verify` for a full damage report), unless the corpus was opened skipping damage: then
+/// the statistics cover what is readable and list what was skipped.
 pub fn stats(corpus: &Corpus) -> Result<CorpusStats> {
     let parts = corpus.par_map_frames(|_, records| {
         let mut p = Partial::default();
@@ -158,5 +169,7 @@ pub fn stats(corpus: &Corpus) -> Result<CorpusStats> {
     s.completion_tokens = Histogram::from_values(all.tokens);
     s.reasoning_chars = Histogram::from_values(all.reasoning);
     s.answer_chars = Histogram::from_values(all.answer);
+    s.damage = corpus.damage();
+    s.lost_records = corpus.lost_records();
     Ok(s)
 }

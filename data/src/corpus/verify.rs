@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::manifest::{self, Manifest, ShardEntry};
+use super::salvage::{self, Damage};
 use super::shard::{self, ShardIndex};
 use crate::error::Result;
 use crate::record::Trace;
@@ -100,19 +101,20 @@ fn verify_shard(dir: &Path, entry: &ShardEntry, report: &mut VerifyReport) -> Ve
     let index = match ShardIndex::read(&file, bytes.len() as u64, &entry.file) {
         Ok(ix) => ix,
         Err(e) => {
-            problem(None, e.to_string());
-            match shard::scan_frames(&bytes, &entry.file) {
-                Ok(ix) => ix,
-                Err(e) => {
-                    problem(None, format!("frames cannot be walked either: {e}"));
-                    return vec![];
-                }
+            // Walk the frames; what the damaged trailer still records names the lost frames.
+            let found = salvage::salvage_bytes(&bytes, &file, &entry.file, e.to_string());
+            for d in found.damage {
+                problem(d.frame, damage_message(&d));
             }
+            found.index
         }
     };
     if index.records() != entry.records || index.frames.len() as u64 != entry.frames {
+        // Fewer frames than written (a truncated file): the first missing one is named.
+        let first_missing =
+            ((index.frames.len() as u64) < entry.frames).then_some(index.frames.len());
         problem(
-            None,
+            first_missing,
             format!(
                 "index has {} records in {} frames, the manifest says {} in {}",
                 index.records(),
@@ -167,4 +169,24 @@ fn verify_shard(dir: &Path, entry: &ShardEntry, report: &mut VerifyReport) -> Ve
         }
     }
     ids
+}
+
+/// A damage entry as one line: the message, what was lost and (the first few of) its ids.
+pub fn damage_message(d: &Damage) -> String {
+    let mut m = d.msg.clone();
+    match d.lost_records {
+        Some(0) => {}
+        Some(n) => m.push_str(&format!("; {n} records lost")),
+        None => m.push_str("; the records lost there are unknown"),
+    }
+    if !d.lost_ids.is_empty() {
+        let shown: Vec<&str> = d.lost_ids.iter().take(5).map(String::as_str).collect();
+        let more = d.lost_ids.len().saturating_sub(5);
+        m.push_str(&format!(
+            " (ids {}{})",
+            shown.join(", "),
+            if more > 0 { format!(" and {more} more") } else { String::new() }
+        ));
+    }
+    m
 }

@@ -2,8 +2,6 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use distill_data::Corpus;
-
 #[derive(clap::Args)]
 pub struct Args {
     /// Corpus directory.
@@ -14,11 +12,13 @@ pub struct Args {
     /// Skip this many records first.
     #[arg(long, default_value_t = 0)]
     skip: u64,
+    #[command(flatten)]
+    damage: super::DamageArgs,
 }
 
 /// Prints the stored JSON lines as they are (no re-serialization).
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let c = Corpus::open(&a.dir)?;
+    let c = a.damage.open(&a.dir)?;
     let mut out = BufWriter::new(std::io::stdout().lock());
     let end = a.limit.map_or(c.len(), |l| a.skip.saturating_add(l).min(c.len()));
     let wanted = a.skip..end;
@@ -27,7 +27,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         if frame.end <= wanted.start || frame.start >= wanted.end {
             continue;
         }
-        let raw = c.read_frame_raw(loc)?;
+        let Some(raw) = c.read_frame_raw_or_skip(loc)? else { continue };
         for (i, line) in raw.split(|&b| b == b'\n').filter(|l| !l.is_empty()).enumerate() {
             if wanted.contains(&(frame.start + i as u64)) {
                 let written = out.write_all(line).and_then(|_| out.write_all(b"\n"));
@@ -37,6 +37,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    super::report_damage(&c);
     match out.flush() {
         Err(e) => broken_pipe_is_ok(e),
         Ok(()) => Ok(ExitCode::SUCCESS),

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use distill_data::{Corpus, Role, fsutil};
+use distill_data::{Role, fsutil};
 use serde_json::json;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -25,10 +25,13 @@ pub struct Args {
     out: PathBuf,
     #[arg(long, value_enum, default_value = "jsonl")]
     format: Format,
+    #[command(flatten)]
+    damage: super::DamageArgs,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let c = Corpus::open(&a.dir)?;
+    let c = a.damage.open(&a.dir)?;
+    let mut written = 0u64;
     let tmp = fsutil::tmp_path(&a.out);
     let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
@@ -56,12 +59,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             }
         }
         out.write_all(b"\n")?;
+        written += 1;
         pb.inc(1);
     }
     pb.finish_and_clear();
     let file = out.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     fsutil::commit_rename(&tmp, &a.out)?;
-    println!("wrote {} records to {}", c.len(), a.out.display());
+    println!("wrote {written} records to {}", a.out.display());
+    super::report_damage(&c);
     Ok(ExitCode::SUCCESS)
 }

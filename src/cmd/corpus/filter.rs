@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use distill_data::corpus::ops::{self, FilterSpec};
-use distill_data::{Corpus, CorpusWriter, FinishReason};
+use distill_data::{CorpusWriter, FinishReason};
 
 use super::WriteArgs;
 
@@ -34,6 +34,8 @@ pub struct Args {
     max_tokens: Option<u64>,
     #[command(flatten)]
     write: WriteArgs,
+    #[command(flatten)]
+    damage: super::DamageArgs,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -51,7 +53,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         min_tokens: a.min_tokens,
         max_tokens: a.max_tokens,
     };
-    let src = Corpus::open(&a.src)?;
+    let src = a.damage.open(&a.src)?;
     let mut w = CorpusWriter::open(&a.out, a.write.options(super::provenance()))?;
     let r = ops::filter(&src, &mut w, &spec)?;
     println!(
@@ -65,6 +67,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     for (why, n) in &r.dropped {
         println!("  dropped {n}: {why}");
     }
+    super::report_damage(&src);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -19,7 +19,8 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let c = Corpus::open(&a.dir)?;
+    // Damage elsewhere must not hide a readable record: open what is readable.
+    let c = Corpus::open_skipping_damage(&a.dir)?;
     let index = match (&a.id, a.index) {
         (_, Some(i)) => i,
         (Some(id), None) => match c.index_of(id) {

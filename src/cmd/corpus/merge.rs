@@ -1,8 +1,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use distill_data::CorpusWriter;
 use distill_data::corpus::ops;
-use distill_data::{Corpus, CorpusWriter};
 
 use super::WriteArgs;
 
@@ -16,10 +16,12 @@ pub struct Args {
     out: PathBuf,
     #[command(flatten)]
     write: WriteArgs,
+    #[command(flatten)]
+    damage: super::DamageArgs,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let srcs = a.srcs.iter().map(|p| Corpus::open(p)).collect::<Result<Vec<_>, _>>()?;
+    let srcs = a.srcs.iter().map(|p| a.damage.open(p)).collect::<anyhow::Result<Vec<_>>>()?;
     let mut w = CorpusWriter::open(&a.out, a.write.options(super::provenance()))?;
     let r = ops::merge(&srcs, &mut w)?;
     println!(
@@ -30,5 +32,6 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         r.conflicting,
         super::filter::conflicts(&r.conflicting_ids)
     );
+    srcs.iter().for_each(super::report_damage);
     Ok(ExitCode::SUCCESS)
 }

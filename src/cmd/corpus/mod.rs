@@ -12,6 +12,7 @@ mod filter;
 mod get;
 mod import;
 mod merge;
+mod repair;
 mod stats;
 mod verify;
 
@@ -35,6 +36,8 @@ pub enum CorpusCommand {
     Decontaminate(decontaminate::Args),
     /// Import JSONL traces from elsewhere (native, chat messages or Open-R1 rows) into a corpus.
     Import(import::Args),
+    /// Copy every readable record of a damaged corpus into a new one and report what was lost.
+    Repair(repair::Args),
 }
 
 pub fn run(cmd: CorpusCommand) -> anyhow::Result<ExitCode> {
@@ -48,6 +51,50 @@ pub fn run(cmd: CorpusCommand) -> anyhow::Result<ExitCode> {
         CorpusCommand::Export(a) => export::run(a),
         CorpusCommand::Import(a) => import::run(a),
         CorpusCommand::Decontaminate(a) => decontaminate::run(a),
+        CorpusCommand::Repair(a) => repair::run(a),
+    }
+}
+
+/// `--skip-damaged` for the commands that read a whole corpus.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct DamageArgs {
+    /// Skip damaged frames, truncated tails and unreadable shards instead of stopping at the
+    /// first one; what was skipped is reported on stderr (see also `corpus repair`).
+    #[arg(long)]
+    pub skip_damaged: bool,
+}
+
+impl DamageArgs {
+    pub fn open(&self, dir: &std::path::Path) -> anyhow::Result<distill_data::Corpus> {
+        use anyhow::Context;
+        distill_data::Corpus::open_with(dir, self.skip_damaged)
+            .with_context(|| format!("opening corpus {}", dir.display()))
+    }
+}
+
+/// Tell the user on stderr what a skipping reader left out.
+pub fn report_damage(c: &distill_data::Corpus) {
+    let damage = c.damage();
+    if damage.is_empty() {
+        return;
+    }
+    let unknown = damage.iter().any(|d| d.lost_records.is_none());
+    eprintln!(
+        "warning: {}: skipped damage in {} places, {} records lost{}:",
+        c.dir().display(),
+        damage.len(),
+        c.lost_records(),
+        if unknown { " (plus an unknown number where the index is damaged too)" } else { "" }
+    );
+    for d in damage.iter().take(20) {
+        let at = match d.frame {
+            Some(f) => format!("{} frame {f}", d.shard),
+            None => d.shard.clone(),
+        };
+        eprintln!("  {at}: {}", distill_data::corpus::verify::damage_message(d));
+    }
+    if damage.len() > 20 {
+        eprintln!("  … and {} more (`distill corpus verify` lists all)", damage.len() - 20);
     }
 }
 

@@ -12,10 +12,14 @@ pub struct Args {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Stop at the first damaged frame instead of skipping damage (and listing it).
+    #[arg(long)]
+    strict: bool,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let c = Corpus::open(&a.dir).with_context(|| format!("opening corpus {}", a.dir.display()))?;
+    let c = Corpus::open_with(&a.dir, !a.strict)
+        .with_context(|| format!("opening corpus {}", a.dir.display()))?;
     let s = stats(&c)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
@@ -47,6 +51,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     hist("completion tokens", &s.completion_tokens);
     hist("reasoning chars", &s.reasoning_chars);
     hist("answer chars", &s.answer_chars);
+    super::report_damage(&c);
     Ok(ExitCode::SUCCESS)
 }
 
