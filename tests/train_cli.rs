@@ -138,6 +138,47 @@ fn bad_input_fails_clearly() {
     std::fs::write(&ck, &bytes[..bytes.len() / 3]).unwrap();
     let e = run(&r6, &["--resume", "--set", "train.max_steps=4"]);
     assert!(e.contains("step-000002") && e.contains("unusable") && e.contains("truncated"), "{e}");
+    // Optimizer moments of the wrong shape (issue 11, item 6): half length, then a scalar.
+    let r8 = train_recipe(d.path(), &model, &good, &d.path().join("r8"), "");
+    let o = distill(&["train", "--recipe", r8.to_str().unwrap(), "--set", "train.max_steps=2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let opt = d.path().join("r8/checkpoints/step-000002/optimizer");
+    for (what, cut) in [("[half]", 2usize), ("[]", 0)] {
+        for f in std::fs::read_dir(&opt).unwrap() {
+            let f = f.unwrap().path();
+            if f.extension().is_none_or(|e| e != "safetensors") {
+                continue;
+            }
+            let bytes = std::fs::read(&f).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            let mut out: Vec<(String, Vec<usize>, Vec<u8>)> = vec![];
+            for (name, t) in st.tensors() {
+                let data = t.data();
+                let (shape, data) = if cut == 0 {
+                    (vec![], data[..4].to_vec())
+                } else {
+                    let n = t.shape()[0] / cut;
+                    (vec![n], data[..4 * n].to_vec())
+                };
+                out.push((name, shape, data));
+            }
+            let views: Vec<(String, safetensors::tensor::TensorView)> = out
+                .iter()
+                .map(|(n, s, d)| {
+                    let v =
+                        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
+                            .unwrap();
+                    (n.clone(), v)
+                })
+                .collect();
+            safetensors::serialize_to_file(views, None, &f).unwrap();
+        }
+        let e = run(&r8, &["--resume", "--set", "train.max_steps=4"]);
+        assert!(
+            e.contains("step-000002") && e.contains("unusable") && e.contains("exp_avg"),
+            "{what}: {e}"
+        );
+    }
     // --resume with nothing to resume.
     let e = run(&train_recipe(d.path(), &model, &good, &d.path().join("r7"), ""), &["--resume"]);
     assert!(e.contains("no checkpoint"), "{e}");

@@ -173,7 +173,7 @@ fn config_from_metadata(
     let num = |k: &str| g.get(&key(k)).and_then(Value::as_u64).map(|v| v as usize);
     let need = |k: &str| num(k).ok_or_else(|| format!("missing metadata `{}`", key(k)));
     let float = |k: &str| g.get(&key(k)).and_then(Value::as_f64);
-    let tokens = g.get("tokenizer.ggml.tokens").and_then(Value::as_array).map_or(0, <[Value]>::len);
+    let tokens = g.get("tokenizer.ggml.tokens").and_then(Value::as_array).map_or(0, |a| a.len());
     let hidden = need("embedding_length")?;
     let heads = need("attention.head_count")?;
     if heads == 0 {
@@ -274,20 +274,24 @@ fn tokenizer_files(
         .get("tokenizer.ggml.tokens")
         .and_then(Value::as_array)
         .ok_or("missing metadata `tokenizer.ggml.tokens`")?
+        .as_strs()
+        .ok_or("tokenizer.ggml.tokens is not an array of strings")?
         .iter()
-        .map(|v| v.as_str().ok_or("tokenizer.ggml.tokens holds a non-string"))
-        .collect::<std::result::Result<_, _>>()?;
+        .map(String::as_str)
+        .collect();
     let types: Vec<i64> = g
         .get("tokenizer.ggml.token_type")
         .and_then(Value::as_array)
-        .map(|a| a.iter().map(|v| v.as_i64().unwrap_or(1)).collect())
+        .and_then(|a| a.to_i64s())
         .unwrap_or_else(|| vec![1; tokens.len()]);
     let merges: Vec<&str> = g
         .get("tokenizer.ggml.merges")
         .and_then(Value::as_array)
         .ok_or("missing metadata `tokenizer.ggml.merges`")?
+        .as_strs()
+        .ok_or("tokenizer.ggml.merges is not an array of strings")?
         .iter()
-        .filter_map(Value::as_str)
+        .map(String::as_str)
         .collect();
     let mut vocab = serde_json::Map::new();
     for (i, t) in tokens.iter().enumerate() {

@@ -27,10 +27,80 @@ pub enum Value {
     F32(f32),
     Bool(bool),
     Str(String),
-    Array(Vec<Value>),
+    Array(Array),
     U64(u64),
     I64(i64),
     F64(f64),
+}
+
+/// A metadata array, stored by element type: a million-entry `u8` array takes a megabyte, not
+/// the 32 MB a `Vec<Value>` would (issue 11: memory stays proportional to the file).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Array {
+    U8(Vec<u8>),
+    I8(Vec<i8>),
+    U16(Vec<u16>),
+    I16(Vec<i16>),
+    U32(Vec<u32>),
+    I32(Vec<i32>),
+    F32(Vec<f32>),
+    Bool(Vec<bool>),
+    Str(Vec<String>),
+    U64(Vec<u64>),
+    I64(Vec<i64>),
+    F64(Vec<f64>),
+    Array(Vec<Array>),
+}
+
+impl Array {
+    pub fn len(&self) -> usize {
+        match self {
+            Array::U8(v) => v.len(),
+            Array::I8(v) => v.len(),
+            Array::U16(v) => v.len(),
+            Array::I16(v) => v.len(),
+            Array::U32(v) => v.len(),
+            Array::I32(v) => v.len(),
+            Array::F32(v) => v.len(),
+            Array::Bool(v) => v.len(),
+            Array::Str(v) => v.len(),
+            Array::U64(v) => v.len(),
+            Array::I64(v) => v.len(),
+            Array::F64(v) => v.len(),
+            Array::Array(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The elements of a string array.
+    pub fn as_strs(&self) -> Option<&[String]> {
+        match self {
+            Array::Str(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The elements of an integer array, as i64 (`None` for other element types, or a `u64`
+    /// beyond i64).
+    pub fn to_i64s(&self) -> Option<Vec<i64>> {
+        fn all<T: Copy>(v: &[T], f: impl Fn(T) -> Option<i64>) -> Option<Vec<i64>> {
+            v.iter().map(|&x| f(x)).collect()
+        }
+        match self {
+            Array::U8(v) => all(v, |x| Some(x as i64)),
+            Array::I8(v) => all(v, |x| Some(x as i64)),
+            Array::U16(v) => all(v, |x| Some(x as i64)),
+            Array::I16(v) => all(v, |x| Some(x as i64)),
+            Array::U32(v) => all(v, |x| Some(x as i64)),
+            Array::I32(v) => all(v, |x| Some(x as i64)),
+            Array::U64(v) => all(v, |x| i64::try_from(x).ok()),
+            Array::I64(v) => all(v, Some),
+            _ => None,
+        }
+    }
 }
 
 impl Value {
@@ -75,7 +145,7 @@ impl Value {
             _ => None,
         }
     }
-    pub fn as_array(&self) -> Option<&[Value]> {
+    pub fn as_array(&self) -> Option<&Array> {
         match self {
             Value::Array(a) => Some(a),
             _ => None,
@@ -159,28 +229,70 @@ impl<'a> Reader<'a> {
             6 => Value::F32(f32::from_le_bytes(fixed(4)?.try_into().unwrap())),
             7 => Value::Bool(fixed(1)?[0] != 0),
             8 => Value::Str(self.string(key)?),
-            9 => {
-                if depth > 2 {
-                    return Err(self.err(format!("metadata '{key}': arrays nested too deep")));
-                }
-                let inner = self.u32(key)?;
-                let n = self.u64(key)?;
-                // Every element takes at least one byte: a count beyond the file is a lie.
-                if n > (self.b.len() - self.pos) as u64 {
-                    return Err(self.err(format!(
-                        "metadata '{key}': array of {n} elements cannot fit in the file"
-                    )));
-                }
-                let mut v = Vec::with_capacity(n as usize);
-                for _ in 0..n {
-                    v.push(self.value(inner, key, depth + 1)?);
-                }
-                Value::Array(v)
-            }
+            9 => Value::Array(self.array(key, depth)?),
             10 => Value::U64(u64::from_le_bytes(fixed(8)?.try_into().unwrap())),
             11 => Value::I64(i64::from_le_bytes(fixed(8)?.try_into().unwrap())),
             12 => Value::F64(f64::from_le_bytes(fixed(8)?.try_into().unwrap())),
             other => return Err(self.err(format!("metadata '{key}': unknown value type {other}"))),
+        })
+    }
+}
+
+impl<'a> Reader<'a> {
+    /// An array value: element type, count, elements. Each element takes at least one byte of
+    /// the file, so a count beyond the bytes left is refused before anything is allocated, and
+    /// the elements are stored by type (see [`Array`]).
+    fn array(&mut self, key: &str, depth: u32) -> Result<Array> {
+        if depth > 2 {
+            return Err(self.err(format!("metadata '{key}': arrays nested too deep")));
+        }
+        let inner = self.u32(key)?;
+        let n = self.u64(key)?;
+        let width: u64 = match inner {
+            0 | 1 | 7 => 1,
+            2 | 3 => 2,
+            4..=6 => 4,
+            10..=12 => 8,
+            8 => 8,  // at least the length prefix
+            9 => 12, // at least type and count
+            other => {
+                return Err(
+                    self.err(format!("metadata '{key}': unknown array element type {other}"))
+                );
+            }
+        };
+        let left = (self.b.len() - self.pos) as u64;
+        if n.checked_mul(width).is_none_or(|need| need > left) {
+            return Err(self.err(format!(
+                "metadata '{key}': array of {n} elements cannot fit in the {left} bytes left"
+            )));
+        }
+        let n = n as usize;
+        macro_rules! fixed {
+            ($variant:ident, $t:ty) => {{
+                let w = std::mem::size_of::<$t>();
+                let raw = self.bytes((n * w) as u64, key)?;
+                Array::$variant(
+                    raw.chunks_exact(w)
+                        .map(|c| <$t>::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
+                )
+            }};
+        }
+        Ok(match inner {
+            0 => Array::U8(self.bytes(n as u64, key)?.to_vec()),
+            1 => fixed!(I8, i8),
+            2 => fixed!(U16, u16),
+            3 => fixed!(I16, i16),
+            4 => fixed!(U32, u32),
+            5 => fixed!(I32, i32),
+            6 => fixed!(F32, f32),
+            7 => Array::Bool(self.bytes(n as u64, key)?.iter().map(|&b| b != 0).collect()),
+            8 => Array::Str((0..n).map(|_| self.string(key)).collect::<Result<_>>()?),
+            10 => fixed!(U64, u64),
+            11 => fixed!(I64, i64),
+            12 => fixed!(F64, f64),
+            _ => Array::Array((0..n).map(|_| self.array(key, depth + 1)).collect::<Result<_>>()?),
         })
     }
 }
