@@ -14,6 +14,9 @@ use minijinja::{Environment, ErrorKind, context};
 
 use crate::error::{Error, Result};
 
+/// Instructions one render may execute (minijinja's fuel).
+pub const TEMPLATE_FUEL: u64 = 20_000_000;
+
 pub struct ChatTemplate {
     env: Environment<'static>,
     pub bos_token: String,
@@ -37,6 +40,10 @@ impl ChatTemplate {
     ) -> Result<ChatTemplate> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
+        // A template is untrusted input (it comes with a downloaded model): bound the work one
+        // render may do. Real templates use a few thousand instructions per message; minijinja
+        // also limits recursion depth on its own.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(

@@ -109,6 +109,15 @@ impl Checkpoint {
         Ok(Checkpoint { shards, entries })
     }
 
+    /// "searched dir/model.safetensors" (or "dir/a, dir/b and 3 more"), for errors.
+    fn searched(&self) -> String {
+        let shown: Vec<String> =
+            self.shards.iter().take(2).map(|s| s.path.display().to_string()).collect();
+        let more = self.shards.len().saturating_sub(2);
+        let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+        format!("searched {}{more}", shown.join(", "))
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.entries.keys().map(String::as_str)
     }
@@ -125,7 +134,7 @@ impl Checkpoint {
     pub fn read_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
         let e = self.entries.get(name).ok_or_else(|| Error::MissingTensor {
             name: name.to_string(),
-            where_: format!("{} file(s) searched", self.shards.len()),
+            where_: self.searched(),
         })?;
         let shard = &self.shards[e.shard];
         if e.shape != expected {

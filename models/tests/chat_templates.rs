@@ -118,3 +118,22 @@ fn tojson_writes_what_python_json_dumps_writes() {
     let got = t.render(&[], false).unwrap();
     assert_eq!(got, "{\"b\": 1, \"a\": [1.0, \"é\\\"\"], \"c\": {}}|[\n  1,\n  2\n]");
 }
+
+/// Hostile templates (issue 11): unbounded work and recursion end in a clean error, quickly.
+#[test]
+fn hostile_templates_run_out_of_fuel_or_depth() {
+    let msgs = [distill_data::Message { role: distill_data::Role::User, content: "hi".into() }];
+    for (what, src) in [
+        (
+            "10^10 iterations",
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+        ),
+        ("unbounded recursion", "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}"),
+    ] {
+        let t = distill_models::chat::ChatTemplate::new(src, None, None).unwrap();
+        let start = std::time::Instant::now();
+        let e = t.render(&msgs, true).expect_err(what).to_string();
+        assert!(e.contains("fuel") || e.contains("recursion"), "{what}: {e}");
+        assert!(start.elapsed().as_secs() < 30, "{what} took {:?}", start.elapsed());
+    }
+}
