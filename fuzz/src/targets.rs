@@ -33,7 +33,7 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "manifest",
         run: manifest,
-        names: &["manifest.json", "corpus/"],
+        names: &["manifest.json", "corpus/", "shard-"],
         max_len: 1 << 16,
     },
     Target { name: "shard", run: shard, names: &["shard-00000.jsonl.zst"], max_len: 1 << 20 },

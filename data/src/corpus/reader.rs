@@ -28,9 +28,11 @@ pub fn load_index(dir: &Path, entry: &ShardEntry) -> Result<ShardIndex> {
             shard::scan_frames(&bytes, &entry.file).map_err(|scan_err| Error::Shard {
                 shard: entry.file.clone(),
                 msg: format!(
-                    "{trailer_err}; rebuilding the index from the frames failed too: {scan_err} \
+                    "{}; rebuilding the index from the frames failed too: {} \
                      (--skip-damaged reads the rest; `distill corpus repair` copies every readable \
-                     record into a new corpus)"
+                     record into a new corpus)",
+                    salvage::bare(&trailer_err),
+                    scan_err
                 ),
             })?
         }

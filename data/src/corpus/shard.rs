@@ -297,20 +297,35 @@ pub fn compress_frame(raw: &[u8], level: i32) -> Vec<u8> {
 }
 
 /// Decompress one frame, checking its size and zstd checksum.
+///
+/// The declared size (from the index or the frame header) is not trusted with an allocation: a
+/// frame that claims a gigabyte but holds a few bytes would otherwise cost a gigabyte. Small
+/// frames (the common case: at most 64× their compressed size) decode in one call into a buffer
+/// of the declared size; larger claims stream, so memory grows only with what actually decodes.
 pub(crate) fn decompress_frame(
     bytes: &[u8],
     raw_len: usize,
 ) -> std::result::Result<Vec<u8>, String> {
-    DECOMPRESSOR.with(|d| {
-        let mut d = d.borrow_mut();
-        let d =
-            d.get_or_insert_with(|| zstd::bulk::Decompressor::new().expect("zstd decompressor"));
-        let out = d.decompress(bytes, raw_len.max(1)).map_err(|e| format!("zstd: {e}"))?;
-        if out.len() != raw_len {
-            return Err(format!("decompressed to {} bytes, index says {raw_len}", out.len()));
-        }
-        Ok(out)
-    })
+    let out = if raw_len <= bytes.len().saturating_mul(64).max(1 << 16) {
+        DECOMPRESSOR.with(|d| {
+            let mut d = d.borrow_mut();
+            let d = d
+                .get_or_insert_with(|| zstd::bulk::Decompressor::new().expect("zstd decompressor"));
+            d.decompress(bytes, raw_len.max(1)).map_err(|e| format!("zstd: {e}"))
+        })?
+    } else {
+        use std::io::Read;
+        let mut out = Vec::new();
+        let dec =
+            zstd::stream::read::Decoder::with_buffer(bytes).map_err(|e| format!("zstd: {e}"))?;
+        // One byte more than declared is enough to tell that the declaration is wrong.
+        dec.take(raw_len as u64 + 1).read_to_end(&mut out).map_err(|e| format!("zstd: {e}"))?;
+        out
+    };
+    if out.len() != raw_len {
+        return Err(format!("decompressed to {} bytes, index says {raw_len}", out.len()));
+    }
+    Ok(out)
 }
 
 pub fn frame_hash(bytes: &[u8]) -> [u8; 16] {
