@@ -154,11 +154,9 @@ fn bad_input_fails_clearly() {
             let mut out: Vec<(String, Vec<usize>, Vec<u8>)> = vec![];
             for (name, t) in st.tensors() {
                 let data = t.data();
-                let (shape, data) = if cut == 0 {
-                    (vec![], data[..4].to_vec())
-                } else {
-                    let n = t.shape()[0] / cut;
-                    (vec![n], data[..4 * n].to_vec())
+                let (shape, data) = match t.shape()[0].checked_div(cut) {
+                    None => (vec![], data[..4].to_vec()),
+                    Some(n) => (vec![n], data[..4 * n].to_vec()),
                 };
                 out.push((name, shape, data));
             }
