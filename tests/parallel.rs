@@ -195,6 +195,109 @@ fn every_world_size_and_shard_mode_gives_the_single_device_run() {
     }
 }
 
+/// Issue 13: `shard = "parameters"` (each rank holds 1/N of the weights; every layer is gathered
+/// for its forward and again, with activation checkpointing, for its backward; gradients are
+/// reduce-scattered unit by unit) gives the world-size-1 run, for Llama and Qwen2 (biases), with
+/// and without activation checkpointing, with packing, and resumes at another world size and
+/// in another mode.
+#[test]
+fn parameter_sharding_gives_the_single_device_run() {
+    let d = tempfile::tempdir().unwrap();
+    let corpus = short_corpus(d.path(), 60, true);
+    let llama = tiny(d.path(), Arch::Llama);
+    for arch in [Arch::Llama, Arch::Qwen2] {
+        let model = if arch == Arch::Llama { llama.clone() } else { tiny(d.path(), arch) };
+        let name = arch.model_type();
+        let cases: &[(usize, &str)] = if arch == Arch::Llama {
+            &[(2, ""), (3, "activation_checkpointing = true")]
+        } else {
+            &[(3, ""), (2, "activation_checkpointing = true\n[train.data]\npacking = true")]
+        };
+        for &(world, extra) in cases {
+            // The world-size-1 run of the same recipe (`parameters` at world size 1 is `none`).
+            let tag = if extra.is_empty() { "plain" } else { "ckpt" };
+            let base = d.path().join(format!("{name}-{tag}-w1"));
+            let body = |out: &Path| {
+                let parallel = "[train.parallel]\nshard = \"parameters\"\nbucket_mb = 0.05";
+                match extra.split_once("[train.data]") {
+                    // Extra data keys go into [train.data] (the recipe's own section).
+                    Some((train_keys, data_keys)) => {
+                        let text = recipe_text(
+                            &model,
+                            &corpus,
+                            out,
+                            10,
+                            &format!("{train_keys}{parallel}"),
+                        )
+                        .replace("[train.data]\n", &format!("[train.data]{data_keys}\n"));
+                        let v: toml::Value = toml::from_str(&text).unwrap();
+                        v["train"].clone().try_into().unwrap()
+                    }
+                    None => config(&model, &corpus, out, 10, &format!("{extra}\n{parallel}")),
+                }
+            };
+            run(&body(&base), 1, false).unwrap();
+            let out = d.path().join(format!("{name}-{tag}-w{world}-parameters"));
+            run(&body(&out), world, false).unwrap();
+            assert_same(&format!("{name} world {world} parameters ({tag})"), &base, &out, 1e-6);
+            // It ran sharded: each rank wrote its own moments, recorded as `parameters`.
+            let index =
+                std::fs::read_to_string(out.join("checkpoints/step-000010/optimizer/shards.json"))
+                    .unwrap();
+            assert!(index.contains("\"parameters\""), "{index}");
+            assert!(
+                metrics(&out)
+                    .iter()
+                    .filter(|v| v.get("loss").is_some())
+                    .all(|v| v["comm_s"].as_f64().unwrap() > 0.0)
+            );
+        }
+    }
+
+    // Resume: a run killed at step 7 (a rank dies) continues from its step-5 checkpoint at
+    // another world size or mode: `parameters` → `parameters` at 3, → `none` at 1, and a
+    // `gradients` checkpoint → `parameters`.
+    let model = llama;
+    let base = d.path().join("resume-base");
+    run(&config(&model, &corpus, &base, 10, ""), 1, false).unwrap();
+    let cases = [
+        ("cpu:2", "parameters", "cpu:3", "parameters"),
+        ("cpu:2", "parameters", "cpu", "none"),
+        ("cpu:3", "gradients", "cpu:2", "parameters"),
+    ];
+    for (dev1, mode1, dev2, mode2) in cases {
+        let out = d.path().join(format!(
+            "resume-{mode1}-{}-{mode2}-{}",
+            dev1.replace(':', ""),
+            dev2.replace(':', "")
+        ));
+        let extra = format!("[train.parallel]\nshard = \"{mode1}\"\nbucket_mb = 0.05");
+        let r = recipe_file(&model, &corpus, &out, 10, &extra);
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_distill"))
+            .args(["train", "--recipe", r.to_str().unwrap(), "--devices", dev1])
+            .env("DISTILL_FAULT_INJECT", "rank=1,step=7")
+            .output()
+            .unwrap();
+        assert!(
+            !o.status.success() && out.join("checkpoints/step-000005").exists(),
+            "{}",
+            text(&o)
+        );
+        let o = distill(&[
+            "train",
+            "--recipe",
+            r.to_str().unwrap(),
+            "--resume",
+            "--devices",
+            dev2,
+            "--set",
+            &format!("train.parallel.shard=\"{mode2}\""),
+        ]);
+        assert!(o.status.success(), "{mode1} {dev1} -> {mode2} {dev2}: {}", text(&o));
+        assert_same(&format!("resume {mode1} {dev1} -> {mode2} {dev2}"), &base, &out, 1e-6);
+    }
+}
+
 #[test]
 fn a_sharded_checkpoint_resumes_at_the_same_and_at_another_world_size() {
     let d = tempfile::tempdir().unwrap();

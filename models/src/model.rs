@@ -5,7 +5,7 @@
 //! shapes come from the parameter spec ([`crate::spec`]), which load, export and `params_mut`
 //! walk in the same order.
 
-use burn::module::{Module, Param};
+use burn::module::{Module, Param, ParamId};
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::TensorData;
@@ -16,7 +16,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::rope::{self, Rope};
-use crate::spec::{Cursor, Dims, Kind};
+use crate::spec::{Cursor, Dims, Kind, ParamSpec};
 use crate::weights::{WeightSink, WeightSource};
 
 /// `y = x Wᵀ + b`. HF stores `W` as `[out, in]`; it is kept here transposed, `[in, out]`, so
@@ -49,6 +49,18 @@ impl<B: Backend> Linear<B> {
                 None => None,
             },
         })
+    }
+
+    /// From flat tensors in spec order (the weight flattened `[in, out]`, as the trainer's flat
+    /// layout holds it), e.g. gathered from shards just before use. The tensors become the
+    /// parameters as they are (tracked or not).
+    fn from_flat(at: &mut Cursor, next: &mut dyn FnMut(&ParamSpec) -> Tensor<B, 1>) -> Self {
+        let spec = at.next(Kind::Weight);
+        let weight = next(spec).reshape([spec.shape[1], spec.shape[0]]);
+        Linear {
+            weight: Param::initialized(ParamId::new(), weight),
+            bias: at.next_if(Kind::Bias).map(|b| Param::initialized(ParamId::new(), next(b))),
+        }
     }
 
     fn export(&self, at: &mut Cursor, sink: &mut dyn WeightSink) {
@@ -100,6 +112,16 @@ impl<B: Backend> RmsNorm<B> {
 
     fn export(&self, at: &mut Cursor, sink: &mut dyn WeightSink) {
         sink.put(&at.next(Kind::Norm).name, self.weight.val());
+    }
+
+    /// See [`Linear::from_flat`].
+    pub fn from_flat(
+        at: &mut Cursor,
+        eps: f64,
+        next: &mut dyn FnMut(&ParamSpec) -> Tensor<B, 1>,
+    ) -> Self {
+        let spec = at.next(Kind::Norm);
+        RmsNorm { weight: Param::initialized(ParamId::new(), next(spec)), eps }
     }
 
     /// `[.., dim]` → `[.., dim]`, computed on a 2-D view (contiguous element-wise ops). Under bf16
@@ -235,6 +257,36 @@ impl<B: Backend> Attention<B> {
         })
     }
 
+    fn from_flat(
+        at: &mut Cursor,
+        d: &Dims,
+        eps: f64,
+        next: &mut dyn FnMut(&ParamSpec) -> Tensor<B, 1>,
+    ) -> Self {
+        let (q_proj, k_proj, v_proj, o_proj) = (
+            Linear::from_flat(at, next),
+            Linear::from_flat(at, next),
+            Linear::from_flat(at, next),
+            Linear::from_flat(at, next),
+        );
+        let (q_norm, k_norm) = if d.qk_norm {
+            (Some(RmsNorm::from_flat(at, eps, next)), Some(RmsNorm::from_flat(at, eps, next)))
+        } else {
+            (None, None)
+        };
+        Attention {
+            q_proj,
+            k_proj,
+            v_proj,
+            o_proj,
+            q_norm,
+            k_norm,
+            n_heads: d.heads,
+            n_kv_heads: d.kv_heads,
+            head_dim: d.head_dim,
+        }
+    }
+
     fn export(&self, at: &mut Cursor, sink: &mut dyn WeightSink) {
         for l in [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj] {
             l.export(at, sink);
@@ -332,6 +384,14 @@ impl<B: Backend> Mlp<B> {
         }
     }
 
+    fn from_flat(at: &mut Cursor, next: &mut dyn FnMut(&ParamSpec) -> Tensor<B, 1>) -> Self {
+        Mlp {
+            gate_proj: Linear::from_flat(at, next),
+            up_proj: Linear::from_flat(at, next),
+            down_proj: Linear::from_flat(at, next),
+        }
+    }
+
     /// SwiGLU: `down(silu(gate(x)) * up(x))`.
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         self.down_proj.forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
@@ -368,6 +428,72 @@ impl<B: Backend> DecoderLayer<B> {
         self.input_layernorm.export(at, sink);
         self.post_attention_layernorm.export(at, sink);
     }
+
+    /// One layer from flat tensors in spec order (see [`Linear::from_flat`]): parameter sharding
+    /// builds a layer this way from weights gathered just before its forward.
+    pub fn from_flat(
+        at: &mut Cursor,
+        d: &Dims,
+        eps: f64,
+        next: &mut dyn FnMut(&ParamSpec) -> Tensor<B, 1>,
+    ) -> Self {
+        DecoderLayer {
+            self_attn: Attention::from_flat(at, d, eps, next),
+            mlp: Mlp::from_flat(at, next),
+            input_layernorm: RmsNorm::from_flat(at, eps, next),
+            post_attention_layernorm: RmsNorm::from_flat(at, eps, next),
+        }
+    }
+
+    /// `x` `[batch, seq, hidden]` → `[batch, seq, hidden]`: attention and MLP, each pre-normed
+    /// and added to its residual. With a cache slot, this layer's keys and values go into it.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        ctx: &LayerCtx<'_, B>,
+        cache: Option<(&mut LayerKv<B>, usize)>,
+    ) -> Tensor<B, 3> {
+        let a = self.self_attn.forward(
+            self.input_layernorm.forward(x.clone()),
+            &ctx.rope_q,
+            &ctx.rope_k,
+            ctx.mask,
+            cache,
+        );
+        let x = x + a;
+        x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
+    }
+}
+
+/// What every layer of one forward pass shares: the rotary tables for the query and key heads at
+/// the batch's positions, and the attention mask.
+pub struct LayerCtx<'a, B: Backend> {
+    pub rope_q: (Tensor<B, 2>, Tensor<B, 2>),
+    pub rope_k: (Tensor<B, 2>, Tensor<B, 2>),
+    pub mask: &'a AttnMask<B>,
+}
+
+impl<'a, B: Backend> LayerCtx<'a, B> {
+    /// For `positions` `[batch, seq]` and layers of `heads` query and `kv_heads` key heads.
+    pub fn new(
+        rope: &Rope<B>,
+        positions: &Tensor<B, 2, Int>,
+        heads: usize,
+        kv_heads: usize,
+        mask: &'a AttnMask<B>,
+    ) -> Self {
+        let tables = rope.tables(positions);
+        let rope_q = tables.for_heads(heads);
+        let rope_k = if kv_heads == heads { rope_q.clone() } else { tables.for_heads(kv_heads) };
+        LayerCtx { rope_q, rope_k, mask }
+    }
+}
+
+/// Token embeddings: `ids` `[batch, seq]` → `[batch, seq, hidden]` rows of `table` `[vocab, hidden]`.
+pub fn embed<B: Backend>(table: Tensor<B, 2>, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+    let [b, t] = ids.dims();
+    let d = table.dims()[1];
+    table.select(0, ids.reshape([b * t])).reshape([b, t, d])
 }
 
 /// HF's `LlamaModel`: embeddings, layers, final norm (the `model.` prefix).
@@ -456,30 +582,18 @@ impl<B: Backend> CausalLm<B> {
         mask: &AttnMask<B>,
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
-        let [b, t] = input_ids.dims();
-        let d = self.model.embed_tokens.dims()[1];
-        let mut x =
-            self.model.embed_tokens.val().select(0, input_ids.reshape([b * t])).reshape([b, t, d]);
-        let tables = rope.tables(&positions);
+        let t = input_ids.dims()[1];
+        let mut x = embed(self.model.embed_tokens.val(), input_ids);
         let (h, kv) = self
             .model
             .layers
             .first()
             .map_or((1, 1), |l| (l.self_attn.n_heads, l.self_attn.n_kv_heads));
-        let rope_q = tables.for_heads(h);
-        let rope_k = if kv == h { rope_q.clone() } else { tables.for_heads(kv) };
+        let ctx = LayerCtx::new(rope, &positions, h, kv, mask);
         let start = cache.as_deref().map_or(0, KvCache::len);
         for (i, layer) in self.model.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| (&mut c.layers[i], start));
-            let a = layer.self_attn.forward(
-                layer.input_layernorm.forward(x.clone()),
-                &rope_q,
-                &rope_k,
-                mask,
-                slot,
-            );
-            x = x + a;
-            x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
+            x = layer.forward(x, &ctx, slot);
         }
         if let Some(c) = cache {
             c.len += t;

@@ -18,8 +18,6 @@ use super::parallel::{Layout, Parallel, ShardMode};
 use crate::error::{Error, IoContext, Result};
 use distill_models::checkpoint::{Checkpoint, SaveDtype, write_sharded};
 use distill_models::config::ModelConfig;
-use distill_models::model::CausalLm;
-use distill_models::weights::{Collect, WeightSink};
 
 pub const FORMAT: &str = "distill-train-checkpoint";
 pub const VERSION: u32 = 1;
@@ -50,9 +48,9 @@ pub fn dir_name(step: u64) -> String {
 /// range under `optimizer/rank-NNNNN/` with `optimizer/shards.json` saying how they were cut.
 /// Ranks meet at three barriers that carry failure, so a rank that cannot write fails them all.
 #[allow(clippy::too_many_arguments)]
-pub fn save<B: Backend, O: Backend>(
+pub fn save<O: Backend>(
     root: &Path,
-    model: &CausalLm<B>,
+    weights: &[(String, Vec<usize>, Vec<f32>)],
     config: &ModelConfig,
     opt: &AdamW<O>,
     state: &RunState,
@@ -88,7 +86,7 @@ pub fn save<B: Backend, O: Backend>(
     }
     // 3. Rank 0: the model, config, state and shard index; then the rename.
     let finished = if lead {
-        finish_dir(root, &tmp, &dst, model, config, state, keep, par, wrote.unwrap_or_default())
+        finish_dir(root, &tmp, &dst, weights, config, state, keep, par, wrote.unwrap_or_default())
     } else {
         Ok(())
     };
@@ -137,21 +135,19 @@ struct ShardIndex {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn finish_dir<B: Backend, O: Backend>(
+fn finish_dir<O: Backend>(
     root: &Path,
     tmp: &Path,
     dst: &Path,
-    model: &CausalLm<B>,
+    weights: &[(String, Vec<usize>, Vec<f32>)],
     config: &ModelConfig,
     state: &RunState,
     keep: usize,
     par: &Parallel<O>,
     mut files: Vec<PathBuf>,
 ) -> Result<()> {
-    let mut sink = Collect::default();
-    model.export(&mut sink as &mut dyn WeightSink);
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    files.extend(write_sharded(tmp, &sink.0, SaveDtype::F32, u64::MAX, &meta)?);
+    files.extend(write_sharded(tmp, weights, SaveDtype::F32, u64::MAX, &meta)?);
     let write = |p: PathBuf, bytes: Vec<u8>| -> Result<PathBuf> {
         std::fs::write(&p, bytes).at(&p)?;
         Ok(p)
@@ -206,6 +202,14 @@ pub fn load_model<B: Backend>(
     dir: &Path,
     device: &B::Device,
 ) -> Result<(RunState, distill_models::hf::Loaded<B>)> {
+    let state = load_state(dir)?;
+    let loaded = distill_models::hf::load_model::<B>(dir, device)
+        .map_err(|e| Error::Invalid(format!("checkpoint {} is unusable: {e}", dir.display())))?;
+    Ok((state, loaded))
+}
+
+/// A checkpoint's `state.json`, checked.
+pub fn load_state(dir: &Path) -> Result<RunState> {
     let bad =
         |msg: String| Error::Invalid(format!("checkpoint {} is unusable: {msg}", dir.display()));
     let sp = dir.join("state.json");
@@ -218,9 +222,7 @@ pub fn load_model<B: Backend>(
             state.format, state.version
         )));
     }
-    let loaded =
-        distill_models::hf::load_model::<B>(dir, device).map_err(|e| bad(e.to_string()))?;
-    Ok((state, loaded))
+    Ok(state)
 }
 
 /// Load AdamW's moments for the ranges this rank owns under `par`, whatever world size and shard

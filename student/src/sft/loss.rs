@@ -21,6 +21,44 @@ pub struct LossSums<B: Backend> {
     pub kd_positions: usize,
 }
 
+/// The LM head: a `[hidden, vocab]` weight (a transposed view of the embedding when tied) and
+/// the bias, if it has one.
+pub struct Head<B: Backend> {
+    pub weight: Tensor<B, 2>,
+    pub bias: Option<Tensor<B, 1>>,
+}
+
+impl<B: Backend> Head<B> {
+    pub fn of(model: &CausalLm<B>) -> Self {
+        match &model.lm_head {
+            Some(h) => Head { weight: h.weight.val(), bias: h.bias.as_ref().map(|b| b.val()) },
+            None => Head { weight: model.model.embed_tokens.val().transpose(), bias: None },
+        }
+    }
+
+    /// `[n, hidden]` → `[n, vocab]`.
+    fn logits(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let y = x.matmul(self.weight.clone());
+        match &self.bias {
+            Some(b) => y + b.clone().unsqueeze(),
+            None => y,
+        }
+    }
+}
+
+/// The batch's input ids `[rows, len]`, attention mask and positions.
+pub fn inputs<B: Backend>(
+    batch: &Batch,
+    device: &B::Device,
+) -> (Tensor<B, 2, Int>, distill_models::model::AttnMask<B>, Tensor<B, 2, Int>) {
+    let (r, t) = (batch.rows, batch.len);
+    let ids: Vec<i64> = batch.ids.iter().map(|&x| x as i64).collect();
+    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [r, t]), device);
+    let docs: Vec<Vec<u32>> = batch.docs.chunks(t).map(<[u32]>::to_vec).collect();
+    let (mask, positions) = masks::packed::<B>(&docs, device);
+    (input, mask, positions)
+}
+
 /// Forward the batch and compute the loss sums. Only positions with a target go through the
 /// LM head, so prompt tokens and padding cost no vocabulary-sized logits.
 pub fn losses<B: Backend>(
@@ -29,12 +67,19 @@ pub fn losses<B: Backend>(
     batch: &Batch,
     device: &B::Device,
 ) -> LossSums<B> {
-    let (r, t) = (batch.rows, batch.len);
-    let ids: Vec<i64> = batch.ids.iter().map(|&x| x as i64).collect();
-    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [r, t]), device);
-    let docs: Vec<Vec<u32>> = batch.docs.chunks(t).map(<[u32]>::to_vec).collect();
-    let (mask, positions) = masks::packed::<B>(&docs, device);
+    let (input, mask, positions) = inputs(batch, device);
     let hidden = model.forward_hidden(input, positions, rope, &mask, None); // [r, t, d]
+    losses_from_hidden(&Head::of(model), hidden, batch, device)
+}
+
+/// The loss sums from the final (normed) hidden states `[rows, len, hidden]` and the LM head.
+pub fn losses_from_hidden<B: Backend>(
+    head: &Head<B>,
+    hidden: Tensor<B, 3>,
+    batch: &Batch,
+    device: &B::Device,
+) -> LossSums<B> {
+    let (r, t) = (batch.rows, batch.len);
     let d = hidden.dims()[2];
     let flat = hidden.reshape([r * t, d]);
 
@@ -48,17 +93,16 @@ pub fn losses<B: Backend>(
         device,
     );
     let selected = flat.select(0, idx); // [tokens, d]
-    if batch.kd.is_empty()
-        && std::env::var_os("DISTILL_PLAIN_CE").is_none()
-        && let Some(w) = model.lm_head_weight()
+    if batch.kd.is_empty() && std::env::var_os("DISTILL_PLAIN_CE").is_none() && head.bias.is_none()
     {
+        let w = head.weight.clone();
         // Cross-entropy alone: through the LM head chunk by chunk, never the [tokens, vocab]
         // logits (crate::lm_head_loss). DISTILL_PLAIN_CE=1 computes them whole (to measure).
         let targets: Vec<u32> = rows.iter().map(|&i| batch.targets[i].unwrap()).collect();
         let ce = crate::lm_head_loss::cross_entropy_sum(selected, w, &targets);
         return LossSums { ce, kd: None, tokens, kd_positions: 0 };
     }
-    let logits = model.logits(selected).cast(burn::tensor::DType::F32); // [tokens, vocab], f32 under bf16 compute too
+    let logits = head.logits(selected).cast(burn::tensor::DType::F32); // [tokens, vocab], f32 under bf16 compute too
     let logp = log_softmax(logits.clone(), 1);
     let targets: Vec<i64> = rows.iter().map(|&i| batch.targets[i].unwrap() as i64).collect();
     let tgt = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [tokens, 1]), device);

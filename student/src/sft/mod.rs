@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod fsdp;
 pub mod loss;
 pub mod optim;
 pub mod pack;

@@ -42,8 +42,8 @@ pub enum ShardMode {
     Optimizer,
     /// ZeRO-2: moments and the accumulated gradient sharded.
     Gradients,
-    /// ZeRO-3 / FSDP: the parameters too. Planned (`distill plan` estimates it); the trainer does
-    /// not run it yet.
+    /// ZeRO-3 / FSDP: the parameters too, gathered unit by unit for the step (see
+    /// [`super::fsdp`]).
     Parameters,
 }
 
@@ -207,11 +207,6 @@ impl ParallelConfig {
                 "[train.parallel] bucket_mb must be a positive number of MB, not {}",
                 self.bucket_mb
             )));
-        }
-        if self.shard == ShardMode::Parameters {
-            return Err(Error::Invalid(
-                "[train.parallel] shard = \"parameters\" (FSDP / ZeRO-3) is planned but not in the trainer yet; `distill plan` shows what it would need. Use \"gradients\" or \"optimizer\"".into(),
-            ));
         }
         if let Some(d) = &self.devices {
             distill_models::device::parse_devices(d)
@@ -551,6 +546,78 @@ impl<B: Backend> Parallel<B> {
                 out.push(flat.clone().slice(at..at + n));
                 at += n;
             }
+        }
+        Ok(out)
+    }
+}
+
+impl<B: Backend> Parallel<B> {
+    /// All-gather of the parameters `params` (a range of slots, e.g. one layer) in `dtype`: each
+    /// rank contributes its owned slices of `own` (f32 masters, indexed by slot) cast to `dtype`,
+    /// and every rank receives each parameter whole, flat. One all-reduce of a zero-padded buffer
+    /// (x + 0 is x: the result is bit-identical to the owners' values). At world size 1 it is
+    /// the cast alone.
+    pub fn gather(
+        &self,
+        params: Range<usize>,
+        own: &[Option<Tensor<B, 1>>],
+        dtype: burn::tensor::DType,
+        device: &B::Device,
+    ) -> Result<Vec<Tensor<B, 1>>> {
+        if self.world() == 1 {
+            return params
+                .map(|i| {
+                    own[i].clone().map(|t| t.cast(dtype)).ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "parameter {} has no master",
+                            self.layout.slots[i].name
+                        ))
+                    })
+                })
+                .collect();
+        }
+        let len = self.layout.len_of(&params);
+        let mut flat = Tensor::<B, 1>::zeros([len], device).cast(dtype);
+        let mut at = 0;
+        for i in params.clone() {
+            if let (Some(r), Some(t)) = (self.owned(i), own[i].as_ref()) {
+                flat = flat.slice_assign(at + r.start..at + r.end, t.clone().cast(dtype));
+            }
+            at += self.layout.slots[i].numel;
+        }
+        let flat = self.comm.all_reduce(flat)?;
+        let mut out = Vec::with_capacity(params.len());
+        let mut at = 0;
+        for i in params {
+            let n = self.layout.slots[i].numel;
+            out.push(flat.clone().slice(at..at + n));
+            at += n;
+        }
+        Ok(out)
+    }
+
+    /// Reduce-scatter of the full gradients `grads` of the parameters `params` (`grads[k]` is
+    /// slot `params.start + k`; `None` counts as zeros): summed over ranks, each rank keeps its
+    /// owned slices (f32). At world size 1 it is the identity.
+    pub fn reduce_scatter(
+        &self,
+        params: Range<usize>,
+        grads: Vec<Option<Tensor<B, 1>>>,
+        device: &B::Device,
+    ) -> Result<Vec<Option<Tensor<B, 1>>>> {
+        if self.world() == 1 {
+            return Ok(grads);
+        }
+        let mut full: Vec<Option<Tensor<B, 1>>> = vec![None; self.layout.slots.len()];
+        for (i, g) in params.clone().zip(grads) {
+            full[i] = g;
+        }
+        let flat = self.comm.all_reduce(self.concat(&params, &full, device))?;
+        let mut out = Vec::with_capacity(params.len());
+        let mut at = 0;
+        for i in params {
+            out.push(self.owned(i).map(|r| own_copy(flat.clone().slice(at + r.start..at + r.end))));
+            at += self.layout.slots[i].numel;
         }
         Ok(out)
     }

@@ -124,12 +124,18 @@ impl MemoryPlan {
         let compute_bytes = if s.bf16 { 2.0 } else { 4.0 };
         let gradients = match mode {
             ShardMode::Gradients => 4.0 * pf + 4.0 * pf / n,
-            ShardMode::Parameters => 4.0 * pf / n + 4.0 * unit,
+            // The owned f32 slices, plus one unit's transient: its gradient in the compute dtype,
+            // cast to f32, and the all-reduce's f32 result.
+            ShardMode::Parameters => 4.0 * pf / n + unit * (compute_bytes + 8.0),
             _ => 4.0 * pf * if accumulates { 2.0 } else { 1.0 },
         };
         let moments = if mode.sharded() { 8.0 * pf / n } else { 8.0 * pf };
         let (weights, compute_copy) = match mode {
-            ShardMode::Parameters => (4.0 * pf / n, 2.0 * unit * compute_bytes),
+            // Gathered weights: two units at a time with checkpointing (the one running and the
+            // head or embedding at the ends); without it every layer's graph keeps its weights
+            // from the forward to its backward.
+            ShardMode::Parameters if s.checkpointing => (4.0 * pf / n, 2.0 * unit * compute_bytes),
+            ShardMode::Parameters => (4.0 * pf / n, pf * compute_bytes),
             _ => (4.0 * pf, if s.bf16 { 2.0 * pf } else { 0.0 }),
         };
         let tokens = (s.micro_batch * s.seq) as f64;

@@ -16,6 +16,7 @@ use serde_json::json;
 
 use super::checkpoint::{self, RunState};
 use super::data::{self, DataConfig, DataReport};
+use super::fsdp::Fsdp;
 use super::loss::losses;
 use super::optim::{AdamW, OptimConfig};
 use super::pack::{self, Batch};
@@ -400,8 +401,9 @@ fn run_rank<B: AutodiffBackend>(
     let ckpt_root = cfg.output.join("checkpoints");
     let resume_dir =
         if sh.resume { checkpoint::list(&ckpt_root)?.pop().map(|(_, d)| d) } else { None };
-    let (mut state, loaded) = match &resume_dir {
-        Some(dir) => checkpoint::load_model::<B>(dir, &device)?,
+    // Where the weights come from: the student, or the checkpoint to resume.
+    let (mut state, weights_dir) = match &resume_dir {
+        Some(dir) => (checkpoint::load_state(dir)?, dir.clone()),
         None => {
             let st = RunState {
                 format: checkpoint::FORMAT.into(),
@@ -413,14 +415,35 @@ fn run_rank<B: AutodiffBackend>(
                 elapsed_s: 0.0,
                 recipe: sh.recipe.clone(),
             };
-            (st, hf::load_model::<B>(&cfg.model, &device)?)
+            (st, cfg.model.clone())
         }
     };
-    let config = loaded.config.clone();
-    let mut model: CausalLm<B> = loaded.model;
-    let layout =
-        Layout::new(&param_sizes(&mut model), world, (cfg.parallel.bucket_mb * 1e6) as usize);
+    let unusable = |e: distill_models::Error| match &resume_dir {
+        Some(dir) => Error::Invalid(format!("checkpoint {} is unusable: {e}", dir.display())),
+        None => e.into(),
+    };
+    let config = distill_models::ModelConfig::from_file(&weights_dir.join("config.json"))
+        .map_err(unusable)?;
+    // The flat layout comes from the parameter spec (the order `params_mut` walks).
+    let sizes: Vec<(String, usize)> = distill_models::spec::param_specs(&config)
+        .into_iter()
+        .map(|s| (s.name, s.shape.iter().product()))
+        .collect();
+    let layout = Layout::new(&sizes, world, (cfg.parallel.bucket_mb * 1e6) as usize);
     let par = Parallel { comm, mode: cfg.parallel.shard, layout };
+    // Under `parameters`, each rank reads only its slices; otherwise every rank the whole model.
+    // At world size 1 there is nothing to shard: `parameters` runs as `none`.
+    let mut student: Student<B> = if cfg.parallel.shard == ShardMode::Parameters && world > 1 {
+        let ckpt = distill_models::checkpoint::Checkpoint::open(&weights_dir).map_err(unusable)?;
+        let mut src = distill_models::weights::CheckpointSource::new(&ckpt);
+        Student::Sharded(Fsdp::load(&config, &mut src, &par, &device).map_err(|e| match e {
+            Error::Model(m) => unusable(m),
+            e => e,
+        })?)
+    } else {
+        let loaded = hf::load_model::<B>(&weights_dir, &device).map_err(unusable)?;
+        Student::Whole(loaded.model)
+    };
     let mut opt = match &resume_dir {
         Some(dir) => checkpoint::load_optimizer::<B::InnerBackend>(
             dir,
@@ -474,26 +497,39 @@ fn run_rank<B: AutodiffBackend>(
     }
 
     // Held-out loss: eval rows are split over the ranks, the sums reduced.
-    let eval_loss = |model: &CausalLm<B>| -> Result<Option<f64>> {
+    let eval_loss = |student: &Student<B>| -> Result<Option<f64>> {
         if sh.eval_rows.is_empty() {
             return Ok(None);
         }
-        let inner = model.valid();
         let rope = Rope::<B::InnerBackend>::new(&config, &device);
         let (mut sum, mut n) = (0.0, 0usize);
-        for (c, chunk) in sh.eval_rows.chunks(cfg.micro_batch.max(1)).enumerate() {
-            if c % world != rank {
-                continue;
+        match student {
+            Student::Whole(model) => {
+                let inner = model.valid();
+                for (c, chunk) in sh.eval_rows.chunks(cfg.micro_batch.max(1)).enumerate() {
+                    if c % world != rank {
+                        continue;
+                    }
+                    let b = pack::build(&sh.eval_ex, chunk, seq, sh.pad);
+                    let l = losses(&inner, &rope, &b, &device);
+                    sum += l.ce.into_scalar().elem::<f64>();
+                    n += l.tokens;
+                }
             }
-            let b = pack::build(&sh.eval_ex, chunk, seq, sh.pad);
-            let l = losses(&inner, &rope, &b, &device);
-            sum += l.ce.into_scalar().elem::<f64>();
-            n += l.tokens;
+            Student::Sharded(f) => {
+                // Every rank joins every gather: all chunks are built, each rank runs its own.
+                let chunks: Vec<Batch> = sh
+                    .eval_rows
+                    .chunks(cfg.micro_batch.max(1))
+                    .map(|chunk| pack::build(&sh.eval_ex, chunk, seq, sh.pad))
+                    .collect();
+                (sum, n) = super::fsdp::eval_sums(f, &rope, &chunks, &device, &par)?;
+            }
         }
         let r = par.comm.sum(&[sum, n as f64], &device)?;
         Ok((r[1] > 0.0).then(|| r[0] / r[1]))
     };
-    let first_eval = if state.step == 0 { eval_loss(&model)? } else { None };
+    let first_eval = if state.step == 0 { eval_loss(&student)? } else { None };
     if let Some(l) = first_eval {
         log(&mut metrics, &metrics_path, json!({"step": 0, "eval_loss": l}))?;
         if lead {
@@ -538,19 +574,34 @@ fn run_rank<B: AutodiffBackend>(
         }
         let seen: u64 = micro.iter().map(|b| b.real_tokens as u64).sum();
         let lr = cfg.optim.lr_at(state.step, total);
-        let out = parallel_step(
-            &mut model,
-            &rope,
-            &mut opt,
-            &micro,
-            cfg.kd_weight,
-            cfg.optim.max_grad_norm,
-            lr,
-            cfg.compute(),
-            &device,
-            &par,
-            false,
-        )?;
+        let out = match &mut student {
+            Student::Whole(model) => parallel_step(
+                model,
+                &rope,
+                &mut opt,
+                &micro,
+                cfg.kd_weight,
+                cfg.optim.max_grad_norm,
+                lr,
+                cfg.compute(),
+                &device,
+                &par,
+                false,
+            )?,
+            Student::Sharded(f) => super::fsdp::fsdp_step(
+                f,
+                &rope,
+                &mut opt,
+                &micro,
+                cfg.kd_weight,
+                cfg.optim.max_grad_norm,
+                lr,
+                cfg.compute(),
+                &device,
+                &par,
+                cfg.activation_checkpointing,
+            )?,
+        };
         let (loss, ce, kd, grad_norm, n_tokens) =
             (out.loss, out.ce, out.kd, out.grad_norm, out.tokens);
         if !loss.is_finite() || !grad_norm.is_finite() {
@@ -589,7 +640,7 @@ fn run_rank<B: AutodiffBackend>(
         if cfg.eval_every > 0
             && state.step % cfg.eval_every == 0
             && state.step < total
-            && let Some(l) = eval_loss(&model)?
+            && let Some(l) = eval_loss(&student)?
         {
             log(&mut metrics, &metrics_path, json!({"step": state.step, "eval_loss": l}))?;
             if lead {
@@ -603,7 +654,7 @@ fn run_rank<B: AutodiffBackend>(
             state.elapsed_s = elapsed0 + t_run.elapsed().as_secs_f64();
             let dir = checkpoint::save(
                 &ckpt_root,
-                &model,
+                &student.consolidate(&par, &device)?,
                 &config,
                 &opt,
                 &state,
@@ -616,7 +667,7 @@ fn run_rank<B: AutodiffBackend>(
             }
         }
     }
-    if let Some(l) = eval_loss(&model)? {
+    if let Some(l) = eval_loss(&student)? {
         log(&mut metrics, &metrics_path, json!({"step": state.step, "eval_loss": l}))?;
         if lead {
             obs.eval(state.step, l);
@@ -627,9 +678,10 @@ fn run_rank<B: AutodiffBackend>(
         f.sync_all().at(&metrics_path)?;
     }
     state.elapsed_s = elapsed0 + t_run.elapsed().as_secs_f64();
+    let weights = student.consolidate(&par, &device)?;
     let dir = checkpoint::save(
         &ckpt_root,
-        &model,
+        &weights,
         &config,
         &opt,
         &state,
@@ -645,7 +697,7 @@ fn run_rank<B: AutodiffBackend>(
     // distilled from.
     let export_dir = cfg.output.join("export");
     let exported = if lead {
-        export(cfg, &sh.recipe, &sh.report, &model, &config, &state, &export_dir)
+        export(cfg, &sh.recipe, &sh.report, &weights, &config, &state, &export_dir)
     } else {
         Ok(())
     };
@@ -663,11 +715,11 @@ fn run_rank<B: AutodiffBackend>(
     })
 }
 
-fn export<B: Backend>(
+fn export(
     cfg: &TrainConfig,
     recipe: &serde_json::Value,
     report: &DataReport,
-    model: &CausalLm<B>,
+    weights: &[(String, Vec<usize>, Vec<f32>)],
     config: &distill_models::ModelConfig,
     state: &RunState,
     export_dir: &Path,
@@ -689,7 +741,7 @@ fn export<B: Backend>(
         metadata,
         overwrite: true,
     };
-    hf::export(model, config, &assets, export_dir, &opts)?;
+    hf::write_dir(export_dir, weights, config, &assets, &opts)?;
     distill_data::fsutil::atomic_write(
         &export_dir.join("distill.json"),
         &serde_json::to_vec_pretty(&provenance).expect("json"),
@@ -711,6 +763,32 @@ fn injected_fault() -> Option<(usize, u64)> {
         }
     }
     Some((rank?, step?))
+}
+
+/// The student as a rank holds it: the whole model, or its shards under `parameters`.
+enum Student<B: AutodiffBackend> {
+    Whole(CausalLm<B>),
+    Sharded(Fsdp<B::InnerBackend>),
+}
+
+impl<B: AutodiffBackend> Student<B> {
+    /// The model in HF layout for a checkpoint or an export: on rank 0 (every rank must call it;
+    /// under `parameters` it gathers), empty elsewhere.
+    fn consolidate(
+        &self,
+        par: &Parallel<B::InnerBackend>,
+        device: &B::Device,
+    ) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+        match self {
+            Student::Whole(_) if par.rank() != 0 => Ok(vec![]),
+            Student::Whole(model) => {
+                let mut sink = distill_models::weights::Collect::default();
+                model.export(&mut sink as &mut dyn distill_models::weights::WeightSink);
+                Ok(sink.0)
+            }
+            Student::Sharded(f) => f.consolidate(par, device),
+        }
+    }
 }
 
 /// Names and element counts of the trainable parameters, in `params_mut` order.
