@@ -22,6 +22,9 @@ fn tiny(dir: &Path, arch: Arch) -> PathBuf {
     tiny_student_with(dir, &format!("tiny-{}", arch.model_type()), 7, |cfg| {
         cfg.arch = arch;
         cfg.qkv_bias = arch == Arch::Qwen2;
+        // Qwen3: q/k norms, and an LM head of its own (the others tie it to the embedding).
+        cfg.qk_norm = arch == Arch::Qwen3;
+        cfg.tie_word_embeddings = arch != Arch::Qwen3;
         cfg.hidden_size = 65;
         cfg.intermediate_size = 97;
         let n = distill_student::sft::plan::param_count(cfg);
@@ -195,6 +198,47 @@ fn every_world_size_and_shard_mode_gives_the_single_device_run() {
     }
 }
 
+/// `corpus` with teacher top-4 log-probs on every completion token, aligned with the student's
+/// tokenization (as a teacher sharing the student's tokenizer would write them), for logit
+/// distillation (`kd_weight > 0`).
+fn kd_corpus(dir: &Path, model: &Path, corpus: &Path) -> PathBuf {
+    use distill_data::{Corpus, CorpusWriter, TokenLogprobs, WriterOptions};
+    let tok = distill_models::tokenizer::TextTokenizer::from_dir(model).unwrap();
+    let cfg: distill_student::sft::data::DataConfig = toml::from_str(&format!(
+        "corpus = [\"{}\"]\nmax_seq_len = 96\neval_fraction = 0.0\n",
+        corpus.display()
+    ))
+    .unwrap();
+    let (examples, _, _) = distill_student::sft::data::load(&cfg, &tok).unwrap();
+    let by_id: BTreeMap<String, Vec<u32>> = examples
+        .into_iter()
+        .map(|e| {
+            let start = e.assistant.iter().position(|&a| a).unwrap();
+            (e.id, e.ids[start..].to_vec())
+        })
+        .collect();
+    let vocab = tok.vocab_size() as u32;
+    let out = dir.join("kd-corpus");
+    let mut w = CorpusWriter::open(&out, WriterOptions::default()).unwrap();
+    for t in Corpus::open(corpus).unwrap().iter() {
+        let mut t = t.unwrap();
+        let tokens = by_id[&t.id].clone();
+        let n = tokens.len();
+        let mut lp = TokenLogprobs::new(4);
+        lp.token_logprobs = vec![-0.2; n];
+        lp.top_ids = tokens
+            .iter()
+            .flat_map(|&x| [x, (x + 1) % vocab, (x + 7) % vocab, (x + 13) % vocab])
+            .collect();
+        lp.top_logprobs = (0..n).flat_map(|i| [-0.2, -2.0 - (i % 3) as f32, -3.0, -4.5]).collect();
+        lp.tokens = tokens;
+        t.logprobs = Some(lp);
+        w.append(t).unwrap();
+    }
+    w.commit().unwrap();
+    out
+}
+
 /// Issue 13: `shard = "parameters"` (each rank holds 1/N of the weights; every layer is gathered
 /// for its forward and again, with activation checkpointing, for its backward; gradients are
 /// reduce-scattered unit by unit) gives the world-size-1 run, for Llama and Qwen2 (biases), with
@@ -205,11 +249,13 @@ fn parameter_sharding_gives_the_single_device_run() {
     let d = tempfile::tempdir().unwrap();
     let corpus = short_corpus(d.path(), 60, true);
     let llama = tiny(d.path(), Arch::Llama);
-    for arch in [Arch::Llama, Arch::Qwen2] {
+    for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3] {
         let model = if arch == Arch::Llama { llama.clone() } else { tiny(d.path(), arch) };
         let name = arch.model_type();
         let cases: &[(usize, &str)] = if arch == Arch::Llama {
             &[(2, ""), (3, "activation_checkpointing = true")]
+        } else if arch == Arch::Qwen3 {
+            &[(2, "activation_checkpointing = true"), (3, "")]
         } else {
             &[(3, ""), (2, "activation_checkpointing = true\n[train.data]\npacking = true")]
         };
@@ -252,6 +298,30 @@ fn parameter_sharding_gives_the_single_device_run() {
                     .all(|v| v["comm_s"].as_f64().unwrap() > 0.0)
             );
         }
+    }
+
+    // Logit distillation (teacher top-k) at 2 peers, and bf16 compute with activation
+    // checkpointing at 3 (bf16: the tolerance of the bf16 tests, reduction order now matters).
+    let kd = kd_corpus(d.path(), &llama, &corpus);
+    for (world, extra, tol) in [
+        (2, "kd_weight = 0.5", 1e-6),
+        (3, "compute_dtype = \"bf16\"\nactivation_checkpointing = true", 2e-2),
+    ] {
+        let tag = if extra.starts_with("kd") { "kd" } else { "bf16" };
+        let parallel = "[train.parallel]\nshard = \"parameters\"\nbucket_mb = 0.05";
+        let base = d.path().join(format!("llama-{tag}-w1"));
+        let data = if tag == "kd" { &kd } else { &corpus };
+        run(&config(&llama, data, &base, 10, extra), 1, false).unwrap();
+        if tag == "kd" {
+            assert!(
+                metrics(&base).iter().any(|v| v["kd"].as_f64().is_some_and(|k| k > 0.0)),
+                "no KD term"
+            );
+        }
+        let out = d.path().join(format!("llama-{tag}-w{world}-parameters"));
+        run(&config(&llama, data, &out, 10, &format!("{extra}\n{parallel}")), world, false)
+            .unwrap();
+        assert_same(&format!("llama world {world} parameters ({tag})"), &base, &out, tol);
     }
 
     // Resume: a run killed at step 7 (a rank dies) continues from its step-5 checkpoint at

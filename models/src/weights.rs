@@ -43,7 +43,10 @@ impl dyn WeightSink + '_ {
 
 /// Collects exported tensors in order.
 #[derive(Default)]
-pub struct Collect(pub Vec<(String, Vec<usize>, Vec<f32>)>);
+pub struct Collect(pub Vec<NamedTensor>);
+
+/// A tensor on the host by its HF name: `(name, HF shape, f32 data)`.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 
 impl WeightSink for Collect {
     fn put_data(&mut self, name: &str, shape: Vec<usize>, data: Vec<f32>) {

@@ -50,7 +50,7 @@ pub fn dir_name(step: u64) -> String {
 #[allow(clippy::too_many_arguments)]
 pub fn save<O: Backend>(
     root: &Path,
-    weights: &[(String, Vec<usize>, Vec<f32>)],
+    weights: &[distill_models::weights::NamedTensor],
     config: &ModelConfig,
     opt: &AdamW<O>,
     state: &RunState,
@@ -139,7 +139,7 @@ fn finish_dir<O: Backend>(
     root: &Path,
     tmp: &Path,
     dst: &Path,
-    weights: &[(String, Vec<usize>, Vec<f32>)],
+    weights: &[distill_models::weights::NamedTensor],
     config: &ModelConfig,
     state: &RunState,
     keep: usize,

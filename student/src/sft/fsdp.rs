@@ -53,7 +53,7 @@ use distill_models::ModelConfig;
 use distill_models::model::{DecoderLayer, LayerCtx, RmsNorm, embed};
 use distill_models::rope::Rope;
 use distill_models::spec::{self, Cursor, Dims, Kind, ParamSpec};
-use distill_models::weights::WeightSource;
+use distill_models::weights::{NamedTensor, WeightSource};
 
 /// The units of the schedule, as ranges of parameter (slot) indices in spec order.
 #[derive(Debug, Clone, PartialEq)]
@@ -136,11 +136,7 @@ impl<I: Backend> Fsdp<I> {
     /// Gather every parameter and hand rank 0 the model in HF layout (`(name, shape, f32 data)`,
     /// spec order) for a checkpoint or an export; the other ranks get an empty list. One unit is
     /// gathered at a time.
-    pub fn consolidate(
-        &self,
-        par: &Parallel<I>,
-        device: &I::Device,
-    ) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn consolidate(&self, par: &Parallel<I>, device: &I::Device) -> Result<Vec<NamedTensor>> {
         let mut out = Vec::new();
         let mut all: Vec<Range<usize>> = vec![self.units.embed.clone()];
         all.extend(self.units.layers.iter().cloned());
@@ -258,6 +254,10 @@ fn accumulate<I: Backend>(
     }
 }
 
+/// A layer's graph from its forward to its backward: the input leaf, the output, the weight
+/// leaves.
+type Segment<B> = (Tensor<B, 3>, Tensor<B, 3>, Vec<Tensor<B, 1>>);
+
 /// The f32 gradients of a unit's leaves (none where a leaf got no gradient).
 fn leaf_grads<B: AutodiffBackend>(
     w: &[Tensor<B, 1>],
@@ -331,7 +331,7 @@ pub fn fsdp_step<B: AutodiffBackend>(
         });
         drop(w0);
         let mut inputs_l: Vec<Option<Tensor<B, 3>>> = Vec::with_capacity(units.layers.len());
-        let mut kept: Vec<Option<(Tensor<B, 3>, Tensor<B, 3>, Vec<Tensor<B, 1>>)>> = Vec::new();
+        let mut kept: Vec<Option<Segment<B>>> = Vec::new();
         for unit in &units.layers {
             let wl = gather(unit, &mut comm_s)?;
             if let (Some((_, _, mask, positions)), Some(xv)) = (prepared.as_ref(), x.take()) {
@@ -467,8 +467,8 @@ pub fn fsdp_step<B: AutodiffBackend>(
     let coef =
         if max_grad_norm > 0.0 { (max_grad_norm / (grad_norm + 1e-6)).min(1.0) } else { 1.0 };
     // AdamW on the owned slices; nothing is gathered after the update (that is what ZeRO-3 saves).
-    for i in 0..np {
-        let (Some(g), Some(master)) = (acc[i].take(), f.shards[i].take()) else { continue };
+    for (i, g) in acc.into_iter().enumerate() {
+        let (Some(g), Some(master)) = (g, f.shards[i].take()) else { continue };
         let g = if max_grad_norm > 0.0 { g.mul_scalar(coef) } else { g };
         f.shards[i] = Some(opt.update(&f.specs[i].name, master, g, lr));
     }

@@ -442,7 +442,7 @@ fn run_rank<B: AutodiffBackend>(
         })?)
     } else {
         let loaded = hf::load_model::<B>(&weights_dir, &device).map_err(unusable)?;
-        Student::Whole(loaded.model)
+        Student::Whole(Box::new(loaded.model))
     };
     let mut opt = match &resume_dir {
         Some(dir) => checkpoint::load_optimizer::<B::InnerBackend>(
@@ -719,7 +719,7 @@ fn export(
     cfg: &TrainConfig,
     recipe: &serde_json::Value,
     report: &DataReport,
-    weights: &[(String, Vec<usize>, Vec<f32>)],
+    weights: &[distill_models::weights::NamedTensor],
     config: &distill_models::ModelConfig,
     state: &RunState,
     export_dir: &Path,
@@ -767,7 +767,7 @@ fn injected_fault() -> Option<(usize, u64)> {
 
 /// The student as a rank holds it: the whole model, or its shards under `parameters`.
 enum Student<B: AutodiffBackend> {
-    Whole(CausalLm<B>),
+    Whole(Box<CausalLm<B>>),
     Sharded(Fsdp<B::InnerBackend>),
 }
 
@@ -778,7 +778,7 @@ impl<B: AutodiffBackend> Student<B> {
         &self,
         par: &Parallel<B::InnerBackend>,
         device: &B::Device,
-    ) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    ) -> Result<Vec<distill_models::weights::NamedTensor>> {
         match self {
             Student::Whole(_) if par.rank() != 0 => Ok(vec![]),
             Student::Whole(model) => {
