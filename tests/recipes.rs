@@ -156,10 +156,13 @@ fn r1_recipes_state_the_plan_the_planner_computes() {
         );
         let fewest = min_ranks(&config, shape, mode, device, 4096).unwrap_or(usize::MAX);
         assert!(fewest <= n, "{name}: {mode:?} needs {fewest} devices, the recipe plans {n}");
+        let one_node = n <= 8;
         match mode {
-            ShardMode::Parameters => assert!(
+            // Llama-70B: 16 GPUs are two nodes, which wait on a burn-collective fix (and one node
+            // would need CPU offload): it validates, and training refuses.
+            ShardMode::Parameters if !one_node => assert!(
                 cfg.validate().is_ok() && cfg.parallel.shard == ShardMode::None,
-                "{name}: parameter sharding is planned only"
+                "{name}: a multi-node plan is not runnable yet"
             ),
             ShardMode::None => assert_eq!(n, 1),
             _ => {

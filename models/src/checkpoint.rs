@@ -131,6 +131,67 @@ impl Checkpoint {
     }
 
     /// Tensor `name` as f32, checking its shape against `expected`.
+    /// Elements `range` of tensor `name` as f32, converting only those: in HF's row-major order,
+    /// or with `transposed` in that of the `[in, out]` transpose of a 2-D `[out, in]` tensor
+    /// (see [`crate::weights::WeightSource::read_part`]).
+    pub fn read_part_f32(
+        &self,
+        name: &str,
+        expected: &[usize],
+        range: std::ops::Range<usize>,
+        transposed: bool,
+    ) -> Result<Vec<f32>> {
+        let e = self.entries.get(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+            where_: self.searched(),
+        })?;
+        let shard = &self.shards[e.shard];
+        if e.shape != expected {
+            return Err(Error::ShapeMismatch {
+                name: name.to_string(),
+                file: shard.path.clone(),
+                found: e.shape.clone(),
+                expected: expected.to_vec(),
+            });
+        }
+        let numel: usize = expected.iter().product();
+        let bad_dtype = || Error::Dtype {
+            name: name.to_string(),
+            file: shard.path.clone(),
+            dtype: format!("{:?}", e.dtype),
+        };
+        let size = match e.dtype {
+            Dtype::F32 => 4,
+            Dtype::BF16 | Dtype::F16 => 2,
+            _ => return Err(bad_dtype()),
+        };
+        if range.end > numel || (transposed && expected.len() != 2) {
+            return Err(Error::Invalid(format!(
+                "tensor '{name}': elements {range:?} of {expected:?}{} are out of range",
+                if transposed { " (transposed)" } else { "" }
+            )));
+        }
+        let bytes = &shard.mmap[e.range.clone()];
+        if !transposed {
+            return to_f32(e.dtype, &bytes[range.start * size..range.end * size])
+                .ok_or_else(bad_dtype);
+        }
+        // Element el of the [in, out] layout is HF's [el % out, el / out].
+        let (d_out, d_in) = (expected[0], expected[1]);
+        let at = |el: usize| ((el % d_out) * d_in + el / d_out) * size;
+        Ok(match e.dtype {
+            Dtype::F32 => range
+                .map(|el| f32::from_le_bytes(bytes[at(el)..at(el) + 4].try_into().unwrap()))
+                .collect(),
+            Dtype::BF16 => range
+                .map(|el| half::bf16::from_le_bytes([bytes[at(el)], bytes[at(el) + 1]]).to_f32())
+                .collect(),
+            _ => range
+                .map(|el| half::f16::from_le_bytes([bytes[at(el)], bytes[at(el) + 1]]).to_f32())
+                .collect(),
+        })
+    }
+
     pub fn read_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
         let e = self.entries.get(name).ok_or_else(|| Error::MissingTensor {
             name: name.to_string(),

@@ -13,6 +13,30 @@ use crate::error::{Error, Result};
 /// Something that yields f32 tensors by HF name, checking the shape.
 pub trait WeightSource {
     fn read(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
+
+    /// Pass over a tensor without reading it (a rank that owns none of it). Sources that
+    /// generate tensors in order advance past it; files need do nothing.
+    fn skip(&mut self, _name: &str, _shape: &[usize]) {}
+
+    /// Elements `range` of tensor `name` in a flat order: HF's row-major one, or, with
+    /// `transposed`, that of the `[in, out]` transpose of a 2-D `[out, in]` weight (the layout
+    /// the trainer keeps). Parameter sharding reads each rank's slice this way. The default reads
+    /// the whole tensor; a checkpoint reads only the slice.
+    fn read_part(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        range: std::ops::Range<usize>,
+        transposed: bool,
+    ) -> Result<Vec<f32>> {
+        let w = self.read(name, shape)?;
+        Ok(if transposed {
+            let (d_out, d_in) = (shape[0], shape[1]);
+            range.map(|e| w[(e % d_out) * d_in + e / d_out]).collect()
+        } else {
+            w[range].to_vec()
+        })
+    }
 }
 
 impl dyn WeightSource + '_ {
@@ -77,6 +101,18 @@ impl WeightSource for CheckpointSource<'_> {
         self.taken.insert(name.to_string());
         Ok(v)
     }
+
+    fn read_part(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        range: std::ops::Range<usize>,
+        transposed: bool,
+    ) -> Result<Vec<f32>> {
+        let v = self.ckpt.read_part_f32(name, shape, range, transposed)?;
+        self.taken.insert(name.to_string());
+        Ok(v)
+    }
 }
 
 /// In-memory tensors (GGUF import, tests) as a source.
@@ -122,6 +158,10 @@ impl RandomSource {
 }
 
 impl WeightSource for RandomSource {
+    fn skip(&mut self, name: &str, shape: &[usize]) {
+        let _ = self.read(name, shape);
+    }
+
     fn read(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let n: usize = shape.iter().product();
         if name.ends_with("norm.weight") {

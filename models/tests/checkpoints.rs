@@ -206,3 +206,33 @@ fn errors_are_typed() {
     let e = Checkpoint::open(Path::new("/nonexistent/dir")).err().unwrap();
     assert!(matches!(e, Error::Io { .. }), "{e}");
 }
+
+/// Parameter sharding reads each rank's slice without converting the rest: `read_part_f32`
+/// equals slicing the whole tensor (transposed to `[in, out]` for weights), in f32 and bf16.
+#[test]
+fn a_slice_reads_as_the_whole_tensor_sliced() {
+    use distill_models::checkpoint::write_sharded;
+    let d = tempfile::tempdir().unwrap();
+    let (out, inn) = (3usize, 5usize);
+    let w: Vec<f32> = (0..out * inn).map(|i| i as f32 * 0.25 - 1.0).collect();
+    for dtype in [SaveDtype::F32, SaveDtype::Bf16] {
+        let dir = d.path().join(format!("{dtype:?}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let t = vec![("w".to_string(), vec![out, inn], w.clone())];
+        write_sharded(&dir, &t, dtype, u64::MAX, &Default::default()).unwrap();
+        let ck = Checkpoint::open(&dir).unwrap();
+        let whole = ck.read_f32("w", &[out, inn]).unwrap();
+        let transposed: Vec<f32> =
+            (0..out * inn).map(|e| whole[(e % out) * inn + e / out]).collect();
+        for r in [0..15, 0..1, 4..11, 14..15, 7..7] {
+            assert_eq!(
+                ck.read_part_f32("w", &[out, inn], r.clone(), false).unwrap(),
+                whole[r.clone()]
+            );
+            assert_eq!(ck.read_part_f32("w", &[out, inn], r.clone(), true).unwrap(), transposed[r]);
+        }
+        let e = ck.read_part_f32("w", &[out, inn], 10..16, false).unwrap_err().to_string();
+        assert!(e.contains("out of range"), "{e}");
+        assert!(ck.read_part_f32("w", &[inn, out], 0..1, false).is_err());
+    }
+}

@@ -115,6 +115,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     for m in &mins {
         print!("{:>12}", m.map_or("none".to_string(), |n| n.to_string()));
     }
-    println!("\n\n(parameters = FSDP / ZeRO-3: planned, not yet in the trainer)");
+    println!(
+        "\n\n(parameters = FSDP / ZeRO-3: weights, moments and gradients sharded; layers gathered one at a time)"
+    );
     Ok(ExitCode::SUCCESS)
 }

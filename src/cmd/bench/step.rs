@@ -15,11 +15,12 @@ use distill_models::ModelConfig;
 use distill_models::device::{Autodiff, Cpu, CpuDevice, parse_devices};
 use distill_models::rope::Rope;
 use distill_models::weights::{Collect, RandomSource, WeightSink};
+use distill_student::sft::fsdp::{Fsdp, fsdp_step};
 use distill_student::sft::optim::{AdamW, OptimConfig};
 use distill_student::sft::pack::Batch;
 use distill_student::sft::parallel::{Comm, Layout, Parallel, ShardMode, launch};
 use distill_student::sft::plan::{MemoryPlan, RunShape, known_config};
-use distill_student::sft::train::{parallel_step, param_sizes};
+use distill_student::sft::train::parallel_step;
 use serde_json::json;
 
 #[derive(clap::Args, Clone)]
@@ -41,7 +42,7 @@ pub struct Args {
     grad_accum: usize,
     #[arg(long, default_value_t = 2)]
     steps: usize,
-    /// none | optimizer | gradients
+    /// none | optimizer | gradients | parameters
     #[arg(long, default_value = "none")]
     shard: String,
     #[arg(long)]
@@ -133,12 +134,23 @@ fn run_rank<B: AutodiffBackend>(
 ) -> distill_student::Result<RunOut> {
     let (rows, seq) = super::model::parse_shape(&a.shape)
         .map_err(|e| distill_student::Error::Invalid(e.to_string()))?;
-    let mut model = CausalLm::<B>::load(cfg, &mut RandomSource::new(11), &device)?;
     let rope = Rope::<B>::new(cfg, &device);
     let world = comm.world;
     let mode = serde_json::from_value::<ShardMode>(json!(a.shard)).unwrap_or_default();
-    let layout = Layout::new(&param_sizes(&mut model), world, 25_000_000);
+    let sizes: Vec<(String, usize)> = distill_models::spec::param_specs(cfg)
+        .into_iter()
+        .map(|s| (s.name, s.shape.iter().product()))
+        .collect();
+    let layout = Layout::new(&sizes, world, 25_000_000);
     let par = Parallel { comm, mode, layout };
+    // Under `parameters` (world > 1) each rank builds only its shards; otherwise the whole model.
+    let mut fsdp = None;
+    let mut model = None;
+    if mode == ShardMode::Parameters && world > 1 {
+        fsdp = Some(Fsdp::load(cfg, &mut RandomSource::new(11), &par, &device)?);
+    } else {
+        model = Some(CausalLm::<B>::load(cfg, &mut RandomSource::new(11), &device)?);
+    }
     let mut opt = AdamW::<B::InnerBackend>::new(OptimConfig {
         lr: 1e-3,
         warmup_steps: Some(0),
@@ -150,9 +162,25 @@ fn run_rank<B: AutodiffBackend>(
     for step in 0..a.steps {
         let micro = batches(cfg, rows, seq, a.grad_accum, step);
         let t0 = Instant::now();
-        let out = parallel_step(
-            &mut model, &rope, &mut opt, &micro, 0.0, 1.0, 1e-3, compute, &device, &par, false,
-        )?;
+        let out = match (&mut model, &mut fsdp) {
+            (Some(model), _) => parallel_step(
+                model, &rope, &mut opt, &micro, 0.0, 1.0, 1e-3, compute, &device, &par, false,
+            )?,
+            (None, Some(f)) => fsdp_step(
+                f,
+                &rope,
+                &mut opt,
+                &micro,
+                0.0,
+                1.0,
+                1e-3,
+                compute,
+                &device,
+                &par,
+                a.checkpointing,
+            )?,
+            (None, None) => unreachable!("one of the two is built"),
+        };
         if par.rank() == 0 {
             // Progress on stderr: a run cut short by a time limit still shows how far it got.
             eprintln!(
@@ -172,7 +200,13 @@ fn run_rank<B: AutodiffBackend>(
         });
     }
     let mut sink = Collect::default();
-    if keep_weights && par.rank() == 0 {
+    if let Some(f) = &fsdp {
+        // Every rank joins the gathers.
+        let w = f.consolidate(&par, &device)?;
+        if keep_weights {
+            sink.0 = w;
+        }
+    } else if let (true, 0, Some(model)) = (keep_weights, par.rank(), &model) {
         use burn::module::AutodiffModule;
         model.valid().export(&mut sink as &mut dyn WeightSink);
     }

@@ -114,19 +114,13 @@ impl<I: Backend> Fsdp<I> {
         let mut shards = Vec::with_capacity(specs.len());
         for (i, s) in specs.iter().enumerate() {
             let Some(r) = par.owned(i) else {
+                src.skip(&s.name, &s.shape);
                 shards.push(None);
                 continue;
             };
-            // The tensor is read whole (safetensors stores HF's layout), one at a time; only the
-            // owned slice is kept.
-            let w = src.read(&s.name, &s.shape)?;
-            let part: Vec<f32> = if s.kind == Kind::Weight {
-                let (d_out, d_in) = (s.shape[0], s.shape[1]);
-                // Element e of the [in, out] layout is HF's [e % out, e / out].
-                r.clone().map(|e| w[(e % d_out) * d_in + e / d_out]).collect()
-            } else {
-                w[r.clone()].to_vec()
-            };
+            // Only the owned slice is read and converted, transposed on the way for linear
+            // weights (HF keeps [out, in], the trainer [in, out]).
+            let part = src.read_part(&s.name, &s.shape, r.clone(), s.kind == Kind::Weight)?;
             shards.push(Some(Tensor::from_data(TensorData::new(part, [r.len()]), device)));
         }
         let units = Units::of(&specs);

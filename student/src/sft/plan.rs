@@ -12,9 +12,12 @@
 //! | AdamW moments | 8P | 8P/N | 8P/N |
 //! | communication buffers | 2 buckets | 2 buckets | 2 buckets |
 //!
-//! `parameters` (FSDP / ZeRO-3, planned, not yet in the trainer) keeps 16P/N of state and gathers
-//! one unit at a time (a decoder layer, or the embedding): two gathered units in the compute dtype
-//! (the one computing and the one prefetched) plus one unit's full f32 gradient.
+//! `parameters` (FSDP / ZeRO-3, [`super::fsdp`]) keeps 16P/N of state and gathers one unit at a
+//! time (a decoder layer, the embedding or the head): with activation checkpointing, two gathered
+//! units in the compute dtype (the one running, and the embedding or head at the ends) plus one
+//! unit's gradient transient (its compute-dtype gradient, the f32 cast and the all-reduce's f32
+//! result); without it, the whole compute-dtype model, kept by the layers' graphs from the
+//! forward to their backward.
 //!
 //! Gradients: burn's backward returns every parameter's gradient at once (4P); with gradient
 //! accumulation the running sum is a second full copy, except under `gradients`, where each

@@ -361,7 +361,7 @@ pub fn train<B: AutodiffBackend>(
     });
     if plan.total_gb() > have {
         return Err(Error::Invalid(format!(
-            "this run needs about {:.0} GB per rank but a device has {have:.0} GB:\n{}\nlower max_seq_len or micro_batch, turn on activation_checkpointing, add devices, or shard more ([train.parallel] shard = \"optimizer\" or \"gradients\"); `distill plan` shows every mode",
+            "this run needs about {:.0} GB per rank but a device has {have:.0} GB:\n{}\nlower max_seq_len or micro_batch, turn on activation_checkpointing, add devices, or shard more ([train.parallel] shard = \"optimizer\", \"gradients\" or \"parameters\"); `distill plan` shows every mode",
             plan.total_gb(),
             plan.table()
         )));
