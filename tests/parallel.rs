@@ -497,10 +497,13 @@ fn distill_plan_prints_every_mode_and_train_refuses_a_plan_that_does_not_fit() {
     let mode =
         |m: &str| v["modes"].as_array().unwrap().iter().find(|x| x["mode"] == m).unwrap().clone();
     assert_eq!(v["params"], 7_615_616_512u64, "Qwen2.5-7B's published parameter count");
+    // At 32768 tokens only the unit-by-unit schedule's layer-level recomputation keeps the
+    // activations small: ZeRO-1/2 run burn's op-level checkpointing, which the planner credits
+    // nothing (measured: 7% saved).
     assert_eq!(mode("none")["fits"], false);
-    assert_eq!(mode("gradients")["fits"], true);
-    assert_eq!(mode("gradients")["min_devices"], 2);
-    assert_eq!(mode("optimizer")["min_devices"], 3);
+    assert_eq!(mode("gradients")["fits"], false);
+    assert_eq!(mode("parameters")["fits"], true);
+    assert_eq!(mode("parameters")["min_devices"], 2);
     let o = distill(&["plan", "--recipe", r.to_str().unwrap(), "--gpus", "8"]);
     let t = text(&o);
     assert!(t.contains("AdamW moments") && t.contains("fewest devices that fit"), "{t}");
@@ -629,12 +632,13 @@ fn the_gpu_check_script_passes_its_cpu_dry_run() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(rows.len(), 8, "{t}");
+    assert_eq!(rows.len(), 11, "{t}");
     let compared: Vec<&serde_json::Value> =
         rows.iter().filter(|r| r.get("against_cpu_f32").is_some()).collect();
-    assert_eq!(compared.len(), 7);
+    assert_eq!(compared.len(), 10);
     assert!(compared.iter().all(|r| r["against_cpu_f32"]["ok"] == true), "{t}");
     assert!(rows.iter().any(|r| r["devices"] == "cpu:2" && r["shard"] == "gradients"));
+    assert!(rows.iter().any(|r| r["devices"] == "cpu:2" && r["shard"] == "parameters"));
     assert!(t.contains("| tiny-llama | cpu | bf16 |"), "{t}");
     // Generation: 4 rows against the CPU (tokens equal, log-probabilities close) and one timing row.
     let generated: Vec<serde_json::Value> =

@@ -7,6 +7,7 @@ use clap::Subcommand;
 mod client;
 mod corpus;
 mod generation;
+mod load;
 mod model;
 mod step;
 mod train;
@@ -26,6 +27,8 @@ pub enum BenchCommand {
     Step(step::Args),
     /// Greedy generation (KV cache) from a random model of real shape, optionally against CPU.
     Gen(generation::Args),
+    /// Host memory while CPU peers load a checkpoint, whole or (FSDP) each rank its slices.
+    Load(load::Args),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -36,6 +39,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Train(a) => train::run(a),
         BenchCommand::Step(a) => step::run(a),
         BenchCommand::Gen(a) => generation::run(a),
+        BenchCommand::Load(a) => load::run(a),
     }
 }
 

@@ -146,7 +146,7 @@ fn run_rank<B: AutodiffBackend>(
     // Under `parameters` (world > 1) each rank builds only its shards; otherwise the whole model.
     let mut fsdp = None;
     let mut model = None;
-    if mode == ShardMode::Parameters && world > 1 {
+    if distill_student::sft::train::uses_units(mode, world, a.checkpointing) {
         fsdp = Some(Fsdp::load(cfg, &mut RandomSource::new(11), &par, &device)?);
     } else {
         model = Some(CausalLm::<B>::load(cfg, &mut RandomSource::new(11), &device)?);

@@ -125,20 +125,24 @@ impl MemoryPlan {
         let accumulates = s.grad_accum > 1;
         let unit = largest_unit(c) as f64;
         let compute_bytes = if s.bf16 { 2.0 } else { 4.0 };
+        let bf16 = if s.bf16 { 1.0 } else { 0.0 };
+        // The unit-by-unit schedule (`super::fsdp`): parameter sharding, and activation
+        // checkpointing on one device (there every unit is owned whole, n = 1).
+        let units = mode == ShardMode::Parameters || (world <= 1 && s.checkpointing);
         let gradients = match mode {
-            ShardMode::Gradients => 4.0 * pf + 4.0 * pf / n,
             // The owned f32 slices, plus one unit's transient: its gradient in the compute dtype,
-            // cast to f32, and the all-reduce's f32 result.
-            ShardMode::Parameters => 4.0 * pf / n + unit * (compute_bytes + 8.0),
+            // its f32 cast (bf16 only) and the all-reduce's f32 result.
+            _ if units => 4.0 * pf / n + unit * (compute_bytes + 4.0 + 4.0 * bf16),
+            ShardMode::Gradients => 4.0 * pf + 4.0 * pf / n,
             _ => 4.0 * pf * if accumulates { 2.0 } else { 1.0 },
         };
         let moments = if mode.sharded() { 8.0 * pf / n } else { 8.0 * pf };
         let (weights, compute_copy) = match mode {
-            // Gathered weights: two units at a time with checkpointing (the one running and the
-            // head or embedding at the ends); without it every layer's graph keeps its weights
-            // from the forward to its backward.
-            ShardMode::Parameters if s.checkpointing => (4.0 * pf / n, 2.0 * unit * compute_bytes),
-            ShardMode::Parameters => (4.0 * pf / n, pf * compute_bytes),
+            // Gathered weights: one unit at a time with checkpointing (the gather's zero-padded
+            // buffer becomes its result); without it every layer's graph keeps its weights from
+            // the forward to its backward.
+            _ if units && s.checkpointing => (4.0 * pf / n, unit * compute_bytes),
+            _ if units => (4.0 * pf / n, pf * compute_bytes),
             _ => (4.0 * pf, if s.bf16 { 2.0 * pf } else { 0.0 }),
         };
         let tokens = (s.micro_batch * s.seq) as f64;
@@ -146,7 +150,12 @@ impl MemoryPlan {
         // Attention keeps no score matrix (`distill_models::attention` recomputes it per chunk).
         let per_layer = tokens * (c.hidden_size * 10 + c.intermediate_size * 3) as f64 * 4.0;
         let layers = c.num_hidden_layers as f64;
-        let activations = if s.checkpointing {
+        // Layer-level recomputation (each layer's input kept, the layer re-run in the backward)
+        // is what the unit-by-unit schedule does: under `parameters`, and on one device. The
+        // other modes run burn's op-level checkpointing of the whole graph, which keeps every
+        // matmul output: measured, it saves about 7% (docs/benchmarks.md), so no credit is given.
+        let layer_recompute = s.checkpointing && units;
+        let activations = if layer_recompute {
             layers * tokens * c.hidden_size as f64 * 4.0 + per_layer
         } else {
             layers * per_layer
@@ -159,7 +168,7 @@ impl MemoryPlan {
         let logits = if s.kd {
             tokens * c.vocab_size as f64 * 4.0 * 2.0
         } else {
-            3.0 * crate::lm_head_loss::CHUNK_ELEMS as f64 * 4.0
+            3.0 * (crate::lm_head_loss::CHUNK_ELEMS as f64).min(tokens * c.vocab_size as f64) * 4.0
         };
         let comm_buffers = if world > 1 { 2.0 * (s.bucket_mb * 1e6).min(4.0 * pf) } else { 0.0 };
         MemoryPlan {

@@ -432,8 +432,13 @@ fn run_rank<B: AutodiffBackend>(
     let layout = Layout::new(&sizes, world, (cfg.parallel.bucket_mb * 1e6) as usize);
     let par = Parallel { comm, mode: cfg.parallel.shard, layout };
     // Under `parameters`, each rank reads only its slices; otherwise every rank the whole model.
-    // At world size 1 there is nothing to shard: `parameters` runs as `none`.
-    let mut student: Student<B> = if cfg.parallel.shard == ShardMode::Parameters && world > 1 {
+    // At world size 1 there is nothing to shard: `parameters` runs as `none`, except that
+    // activation checkpointing there runs the same unit-by-unit schedule (every unit owned whole),
+    // which recomputes each layer from its input: burn's own checkpointing of the whole graph
+    // (op-level, it keeps every matmul output) saved 7% of the memory where this saves the
+    // activations (docs/benchmarks.md, "Parameter sharding").
+    let units = uses_units(cfg.parallel.shard, world, cfg.activation_checkpointing);
+    let mut student: Student<B> = if units {
         let ckpt = distill_models::checkpoint::Checkpoint::open(&weights_dir).map_err(unusable)?;
         let mut src = distill_models::weights::CheckpointSource::new(&ckpt);
         Student::Sharded(Fsdp::load(&config, &mut src, &par, &device).map_err(|e| match e {
@@ -763,6 +768,12 @@ fn injected_fault() -> Option<(usize, u64)> {
         }
     }
     Some((rank?, step?))
+}
+
+/// Whether a run uses the unit-by-unit schedule ([`super::fsdp`]): parameter sharding on several
+/// ranks, or activation checkpointing on one.
+pub fn uses_units(shard: ShardMode, world: usize, checkpointing: bool) -> bool {
+    (shard == ShardMode::Parameters && world > 1) || (world == 1 && checkpointing)
 }
 
 /// The student as a rank holds it: the whole model, or its shards under `parameters`.
