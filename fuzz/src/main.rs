@@ -230,7 +230,11 @@ fn main() -> anyhow::Result<ExitCode> {
                 rows.push(row);
             }
             if let Some(p) = report {
-                std::fs::write(&p, serde_json::to_vec_pretty(&json!({"targets": rows}))?)?;
+                if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)?;
+                }
+                std::fs::write(&p, serde_json::to_vec_pretty(&json!({"targets": rows}))?)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
             }
             if broken_total > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS }
         }
