@@ -411,12 +411,26 @@ impl Corpus {
     {
         self.frames()
             .into_par_iter()
-            .map(|loc| match self.read_frame(loc) {
-                Err(e) if self.skip_damaged => {
-                    self.record_damage(loc, &e);
-                    f(loc, Ok(vec![]))
+            .map(|loc| {
+                if !self.skip_damaged {
+                    return f(loc, self.read_frame(loc));
                 }
-                r => f(loc, r),
+                // Skipping damage, as `iter` does: a frame that does not decode is skipped
+                // whole, a record that does not parse alone.
+                match self.read_frame_raw(loc) {
+                    Err(e) => {
+                        self.record_damage(loc, &e);
+                        f(loc, Ok(vec![]))
+                    }
+                    Ok(raw) => {
+                        let records = String::from_utf8_lossy(&raw)
+                            .lines()
+                            .map(Trace::from_json)
+                            .filter_map(|r| r.map_err(|e| self.record_bad_record(loc, &e)).ok())
+                            .collect();
+                        f(loc, Ok(records))
+                    }
+                }
             })
             .collect()
     }

@@ -148,8 +148,8 @@ impl ShardIndex {
         }
         let payload_len = u64::from_le_bytes(foot[..8].try_into().unwrap());
         if payload_len < (FOOTER_BYTES + 56) as u64
-            || payload_len + 8 > file_len
             || payload_len > u32::MAX as u64
+            || payload_len + 8 > file_len
         {
             return Err(bad(format!(
                 "payload length {payload_len} does not fit a {file_len}-byte file"
@@ -237,7 +237,9 @@ impl ShardIndex {
             }
             _ => return Err("record ids have no declared size".into()),
         };
-        let joined = zstd::bulk::decompress(ids_z, declared.max(1))
+        // The declared size is not trusted with an allocation (a forged count could declare a
+        // terabyte): decoded as frames are, memory grows only with what actually decodes.
+        let joined = decompress_frame(ids_z, declared)
             .map_err(|e| format!("record ids do not decompress: {e}"))?;
         let joined =
             String::from_utf8(joined).map_err(|_| "record ids are not UTF-8".to_string())?;
@@ -444,6 +446,11 @@ pub fn scan(bytes: &[u8], trailer_hint: Option<u64>) -> Scan {
 /// Decode the frame starting at `off`, checking its size bound, zstd checksum and record ids.
 fn decode_frame_at(bytes: &[u8], off: usize) -> std::result::Result<ScannedFrame, String> {
     let rest = &bytes[off..];
+    // Every frame distill writes carries zstd's content checksum (frame header descriptor bit
+    // 2): a frame without it is damage, not a frame whose content could be trusted.
+    if rest.len() < 5 || rest[4] & 0x04 == 0 {
+        return Err("no zstd frame with a content checksum starts here".into());
+    }
     let len = zstd::zstd_safe::find_frame_compressed_size(rest)
         .map_err(|_| "cannot find the frame's end".to_string())?;
     if len > rest.len() || len > u32::MAX as usize {

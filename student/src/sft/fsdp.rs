@@ -3,9 +3,11 @@
 //!
 //! Storage. The parameters, flattened in spec order, are cut into `world` contiguous ranges by
 //! the same [`Layout`](super::parallel::Layout) as the other modes; rank r keeps only its range:
-//! the f32 master, AdamW's moments and the accumulated gradient. No rank ever holds the whole
-//! model — not in f32, not on the host while loading (each rank reads its own slices from the
-//! memory-mapped safetensors), and not in the compute dtype during the step.
+//! the f32 master, AdamW's moments and the accumulated gradient. No rank holds the whole model
+//! while loading (each rank reads its own slices from the memory-mapped safetensors) or during
+//! the step (one unit's weights at a time, with activation checkpointing). The exception is
+//! rank 0's host while it writes a checkpoint or the export (consolidated: the f32 model, 4 bytes
+//! per parameter), until a streaming writer exists.
 //!
 //! The step runs **unit by unit** — the embedding, each decoder layer, the head (final norm and
 //! LM head) — on a graph of its own:
@@ -315,6 +317,10 @@ pub fn fsdp_step<B: AutodiffBackend>(
 
         // Forward: embedding, then the layers; keep each layer's input (and, without
         // recomputation, its graph).
+        // The rotary tables and the mask every layer shares, built once per round.
+        let ctx = prepared.as_ref().map(|(_, _, mask, positions)| {
+            LayerCtx::new(rope, positions, f.dims.heads, f.dims.kv_heads, mask)
+        });
         let w0 = gather(&units.embed, &mut comm_s)?;
         let mut x: Option<Tensor<B, 3>> = prepared.as_ref().map(|(_, ids, _, _)| {
             embed(
@@ -328,17 +334,16 @@ pub fn fsdp_step<B: AutodiffBackend>(
         let mut kept: Vec<Option<Segment<B>>> = Vec::new();
         for unit in &units.layers {
             let wl = gather(unit, &mut comm_s)?;
-            if let (Some((_, _, mask, positions)), Some(xv)) = (prepared.as_ref(), x.take()) {
-                let ctx = LayerCtx::new(rope, positions, f.dims.heads, f.dims.kv_heads, mask);
+            if let (Some(ctx), Some(xv)) = (ctx.as_ref(), x.take()) {
                 if recompute {
                     let layer = build_layer::<B>(&view, unit, &leaves::<B>(wl, false));
                     inputs_l.push(Some(xv.clone()));
-                    x = Some(layer.forward(xv, &ctx, None));
+                    x = Some(layer.forward(xv, ctx, None));
                 } else {
                     let xl = Tensor::<B, 3>::from_inner(xv.inner()).require_grad();
                     let ws = leaves::<B>(wl, true);
                     let layer = build_layer::<B>(&view, unit, &ws);
-                    let y = layer.forward(xl.clone(), &ctx, None);
+                    let y = layer.forward(xl.clone(), ctx, None);
                     x = Some(y.clone());
                     kept.push(Some((xl, y, ws)));
                     inputs_l.push(None);
@@ -350,15 +355,16 @@ pub fn fsdp_step<B: AutodiffBackend>(
         }
 
         // Head: loss, its gradient, and ∂loss/∂x_L.
-        let wh = gather(&units.head, &mut comm_s)?;
-        let we = if tied { Some(gather(&units.embed, &mut comm_s)?) } else { None };
+        // Held in options so that a rank without a micro-batch drops them here too.
+        let mut wh = Some(gather(&units.head, &mut comm_s)?);
+        let mut we = if tied { Some(gather(&units.embed, &mut comm_s)?) } else { None };
         let mut g_x: Option<Tensor<B::InnerBackend, 3>> = None;
         let (mut gh, mut ge): (Vec<G<B>>, Vec<G<B>>) =
             (vec![None; units.head.len()], vec![None; 1]);
         if let (Some((b, _, _, _)), Some(xv)) = (prepared.as_ref(), x.take()) {
             let xl = Tensor::<B, 3>::from_inner(xv.inner()).require_grad();
-            let wsh = leaves::<B>(wh, true);
-            let wse = we.map(|we| leaves::<B>(we, true));
+            let wsh = leaves::<B>(wh.take().expect("gathered above"), true);
+            let wse = we.take().map(|we| leaves::<B>(we, true));
             let (norm, head) = build_head::<B>(&view, &wsh, wse.as_ref().map(|v| v[0].clone()));
             let l: LossSums<B> = losses_from_hidden(&head, norm.forward(xl.clone()), b, device);
             let mut loss = l.ce.clone().mul_scalar((1.0 - w) / n_tokens.max(1) as f64);
@@ -374,6 +380,7 @@ pub fn fsdp_step<B: AutodiffBackend>(
             }
             g_x = xl.grad(&grads);
         }
+        drop((wh, we));
         let s = scatter(&units.head, gh, &mut comm_s)?;
         accumulate(&mut acc, units.head.clone(), s);
         if tied {
@@ -385,13 +392,11 @@ pub fn fsdp_step<B: AutodiffBackend>(
         for (l, unit) in units.layers.iter().enumerate().rev() {
             let seg = if recompute {
                 let wl = gather(unit, &mut comm_s)?;
-                match (prepared.as_ref(), inputs_l[l].take()) {
-                    (Some((_, _, mask, positions)), Some(xv)) => {
-                        let ctx =
-                            LayerCtx::new(rope, positions, f.dims.heads, f.dims.kv_heads, mask);
+                match (ctx.as_ref(), inputs_l[l].take()) {
+                    (Some(ctx), Some(xv)) => {
                         let xl = Tensor::<B, 3>::from_inner(xv.inner()).require_grad();
                         let ws = leaves::<B>(wl, true);
-                        let y = build_layer::<B>(&view, unit, &ws).forward(xl.clone(), &ctx, None);
+                        let y = build_layer::<B>(&view, unit, &ws).forward(xl.clone(), ctx, None);
                         Some((xl, y, ws))
                     }
                     _ => None,
@@ -462,7 +467,9 @@ pub fn fsdp_step<B: AutodiffBackend>(
         if max_grad_norm > 0.0 { (max_grad_norm / (grad_norm + 1e-6)).min(1.0) } else { 1.0 };
     // AdamW on the owned slices; nothing is gathered after the update (that is what ZeRO-3 saves).
     for (i, g) in acc.into_iter().enumerate() {
-        let (Some(g), Some(master)) = (g, f.shards[i].take()) else { continue };
+        // The master is taken only when there is a gradient to apply.
+        let Some(g) = g else { continue };
+        let Some(master) = f.shards[i].take() else { continue };
         let g = if max_grad_norm > 0.0 { g.mul_scalar(coef) } else { g };
         f.shards[i] = Some(opt.update(&f.specs[i].name, master, g, lr));
     }
@@ -494,6 +501,9 @@ pub fn eval_sums<I: Backend>(
     for round in 0..chunks.len().div_ceil(world) {
         let b = chunks.get(round * world + rank);
         let prepared = b.map(|b| (b, inputs::<I>(b, device)));
+        let ctx = prepared.as_ref().map(|(_, (_, mask, positions))| {
+            LayerCtx::new(rope, positions, f.dims.heads, f.dims.kv_heads, mask)
+        });
         let w0 = par.gather(f.units.embed.clone(), &f.shards, DType::F32, device)?;
         let mut x = prepared.as_ref().map(|(_, (ids, _, _))| {
             embed(w0[0].clone().reshape([f.dims.vocab, f.dims.hidden]), ids.clone())
@@ -501,9 +511,8 @@ pub fn eval_sums<I: Backend>(
         drop(w0);
         for unit in &f.units.layers {
             let wl = par.gather(unit.clone(), &f.shards, DType::F32, device)?;
-            if let (Some((_, (_, mask, positions))), Some(xv)) = (prepared.as_ref(), x.take()) {
-                let ctx = LayerCtx::new(rope, positions, f.dims.heads, f.dims.kv_heads, mask);
-                x = Some(build_layer::<I>(&view, unit, &wl).forward(xv, &ctx, None));
+            if let (Some(ctx), Some(xv)) = (ctx.as_ref(), x.take()) {
+                x = Some(build_layer::<I>(&view, unit, &wl).forward(xv, ctx, None));
             }
         }
         let wh = par.gather(f.units.head.clone(), &f.shards, DType::F32, device)?;
