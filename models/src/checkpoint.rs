@@ -141,19 +141,7 @@ impl Checkpoint {
         range: std::ops::Range<usize>,
         transposed: bool,
     ) -> Result<Vec<f32>> {
-        let e = self.entries.get(name).ok_or_else(|| Error::MissingTensor {
-            name: name.to_string(),
-            where_: self.searched(),
-        })?;
-        let shard = &self.shards[e.shard];
-        if e.shape != expected {
-            return Err(Error::ShapeMismatch {
-                name: name.to_string(),
-                file: shard.path.clone(),
-                found: e.shape.clone(),
-                expected: expected.to_vec(),
-            });
-        }
+        let (e, shard) = self.entry(name, expected)?;
         let numel: usize = expected.iter().product();
         let bad_dtype = || Error::Dtype {
             name: name.to_string(),
@@ -192,7 +180,8 @@ impl Checkpoint {
         })
     }
 
-    pub fn read_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
+    /// Tensor `name`'s entry and shard, checked to have the `expected` shape.
+    fn entry(&self, name: &str, expected: &[usize]) -> Result<(&Entry, &Shard)> {
         let e = self.entries.get(name).ok_or_else(|| Error::MissingTensor {
             name: name.to_string(),
             where_: self.searched(),
@@ -206,6 +195,11 @@ impl Checkpoint {
                 expected: expected.to_vec(),
             });
         }
+        Ok((e, shard))
+    }
+
+    pub fn read_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
+        let (e, shard) = self.entry(name, expected)?;
         to_f32(e.dtype, &shard.mmap[e.range.clone()]).ok_or_else(|| Error::Dtype {
             name: name.to_string(),
             file: shard.path.clone(),

@@ -97,16 +97,27 @@ impl Corpus {
             });
             first += entry.records;
         }
-        Ok(Corpus {
+        Ok(Corpus::assemble(dir, manifest, &bytes, shards, first, None))
+    }
+
+    fn assemble(
+        dir: &Path,
+        manifest: Manifest,
+        manifest_bytes: &[u8],
+        shards: Vec<ShardState>,
+        total: u64,
+        skipped: Option<Vec<Damage>>,
+    ) -> Corpus {
+        Corpus {
             dir: dir.to_path_buf(),
-            manifest_checksum: blake3::hash(&bytes).to_hex().to_string(),
+            manifest_checksum: blake3::hash(manifest_bytes).to_hex().to_string(),
             manifest,
             shards,
-            total: first,
+            total,
             by_id: OnceLock::new(),
-            skip_damaged: false,
-            damage: Mutex::new(vec![]),
-        })
+            skip_damaged: skipped.is_some(),
+            damage: Mutex::new(skipped.unwrap_or_default()),
+        }
     }
 
     /// Open whatever is readable. Shards whose index trailer is damaged are walked frame by
@@ -196,16 +207,7 @@ impl Corpus {
             shards.push(ShardState { entry: entry.clone(), path, first, index: found.index });
             first += records;
         }
-        Ok(Corpus {
-            dir: dir.to_path_buf(),
-            manifest_checksum: blake3::hash(&bytes).to_hex().to_string(),
-            manifest,
-            shards,
-            total: first,
-            by_id: OnceLock::new(),
-            skip_damaged: true,
-            damage: Mutex::new(damage),
-        })
+        Ok(Corpus::assemble(dir, manifest, &bytes, shards, first, Some(damage)))
     }
 
     /// Open strictly, or skipping damage (see [`Corpus::open_skipping_damage`]).

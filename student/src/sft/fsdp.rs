@@ -49,7 +49,7 @@ use super::loss::{Head, LossSums, inputs, losses_from_hidden};
 use super::optim::AdamW;
 use super::pack::Batch;
 use super::parallel::Parallel;
-use super::train::StepOutcome;
+use super::train::{StepOutcome, mean_losses, sums_of_squares};
 use crate::error::{Error, Result};
 use distill_models::ModelConfig;
 use distill_models::model::{DecoderLayer, LayerCtx, RmsNorm, embed};
@@ -431,24 +431,10 @@ pub fn fsdp_step<B: AutodiffBackend>(
     let sums = par.comm.sum(&[ce_total, kd_total], device)?;
     comm_s += t.elapsed().as_secs_f64();
     let (ce_total, kd_total) = if world == 1 { (ce_total, kd_total) } else { (sums[0], sums[1]) };
-    let ce = ce_total / n_tokens.max(1) as f64;
-    let kd = (n_kd > 0 && w > 0.0).then(|| kd_total / n_kd as f64);
-    let loss = (1.0 - w) * ce + w * kd.unwrap_or(0.0);
+    let (loss, ce, kd) = mean_losses(ce_total, kd_total, n_tokens, n_kd, w);
 
     // Global norm from the owned slices (f64 sums of squares, summed over ranks).
-    let held: Vec<Tensor<B::InnerBackend, 1>> =
-        acc.iter().flatten().map(|g| g.clone().cast(DType::F64).square().sum()).collect();
-    let local: f64 = if held.is_empty() {
-        0.0
-    } else {
-        Tensor::cat(held, 0)
-            .into_data()
-            .convert::<f64>()
-            .into_vec::<f64>()
-            .map_err(|e| Error::Invalid(format!("{e:?}")))?
-            .iter()
-            .sum()
-    };
+    let local: f64 = sums_of_squares(acc.iter().flatten())?.iter().sum();
     let grad_norm = par.comm.sum(&[local], device)?[0].sqrt();
     let outcome = StepOutcome {
         loss,

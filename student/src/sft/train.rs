@@ -942,26 +942,13 @@ pub fn parallel_step<B: AutodiffBackend>(
     }
     comm_s += t.elapsed().as_secs_f64();
     let (ce_total, kd_total) = if world == 1 { (ce_total, kd_total) } else { (sums[0], sums[1]) };
-    let ce = ce_total / n_tokens.max(1) as f64;
-    let kd = (n_kd > 0 && w > 0.0).then(|| kd_total / n_kd as f64);
-    let loss = (1.0 - w) * ce + w * kd.unwrap_or(0.0);
+    let (loss, ce, kd) = mean_losses(ce_total, kd_total, n_tokens, n_kd, w);
 
     // Global norm: per-tensor sums of squares of what this rank holds, in parameter order, summed
     // over ranks when each holds a part.
     let held: Vec<(usize, Tensor<B::InnerBackend, 1>)> =
         acc.iter().enumerate().filter_map(|(i, g)| g.clone().map(|g| (i, g))).collect();
-    let sq: Vec<f64> = if held.is_empty() {
-        vec![]
-    } else {
-        // Sums of squares in f64: a sum over a shard and a sum over the whole tensor then agree.
-        let parts: Vec<Tensor<B::InnerBackend, 1>> =
-            held.iter().map(|(_, g)| g.clone().cast(DType::F64).square().sum()).collect();
-        Tensor::cat(parts, 0)
-            .into_data()
-            .convert::<f64>()
-            .into_vec::<f64>()
-            .map_err(|e| Error::Invalid(format!("{e:?}")))?
-    };
+    let sq = sums_of_squares(held.iter().map(|(_, g)| g))?;
     let local: f64 = sq.iter().sum();
     let total_sq = if whole { local } else { par.comm.sum(&[local], device)?[0] };
     let grad_norm = total_sq.sqrt();
@@ -1038,6 +1025,36 @@ pub fn parallel_step<B: AutodiffBackend>(
     }
     opt.step += 1;
     Ok(outcome)
+}
+
+/// The step's mean losses from the micro-batches' sums: `(loss, ce, kd)`, with `w` the KD weight.
+pub(crate) fn mean_losses(
+    ce_total: f64,
+    kd_total: f64,
+    n_tokens: usize,
+    n_kd: usize,
+    w: f64,
+) -> (f64, f64, Option<f64>) {
+    let ce = ce_total / n_tokens.max(1) as f64;
+    let kd = (n_kd > 0 && w > 0.0).then(|| kd_total / n_kd as f64);
+    ((1.0 - w) * ce + w * kd.unwrap_or(0.0), ce, kd)
+}
+
+/// Per-tensor sums of squares in f64 (a sum over a shard and a sum over the whole tensor then
+/// agree), read back in one transfer.
+pub(crate) fn sums_of_squares<'a, B: Backend>(
+    tensors: impl Iterator<Item = &'a Tensor<B, 1>>,
+) -> Result<Vec<f64>> {
+    let parts: Vec<Tensor<B, 1>> =
+        tensors.map(|g| g.clone().cast(DType::F64).square().sum()).collect();
+    if parts.is_empty() {
+        return Ok(vec![]);
+    }
+    Tensor::cat(parts, 0)
+        .into_data()
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .map_err(|e| Error::Invalid(format!("{e:?}")))
 }
 
 /// This machine's RAM, GB.
