@@ -112,6 +112,12 @@ pub struct Meta {
     pub plan_shard: Option<String>,
     #[serde(default)]
     pub plan_gb_per_device: Option<f64>,
+    /// `cpu` when the plan offloads the f32 master and moments to host memory.
+    #[serde(default)]
+    pub plan_offload: Option<String>,
+    /// Host memory the offloaded plan needs on one node, GB.
+    #[serde(default)]
+    pub plan_host_gb_per_node: Option<f64>,
 }
 
 /// `[prepare]`: the models a run needs.

@@ -324,9 +324,50 @@ fn parameter_sharding_gives_the_single_device_run() {
         assert_same(&format!("llama world {world} parameters ({tag})"), &base, &out, tol);
     }
 
+    // Offload (the f32 master and AdamW's moments in host memory, the update on the host, the
+    // device's slices in the compute dtype) and prefetch (the next unit gathered on a helper
+    // thread while this one computes): the world-size-1 run of the same recipe without them, at
+    // 1, 2 and 3 ranks, with and without recomputation, in f32 and in bf16.
+    for (world, train_keys, parallel_keys, base, tol) in [
+        (1, "", "offload = \"cpu\"", "llama-plain-w1", 1e-6),
+        (2, "", "offload = \"cpu\"\nprefetch = true", "llama-plain-w1", 1e-6),
+        (3, "activation_checkpointing = true", "prefetch = true", "llama-ckpt-w1", 1e-6),
+        (
+            3,
+            "activation_checkpointing = true",
+            "offload = \"cpu\"\nprefetch = true",
+            "llama-ckpt-w1",
+            1e-6,
+        ),
+        (
+            2,
+            "compute_dtype = \"bf16\"\nactivation_checkpointing = true",
+            "offload = \"cpu\"",
+            "llama-bf16-w1",
+            2e-2,
+        ),
+    ] {
+        let tag = format!("{train_keys}{parallel_keys}").replace(['\n', ' ', '"', '='], "");
+        let out = d.path().join(format!("llama-w{world}-{tag}"));
+        let parallel =
+            format!("[train.parallel]\nshard = \"parameters\"\nbucket_mb = 0.05\n{parallel_keys}");
+        run(&config(&llama, &corpus, &out, 10, &format!("{train_keys}\n{parallel}")), world, false)
+            .unwrap();
+        assert_same(&format!("llama world {world} {tag}"), &d.path().join(base), &out, tol);
+        // Offload reports the seconds it spent moving slices and updating on the host.
+        let offloaded = parallel_keys.contains("offload");
+        assert!(
+            metrics(&out).iter().filter(|v| v.get("loss").is_some()).all(|v| {
+                v.get("offload_s").and_then(|s| s.as_f64()).is_some_and(|s| s > 0.0) == offloaded
+            }),
+            "{tag}: offload_s"
+        );
+    }
+
     // Resume: a run killed at step 7 (a rank dies) continues from its step-5 checkpoint at
-    // another world size or mode: `parameters` → `parameters` at 3, → `none` at 1, and a
-    // `gradients` checkpoint → `parameters`.
+    // another world size or mode: `parameters` → `parameters` at 3, → `none` at 1, a
+    // `gradients` checkpoint → `parameters`, and into and out of offload (the moments are the
+    // host's).
     let model = llama;
     let base = d.path().join("resume-base");
     run(&config(&model, &corpus, &base, 10, ""), 1, false).unwrap();
@@ -334,14 +375,24 @@ fn parameter_sharding_gives_the_single_device_run() {
         ("cpu:2", "parameters", "cpu:3", "parameters"),
         ("cpu:2", "parameters", "cpu", "none"),
         ("cpu:3", "gradients", "cpu:2", "parameters"),
+        ("cpu:2", "parameters+offload", "cpu:3", "parameters"),
+        ("cpu:3", "parameters", "cpu:2", "parameters+offload"),
     ];
+    let keys = |mode: &str| match mode.split_once('+') {
+        Some((shard, _)) => (shard.to_string(), "cpu"),
+        None => (mode.to_string(), "none"),
+    };
     for (dev1, mode1, dev2, mode2) in cases {
         let out = d.path().join(format!(
             "resume-{mode1}-{}-{mode2}-{}",
             dev1.replace(':', ""),
             dev2.replace(':', "")
         ));
-        let extra = format!("[train.parallel]\nshard = \"{mode1}\"\nbucket_mb = 0.05");
+        let (shard1, offload1) = keys(mode1);
+        let (shard2, offload2) = keys(mode2);
+        let extra = format!(
+            "[train.parallel]\nshard = \"{shard1}\"\nbucket_mb = 0.05\noffload = \"{offload1}\""
+        );
         let r = recipe_file(&model, &corpus, &out, 10, &extra);
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_distill"))
             .args(["train", "--recipe", r.to_str().unwrap(), "--devices", dev1])
@@ -361,7 +412,9 @@ fn parameter_sharding_gives_the_single_device_run() {
             "--devices",
             dev2,
             "--set",
-            &format!("train.parallel.shard=\"{mode2}\""),
+            &format!("train.parallel.shard=\"{shard2}\""),
+            "--set",
+            &format!("train.parallel.offload=\"{offload2}\""),
         ]);
         assert!(o.status.success(), "{mode1} {dev1} -> {mode2} {dev2}: {}", text(&o));
         assert_same(&format!("resume {mode1} {dev1} -> {mode2} {dev2}"), &base, &out, 1e-6);
@@ -632,13 +685,15 @@ fn the_gpu_check_script_passes_its_cpu_dry_run() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(rows.len(), 11, "{t}");
+    assert_eq!(rows.len(), 12, "{t}");
     let compared: Vec<&serde_json::Value> =
         rows.iter().filter(|r| r.get("against_cpu_f32").is_some()).collect();
-    assert_eq!(compared.len(), 10);
+    assert_eq!(compared.len(), 11);
     assert!(compared.iter().all(|r| r["against_cpu_f32"]["ok"] == true), "{t}");
     assert!(rows.iter().any(|r| r["devices"] == "cpu:2" && r["shard"] == "gradients"));
     assert!(rows.iter().any(|r| r["devices"] == "cpu:2" && r["shard"] == "parameters"));
+    assert!(rows.iter().any(|r| r["offload"] == true && r["offload_s"].as_f64() > Some(0.0)));
+    assert!(rows.iter().any(|r| r["prefetch"] == true && r["devices"] == "cpu:2"));
     assert!(t.contains("| tiny-llama | cpu | bf16 |"), "{t}");
     // Generation: 4 rows against the CPU (tokens equal, log-probabilities close) and one timing row.
     let generated: Vec<serde_json::Value> =
@@ -664,4 +719,30 @@ fn the_gpu_check_script_passes_its_cpu_dry_run() {
         "{t}"
     );
     assert!(generated.iter().all(|r| r["decode_tokens_per_s"].as_f64().unwrap() > 0.0));
+}
+
+#[test]
+fn offload_without_the_host_memory_for_it_is_refused_with_the_figures() {
+    let d = tempfile::tempdir().unwrap();
+    let corpus = short_corpus(d.path(), 20, true);
+    let model = tiny(d.path(), Arch::Llama);
+    let out = d.path().join("out");
+    let extra =
+        "[train.parallel]\nshard = \"parameters\"\noffload = \"cpu\"\nhost_memory_gb = 0.0001";
+    let err = run(&config(&model, &corpus, &out, 10, extra), 2, false).unwrap_err();
+    for want in [
+        "offload = \"cpu\" needs about",
+        "host_memory_gb",
+        "2 rank(s) ×",
+        "f32 master",
+        "AdamW moments",
+        "gradients",
+    ] {
+        assert!(err.contains(want), "{want:?} not in: {err}");
+    }
+    assert!(!out.join("checkpoints").exists(), "nothing may be written before the refusal");
+    // Offload is of parameter shards only.
+    let extra = "[train.parallel]\nshard = \"gradients\"\noffload = \"cpu\"";
+    let err = run(&config(&model, &corpus, &out, 10, extra), 2, false).unwrap_err();
+    assert!(err.contains("offload = \"cpu\" needs shard = \"parameters\""), "{err}");
 }

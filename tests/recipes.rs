@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{distill, text};
-use distill_student::sft::parallel::ShardMode;
+use distill_student::sft::parallel::{Offload, ShardMode};
 use distill_student::sft::plan::{MemoryPlan, RunShape, known_config, min_ranks};
 use distill_student::sft::train::TrainConfig;
 
@@ -156,17 +156,29 @@ fn r1_recipes_state_the_plan_the_planner_computes() {
         );
         let fewest = min_ranks(&config, shape, mode, device, 4096).unwrap_or(usize::MAX);
         assert!(fewest <= n, "{name}: {mode:?} needs {fewest} devices, the recipe plans {n}");
-        let one_node = n <= 8;
+        // Every plan runs on one node (multi-node training waits on a burn-collective fix).
+        assert!(n <= 8, "{name}: {n} devices are more than one node");
+        // Offload: the recipe turns it on, and the node's host memory holds every rank's share.
+        let offload = r["recipe"].get("plan_offload").and_then(toml::Value::as_str);
+        assert_eq!(
+            offload == Some("cpu"),
+            cfg.parallel.offload == Offload::Cpu,
+            "{name}: plan_offload and [train.parallel] offload disagree"
+        );
+        if offload == Some("cpu") {
+            let host = MemoryPlan::new(&config, shape, n, mode).host_gb() * n as f64;
+            let declared = num("plan_host_gb_per_node").unwrap();
+            assert!(
+                (host - declared).abs() < 0.1,
+                "{name}: declares {declared} GB of host memory, the planner says {host:.1}"
+            );
+            let have = cfg.parallel.host_memory_gb.expect("an offloading recipe states its host");
+            assert!(host <= have, "{name}: {host:.0} GB of offloaded state > {have} GB of host");
+        }
         match mode {
-            // Llama-70B: 16 GPUs are two nodes, which wait on a burn-collective fix (and one node
-            // would need CPU offload): it validates, and training refuses.
-            ShardMode::Parameters if !one_node => assert!(
-                cfg.validate().is_ok() && cfg.parallel.shard == ShardMode::None,
-                "{name}: a multi-node plan is not runnable yet"
-            ),
             ShardMode::None => assert_eq!(n, 1),
             _ => {
-                // Trainable today: the recipe names the devices and the mode, and the trainer's own
+                // Trainable: the recipe names the devices and the mode, and the trainer's own
                 // check accepts it.
                 assert_eq!(cfg.parallel.shard, mode, "{name}: [train.parallel] shard");
                 assert_eq!(
@@ -174,6 +186,7 @@ fn r1_recipes_state_the_plan_the_planner_computes() {
                     n,
                     "{name}: [train.parallel] devices"
                 );
+                assert!(cfg.validate().is_ok(), "{name}");
                 assert!(MemoryPlan::for_run(&config, &cfg, n).total_gb() <= device);
             }
         }

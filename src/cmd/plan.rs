@@ -60,22 +60,39 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     .max(1);
     let gb = a.gpu_memory_gb.or(cfg.device_memory_gb).unwrap_or_else(machine_memory_gb);
     let shape = RunShape::of(cfg);
+    // Every shard mode as the recipe would run it, and parameter sharding with offload.
+    let on = RunShape { offload: false, ..shape };
+    let mut columns: Vec<(String, RunShape, ShardMode)> =
+        ShardMode::ALL.iter().map(|&m| (m.name().to_string(), on, m)).collect();
+    columns.push(("+offload".into(), RunShape { offload: true, ..shape }, ShardMode::Parameters));
     let plans: Vec<MemoryPlan> =
-        ShardMode::ALL.iter().map(|&m| MemoryPlan::new(&config, shape, gpus, m)).collect();
+        columns.iter().map(|(_, s, m)| MemoryPlan::new(&config, *s, gpus, *m)).collect();
     let mins: Vec<Option<usize>> =
-        ShardMode::ALL.iter().map(|&m| min_ranks(&config, shape, m, gb, 4096)).collect();
+        columns.iter().map(|(_, s, m)| min_ranks(&config, *s, *m, gb, 4096)).collect();
+    // Offload's host memory is per node: `gpus` ranks (at most 8 per node) share it.
+    let host_gb = cfg.parallel.host_memory_gb.unwrap_or_else(machine_memory_gb);
+    let per_node = gpus.min(8);
+    let off = &plans[plans.len() - 1];
+    let cost = off.offload_cost();
+    // A PCIe 5.0 x16 link moves about 50 GB/s each way in practice; a two-socket host's memory
+    // about 400 GB/s, shared by its ranks.
+    let (pcie_gbs, host_bw_gbs) = (50.0, 400.0);
+    let offload_s = cost.seconds(pcie_gbs, host_bw_gbs, per_node);
     if a.json {
         let rows: Vec<serde_json::Value> = plans
             .iter()
             .zip(&mins)
-            .zip(ShardMode::ALL)
-            .map(|((p, m), mode)| serde_json::json!({"mode": mode.name(), "per_rank_gb": p.total_gb(), "fits": p.total_gb() <= gb, "min_devices": m, "plan": p}))
+            .zip(&columns)
+            .map(|((p, m), (name, _, _))| serde_json::json!({"mode": name, "per_rank_gb": p.total_gb(), "fits": p.total_gb() <= gb, "min_devices": m, "plan": p}))
             .collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({"model": source, "params": plans[0].params, "devices": gpus, "device_memory_gb": gb, "modes": rows})
-            )?
+            serde_json::to_string_pretty(&serde_json::json!({
+                "model": source, "params": plans[0].params, "devices": gpus, "device_memory_gb": gb, "modes": rows,
+                "offload": {"host_gb_per_rank": off.host_gb(), "host_gb_per_node": off.host_gb() * per_node as f64,
+                    "host_memory_gb": host_gb, "fits_host": off.host_gb() * per_node as f64 <= host_gb,
+                    "cost_per_step": cost, "seconds_per_step": offload_s, "pcie_gbs": pcie_gbs, "host_bandwidth_gbs": host_bw_gbs}
+            }))?
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -90,8 +107,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     );
     println!("per rank at {gpus} device(s) of {gb:.0} GB, GB:\n");
     print!("{:<26}", "");
-    for m in ShardMode::ALL {
-        print!("{:>12}", m.name());
+    for (name, _, _) in &columns {
+        print!("{name:>12}");
     }
     println!();
     for (k, (name, _)) in plans[0].parts().iter().enumerate() {
@@ -117,6 +134,18 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     println!(
         "\n\n(parameters = FSDP / ZeRO-3: weights, moments and gradients sharded; layers gathered one at a time)"
+    );
+    let parts: Vec<String> =
+        off.host_parts().iter().map(|(n, b)| format!("{n} {:.1}", b / 1e9)).collect();
+    println!(
+        "(+offload = parameters with offload = \"cpu\": host memory {:.1} GB per rank ({}), {:.0} GB for the {per_node} rank(s) of a node against {host_gb:.0} GB: {}; per step each rank moves {:.1} GB to the host and {:.1} GB back, and the host optimizer touches {:.1} GB: about {offload_s:.1} s at {pcie_gbs:.0} GB/s PCIe and {host_bw_gbs:.0} GB/s host memory)",
+        off.host_gb(),
+        parts.join(", "),
+        off.host_gb() * per_node as f64,
+        if off.host_gb() * per_node as f64 <= host_gb { "fits" } else { "does NOT fit" },
+        cost.to_host / 1e9,
+        cost.to_device / 1e9,
+        cost.host_optimizer / 1e9
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -9,7 +9,7 @@ use distill_models::ModelConfig;
 use distill_models::checkpoint::Checkpoint;
 use distill_models::device::{Cpu, CpuDevice};
 use distill_models::weights::CheckpointSource;
-use distill_student::sft::fsdp::Fsdp;
+use distill_student::sft::fsdp::{Fsdp, FsdpOptions};
 use distill_student::sft::parallel::{Comm, Layout, Parallel, ShardMode, launch};
 use serde_json::json;
 
@@ -69,7 +69,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         let par = Parallel { comm, mode: ShardMode::Parameters, layout };
         if sharded {
             let ckpt = Checkpoint::open(&a.model)?;
-            let f = Fsdp::<Cpu>::load(&config, &mut CheckpointSource::new(&ckpt), &par, &device)?;
+            let opts = FsdpOptions {
+                recompute: true,
+                prefetch: false,
+                offload: false,
+                compute: burn::tensor::DType::F32,
+            };
+            let mut src = CheckpointSource::new(&ckpt);
+            let f = Fsdp::<Cpu>::load(&config, &mut src, &par, &device, opts)?;
             // Hold the shards until every rank has loaded.
             par.comm.agree(true, &device)?;
             if par.rank() == 0 {

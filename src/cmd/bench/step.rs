@@ -15,12 +15,12 @@ use distill_models::ModelConfig;
 use distill_models::device::{Autodiff, Cpu, CpuDevice, parse_devices};
 use distill_models::rope::Rope;
 use distill_models::weights::{Collect, RandomSource, WeightSink};
-use distill_student::sft::fsdp::{Fsdp, fsdp_step};
+use distill_student::sft::fsdp::{Fsdp, FsdpOptions, fsdp_step};
 use distill_student::sft::optim::{AdamW, OptimConfig};
 use distill_student::sft::pack::Batch;
-use distill_student::sft::parallel::{Comm, Layout, Parallel, ShardMode, launch};
+use distill_student::sft::parallel::{Comm, Layout, Offload, Parallel, ShardMode, launch};
 use distill_student::sft::plan::{MemoryPlan, RunShape, known_config};
-use distill_student::sft::train::parallel_step;
+use distill_student::sft::train::{StepSpec, parallel_step};
 use serde_json::json;
 
 #[derive(clap::Args, Clone)]
@@ -47,6 +47,12 @@ pub struct Args {
     shard: String,
     #[arg(long)]
     checkpointing: bool,
+    /// Under `--shard parameters`: keep the f32 master and AdamW's moments in host memory.
+    #[arg(long)]
+    offload: bool,
+    /// Under `--shard parameters`: gather the next unit while the current one computes.
+    #[arg(long)]
+    prefetch: bool,
     /// Also run on one CPU device in f32 and compare loss, gradient norm and weights.
     #[arg(long)]
     against: Option<String>,
@@ -118,6 +124,7 @@ struct StepRec {
     grad_norm: f64,
     secs: f64,
     comm_s: f64,
+    offload_s: f64,
 }
 
 struct RunOut {
@@ -146,39 +153,36 @@ fn run_rank<B: AutodiffBackend>(
     // Under `parameters` (world > 1) each rank builds only its shards; otherwise the whole model.
     let mut fsdp = None;
     let mut model = None;
-    if distill_student::sft::train::uses_units(mode, world, a.checkpointing) {
-        fsdp = Some(Fsdp::load(cfg, &mut RandomSource::new(11), &par, &device)?);
+    let compute = if a.dtype == "bf16" { DType::BF16 } else { DType::F32 };
+    let offload = if a.offload { Offload::Cpu } else { Offload::None };
+    let optim =
+        OptimConfig { lr: 1e-3, warmup_steps: Some(0), weight_decay: 0.01, ..Default::default() };
+    if distill_student::sft::train::uses_units(mode, world, a.checkpointing, offload) {
+        let opts = FsdpOptions {
+            recompute: a.checkpointing,
+            prefetch: a.prefetch,
+            offload: a.offload,
+            compute,
+        };
+        let mut f = Fsdp::load(cfg, &mut RandomSource::new(11), &par, &device, opts)?;
+        if let Some(h) = f.host.as_mut() {
+            h.opt = AdamW::new(optim.clone());
+        }
+        fsdp = Some(f);
     } else {
         model = Some(CausalLm::<B>::load(cfg, &mut RandomSource::new(11), &device)?);
     }
-    let mut opt = AdamW::<B::InnerBackend>::new(OptimConfig {
-        lr: 1e-3,
-        warmup_steps: Some(0),
-        weight_decay: 0.01,
-        ..Default::default()
-    });
-    let compute = if a.dtype == "bf16" { DType::BF16 } else { DType::F32 };
+    let mut opt = AdamW::<B::InnerBackend>::new(optim);
+    let spec = StepSpec { kd_weight: 0.0, max_grad_norm: 1.0, lr: 1e-3, compute };
     let mut steps = Vec::new();
     for step in 0..a.steps {
         let micro = batches(cfg, rows, seq, a.grad_accum, step);
         let t0 = Instant::now();
         let out = match (&mut model, &mut fsdp) {
-            (Some(model), _) => parallel_step(
-                model, &rope, &mut opt, &micro, 0.0, 1.0, 1e-3, compute, &device, &par, false,
-            )?,
-            (None, Some(f)) => fsdp_step(
-                f,
-                &rope,
-                &mut opt,
-                &micro,
-                0.0,
-                1.0,
-                1e-3,
-                compute,
-                &device,
-                &par,
-                a.checkpointing,
-            )?,
+            (Some(model), _) => {
+                parallel_step(model, &rope, &mut opt, &micro, &spec, &device, &par, false)?
+            }
+            (None, Some(f)) => fsdp_step(f, &rope, &mut opt, &micro, &spec, &device, &par)?,
             (None, None) => unreachable!("one of the two is built"),
         };
         if par.rank() == 0 {
@@ -197,6 +201,7 @@ fn run_rank<B: AutodiffBackend>(
             grad_norm: out.grad_norm,
             secs: t0.elapsed().as_secs_f64(),
             comm_s: out.comm_s,
+            offload_s: out.offload_s,
         });
     }
     let mut sink = Collect::default();
@@ -270,6 +275,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let timed = if out.steps.len() > 1 { &out.steps[1..] } else { &out.steps[..] };
     let step_s = median(timed.iter().map(|s| s.secs).collect());
     let comm_s = median(timed.iter().map(|s| s.comm_s).collect());
+    let offload_s = median(timed.iter().map(|s| s.offload_s).collect());
     let on_cuda = a.devices.starts_with("cuda");
     let peak = a.peak_tflops.unwrap_or_else(distill_student::sft::train::cpu_peak_tflops)
         * 1e12
@@ -284,12 +290,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         bf16: a.dtype == "bf16",
         bucket_mb: 25.0,
         kd: false,
+        offload: a.offload,
+        prefetch: a.prefetch,
     };
     let planned = MemoryPlan::new(&cfg, shape, world, mode).total_gb();
     let mut result = json!({
         "model": a.model, "params": params, "devices": a.devices, "dtype": a.dtype, "shape": a.shape,
-        "grad_accum": a.grad_accum, "shard": a.shard, "checkpointing": a.checkpointing,
-        "steps": out.steps, "step_s": step_s, "comm_s": comm_s, "tokens_per_s": tokens / step_s, "mfu": mfu,
+        "grad_accum": a.grad_accum, "shard": a.shard, "checkpointing": a.checkpointing, "offload": a.offload, "prefetch": a.prefetch,
+        "steps": out.steps, "step_s": step_s, "comm_s": comm_s, "offload_s": offload_s, "tokens_per_s": tokens / step_s, "mfu": mfu,
         "planner_gb_per_rank": planned, "host_peak_rss_gb": super::peak_rss_mb() / 1024.0, "wall_s": wall, "cuda": on_cuda,
     });
     let mut ok = true;

@@ -18,6 +18,7 @@ use super::parallel::{Layout, Parallel, ShardMode};
 use crate::error::{Error, IoContext, Result};
 use distill_models::checkpoint::{Checkpoint, SaveDtype, write_sharded};
 use distill_models::config::ModelConfig;
+use distill_models::weights::NamedTensor;
 
 pub const FORMAT: &str = "distill-train-checkpoint";
 pub const VERSION: u32 = 1;
@@ -50,9 +51,9 @@ pub fn dir_name(step: u64) -> String {
 #[allow(clippy::too_many_arguments)]
 pub fn save<O: Backend>(
     root: &Path,
-    weights: &[distill_models::weights::NamedTensor],
+    weights: &[NamedTensor],
     config: &ModelConfig,
-    opt: &AdamW<O>,
+    moments: &[NamedTensor],
     state: &RunState,
     keep: usize,
     par: &Parallel<O>,
@@ -76,9 +77,9 @@ pub fn save<O: Backend>(
     // 2. Moments: whole (rank 0) or each rank its range.
     let opt_dir = tmp.join("optimizer");
     let wrote = if par.replicated() {
-        if lead { write_moments(&opt_dir, opt) } else { Ok(vec![]) }
+        if lead { write_moments(&opt_dir, moments) } else { Ok(vec![]) }
     } else {
-        write_moments(&opt_dir.join(format!("rank-{:05}", par.rank())), opt)
+        write_moments(&opt_dir.join(format!("rank-{:05}", par.rank())), moments)
     };
     if !par.comm.agree(wrote.is_ok(), device)? {
         wrote?;
@@ -102,9 +103,10 @@ fn prepare_tmp(root: &Path, tmp: &Path) -> Result<()> {
     Ok(distill_data::fsutil::fresh_dir(tmp)?)
 }
 
-fn write_moments<O: Backend>(dir: &Path, opt: &AdamW<O>) -> Result<Vec<PathBuf>> {
-    let moments: Vec<(String, Vec<usize>, Vec<f32>)> = opt
-        .state
+/// AdamW's moments as checkpoint tensors (`exp_avg.NAME`, `exp_avg_sq.NAME`, flat f32), wherever
+/// the optimizer runs.
+pub fn moments_of<O: Backend>(opt: &AdamW<O>) -> Vec<NamedTensor> {
+    opt.state
         .iter()
         .flat_map(|(n, m)| {
             let v = |t: &Tensor<O, 1>| {
@@ -116,9 +118,12 @@ fn write_moments<O: Backend>(dir: &Path, opt: &AdamW<O>) -> Result<Vec<PathBuf>>
                 (format!("exp_avg_sq.{n}"), vec![b.len()], b),
             ]
         })
-        .collect();
+        .collect()
+}
+
+fn write_moments(dir: &Path, moments: &[NamedTensor]) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).at(dir)?;
-    let files = write_sharded(dir, &moments, SaveDtype::F32, u64::MAX, &HashMap::new())?;
+    let files = write_sharded(dir, moments, SaveDtype::F32, u64::MAX, &HashMap::new())?;
     for f in &files {
         std::fs::File::open(f).and_then(|f| f.sync_all()).at(f)?;
     }
@@ -139,7 +144,7 @@ fn finish_dir<O: Backend>(
     root: &Path,
     tmp: &Path,
     dst: &Path,
-    weights: &[distill_models::weights::NamedTensor],
+    weights: &[NamedTensor],
     config: &ModelConfig,
     state: &RunState,
     keep: usize,
@@ -228,13 +233,13 @@ pub fn load_state(dir: &Path) -> Result<RunState> {
 /// Load AdamW's moments for the ranges this rank owns under `par`, whatever world size and shard
 /// mode wrote them: re-sharding is reading other ranges of the same flat layout. Every moment is
 /// checked against the parameter's size.
-pub fn load_optimizer<O: Backend>(
+pub fn load_optimizer<O: Backend, H: Backend>(
     dir: &Path,
     optim: OptimConfig,
     step: u64,
     par: &Parallel<O>,
-    device: &O::Device,
-) -> Result<AdamW<O>> {
+    device: &H::Device,
+) -> Result<AdamW<H>> {
     let bad =
         |msg: String| Error::Invalid(format!("checkpoint {} is unusable: {msg}", dir.display()));
     let opt_dir = dir.join("optimizer");
@@ -307,7 +312,7 @@ pub fn load_optimizer<O: Backend>(
                 want.len()
             )));
         }
-        let t = |v: Vec<f32>| Tensor::<O, 1>::from_data(TensorData::new(v, [want.len()]), device);
+        let t = |v: Vec<f32>| Tensor::<H, 1>::from_data(TensorData::new(v, [want.len()]), device);
         opt.state.insert(slot.name.clone(), Moments { exp_avg: t(a), exp_avg_sq: t(b) });
         found += 1;
     }

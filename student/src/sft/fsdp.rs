@@ -34,11 +34,22 @@
 //! is kept from the forward to its backward, which needs no second gather but holds the whole
 //! compute-dtype model at the turn.
 //!
+//! Prefetch ([`FsdpOptions::prefetch`]): the next unit's gather runs on a scoped helper thread
+//! while the current unit computes. burn-collective pairs each peer's calls by order, so a rank
+//! never has two collectives in flight ([`Comms`]): a reduce-scatter first waits for the running
+//! gather.
+//!
+//! Offload ([`FsdpOptions::offload`], ZeRO-Offload): the f32 master and AdamW's moments live on
+//! the host ([`Host`], burn's CPU backend) and the update runs there; the device keeps its slices
+//! in the compute dtype for the gathers. Each unit's reduce-scattered gradient slice goes to the
+//! host at once and is summed there; after the update each changed slice goes back.
+//!
 //! Checkpoints and exports are consolidated (gathered unit by unit, written by rank 0) in the
 //! same format as every other mode, so a run resumes at any world size or shard mode.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
+use std::thread::{Scope, ScopedJoinHandle};
 use std::time::Instant;
 
 use burn::prelude::*;
@@ -49,9 +60,10 @@ use super::loss::{Head, LossSums, inputs, losses_from_hidden};
 use super::optim::AdamW;
 use super::pack::Batch;
 use super::parallel::Parallel;
-use super::train::{StepOutcome, mean_losses, sums_of_squares};
+use super::train::{StepOutcome, StepSpec, mean_losses, sums_of_squares};
 use crate::error::{Error, Result};
 use distill_models::ModelConfig;
+use distill_models::device::{Cpu, CpuDevice};
 use distill_models::model::{DecoderLayer, LayerCtx, RmsNorm, embed};
 use distill_models::rope::Rope;
 use distill_models::spec::{self, Cursor, Dims, Kind, ParamSpec};
@@ -91,15 +103,52 @@ impl Units {
     }
 }
 
+/// How a rank runs the unit-by-unit schedule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FsdpOptions {
+    /// Activation checkpointing: keep each layer's input only, re-gather and re-run the layer in
+    /// the backward.
+    pub recompute: bool,
+    /// Gather the next unit on a helper thread while the current one computes.
+    pub prefetch: bool,
+    /// Keep the f32 master and AdamW's moments in host memory ([`Host`]).
+    pub offload: bool,
+    /// The forward/backward dtype; under offload, the dtype of the device's slices.
+    pub compute: DType,
+}
+
+/// A rank's offloaded state (`[train.parallel] offload = "cpu"`): the f32 master slices and AdamW,
+/// on the host backend. The device keeps only the slices in the compute dtype, refreshed after
+/// each update.
+pub struct Host {
+    pub master: Vec<Option<Tensor<Cpu, 1>>>,
+    pub opt: AdamW<Cpu>,
+}
+
 /// One rank's share of a parameter-sharded model.
 pub struct Fsdp<I: Backend> {
     pub specs: Vec<ParamSpec>,
     pub dims: Dims,
     pub eps: f64,
     pub units: Units,
-    /// This rank's f32 master slice of each parameter (`None` where it owns none), in the
-    /// trainer's flat layout (linear weights `[in, out]`).
+    pub opts: FsdpOptions,
+    /// This rank's slice of each parameter (`None` where it owns none), in the trainer's flat
+    /// layout (linear weights `[in, out]`): the f32 master, or under offload its copy in the
+    /// compute dtype.
     pub shards: Vec<Option<Tensor<I, 1>>>,
+    /// The f32 master and AdamW's state under offload.
+    pub host: Option<Host>,
+}
+
+/// A host slice on the device in `dtype`, converted on the host so that only `dtype`'s bytes
+/// cross the bus.
+fn to_device<I: Backend>(t: &Tensor<Cpu, 1>, dtype: DType, device: &I::Device) -> Tensor<I, 1> {
+    Tensor::from_data(t.clone().cast(dtype).into_data(), (device, dtype))
+}
+
+/// A device slice (an f32 gradient) in host memory.
+fn to_host<I: Backend>(t: Tensor<I, 1>) -> Tensor<Cpu, 1> {
+    Tensor::from_data(t.into_data(), (&CpuDevice::default(), DType::F32))
 }
 
 impl<I: Backend> Fsdp<I> {
@@ -111,22 +160,62 @@ impl<I: Backend> Fsdp<I> {
         src: &mut dyn WeightSource,
         par: &Parallel<I>,
         device: &I::Device,
+        opts: FsdpOptions,
     ) -> Result<Self> {
         let specs = spec::param_specs(cfg);
         let mut shards = Vec::with_capacity(specs.len());
+        let mut master = Vec::with_capacity(if opts.offload { specs.len() } else { 0 });
         for (i, s) in specs.iter().enumerate() {
             let Some(r) = par.owned(i) else {
                 src.skip(&s.name, &s.shape);
                 shards.push(None);
+                if opts.offload {
+                    master.push(None);
+                }
                 continue;
             };
             // Only the owned slice is read and converted, transposed on the way for linear
             // weights (HF keeps [out, in], the trainer [in, out]).
             let part = src.read_part(&s.name, &s.shape, r.clone(), s.kind == Kind::Weight)?;
-            shards.push(Some(Tensor::from_data(TensorData::new(part, [r.len()]), device)));
+            let data = TensorData::new(part, [r.len()]);
+            if opts.offload {
+                let m = Tensor::<Cpu, 1>::from_data(data, &CpuDevice::default());
+                shards.push(Some(to_device::<I>(&m, opts.compute, device)));
+                master.push(Some(m));
+            } else {
+                shards.push(Some(Tensor::from_data(data, device)));
+            }
         }
         let units = Units::of(&specs);
-        Ok(Fsdp { dims: spec::Dims::of(cfg), eps: cfg.rms_norm_eps, units, specs, shards })
+        let host = opts.offload.then(|| Host { master, opt: AdamW::new(Default::default()) });
+        Ok(Fsdp {
+            dims: spec::Dims::of(cfg),
+            eps: cfg.rms_norm_eps,
+            units,
+            specs,
+            opts,
+            shards,
+            host,
+        })
+    }
+
+    /// Gather `unit`'s f32 weights (under offload, from the host master).
+    fn gather_f32(
+        &self,
+        par: &Parallel<I>,
+        unit: Range<usize>,
+        device: &I::Device,
+    ) -> Result<Vec<Tensor<I, 1>>> {
+        match &self.host {
+            None => par.gather(unit, &self.shards, DType::F32, device),
+            Some(h) => {
+                let mut own: Vec<Option<Tensor<I, 1>>> = vec![None; self.shards.len()];
+                for i in unit.clone() {
+                    own[i] = h.master[i].as_ref().map(|m| to_device::<I>(m, DType::F32, device));
+                }
+                par.gather(unit, &own, DType::F32, device)
+            }
+        }
     }
 
     /// Gather every parameter and hand rank 0 the model in HF layout (`(name, shape, f32 data)`,
@@ -138,7 +227,7 @@ impl<I: Backend> Fsdp<I> {
         all.extend(self.units.layers.iter().cloned());
         all.push(self.units.head.clone());
         for unit in all {
-            let full = par.gather(unit.clone(), &self.shards, DType::F32, device)?;
+            let full = self.gather_f32(par, unit.clone(), device)?;
             if par.rank() != 0 {
                 continue;
             }
@@ -250,6 +339,35 @@ fn accumulate<I: Backend>(
     }
 }
 
+/// The step's accumulated owned-slice gradients (f32): on the device, or under offload on the
+/// host, where each unit's slice goes as soon as it is reduce-scattered.
+enum Acc<I: Backend> {
+    Device(Vec<Option<Tensor<I, 1>>>),
+    /// The slices, and the seconds spent moving them.
+    Host(Vec<Option<Tensor<Cpu, 1>>>, f64),
+}
+
+impl<I: Backend> Acc<I> {
+    fn add(&mut self, unit: Range<usize>, g: Vec<Option<Tensor<I, 1>>>) {
+        match self {
+            Acc::Device(acc) => accumulate(acc, unit, g),
+            Acc::Host(acc, secs) => {
+                let t = Instant::now();
+                accumulate(acc, unit, g.into_iter().map(|g| g.map(to_host::<I>)).collect());
+                *secs += t.elapsed().as_secs_f64();
+            }
+        }
+    }
+
+    /// This rank's share of the squared global norm.
+    fn sum_of_squares(&self) -> Result<f64> {
+        Ok(match self {
+            Acc::Device(acc) => sums_of_squares(acc.iter().flatten())?.iter().sum(),
+            Acc::Host(acc, _) => sums_of_squares(acc.iter().flatten())?.iter().sum(),
+        })
+    }
+}
+
 /// A layer's graph from its forward to its backward: the input leaf, the output, the weight
 /// leaves.
 type Segment<B> = (Tensor<B, 3>, Tensor<B, 3>, Vec<Tensor<B, 1>>);
@@ -262,50 +380,209 @@ fn leaf_grads<B: AutodiffBackend>(
     w.iter().map(|t| t.grad(grads).map(|g| g.cast(DType::F32))).collect()
 }
 
+type Gathered<I> = Result<Vec<Tensor<I, 1>>>;
+
+/// A gather started ahead of its use.
+enum Pending<'s, I: Backend> {
+    Idle,
+    Running(Range<usize>, ScopedJoinHandle<'s, Gathered<I>>),
+    Ready(Range<usize>, Gathered<I>),
+}
+
+/// The step's collectives, timed. With prefetch the next unit's gather runs on a helper thread
+/// while the caller computes. At most one collective is in flight per rank and every rank issues
+/// them in the same order (burn-collective matches calls by order): a reduce-scatter first waits
+/// for a running prefetch.
+struct Comms<'s, 'e, I: Backend> {
+    scope: &'s Scope<'s, 'e>,
+    par: &'e Parallel<I>,
+    shards: &'e [Option<Tensor<I, 1>>],
+    dtype: DType,
+    device: &'e I::Device,
+    prefetch: bool,
+    pending: Pending<'s, I>,
+    /// Seconds the step waited on collectives (a prefetched gather costs only what is left of it
+    /// when it is needed).
+    waited: f64,
+}
+
+impl<'s, 'e, I: Backend> Comms<'s, 'e, I> {
+    /// Start gathering `unit` for later (nothing without prefetch).
+    fn prefetch(&mut self, unit: &Range<usize>) {
+        if !self.prefetch {
+            return;
+        }
+        self.settle();
+        let (par, shards, dtype, device, u) =
+            (self.par, self.shards, self.dtype, self.device, unit.clone());
+        let h = self.scope.spawn(move || par.gather(u, shards, dtype, device));
+        self.pending = Pending::Running(unit.clone(), h);
+    }
+
+    /// Wait for a running prefetch and keep its result.
+    fn settle(&mut self) {
+        if let Pending::Running(..) = self.pending {
+            let t = Instant::now();
+            let Pending::Running(u, h) = std::mem::replace(&mut self.pending, Pending::Idle) else {
+                unreachable!("matched above")
+            };
+            let r = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            self.waited += t.elapsed().as_secs_f64();
+            self.pending = Pending::Ready(u, r);
+        }
+    }
+
+    /// `unit`'s weights in the compute dtype: prefetched, or gathered now.
+    fn gather(&mut self, unit: &Range<usize>) -> Gathered<I> {
+        self.settle();
+        match std::mem::replace(&mut self.pending, Pending::Idle) {
+            Pending::Ready(u, r) if u == *unit => r,
+            other => {
+                debug_assert!(matches!(other, Pending::Idle), "a prefetch went unused");
+                let t = Instant::now();
+                let r = self.par.gather(unit.clone(), self.shards, self.dtype, self.device);
+                self.waited += t.elapsed().as_secs_f64();
+                r
+            }
+        }
+    }
+
+    fn scatter(
+        &mut self,
+        unit: &Range<usize>,
+        g: Vec<Option<Tensor<I, 1>>>,
+    ) -> Result<Vec<Option<Tensor<I, 1>>>> {
+        self.settle();
+        let t = Instant::now();
+        let r = self.par.reduce_scatter(unit.clone(), g, self.device);
+        self.waited += t.elapsed().as_secs_f64();
+        r
+    }
+}
+
+/// What the rounds of a step leave: the gradients and the loss sums.
+struct Rounds<I: Backend> {
+    acc: Acc<I>,
+    ce_total: f64,
+    kd_total: f64,
+    comm_s: f64,
+}
+
 /// One optimizer step under parameter sharding; the same contract as
 /// [`parallel_step`](super::train::parallel_step) (every rank passes the same `micro`; micro-batch
 /// i runs on rank i mod world).
-#[allow(clippy::too_many_arguments)]
 pub fn fsdp_step<B: AutodiffBackend>(
     f: &mut Fsdp<B::InnerBackend>,
     rope: &Rope<B>,
     opt: &mut AdamW<B::InnerBackend>,
     micro: &[Batch],
-    kd_weight: f64,
-    max_grad_norm: f64,
-    lr: f64,
-    compute: DType,
+    spec: &StepSpec,
     device: &B::Device,
     par: &Parallel<B::InnerBackend>,
-    recompute: bool,
 ) -> Result<StepOutcome> {
-    type G<B> = Option<Tensor<<B as AutodiffBackend>::InnerBackend, 1>>;
-    let (rank, world) = (par.rank(), par.world());
     let n_tokens: usize = micro.iter().map(Batch::loss_tokens).sum();
     let n_kd: usize = micro.iter().map(|b| b.kd.len()).sum();
-    let w = if n_kd > 0 { kd_weight } else { 0.0 };
+    let w = if n_kd > 0 { spec.kd_weight } else { 0.0 };
+    let r = std::thread::scope(|scope| {
+        let mut comms = Comms {
+            scope,
+            par,
+            shards: &f.shards,
+            dtype: spec.compute,
+            device,
+            prefetch: f.opts.prefetch,
+            pending: Pending::Idle,
+            waited: 0.0,
+        };
+        rounds::<B>(f, rope, micro, w, n_tokens, n_kd, device, &mut comms)
+    })?;
+    let Rounds { acc, ce_total, kd_total, mut comm_s } = r;
+
+    let t = Instant::now();
+    let sums = par.comm.sum(&[ce_total, kd_total], device)?;
+    comm_s += t.elapsed().as_secs_f64();
+    let world = par.world();
+    let (ce_total, kd_total) = if world == 1 { (ce_total, kd_total) } else { (sums[0], sums[1]) };
+    let (loss, ce, kd) = mean_losses(ce_total, kd_total, n_tokens, n_kd, w);
+
+    // Global norm from the owned slices (f64 sums of squares, summed over ranks).
+    let grad_norm = par.comm.sum(&[acc.sum_of_squares()?], device)?[0].sqrt();
+    let mut outcome = StepOutcome {
+        loss,
+        ce,
+        kd,
+        grad_norm,
+        grad_norms: BTreeMap::new(),
+        clipped_grad_norms: BTreeMap::new(),
+        tokens: n_tokens,
+        comm_s,
+        offload_s: 0.0,
+    };
+    if let Acc::Host(_, secs) = &acc {
+        outcome.offload_s = *secs;
+    }
+    if !loss.is_finite() || !grad_norm.is_finite() {
+        return Ok(outcome);
+    }
+    let clip = spec.max_grad_norm > 0.0;
+    let coef = if clip { (spec.max_grad_norm / (grad_norm + 1e-6)).min(1.0) } else { 1.0 };
+    // AdamW on the owned slices; nothing is gathered after the update (that is what ZeRO-3 saves).
+    // A master is taken only when there is a gradient to apply.
+    match (acc, f.host.as_mut()) {
+        (Acc::Device(acc), _) => {
+            for (i, g) in acc.into_iter().enumerate() {
+                let Some(g) = g else { continue };
+                let Some(master) = f.shards[i].take() else { continue };
+                let g = if clip { g.mul_scalar(coef) } else { g };
+                f.shards[i] = Some(opt.update(&f.specs[i].name, master, g, spec.lr));
+            }
+        }
+        (Acc::Host(acc, _), Some(h)) => {
+            // On the host; then each updated slice goes back to the device in the compute dtype.
+            let t = Instant::now();
+            for (i, g) in acc.into_iter().enumerate() {
+                let Some(g) = g else { continue };
+                let Some(master) = h.master[i].take() else { continue };
+                let g = if clip { g.mul_scalar(coef) } else { g };
+                let m = h.opt.update(&f.specs[i].name, master, g, spec.lr);
+                f.shards[i] = Some(to_device::<B::InnerBackend>(&m, f.opts.compute, device));
+                h.master[i] = Some(m);
+            }
+            h.opt.step += 1;
+            outcome.offload_s += t.elapsed().as_secs_f64();
+        }
+        (Acc::Host(..), None) => unreachable!("host gradients only under offload"),
+    }
+    opt.step += 1;
+    Ok(outcome)
+}
+
+/// The rounds of a step (micro-batch `round · world + rank` on this rank), unit by unit.
+#[allow(clippy::too_many_arguments)]
+fn rounds<B: AutodiffBackend>(
+    f: &Fsdp<B::InnerBackend>,
+    rope: &Rope<B>,
+    micro: &[Batch],
+    w: f64,
+    n_tokens: usize,
+    n_kd: usize,
+    device: &B::Device,
+    comms: &mut Comms<'_, '_, B::InnerBackend>,
+) -> Result<Rounds<B::InnerBackend>> {
+    type G<B> = Option<Tensor<<B as AutodiffBackend>::InnerBackend, 1>>;
+    let (rank, world) = (comms.par.rank(), comms.par.world());
     let np = f.specs.len();
     let tied = f.dims.tied;
-    let mut comm_s = 0.0;
-    let mut acc: Vec<G<B>> = vec![None; np];
+    let recompute = f.opts.recompute;
+    let mut acc =
+        if f.host.is_some() { Acc::Host(vec![None; np], 0.0) } else { Acc::Device(vec![None; np]) };
     let (mut ce_total, mut kd_total) = (0.0f64, 0.0f64);
     let view = f.view();
-    let units = f.units.clone();
-    let shards = &f.shards;
-    // Gathers and reduce-scatters, timed.
-    let gather =
-        |unit: &Range<usize>, comm_s: &mut f64| -> Result<Vec<Tensor<B::InnerBackend, 1>>> {
-            let t = Instant::now();
-            let r = par.gather(unit.clone(), shards, compute, device);
-            *comm_s += t.elapsed().as_secs_f64();
-            r
-        };
-    let scatter = |unit: &Range<usize>, g: Vec<G<B>>, comm_s: &mut f64| -> Result<Vec<G<B>>> {
-        let t = Instant::now();
-        let r = par.reduce_scatter(unit.clone(), g, device);
-        *comm_s += t.elapsed().as_secs_f64();
-        r
-    };
+    let units = &f.units;
+    let n_layers = units.layers.len();
+    // The unit gathered after layer l in the forward, and after layer l in the backward.
+    let next_fwd = |l: usize| units.layers.get(l + 1).unwrap_or(&units.head);
+    let next_bwd = |l: usize| if l == 0 { &units.embed } else { &units.layers[l - 1] };
 
     for round in 0..micro.len().div_ceil(world) {
         // A rank without a micro-batch this round runs the same collectives with no compute.
@@ -321,7 +598,8 @@ pub fn fsdp_step<B: AutodiffBackend>(
         let ctx = prepared.as_ref().map(|(_, _, mask, positions)| {
             LayerCtx::new(rope, positions, f.dims.heads, f.dims.kv_heads, mask)
         });
-        let w0 = gather(&units.embed, &mut comm_s)?;
+        let w0 = comms.gather(&units.embed)?;
+        comms.prefetch(units.layers.first().unwrap_or(&units.head));
         let mut x: Option<Tensor<B, 3>> = prepared.as_ref().map(|(_, ids, _, _)| {
             embed(
                 Tensor::<B, 1>::from_inner(w0[0].clone())
@@ -330,10 +608,11 @@ pub fn fsdp_step<B: AutodiffBackend>(
             )
         });
         drop(w0);
-        let mut inputs_l: Vec<Option<Tensor<B, 3>>> = Vec::with_capacity(units.layers.len());
+        let mut inputs_l: Vec<Option<Tensor<B, 3>>> = Vec::with_capacity(n_layers);
         let mut kept: Vec<Option<Segment<B>>> = Vec::new();
-        for unit in &units.layers {
-            let wl = gather(unit, &mut comm_s)?;
+        for (l, unit) in units.layers.iter().enumerate() {
+            let wl = comms.gather(unit)?;
+            comms.prefetch(next_fwd(l));
             if let (Some(ctx), Some(xv)) = (ctx.as_ref(), x.take()) {
                 if recompute {
                     let layer = build_layer::<B>(&view, unit, &leaves::<B>(wl, false));
@@ -356,8 +635,11 @@ pub fn fsdp_step<B: AutodiffBackend>(
 
         // Head: loss, its gradient, and ∂loss/∂x_L.
         // Held in options so that a rank without a micro-batch drops them here too.
-        let mut wh = Some(gather(&units.head, &mut comm_s)?);
-        let mut we = if tied { Some(gather(&units.embed, &mut comm_s)?) } else { None };
+        let mut wh = Some(comms.gather(&units.head)?);
+        let mut we = if tied { Some(comms.gather(&units.embed)?) } else { None };
+        if recompute && n_layers > 0 {
+            comms.prefetch(&units.layers[n_layers - 1]);
+        }
         let mut g_x: Option<Tensor<B::InnerBackend, 3>> = None;
         let (mut gh, mut ge): (Vec<G<B>>, Vec<G<B>>) =
             (vec![None; units.head.len()], vec![None; 1]);
@@ -381,17 +663,18 @@ pub fn fsdp_step<B: AutodiffBackend>(
             g_x = xl.grad(&grads);
         }
         drop((wh, we));
-        let s = scatter(&units.head, gh, &mut comm_s)?;
-        accumulate(&mut acc, units.head.clone(), s);
+        let s = comms.scatter(&units.head, gh)?;
+        acc.add(units.head.clone(), s);
         if tied {
-            let s = scatter(&units.embed, ge, &mut comm_s)?;
-            accumulate(&mut acc, units.embed.clone(), s);
+            let s = comms.scatter(&units.embed, ge)?;
+            acc.add(units.embed.clone(), s);
         }
 
         // Backward through the layers, last first.
         for (l, unit) in units.layers.iter().enumerate().rev() {
             let seg = if recompute {
-                let wl = gather(unit, &mut comm_s)?;
+                let wl = comms.gather(unit)?;
+                comms.prefetch(next_bwd(l));
                 match (ctx.as_ref(), inputs_l[l].take()) {
                     (Some(ctx), Some(xv)) => {
                         let xl = Tensor::<B, 3>::from_inner(xv.inner()).require_grad();
@@ -410,12 +693,12 @@ pub fn fsdp_step<B: AutodiffBackend>(
                 g = leaf_grads::<B>(&ws, &grads);
                 g_x = xl.grad(&grads);
             }
-            let s = scatter(unit, g, &mut comm_s)?;
-            accumulate(&mut acc, unit.clone(), s);
+            let s = comms.scatter(unit, g)?;
+            acc.add(unit.clone(), s);
         }
 
         // The embedding.
-        let w0 = gather(&units.embed, &mut comm_s)?;
+        let w0 = comms.gather(&units.embed)?;
         let mut g: Vec<G<B>> = vec![None; 1];
         if let (Some((_, ids, _, _)), Some(gy)) = (prepared.as_ref(), g_x.take()) {
             let ws = leaves::<B>(w0, true);
@@ -423,44 +706,10 @@ pub fn fsdp_step<B: AutodiffBackend>(
             let grads = (x0 * Tensor::<B, 3>::from_inner(gy)).sum().backward();
             g = leaf_grads::<B>(&ws, &grads);
         }
-        let s = scatter(&units.embed, g, &mut comm_s)?;
-        accumulate(&mut acc, units.embed.clone(), s);
+        let s = comms.scatter(&units.embed, g)?;
+        acc.add(units.embed.clone(), s);
     }
-
-    let t = Instant::now();
-    let sums = par.comm.sum(&[ce_total, kd_total], device)?;
-    comm_s += t.elapsed().as_secs_f64();
-    let (ce_total, kd_total) = if world == 1 { (ce_total, kd_total) } else { (sums[0], sums[1]) };
-    let (loss, ce, kd) = mean_losses(ce_total, kd_total, n_tokens, n_kd, w);
-
-    // Global norm from the owned slices (f64 sums of squares, summed over ranks).
-    let local: f64 = sums_of_squares(acc.iter().flatten())?.iter().sum();
-    let grad_norm = par.comm.sum(&[local], device)?[0].sqrt();
-    let outcome = StepOutcome {
-        loss,
-        ce,
-        kd,
-        grad_norm,
-        grad_norms: BTreeMap::new(),
-        clipped_grad_norms: BTreeMap::new(),
-        tokens: n_tokens,
-        comm_s,
-    };
-    if !loss.is_finite() || !grad_norm.is_finite() {
-        return Ok(outcome);
-    }
-    let coef =
-        if max_grad_norm > 0.0 { (max_grad_norm / (grad_norm + 1e-6)).min(1.0) } else { 1.0 };
-    // AdamW on the owned slices; nothing is gathered after the update (that is what ZeRO-3 saves).
-    for (i, g) in acc.into_iter().enumerate() {
-        // The master is taken only when there is a gradient to apply.
-        let Some(g) = g else { continue };
-        let Some(master) = f.shards[i].take() else { continue };
-        let g = if max_grad_norm > 0.0 { g.mul_scalar(coef) } else { g };
-        f.shards[i] = Some(opt.update(&f.specs[i].name, master, g, lr));
-    }
-    opt.step += 1;
-    Ok(outcome)
+    Ok(Rounds { acc, ce_total, kd_total, comm_s: comms.waited })
 }
 
 fn f_vocab(v: &FsdpView<'_>) -> usize {
@@ -472,8 +721,8 @@ fn f_hidden(v: &FsdpView<'_>) -> usize {
 }
 
 /// Held-out loss sums (Σ ce, tokens) of `chunks` under parameter sharding: forward only, unit by
-/// unit, on the inner backend; chunk c runs on rank c mod world and every rank joins every
-/// gather.
+/// unit, on the inner backend, in f32; chunk c runs on rank c mod world and every rank joins
+/// every gather.
 pub fn eval_sums<I: Backend>(
     f: &Fsdp<I>,
     rope: &Rope<I>,
@@ -490,20 +739,20 @@ pub fn eval_sums<I: Backend>(
         let ctx = prepared.as_ref().map(|(_, (_, mask, positions))| {
             LayerCtx::new(rope, positions, f.dims.heads, f.dims.kv_heads, mask)
         });
-        let w0 = par.gather(f.units.embed.clone(), &f.shards, DType::F32, device)?;
+        let w0 = f.gather_f32(par, f.units.embed.clone(), device)?;
         let mut x = prepared.as_ref().map(|(_, (ids, _, _))| {
             embed(w0[0].clone().reshape([f.dims.vocab, f.dims.hidden]), ids.clone())
         });
         drop(w0);
         for unit in &f.units.layers {
-            let wl = par.gather(unit.clone(), &f.shards, DType::F32, device)?;
+            let wl = f.gather_f32(par, unit.clone(), device)?;
             if let (Some(ctx), Some(xv)) = (ctx.as_ref(), x.take()) {
                 x = Some(build_layer::<I>(&view, unit, &wl).forward(xv, ctx, None));
             }
         }
-        let wh = par.gather(f.units.head.clone(), &f.shards, DType::F32, device)?;
+        let wh = f.gather_f32(par, f.units.head.clone(), device)?;
         let we = if f.dims.tied {
-            Some(par.gather(f.units.embed.clone(), &f.shards, DType::F32, device)?)
+            Some(f.gather_f32(par, f.units.embed.clone(), device)?)
         } else {
             None
         };

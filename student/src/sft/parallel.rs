@@ -65,6 +65,18 @@ impl ShardMode {
     }
 }
 
+/// `[train.parallel] offload`: where parameter sharding keeps the f32 master and AdamW's moments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Offload {
+    /// On the device, with everything else.
+    #[default]
+    None,
+    /// In host memory (ZeRO-Offload): the device keeps only its slices in the compute dtype; each
+    /// gradient slice is copied to the host as it is reduce-scattered, and AdamW runs on the host.
+    Cpu,
+}
+
 /// `[train.parallel]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -73,6 +85,14 @@ pub struct ParallelConfig {
     /// one rank on `[train] device`. `distill train --devices` overrides it.
     pub devices: Option<String>,
     pub shard: ShardMode,
+    /// `cpu`: keep the f32 master weights and AdamW's moments in host memory and run the
+    /// optimizer there (needs `shard = "parameters"`; the planner checks the host's memory).
+    pub offload: Offload,
+    /// Host memory of this node available to offloaded state, GB (default: this machine's RAM).
+    pub host_memory_gb: Option<f64>,
+    /// Under `parameters`, gather the next unit on a helper thread while the current one
+    /// computes (one more gathered unit in memory). docs/benchmarks.md has what it bought.
+    pub prefetch: bool,
     /// Gradients are reduced in buckets of about this many MB (few large calls, not one per tensor).
     pub bucket_mb: f64,
     /// Nodes (processes, usually machines) in the run, each with the same number of devices.
@@ -95,6 +115,9 @@ impl Default for ParallelConfig {
         ParallelConfig {
             devices: None,
             shard: ShardMode::None,
+            offload: Offload::None,
+            host_memory_gb: None,
+            prefetch: false,
             bucket_mb: 25.0,
             nodes: 1,
             node_rank: 0,
@@ -206,6 +229,20 @@ impl ParallelConfig {
             return Err(Error::Invalid(format!(
                 "[train.parallel] bucket_mb must be a positive number of MB, not {}",
                 self.bucket_mb
+            )));
+        }
+        if self.offload == Offload::Cpu && self.shard != ShardMode::Parameters {
+            return Err(Error::Invalid(format!(
+                "[train.parallel] offload = \"cpu\" needs shard = \"parameters\" (it is \"{}\"): the \
+                 offloaded state is the parameter shards' f32 master and moments",
+                self.shard.name()
+            )));
+        }
+        if let Some(gb) = self.host_memory_gb
+            && !(gb.is_finite() && gb > 0.0)
+        {
+            return Err(Error::Invalid(format!(
+                "[train.parallel] host_memory_gb must be a positive number of GB, not {gb}"
             )));
         }
         if let Some(d) = &self.devices {

@@ -19,6 +19,13 @@
 //! result); without it, the whole compute-dtype model, kept by the layers' graphs from the
 //! forward to their backward.
 //!
+//! With `offload = "cpu"` (ZeRO-Offload) the 16P/N of state moves to the host: the device keeps
+//! its slices in the compute dtype (2P/N in bf16) beside the gathered units and one unit's
+//! gradient transient, and the host holds the f32 master, the moments and the accumulated
+//! gradient slices of every rank it serves. Each step moves every rank's gradient slices to the
+//! host once per round (4P/N bytes) and the updated slices back (2P/N in bf16): [`OffloadCost`].
+//! With `prefetch`, one more unit is gathered while the current one computes.
+//!
 //! Gradients: burn's backward returns every parameter's gradient at once (4P); with gradient
 //! accumulation the running sum is a second full copy, except under `gradients`, where each
 //! micro-batch's gradient is reduce-scattered at once and only the owned 1/N is summed.
@@ -86,6 +93,13 @@ pub struct MemoryPlan {
     pub activations: f64,
     pub logits: f64,
     pub comm_buffers: f64,
+    /// Whether the f32 master and the moments are offloaded to the host.
+    pub offload: bool,
+    /// Host memory per rank for offloaded state: f32 master, moments, accumulated gradients.
+    pub host: f64,
+    /// Rounds of micro-batches per optimizer step (each ends in a gradient copy to the host).
+    pub rounds: usize,
+    pub compute_bytes: f64,
 }
 
 /// The shape of a run, as far as memory is concerned.
@@ -100,6 +114,10 @@ pub struct RunShape {
     /// Logit distillation (`kd_weight > 0`) needs the full logits; cross-entropy alone runs the
     /// LM head in chunks (`crate::lm_head_loss`).
     pub kd: bool,
+    /// `offload = "cpu"` (applies to `parameters` only).
+    pub offload: bool,
+    /// `prefetch` (applies to the unit-by-unit schedule only).
+    pub prefetch: bool,
 }
 
 impl RunShape {
@@ -112,6 +130,8 @@ impl RunShape {
             bf16: cfg.compute() == burn::tensor::DType::BF16,
             bucket_mb: cfg.parallel.bucket_mb,
             kd: cfg.kd_weight > 0.0,
+            offload: cfg.parallel.offload == super::parallel::Offload::Cpu,
+            prefetch: cfg.parallel.prefetch,
         }
     }
 }
@@ -121,30 +141,45 @@ impl MemoryPlan {
         let p = param_count(c);
         let pf = p as f64;
         let n = world.max(1) as f64;
-        let mode = if world <= 1 { ShardMode::None } else { mode };
+        let offload = s.offload && mode == ShardMode::Parameters;
+        // World size 1 is the unsharded plan, except under offload (every unit owned whole).
+        let mode = if world <= 1 && !offload { ShardMode::None } else { mode };
         let accumulates = s.grad_accum > 1;
         let unit = largest_unit(c) as f64;
         let compute_bytes = if s.bf16 { 2.0 } else { 4.0 };
         let bf16 = if s.bf16 { 1.0 } else { 0.0 };
-        // The unit-by-unit schedule (`super::fsdp`): parameter sharding, and activation
-        // checkpointing on one device (there every unit is owned whole, n = 1).
+        // The unit-by-unit schedule (`super::fsdp`): parameter sharding, activation checkpointing
+        // on one device (there every unit is owned whole, n = 1), and offload.
         let units = mode == ShardMode::Parameters || (world <= 1 && s.checkpointing);
+        // One unit's gradient transient: its gradient in the compute dtype, its f32 cast (bf16
+        // only) and the all-reduce's f32 result.
+        let transient = unit * (compute_bytes + 4.0 + 4.0 * bf16);
         let gradients = match mode {
-            // The owned f32 slices, plus one unit's transient: its gradient in the compute dtype,
-            // its f32 cast (bf16 only) and the all-reduce's f32 result.
-            _ if units => 4.0 * pf / n + unit * (compute_bytes + 4.0 + 4.0 * bf16),
+            _ if offload => transient,
+            // The owned f32 slices, plus the transient.
+            _ if units => 4.0 * pf / n + transient,
             ShardMode::Gradients => 4.0 * pf + 4.0 * pf / n,
             _ => 4.0 * pf * if accumulates { 2.0 } else { 1.0 },
         };
-        let moments = if mode.sharded() { 8.0 * pf / n } else { 8.0 * pf };
+        let moments = if offload {
+            0.0
+        } else if mode.sharded() {
+            8.0 * pf / n
+        } else {
+            8.0 * pf
+        };
+        // Gathered weights: one unit at a time with checkpointing (the gather's zero-padded
+        // buffer becomes its result), one more with prefetch; without checkpointing every
+        // layer's graph keeps its weights from the forward to its backward.
+        let gathered = if s.checkpointing { unit } else { pf } * compute_bytes
+            + if s.prefetch { unit * compute_bytes } else { 0.0 };
         let (weights, compute_copy) = match mode {
-            // Gathered weights: one unit at a time with checkpointing (the gather's zero-padded
-            // buffer becomes its result); without it every layer's graph keeps its weights from
-            // the forward to its backward.
-            _ if units && s.checkpointing => (4.0 * pf / n, unit * compute_bytes),
-            _ if units => (4.0 * pf / n, pf * compute_bytes),
+            // The device keeps its slices in the compute dtype only.
+            _ if offload => (0.0, pf / n * compute_bytes + gathered),
+            _ if units => (4.0 * pf / n, gathered),
             _ => (4.0 * pf, if s.bf16 { 2.0 * pf } else { 0.0 }),
         };
+        let host = if offload { 16.0 * pf / n } else { 0.0 };
         let tokens = (s.micro_batch * s.seq) as f64;
         // Per layer and token: ~ (hidden·10 + intermediate·3) floats kept for the backward pass.
         // Attention keeps no score matrix (`distill_models::attention` recomputes it per chunk).
@@ -182,9 +217,60 @@ impl MemoryPlan {
             activations,
             logits,
             comm_buffers,
+            offload,
+            host,
+            rounds: s.grad_accum.div_ceil(world.max(1)),
+            compute_bytes,
         }
     }
 
+    pub fn host_gb(&self) -> f64 {
+        self.host / 1e9
+    }
+
+    /// The host's share per rank under offload, `(name, bytes)`: 4P/N + 8P/N + 4P/N.
+    pub fn host_parts(&self) -> [(&'static str, f64); 3] {
+        let q = self.host / 16.0;
+        [("f32 master", 4.0 * q), ("AdamW moments", 8.0 * q), ("gradients", 4.0 * q)]
+    }
+
+    /// What offload costs a rank each optimizer step (zero without offload).
+    pub fn offload_cost(&self) -> OffloadCost {
+        if !self.offload {
+            return OffloadCost::default();
+        }
+        let slice = self.params as f64 / self.world as f64;
+        OffloadCost {
+            to_host: self.rounds as f64 * 4.0 * slice,
+            to_device: self.compute_bytes * slice,
+            // AdamW reads master, gradient and both moments and writes master and moments (28
+            // bytes per element), then casts the master for the device (4 + 2).
+            host_optimizer: slice * 34.0,
+        }
+    }
+}
+
+/// Bytes one rank moves per optimizer step under offload.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct OffloadCost {
+    /// Gradient slices, device → host: 4P/N per round of micro-batches.
+    pub to_host: f64,
+    /// Updated slices in the compute dtype, host → device.
+    pub to_device: f64,
+    /// Host memory traffic of the AdamW update.
+    pub host_optimizer: f64,
+}
+
+impl OffloadCost {
+    /// Seconds at `pcie_gbs` GB/s per device link and `host_gbs` GB/s of host memory bandwidth
+    /// shared by `ranks` ranks.
+    pub fn seconds(&self, pcie_gbs: f64, host_gbs: f64, ranks: usize) -> f64 {
+        (self.to_host + self.to_device) / (pcie_gbs * 1e9)
+            + self.host_optimizer * ranks as f64 / (host_gbs * 1e9)
+    }
+}
+
+impl MemoryPlan {
     pub fn for_run(c: &ModelConfig, cfg: &TrainConfig, world: usize) -> MemoryPlan {
         MemoryPlan::new(c, RunShape::of(cfg), world, cfg.parallel.shard)
     }
@@ -267,6 +353,8 @@ mod tests {
             bf16: false,
             bucket_mb: 25.0,
             kd: true,
+            offload: false,
+            prefetch: false,
         };
         let p = param_count(&c) as f64;
         let none = MemoryPlan::new(&c, s, 4, ShardMode::None);

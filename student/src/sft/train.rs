@@ -16,14 +16,14 @@ use serde_json::json;
 
 use super::checkpoint::{self, RunState};
 use super::data::{self, DataConfig, DataReport};
-use super::fsdp::Fsdp;
+use super::fsdp::{Fsdp, FsdpOptions};
 use super::loss::losses;
 use super::optim::{AdamW, OptimConfig};
 use super::pack::{self, Batch};
-use super::parallel::{Comm, Layout, Parallel, ParallelConfig, ShardMode};
+use super::parallel::{Comm, Layout, Offload, Parallel, ParallelConfig, ShardMode};
 use crate::error::{Error, IoContext, Result};
 use distill_models::checkpoint::SaveDtype;
-use distill_models::device::DeviceKind;
+use distill_models::device::{CpuDevice, DeviceKind};
 use distill_models::hf::{self, Assets, ExportOptions};
 use distill_models::model::{CausalLm, ParamMut};
 use distill_models::rope::Rope;
@@ -229,6 +229,10 @@ pub struct StepMetrics {
     pub world: usize,
     /// Seconds of the step spent in collectives (gradient reduction, weight gathering).
     pub comm_s: f64,
+    /// Under offload: seconds spent moving slices between device and host and in the host's
+    /// AdamW.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offload_s: Option<f64>,
 }
 
 pub struct Summary {
@@ -367,6 +371,32 @@ pub fn train<B: AutodiffBackend>(
         )));
     }
 
+    // Offloaded state lives in this node's host memory, for every rank the node runs (on CPU
+    // peers the devices' own share comes out of the same memory).
+    if plan.offload {
+        let local = devices.len() as f64;
+        let need = (plan.host_gb() + if cfg.on_cuda() { 0.0 } else { plan.total_gb() }) * local;
+        let host = cfg.parallel.host_memory_gb.unwrap_or_else(machine_memory_gb);
+        if need > host {
+            let parts: Vec<String> = plan
+                .host_parts()
+                .iter()
+                .map(|(name, b)| format!("{name} {:.2} GB", b / 1e9))
+                .collect();
+            return Err(Error::Invalid(format!(
+                "offload = \"cpu\" needs about {need:.1} GB of host memory on this node but it has {host:.1} GB ([train.parallel] host_memory_gb, default: this machine's RAM): {} rank(s) × {:.2} GB of offloaded state ({}){}; add devices or nodes so each rank's share shrinks, or turn offload off if the devices can hold it (`distill plan` shows every mode)",
+                devices.len(),
+                plan.host_gb(),
+                parts.join(", "),
+                if cfg.on_cuda() {
+                    String::new()
+                } else {
+                    format!(", plus {:.2} GB per CPU peer for the step itself", plan.total_gb())
+                }
+            )));
+        }
+    }
+
     let shared = Shared {
         cfg,
         recipe,
@@ -437,28 +467,49 @@ fn run_rank<B: AutodiffBackend>(
     // which recomputes each layer from its input: burn's own checkpointing of the whole graph
     // (op-level, it keeps every matmul output) saved 7% of the memory where this saves the
     // activations (docs/benchmarks.md, "Parameter sharding").
-    let units = uses_units(cfg.parallel.shard, world, cfg.activation_checkpointing);
+    let offload = cfg.parallel.offload == Offload::Cpu;
+    let units =
+        uses_units(cfg.parallel.shard, world, cfg.activation_checkpointing, cfg.parallel.offload);
     let mut student: Student<B> = if units {
         let ckpt = distill_models::checkpoint::Checkpoint::open(&weights_dir).map_err(unusable)?;
         let mut src = distill_models::weights::CheckpointSource::new(&ckpt);
-        Student::Sharded(Fsdp::load(&config, &mut src, &par, &device).map_err(|e| match e {
+        let opts = FsdpOptions {
+            recompute: cfg.activation_checkpointing,
+            prefetch: cfg.parallel.prefetch,
+            offload,
+            compute: cfg.compute(),
+        };
+        let f = Fsdp::load(&config, &mut src, &par, &device, opts).map_err(|e| match e {
             Error::Model(m) => unusable(m),
             e => e,
-        })?)
+        })?;
+        Student::Sharded(Box::new(f))
     } else {
         let loaded = hf::load_model::<B>(&weights_dir, &device).map_err(unusable)?;
         Student::Whole(Box::new(loaded.model))
     };
-    let mut opt = match &resume_dir {
-        Some(dir) => checkpoint::load_optimizer::<B::InnerBackend>(
-            dir,
-            cfg.optim.clone(),
-            state.step,
-            &par,
-            &device,
-        )?,
-        None => AdamW::<B::InnerBackend>::new(cfg.optim.clone()),
+    // AdamW's moments: on the device, or under offload on the host beside the f32 master (the
+    // device's optimizer then stays empty).
+    let mut opt = match (&resume_dir, offload) {
+        (Some(dir), false) => {
+            checkpoint::load_optimizer(dir, cfg.optim.clone(), state.step, &par, &device)?
+        }
+        _ => AdamW::<B::InnerBackend>::new(cfg.optim.clone()),
     };
+    if let Student::Sharded(f) = &mut student
+        && let Some(h) = f.host.as_mut()
+    {
+        h.opt = match &resume_dir {
+            Some(dir) => checkpoint::load_optimizer(
+                dir,
+                cfg.optim.clone(),
+                state.step,
+                &par,
+                &CpuDevice::default(),
+            )?,
+            None => AdamW::new(cfg.optim.clone()),
+        };
+    }
     let rope = Rope::<B>::new(&config, &device);
     let n_params = par.layout.total;
     let peak = cfg.peak_tflops.unwrap_or_else(cpu_peak_tflops) * 1e12 * world as f64;
@@ -579,33 +630,19 @@ fn run_rank<B: AutodiffBackend>(
         }
         let seen: u64 = micro.iter().map(|b| b.real_tokens as u64).sum();
         let lr = cfg.optim.lr_at(state.step, total);
+        let spec = StepSpec {
+            kd_weight: cfg.kd_weight,
+            max_grad_norm: cfg.optim.max_grad_norm,
+            lr,
+            compute: cfg.compute(),
+        };
         let out = match &mut student {
-            Student::Whole(model) => parallel_step(
-                model,
-                &rope,
-                &mut opt,
-                &micro,
-                cfg.kd_weight,
-                cfg.optim.max_grad_norm,
-                lr,
-                cfg.compute(),
-                &device,
-                &par,
-                false,
-            )?,
-            Student::Sharded(f) => super::fsdp::fsdp_step(
-                f,
-                &rope,
-                &mut opt,
-                &micro,
-                cfg.kd_weight,
-                cfg.optim.max_grad_norm,
-                lr,
-                cfg.compute(),
-                &device,
-                &par,
-                cfg.activation_checkpointing,
-            )?,
+            Student::Whole(model) => {
+                parallel_step(model, &rope, &mut opt, &micro, &spec, &device, &par, false)?
+            }
+            Student::Sharded(f) => {
+                super::fsdp::fsdp_step(f, &rope, &mut opt, &micro, &spec, &device, &par)?
+            }
         };
         let (loss, ce, kd, grad_norm, n_tokens) =
             (out.loss, out.ce, out.kd, out.grad_norm, out.tokens);
@@ -637,6 +674,7 @@ fn run_rank<B: AutodiffBackend>(
             elapsed_s: elapsed0 + t_run.elapsed().as_secs_f64(),
             world,
             comm_s: out.comm_s,
+            offload_s: offload.then_some(out.offload_s),
         };
         log(&mut metrics, &metrics_path, serde_json::to_value(&m).expect("json"))?;
         if lead {
@@ -661,7 +699,7 @@ fn run_rank<B: AutodiffBackend>(
                 &ckpt_root,
                 &student.consolidate(&par, &device)?,
                 &config,
-                &opt,
+                &student.moments(&opt),
                 &state,
                 cfg.keep_checkpoints,
                 &par,
@@ -688,7 +726,7 @@ fn run_rank<B: AutodiffBackend>(
         &ckpt_root,
         &weights,
         &config,
-        &opt,
+        &student.moments(&opt),
         &state,
         cfg.keep_checkpoints,
         &par,
@@ -771,15 +809,17 @@ fn injected_fault() -> Option<(usize, u64)> {
 }
 
 /// Whether a run uses the unit-by-unit schedule ([`super::fsdp`]): parameter sharding on several
-/// ranks, or activation checkpointing on one.
-pub fn uses_units(shard: ShardMode, world: usize, checkpointing: bool) -> bool {
-    (shard == ShardMode::Parameters && world > 1) || (world == 1 && checkpointing)
+/// ranks, activation checkpointing on one, or offload at any world size.
+pub fn uses_units(shard: ShardMode, world: usize, checkpointing: bool, offload: Offload) -> bool {
+    (shard == ShardMode::Parameters && world > 1)
+        || (world == 1 && checkpointing)
+        || offload == Offload::Cpu
 }
 
 /// The student as a rank holds it: the whole model, or its shards under `parameters`.
 enum Student<B: AutodiffBackend> {
     Whole(Box<CausalLm<B>>),
-    Sharded(Fsdp<B::InnerBackend>),
+    Sharded(Box<Fsdp<B::InnerBackend>>),
 }
 
 impl<B: AutodiffBackend> Student<B> {
@@ -800,6 +840,16 @@ impl<B: AutodiffBackend> Student<B> {
             Student::Sharded(f) => f.consolidate(par, device),
         }
     }
+
+    /// This rank's AdamW moments for a checkpoint: `opt`'s, or under offload the host's.
+    fn moments(&self, opt: &AdamW<B::InnerBackend>) -> Vec<distill_models::weights::NamedTensor> {
+        match self {
+            Student::Sharded(f) if f.host.is_some() => {
+                checkpoint::moments_of(&f.host.as_ref().expect("matched").opt)
+            }
+            _ => checkpoint::moments_of(opt),
+        }
+    }
 }
 
 /// Names and element counts of the trainable parameters, in `params_mut` order.
@@ -809,6 +859,18 @@ pub fn param_sizes<B: Backend>(model: &mut CausalLm<B>) -> Vec<(String, usize)> 
         .iter()
         .map(|(n, p)| (n.clone(), flatten(p).1.iter().product::<usize>()))
         .collect()
+}
+
+/// What an optimizer step needs besides the model, its optimizer and the batches.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepSpec {
+    /// Weight of the KL term against the teacher's top-k (0: cross-entropy only).
+    pub kd_weight: f64,
+    /// Clip the global gradient norm to this (0: no clipping).
+    pub max_grad_norm: f64,
+    pub lr: f64,
+    /// The forward/backward dtype.
+    pub compute: DType,
 }
 
 /// What one optimizer step did.
@@ -827,6 +889,8 @@ pub struct StepOutcome {
     pub tokens: usize,
     /// Seconds spent in collectives.
     pub comm_s: f64,
+    /// Seconds spent on offload: gradient slices to the host, the host's update, slices back.
+    pub offload_s: f64,
 }
 
 /// One optimizer step on one device (world size 1), with per-tensor gradient norms.
@@ -844,20 +908,9 @@ pub fn optimizer_step<B: AutodiffBackend>(
 ) -> StepOutcome {
     let layout = Layout::new(&param_sizes(model), 1, usize::MAX);
     let par = Parallel { comm: Comm::single(), mode: ShardMode::None, layout };
-    parallel_step(
-        model,
-        rope,
-        opt,
-        micro,
-        kd_weight,
-        max_grad_norm,
-        lr,
-        compute,
-        device,
-        &par,
-        true,
-    )
-    .expect("world size 1 makes no collective call")
+    let spec = StepSpec { kd_weight, max_grad_norm, lr, compute };
+    parallel_step(model, rope, opt, micro, &spec, device, &par, true)
+        .expect("world size 1 makes no collective call")
 }
 
 /// One optimizer step over the micro-batches of a global batch: each micro-batch's loss is scaled
@@ -872,14 +925,12 @@ pub fn parallel_step<B: AutodiffBackend>(
     rope: &Rope<B>,
     opt: &mut AdamW<B::InnerBackend>,
     micro: &[Batch],
-    kd_weight: f64,
-    max_grad_norm: f64,
-    lr: f64,
-    compute: DType,
+    spec: &StepSpec,
     device: &B::Device,
     par: &Parallel<B::InnerBackend>,
     per_tensor_norms: bool,
 ) -> Result<StepOutcome> {
+    let StepSpec { kd_weight, max_grad_norm, lr, compute } = *spec;
     type G<B> = Option<Tensor<<B as AutodiffBackend>::InnerBackend, 1>>;
     let (rank, world) = (par.rank(), par.world());
     let n_tokens: usize = micro.iter().map(Batch::loss_tokens).sum();
@@ -981,6 +1032,7 @@ pub fn parallel_step<B: AutodiffBackend>(
         clipped_grad_norms,
         tokens: n_tokens,
         comm_s,
+        offload_s: 0.0,
     };
     if whole && !par.replicated() {
         // ZeRO-1: keep the owned ranges for the update.
