@@ -70,48 +70,29 @@ pub fn gsm8k_answer(text: &str) -> Option<String> {
     (!a.is_empty()).then(|| a.to_string())
 }
 
-/// The final answer of a completion: `\boxed{}`, else `#### N`, else "the answer is X", else the
-/// last number.
-pub fn extract_answer(text: &str) -> Option<String> {
-    if let Some(b) = last_boxed(text) {
-        return Some(b);
-    }
-    if let Some(g) = gsm8k_answer(text) {
-        return Some(g);
-    }
-    let lower = text.to_lowercase();
-    for key in ["the answer is", "answer:", "final answer is", "answer is"] {
-        if let Some(i) = lower.rfind(key) {
-            let tail = text[i + key.len()..].trim_start_matches([' ', ':', '*']);
-            let line = tail.split(['\n']).next().unwrap_or("").trim();
-            let cut = line.strip_suffix('.').unwrap_or(line).trim_matches(['$', '*', ' ']);
-            if !cut.is_empty() {
-                return Some(cut.to_string());
-            }
-        }
-    }
-    last_number(text)
+/// Extract both answers under `cfg` and compare them: `(gold's answer, the completion's answer,
+/// equivalent?)`. A gold that is itself a solution gives its boxed answer; a gold with no
+/// recognisable answer is compared whole.
+pub fn verify_answer(
+    gold: &str,
+    completion: &str,
+    cfg: &MathConfig,
+) -> (Option<String>, Option<String>, bool) {
+    let g = extract::extract(gold, cfg).or_else(|| {
+        let t = gold.trim();
+        (!t.is_empty()).then(|| t.to_string())
+    });
+    let p = extract::extract(completion, cfg);
+    let ok = match (&g, &p) {
+        (Some(g), Some(p)) => equivalent(g, p),
+        _ => false,
+    };
+    (g, p, ok)
 }
 
-fn last_number(text: &str) -> Option<String> {
-    let b = text.as_bytes();
-    let mut end = b.len();
-    while end > 0 {
-        if b[end - 1].is_ascii_digit() {
-            let mut start = end;
-            while start > 0
-                && (b[start - 1].is_ascii_digit() || b[start - 1] == b'.' || b[start - 1] == b',')
-            {
-                start -= 1;
-            }
-            if start > 0 && b[start - 1] == b'-' {
-                start -= 1;
-            }
-            return Some(text[start..end].trim_start_matches([',', '.']).to_string());
-        }
-        end -= 1;
-    }
-    None
+/// The final answer of a completion under the default [`MathConfig`] (see [`extract::extract`]).
+pub fn extract_answer(text: &str) -> Option<String> {
+    extract::extract(text, &MathConfig::default())
 }
 
 /// LaTeX and formatting normalisation (spelling only; meaning is compared later).
@@ -407,4 +388,6 @@ fn value_equal(a: &str, b: &str) -> bool {
 }
 
 mod expr;
+pub mod extract;
 pub use expr::Rational;
+pub use extract::MathConfig;

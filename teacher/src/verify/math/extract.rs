@@ -1,0 +1,360 @@
+//! Finding the final answer in a completion (or in a gold that is itself a solution), in the
+//! order math-verify documents: the last `\boxed{}`, then LaTeX right after an "answer is" cue,
+//! then the last LaTeX span, then a plain expression, and the last bare number only when nothing
+//! else is found (never inside a word).
+
+use serde::{Deserialize, Serialize};
+
+/// `[verify.math]`: what extraction looks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MathConfig {
+    /// LaTeX answers: `\boxed{}`, `$…$`, `\[…\]`, `\(…\)`.
+    pub latex: bool,
+    /// Plain expressions and numbers (`The answer is 3/4`, `#### 18`).
+    pub expr: bool,
+    /// A multiple-choice letter (`(C)`, `Answer: B`).
+    pub choice: bool,
+    /// Accept only a `\boxed{}` answer (what a prompt that asks for one can demand).
+    pub boxed_only: bool,
+}
+
+impl Default for MathConfig {
+    fn default() -> Self {
+        MathConfig { latex: true, expr: true, choice: true, boxed_only: false }
+    }
+}
+
+/// Longest completion text searched, bytes (the tail is kept: the answer comes last).
+const MAX_TEXT: usize = 1 << 20;
+
+/// Every `\boxed{…}`/`\fbox{…}` (and `\boxed 5`), as (start, end, content), in order.
+pub fn boxes(text: &str) -> Vec<(usize, usize, String)> {
+    let mut out = Vec::new();
+    for pat in ["\\boxed", "\\fbox"] {
+        let mut from = 0;
+        while let Some(i) = text[from..].find(pat) {
+            let at = from + i;
+            let start = at + pat.len();
+            from = start;
+            let rest = &text[start..];
+            let rest_trim = rest.trim_start();
+            if let Some(inner) = rest_trim.strip_prefix('{') {
+                let open = start + (rest.len() - rest_trim.len()) + 1;
+                if let Some(end) = super::matching_brace(inner) {
+                    out.push((at, open + end + 1, inner[..end].to_string()));
+                }
+            } else if rest.starts_with(' ') {
+                // `\boxed 5`
+                let v: String = rest_trim
+                    .split(['$', '\n'])
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .trim_end_matches('.')
+                    .to_string();
+                if !v.is_empty() {
+                    out.push((at, start + 1 + v.len(), v));
+                }
+            }
+        }
+    }
+    out.sort_by_key(|b| b.0);
+    out
+}
+
+/// The last box; boxes written one after another (`\boxed{2}, \boxed{3}` or `\boxed{2} and
+/// \boxed{3}`) count together, as a list.
+fn boxed_answer(text: &str) -> Option<String> {
+    let bs = boxes(text);
+    let (mut first, last) = (bs.len().checked_sub(1)?, bs.len() - 1);
+    while first > 0 {
+        let between = &text[bs[first - 1].1..bs[first].0];
+        let joiner = between
+            .replace("\\text{and}", "")
+            .replace("\\text{ and }", "")
+            .replace("\\quad", "")
+            .replace("and", "")
+            .replace("or", "");
+        if joiner.chars().all(|c| c.is_whitespace() || ",;$\\()".contains(c)) && between.len() < 40
+        {
+            first -= 1;
+        } else {
+            break;
+        }
+    }
+    if first == last {
+        return Some(bs[last].2.clone());
+    }
+    Some(bs[first..=last].iter().map(|b| b.2.trim()).collect::<Vec<_>>().join(", "))
+}
+
+/// LaTeX math spans `$…$`, `$$…$$`, `\[…\]`, `\(…\)` as (start, end, content), in order.
+pub fn latex_spans(text: &str) -> Vec<(usize, usize, String)> {
+    let b = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 1 < b.len() && (b[i + 1] == b'[' || b[i + 1] == b'(') {
+            let close = if b[i + 1] == b'[' { "\\]" } else { "\\)" };
+            if let Some(e) = text[i + 2..].find(close) {
+                out.push((i, i + 2 + e + 2, text[i + 2..i + 2 + e].to_string()));
+                i = i + 2 + e + 2;
+                continue;
+            }
+            i += 2;
+            continue;
+        }
+        if b[i] == b'\\' {
+            // An escaped `\$` is a dollar sign, not a delimiter.
+            i += 2;
+            continue;
+        }
+        if b[i] == b'$' {
+            let double = i + 1 < b.len() && b[i + 1] == b'$';
+            let open = if double { 2 } else { 1 };
+            let close = if double { "$$" } else { "$" };
+            let mut j = i + open;
+            let mut found = None;
+            while j < b.len() {
+                if b[j] == b'\\' {
+                    j += 2;
+                    continue;
+                }
+                if text[j..].starts_with(close) {
+                    found = Some(j);
+                    break;
+                }
+                j += 1;
+            }
+            match found {
+                Some(e) if e > i + open => {
+                    out.push((i, e + close.len(), text[i + open..e].to_string()));
+                    i = e + close.len();
+                }
+                Some(e) => i = e + close.len(),
+                None => i += open,
+            }
+            continue;
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Cues after which the answer follows, lowercase, the more specific first.
+const CUES: [&str; 8] = [
+    "final answer is",
+    "final answer:",
+    "the answer is",
+    "answer is",
+    "answer:",
+    "answer :",
+    "solution is",
+    "result is",
+];
+
+/// Trim a plain answer tail: up to the end of its sentence, without "I hope it is correct",
+/// emphasis, or a closing period.
+fn trim_tail(tail: &str) -> String {
+    let t = tail.trim_start_matches([' ', ':', '*', '\t']).trim_start();
+    let line = t.split('\n').next().unwrap_or("");
+    // The sentence ends at ". " followed by a capital or at the end.
+    let mut end = line.len();
+    for (i, _) in line.match_indices(". ") {
+        let next = line[i + 2..].chars().next();
+        if next.is_some_and(|c| c.is_uppercase()) {
+            end = i;
+            break;
+        }
+    }
+    let s = &line[..end];
+    let s = s.trim().trim_end_matches(['.', '*', ' ']).trim_matches(['*', ' ']);
+    s.trim_matches('$').trim().to_string()
+}
+
+/// The answer after the last cue: a LaTeX span right after it, else the rest of its sentence.
+fn cued_answer(text: &str, cfg: &MathConfig) -> Option<String> {
+    let lower = text.to_ascii_lowercase();
+    // The last cue in the text (any kind), the longest where two end at the same place.
+    let (at, cue) = CUES
+        .iter()
+        .filter_map(|c| lower.rfind(c).map(|i| (i, *c)))
+        .max_by_key(|&(i, c)| (i + c.len(), c.len()))?;
+    let tail = &text[at + cue.len()..];
+    let tail_line_end = tail.find('\n').map_or(tail.len(), |e| e);
+    let head = tail[..tail_line_end].trim_start_matches([' ', ':', '*']);
+    let offset = tail_line_end - head.len();
+    let _ = offset;
+    if cfg.latex {
+        // A span that starts within the first few characters of the tail.
+        let spans = latex_spans(tail);
+        if let Some((s, _, c)) = spans.first()
+            && tail[..*s].trim_matches([' ', ':', '*', '\n']).len() <= 3
+        {
+            return Some(c.trim().to_string());
+        }
+    }
+    let t = trim_tail(tail);
+    if t.is_empty() {
+        return None;
+    }
+    if cfg.choice
+        && let Some(c) = choice(&t)
+    {
+        return Some(c.to_string());
+    }
+    (cfg.expr || cfg.latex).then_some(t)
+}
+
+/// A multiple-choice letter standing alone: `C`, `(C)`, `C)`, `**C**`.
+fn choice(s: &str) -> Option<char> {
+    let t = s.trim_matches(['(', ')', '*', ' ', '.', '[', ']']);
+    let mut cs = t.chars();
+    let c = cs.next()?;
+    (cs.next().is_none() && ('A'..='E').contains(&c)).then_some(c)
+}
+
+/// The last number in `text` that is not part of a word: `-12`, `3.5`, `.4`, `1,000`, `3/4`.
+fn last_number(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let mut end = b.len();
+    while end > 0 {
+        if b[end - 1].is_ascii_digit() {
+            let stop = end;
+            let mut start = end;
+            while start > 0
+                && (b[start - 1].is_ascii_digit()
+                    || (matches!(b[start - 1], b'.' | b',' | b'/')
+                        && start >= 2
+                        && b[start - 2].is_ascii_digit())
+                    || (b[start - 1] == b'.' && start >= 1))
+            {
+                start -= 1;
+            }
+            // Inside a word (`AZYUK2A`, `x2`): skip it.
+            let glued = |i: Option<usize>| {
+                i.and_then(|i| text[i..].chars().next()).is_some_and(|c| c.is_alphabetic())
+            };
+            let before = start.checked_sub(1).filter(|_| start > 0);
+            let after = (stop < b.len()).then_some(stop);
+            if glued(before) || glued(after) {
+                end = start;
+                continue;
+            }
+            if start > 0 && b[start - 1] == b'-' {
+                start -= 1;
+            }
+            let n = text[start..stop].trim_start_matches([',']).trim_end_matches(['.', ',']);
+            return Some(n.to_string());
+        }
+        end -= 1;
+    }
+    None
+}
+
+/// No run of three or more letters outside a LaTeX command: `x+1`, `\\frac{a}{b}`, `(1, 2)`, not
+/// `AZYUK2A` or `hello`.
+fn looks_mathy(t: &str) -> bool {
+    let mut run = 0;
+    let mut cmd = false;
+    for c in t.chars() {
+        if c == '\\' {
+            cmd = true;
+            run = 0;
+        } else if c.is_alphabetic() {
+            if !cmd {
+                run += 1;
+                if run >= 3 {
+                    return false;
+                }
+            }
+        } else {
+            cmd = false;
+            run = 0;
+        }
+    }
+    true
+}
+
+/// The final answer of `text` under `cfg`, or `None`.
+pub fn extract(text: &str, cfg: &MathConfig) -> Option<String> {
+    let text = if text.len() > MAX_TEXT {
+        let mut cut = text.len() - MAX_TEXT;
+        while !text.is_char_boundary(cut) {
+            cut += 1;
+        }
+        &text[cut..]
+    } else {
+        text
+    };
+    if cfg.latex
+        && let Some(b) = boxed_answer(text)
+    {
+        return Some(b);
+    }
+    if cfg.boxed_only {
+        return None;
+    }
+    if cfg.expr
+        && let Some(g) = super::gsm8k_answer(text)
+    {
+        return Some(g);
+    }
+    if let Some(c) = cued_answer(text, cfg) {
+        return Some(c);
+    }
+    if cfg.latex
+        && let Some((_, _, c)) = latex_spans(text).pop()
+        && !c.trim().is_empty()
+    {
+        return Some(c.trim().to_string());
+    }
+    if cfg.expr {
+        // A whole answer written plainly (`3/4`, `x + 1`, `(1, 2)`): short, one line.
+        let t = text.trim();
+        if !t.is_empty()
+            && t.len() <= 64
+            && !t.contains('\n')
+            && t.split_whitespace().count() <= 3
+            && looks_mathy(t)
+        {
+            return Some(t.trim_end_matches('.').to_string());
+        }
+        if let Some(n) = last_number(text) {
+            return Some(n);
+        }
+    }
+    if cfg.choice {
+        return choice(text.trim()).map(|c| c.to_string());
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn x(s: &str) -> Option<String> {
+        extract(s, &MathConfig::default())
+    }
+
+    #[test]
+    fn the_documented_order() {
+        assert_eq!(x("so $x=2$ and \\boxed{5}. Then $7$").as_deref(), Some("5"));
+        assert_eq!(x("\\boxed{2} and \\boxed{3}").as_deref(), Some("2, 3"));
+        assert_eq!(x("first \\boxed{1}. Much later, the real one: \\boxed{4}").as_deref(), Some("4"));
+        assert_eq!(
+            x("Final Answer: The final answer is 7.78. I hope it is correct.").as_deref(),
+            Some("7.78")
+        );
+        assert_eq!(x("The answer is $\\frac{1}{3}$.").as_deref(), Some("\\frac{1}{3}"));
+        assert_eq!(x("so we get $[0,1)$").as_deref(), Some("[0,1)"));
+        assert_eq!(x("It is $\\dfrac{1}{3}$").as_deref(), Some("\\dfrac{1}{3}"));
+        assert_eq!(x("the parity is $\\text{odd}$").as_deref(), Some("\\text{odd}"));
+        assert_eq!(x(".4").as_deref(), Some(".4"));
+        assert_eq!(x("AZYUK2A"), None);
+        assert_eq!(x("We count 12 of them, then 30 more: 42 in all").as_deref(), Some("42"));
+        assert_eq!(x("costs \\$5 and \\$7 in all").as_deref(), Some("7"));
+    }
+}

