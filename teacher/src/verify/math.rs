@@ -232,42 +232,22 @@ fn strip_thousands(s: &str) -> String {
     if ok { s.replace(',', "") } else { s.to_string() }
 }
 
-/// Is `pred` the same answer as `gold`?
+/// Is `pred` the same answer as `gold`? Both are extracted answers; the comparison is
+/// structural ([`answer`]) and bounded in time ([`answer::BUDGET`]).
 pub fn equivalent(gold: &str, pred: &str) -> bool {
+    let dl = answer::Deadline::after(answer::BUDGET);
     let (g, p) = (normalize(gold), normalize(pred));
     if g.is_empty() || p.is_empty() {
         return false;
     }
-    if g == p || g.eq_ignore_ascii_case(&p) {
+    if gold.trim() == pred.trim() {
         return true;
     }
     // Multiple choice: "(C)" vs "C".
     if let (Some(a), Some(b)) = (choice_letter(&g), choice_letter(&p)) {
         return a == b;
     }
-    // ± as the pair it stands for.
-    if g.contains("\\pm") && !p.contains("\\pm") {
-        let (x, y) = (g.replacen("\\pm", "+", 1), g.replacen("\\pm", "-", 1));
-        return same_list(&[x, y], &split_top(&p));
-    }
-    // Tuples and intervals: same brackets, element-wise.
-    if let (Some((go, gi, gc)), Some((po, pi, pc))) = (brackets(&g), brackets(&p)) {
-        if go != po || gc != pc {
-            return false;
-        }
-        let (ge, pe) = (split_top(gi), split_top(pi));
-        return ge.len() == pe.len() && ge.iter().zip(&pe).all(|(a, b)| value_equal(a, b));
-    }
-    // Matrices element-wise.
-    if let (Some(gm), Some(pm)) = (matrix(&g), matrix(&p)) {
-        return gm.len() == pm.len() && gm.iter().zip(&pm).all(|(a, b)| value_equal(a, b));
-    }
-    // Bare lists as multisets.
-    let (gl, pl) = (split_top(&g), split_top(&p));
-    if gl.len() > 1 || pl.len() > 1 {
-        return same_list(&gl, &pl);
-    }
-    value_equal(&g, &p)
+    answer::equivalent(gold, pred, &dl)
 }
 
 fn choice_letter(s: &str) -> Option<char> {
@@ -281,84 +261,12 @@ fn choice_letter(s: &str) -> Option<char> {
     .then(|| c.to_ascii_uppercase())
 }
 
-fn brackets(s: &str) -> Option<(char, &str, char)> {
-    let o = s.chars().next()?;
-    let c = s.chars().last()?;
-    if !"([".contains(o) || !")]".contains(c) || s.len() < 2 {
-        return None;
-    }
-    let inner = &s[1..s.len() - 1];
-    // The outer pair must enclose everything, and hold a comma at the top level.
-    let mut depth = 0i32;
-    for ch in inner.chars() {
-        match ch {
-            '(' | '[' | '{' => depth += 1,
-            ')' | ']' | '}' => {
-                depth -= 1;
-                if depth < 0 {
-                    return None;
-                }
-            }
-            _ => {}
-        }
-    }
-    (depth == 0 && split_top(inner).len() > 1).then_some((o, inner, c))
-}
 
-/// Split at top-level commas.
-fn split_top(s: &str) -> Vec<String> {
-    let mut parts = vec![];
-    let mut depth = 0i32;
-    let mut cur = String::new();
-    for ch in s.chars() {
-        match ch {
-            '(' | '[' | '{' => depth += 1,
-            ')' | ']' | '}' => depth -= 1,
-            ',' if depth == 0 => {
-                parts.push(std::mem::take(&mut cur));
-                continue;
-            }
-            _ => {}
-        }
-        cur.push(ch);
-    }
-    parts.push(cur);
-    parts
-}
 
-fn matrix(s: &str) -> Option<Vec<String>> {
-    let begin = s.find("\\begin{")?;
-    let inner_start = s[begin..].find('}')? + begin + 1;
-    let end = s.rfind("\\end{")?;
-    Some(
-        s[inner_start..end]
-            .split("\\\\")
-            .flat_map(|row| row.split('&'))
-            .map(str::to_string)
-            .filter(|x| !x.is_empty())
-            .collect(),
-    )
-}
 
-fn same_list(a: &[String], b: &[String]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut used = vec![false; b.len()];
-    a.iter().all(|x| {
-        (0..b.len()).any(|j| {
-            if !used[j] && value_equal(x, &b[j]) {
-                used[j] = true;
-                true
-            } else {
-                false
-            }
-        })
-    })
-}
 
 /// Two single expressions: exact rational, numeric, or at random points for variables.
-fn value_equal(a: &str, b: &str) -> bool {
+pub(crate) fn value_equal(a: &str, b: &str) -> bool {
     let (a, b) = (normalize(a), normalize(b));
     if a == b || a.eq_ignore_ascii_case(&b) {
         return true;
@@ -367,10 +275,27 @@ fn value_equal(a: &str, b: &str) -> bool {
     let mut vars = ea.vars();
     vars.extend(eb.vars());
     if vars.is_empty() {
+        // A decimal of six or more places stands for the value it rounds (`0.0833333333333333`
+        // for 1/12), unless both sides are decimals: then they are compared as written.
+        let places = |s: &str| {
+            let t = s.trim_start_matches('-');
+            let (i, f) = t.split_once('.')?;
+            (i.chars().all(|c| c.is_ascii_digit()) && f.chars().all(|c| c.is_ascii_digit()))
+                .then_some(f.len())
+        };
+        let rounded = match (places(&a), places(&b)) {
+            (Some(_), Some(_)) => None,
+            (Some(d), None) | (None, Some(d)) if d >= 6 => Some(d),
+            _ => None,
+        };
         return match (ea.exact(), eb.exact()) {
-            (Some(x), Some(y)) => x == y,
+            (Some(x), Some(y)) if x == y => true,
+            (Some(_), Some(_)) if rounded.is_none() => false,
             _ => match (ea.eval(&[]), eb.eval(&[])) {
-                (Some(x), Some(y)) => x.close(y),
+                (Some(x), Some(y)) => match rounded {
+                    Some(d) => (x.re - y.re).abs() <= 0.51 * 10f64.powi(-(d as i32)) && x.im == y.im,
+                    None => x.close(y),
+                },
                 _ => false,
             },
         };
@@ -387,6 +312,7 @@ fn value_equal(a: &str, b: &str) -> bool {
     })
 }
 
+mod answer;
 mod expr;
 pub mod extract;
 pub use expr::Rational;

@@ -362,6 +362,13 @@ impl Parser {
                     }
                     "pi" => Ok(Expr::Pi),
                     f => match FUNCS.iter().find(|&&x| x == f) {
+                        // `\tan^2(y)` is `(\tan y)^2`.
+                        Some(&fname) if self.peek() == Some('^') => {
+                            self.i += 1;
+                            let e = self.small()?;
+                            let arg = self.power()?;
+                            Ok(Expr::Pow(Box::new(Expr::Func(fname, Box::new(arg))), Box::new(e)))
+                        }
                         Some(&fname) => Ok(Expr::Func(fname, Box::new(self.power()?))),
                         None => Err(format!("unsupported \\{f}")),
                     },

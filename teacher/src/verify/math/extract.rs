@@ -63,11 +63,13 @@ pub fn boxes(text: &str) -> Vec<(usize, usize, String)> {
     out
 }
 
-/// The last box; boxes written one after another (`\boxed{2}, \boxed{3}` or `\boxed{2} and
-/// \boxed{3}`) count together, as a list.
-fn boxed_answer(text: &str) -> Option<String> {
+/// The last box, and where it ends. Boxes written one after another (`\boxed{2}, \boxed{3}`,
+/// `\boxed{2} and \boxed{3}`) or inside the same math span count together, as a list.
+fn boxed_answer(text: &str) -> Option<(String, usize)> {
     let bs = boxes(text);
     let (mut first, last) = (bs.len().checked_sub(1)?, bs.len() - 1);
+    let spans = latex_spans(text);
+    let span_of = |at: usize| spans.iter().position(|&(s, e, _)| s <= at && at < e);
     while first > 0 {
         let between = &text[bs[first - 1].1..bs[first].0];
         let joiner = between
@@ -76,17 +78,21 @@ fn boxed_answer(text: &str) -> Option<String> {
             .replace("\\quad", "")
             .replace("and", "")
             .replace("or", "");
-        if joiner.chars().all(|c| c.is_whitespace() || ",;$\\()".contains(c)) && between.len() < 40
-        {
+        let adjacent = joiner.chars().all(|c| c.is_whitespace() || ",;$\\()".contains(c))
+            && between.len() < 40;
+        let same_span =
+            span_of(bs[first - 1].0).is_some() && span_of(bs[first - 1].0) == span_of(bs[last].0);
+        if adjacent || same_span {
             first -= 1;
         } else {
             break;
         }
     }
+    let end = bs[last].1;
     if first == last {
-        return Some(bs[last].2.clone());
+        return Some((bs[last].2.clone(), end));
     }
-    Some(bs[first..=last].iter().map(|b| b.2.trim()).collect::<Vec<_>>().join(", "))
+    Some((bs[first..=last].iter().map(|b| b.2.trim()).collect::<Vec<_>>().join(", "), end))
 }
 
 /// LaTeX math spans `$…$`, `$$…$$`, `\[…\]`, `\(…\)` as (start, end, content), in order.
@@ -97,7 +103,9 @@ pub fn latex_spans(text: &str) -> Vec<(usize, usize, String)> {
     while i < b.len() {
         if b[i] == b'\\' && i + 1 < b.len() && (b[i + 1] == b'[' || b[i + 1] == b'(') {
             let close = if b[i + 1] == b'[' { "\\]" } else { "\\)" };
-            if let Some(e) = text[i + 2..].find(close) {
+            if let Some(e) = text[i + 2..].find(close)
+                && (close == "\\]" || !text[i + 2..i + 2 + e].contains('\n'))
+            {
                 out.push((i, i + 2 + e + 2, text[i + 2..i + 2 + e].to_string()));
                 i = i + 2 + e + 2;
                 continue;
@@ -128,6 +136,8 @@ pub fn latex_spans(text: &str) -> Vec<(usize, usize, String)> {
                 j += 1;
             }
             match found {
+                // Inline math does not run across lines.
+                Some(e) if !double && text[i + open..e].contains('\n') => i += open,
                 Some(e) if e > i + open => {
                     out.push((i, e + close.len(), text[i + open..e].to_string()));
                     i = e + close.len();
@@ -154,27 +164,52 @@ const CUES: [&str; 8] = [
     "result is",
 ];
 
-/// Trim a plain answer tail: up to the end of its sentence, without "I hope it is correct",
-/// emphasis, or a closing period.
+/// The sentence of a plain answer tail, without "I hope it is correct", emphasis, chat-template
+/// tokens or a closing period.
 fn trim_tail(tail: &str) -> String {
     let t = tail.trim_start_matches([' ', ':', '*', '\t']).trim_start();
     let line = t.split('\n').next().unwrap_or("");
-    // The sentence ends at ". " followed by a capital or at the end.
-    let mut end = line.len();
-    for (i, _) in line.match_indices(". ") {
-        let next = line[i + 2..].chars().next();
-        if next.is_some_and(|c| c.is_uppercase()) {
-            end = i;
-            break;
-        }
-    }
+    let line = line.split("<|").next().unwrap_or("");
+    // The sentence ends at a period followed by a space (not a decimal point).
+    let end = line.match_indices(". ").map(|(i, _)| i).next().unwrap_or(line.len());
     let s = &line[..end];
-    let s = s.trim().trim_end_matches(['.', '*', ' ']).trim_matches(['*', ' ']);
-    s.trim_matches('$').trim().to_string()
+    s.trim().trim_end_matches(['.', '*', ' ']).trim_matches(['*', ' ']).trim().to_string()
 }
 
-/// The answer after the last cue: a LaTeX span right after it, else the rest of its sentence.
-fn cued_answer(text: &str, cfg: &MathConfig) -> Option<String> {
+/// The answer inside a cue's sentence: all of it when it reads as math, else what follows its
+/// last "is"/"are"/"=", as LaTeX or a number.
+fn answer_in_sentence(t: &str, cfg: &MathConfig) -> Option<String> {
+    let bare = t.trim_matches('$').trim();
+    if !bare.contains('$') && looks_mathy(bare) && !bare.is_empty() {
+        return Some(bare.to_string());
+    }
+    let lower = t.to_ascii_lowercase();
+    let after = [" is ", " are ", " equals ", " be "]
+        .iter()
+        .filter_map(|k| lower.rfind(k).map(|i| i + k.len()))
+        .max()
+        .map_or(t, |i| &t[i..]);
+    let after = after.trim();
+    if cfg.latex
+        && let Some((_, _, c)) = latex_spans(after).pop()
+    {
+        return Some(c.trim().to_string());
+    }
+    let plain = after.trim_matches('$').trim();
+    if !plain.is_empty() && looks_mathy(plain) && !plain.contains('$') {
+        return Some(plain.to_string());
+    }
+    if cfg.latex
+        && let Some((_, _, c)) = latex_spans(t).pop()
+    {
+        return Some(c.trim().to_string());
+    }
+    if cfg.expr { last_number(t) } else { None }
+}
+
+/// The answer after the last cue, and where the cue is: a LaTeX span right after it, else the
+/// answer in the rest of its sentence.
+fn cued_answer(text: &str, cfg: &MathConfig) -> Option<(String, usize)> {
     let lower = text.to_ascii_lowercase();
     // The last cue in the text (any kind), the longest where two end at the same place.
     let (at, cue) = CUES
@@ -182,17 +217,26 @@ fn cued_answer(text: &str, cfg: &MathConfig) -> Option<String> {
         .filter_map(|c| lower.rfind(c).map(|i| (i, *c)))
         .max_by_key(|&(i, c)| (i + c.len(), c.len()))?;
     let tail = &text[at + cue.len()..];
-    let tail_line_end = tail.find('\n').map_or(tail.len(), |e| e);
-    let head = tail[..tail_line_end].trim_start_matches([' ', ':', '*']);
-    let offset = tail_line_end - head.len();
-    let _ = offset;
     if cfg.latex {
         // A span that starts within the first few characters of the tail.
+        // A span that starts within the first few characters of the tail, with the spans
+        // listed right after it (`$12$ and $13$`).
         let spans = latex_spans(tail);
-        if let Some((s, _, c)) = spans.first()
-            && tail[..*s].trim_matches([' ', ':', '*', '\n']).len() <= 3
+        if let Some((s, _, _)) = spans.first()
+            && tail[..*s].trim_matches([' ', ':', '*', '\n', '"', '\\']).len() <= 3
         {
-            return Some(c.trim().to_string());
+            let mut last = 0;
+            while last + 1 < spans.len() {
+                let between = &tail[spans[last].1..spans[last + 1].0];
+                let joiner = between.replace("and", "").replace("or", "");
+                if joiner.chars().all(|c| c.is_whitespace() || c == ',') && between.len() < 12 {
+                    last += 1;
+                } else {
+                    break;
+                }
+            }
+            let parts: Vec<&str> = spans[..=last].iter().map(|(_, _, c)| c.trim()).collect();
+            return Some((parts.join(", "), at));
         }
     }
     let t = trim_tail(tail);
@@ -202,9 +246,12 @@ fn cued_answer(text: &str, cfg: &MathConfig) -> Option<String> {
     if cfg.choice
         && let Some(c) = choice(&t)
     {
-        return Some(c.to_string());
+        return Some((c.to_string(), at));
     }
-    (cfg.expr || cfg.latex).then_some(t)
+    if !(cfg.expr || cfg.latex) {
+        return None;
+    }
+    answer_in_sentence(&t, cfg).map(|a| (a, at))
 }
 
 /// A multiple-choice letter standing alone: `C`, `(C)`, `C)`, `**C**`.
@@ -236,9 +283,9 @@ fn last_number(text: &str) -> Option<String> {
             let glued = |i: Option<usize>| {
                 i.and_then(|i| text[i..].chars().next()).is_some_and(|c| c.is_alphabetic())
             };
+            // A letter right before (`x2`, `AZYUK2A`); units after (`1,000.99m²`) are fine.
             let before = start.checked_sub(1).filter(|_| start > 0);
-            let after = (stop < b.len()).then_some(stop);
-            if glued(before) || glued(after) {
+            if glued(before) {
                 end = start;
                 continue;
             }
@@ -288,27 +335,47 @@ pub fn extract(text: &str, cfg: &MathConfig) -> Option<String> {
     } else {
         text
     };
-    if cfg.latex
-        && let Some(b) = boxed_answer(text)
-    {
-        return Some(b);
-    }
+    let boxed = if cfg.latex { boxed_answer(text) } else { None };
     if cfg.boxed_only {
-        return None;
+        return boxed.map(|(b, _)| b);
+    }
+    let cued = cued_answer(text, cfg);
+    match (boxed, &cued) {
+        // A cue after the last box ("… \boxed{255} … The final answer is $10,455$") wins.
+        (Some((_, end)), Some((c, at))) if *at >= end => return Some(c.clone()),
+        (Some((b, _)), _) => return Some(b),
+        _ => {}
     }
     if cfg.expr
         && let Some(g) = super::gsm8k_answer(text)
     {
         return Some(g);
     }
-    if let Some(c) = cued_answer(text, cfg) {
+    if let Some((c, _)) = cued {
         return Some(c);
     }
-    if cfg.latex
-        && let Some((_, _, c)) = latex_spans(text).pop()
-        && !c.trim().is_empty()
-    {
-        return Some(c.trim().to_string());
+    // The last LaTeX span (with the spans listed just before it: `$1$, $2$ and $3$`), unless a
+    // bare number comes after it.
+    let spans = if cfg.latex { latex_spans(text) } else { vec![] };
+    if let Some(last) = spans.iter().rposition(|(_, _, c)| !c.trim().is_empty()) {
+        let mut first = last;
+        while first > 0 {
+            let between = &text[spans[first - 1].1..spans[first].0];
+            let joiner = between.replace("and", "").replace("or", "");
+            if joiner.chars().all(|c| c.is_whitespace() || c == ',') && between.len() < 12 {
+                first -= 1;
+            } else {
+                break;
+            }
+        }
+        let after = &text[spans[last].1..];
+        if cfg.expr
+            && let Some(n) = last_number(after)
+        {
+            return Some(n);
+        }
+        let parts: Vec<&str> = spans[first..=last].iter().map(|(_, _, c)| c.trim()).collect();
+        return Some(parts.join(", "));
     }
     if cfg.expr {
         // A whole answer written plainly (`3/4`, `x + 1`, `(1, 2)`): short, one line.
