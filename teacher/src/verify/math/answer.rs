@@ -79,9 +79,12 @@ pub fn prep(s: &str) -> String {
     let b: Vec<char> = s.chars().collect();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == '\\' && b.get(i + 1) == Some(&'\\') && b.get(i + 2).is_some_and(|c| c.is_ascii_alphabetic())
-        {
-            out.push('\\');
+        if b[i] == '\\' && b.get(i + 1) == Some(&'\\') {
+            if b.get(i + 2).is_some_and(|c| c.is_ascii_alphabetic()) {
+                out.push('\\');
+            } else {
+                out.push_str("\\\\");
+            }
             i += 2;
             continue;
         }
@@ -366,10 +369,13 @@ fn item(s: &str) -> Item {
     {
         return parse(rhs);
     }
-    if s.contains("\\begin{")
-        && let Some(m) = matrix(s)
-    {
-        return Item::Matrix(m);
+    if s.contains("\\begin{") {
+        if let Some(m) = matrix_expression(s) {
+            return Item::Matrix(m);
+        }
+        if let Some(m) = matrix(s) {
+            return Item::Matrix(m);
+        }
     }
     // `≈`: what comes before an approximation is the exact answer, else the approximation.
     if has_top(s, '≈') {
@@ -473,6 +479,22 @@ fn relation_item(s: &str, rel: &[(usize, Op, usize)]) -> Item {
         let ((i, a, n), (j, b, m)) = (rel[0], rel[1]);
         let (lo, mid, hi) = (part(0, i), part(i + n, j), part(j + m, s.len()));
         let closed = |o: Op| matches!(o, Op::Le | Op::Ge);
+        // `1 ≤ |z| ≤ 3/2`: two intervals, `[-3/2, -1] ∪ [1, 3/2]`.
+        if let Some(inner) = mid.strip_prefix('|').and_then(|m| m.strip_suffix('|'))
+            && label_like(inner)
+            && matches!(a, Op::Lt | Op::Le)
+            && matches!(b, Op::Lt | Op::Le)
+            && super::expr::parse(&super::normalize(&lo))
+                .ok()
+                .and_then(|e| e.eval(&[]))
+                .is_some_and(|v| v.im == 0.0 && v.re > 0.0)
+        {
+            let neg = |x: &str| format!("-({x})");
+            return Item::Set(vec![
+                Item::Interval(neg(&hi), neg(&lo), closed(b), closed(a)),
+                Item::Interval(lo, hi, closed(a), closed(b)),
+            ]);
+        }
         if label_like(&mid) {
             if matches!(a, Op::Lt | Op::Le) && matches!(b, Op::Lt | Op::Le) {
                 return Item::Interval(lo, hi, closed(a), closed(b));
@@ -503,6 +525,77 @@ fn matrix(s: &str) -> Option<Vec<Vec<String>>> {
         .filter(|r: &Vec<String>| !(r.len() == 1 && r[0].is_empty()))
         .collect();
     (!rows.is_empty()).then_some(rows)
+}
+
+/// Matrices combined by `+`, `-` or a product (`A B`, `A \\cdot B`), evaluated when every
+/// element is a number: the result, its elements written as decimals.
+fn matrix_expression(s: &str) -> Option<Vec<Vec<String>>> {
+    // The literals, and what stands between them.
+    let mut mats: Vec<Vec<Vec<f64>>> = vec![];
+    let mut ops: Vec<String> = vec![];
+    let mut rest = s.trim();
+    loop {
+        let begin = rest.find("\\begin{")?;
+        let lead = rest[..begin].trim();
+        if mats.is_empty() {
+            if !lead.is_empty() {
+                return None;
+            }
+        } else {
+            ops.push(lead.to_string());
+        }
+        let name_end = rest[begin + 7..].find('}')? + begin + 7;
+        let name = &rest[begin + 7..name_end];
+        let close = format!("\\end{{{name}}}");
+        let end = rest[name_end..].find(&close)? + name_end + close.len();
+        let rows = matrix(&rest[begin..end])?;
+        let num: Option<Vec<Vec<f64>>> = rows
+            .iter()
+            .map(|r| {
+                r.iter()
+                    .map(|x| {
+                        let e = super::expr::parse(&super::normalize(x)).ok()?;
+                        let v = e.eval(&[])?;
+                        (v.im == 0.0).then_some(v.re)
+                    })
+                    .collect()
+            })
+            .collect();
+        mats.push(num?);
+        rest = rest[end..].trim();
+        if rest.is_empty() {
+            break;
+        }
+    }
+    if mats.len() < 2 || mats.len() > 8 {
+        return None;
+    }
+    let mut acc = mats[0].clone();
+    for (m, op) in mats[1..].iter().zip(&ops) {
+        acc = match op.as_str() {
+            "+" | "-" => {
+                if acc.len() != m.len() || acc.iter().zip(m).any(|(a, b)| a.len() != b.len()) {
+                    return None;
+                }
+                let sign = if op == "+" { 1.0 } else { -1.0 };
+                acc.iter()
+                    .zip(m)
+                    .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x + sign * y).collect())
+                    .collect()
+            }
+            "" | "\\cdot" | "\\times" | "*" => {
+                let (n, k, p) = (acc.len(), m.len(), m.first()?.len());
+                if acc.iter().any(|r| r.len() != k) || m.iter().any(|r| r.len() != p) {
+                    return None;
+                }
+                (0..n)
+                    .map(|i| (0..p).map(|j| (0..k).map(|t| acc[i][t] * m[t][j]).sum()).collect())
+                    .collect()
+            }
+            _ => return None,
+        };
+    }
+    Some(acc.iter().map(|r| r.iter().map(|x| format!("{x:.12}")).collect()).collect())
 }
 
 /// `pred` against `gold`, item structure first, leaves by value.

@@ -80,9 +80,19 @@ fn boxed_answer(text: &str) -> Option<(String, usize)> {
             .replace("or", "");
         let adjacent = joiner.chars().all(|c| c.is_whitespace() || ",;$\\()".contains(c))
             && between.len() < 40;
+        // `y_1 = \boxed{…} \) and \( y_2 = \boxed{…}`: a label between the boxes.
+        let labelled = between.len() < 40
+            && joiner.trim_matches(|c: char| c.is_whitespace() || "$\\()".contains(c)).strip_suffix('=').is_some_and(|l| {
+                let l = l.trim();
+                !l.is_empty() && l.len() <= 8 && l.chars().all(|c| c.is_alphanumeric() || "_{}".contains(c))
+            });
+        // `\boxed{1} papers and \boxed{2} bins`: a few words and an "and".
+        let worded = between.len() < 30
+            && between.contains(" and ")
+            && between.chars().all(|c| c.is_alphabetic() || c == ' ');
         let same_span =
             span_of(bs[first - 1].0).is_some() && span_of(bs[first - 1].0) == span_of(bs[last].0);
-        if adjacent || same_span {
+        if adjacent || labelled || worded || same_span {
             first -= 1;
         } else {
             break;
