@@ -320,10 +320,22 @@ impl Loaded {
             ("{cache}", shown(&crate::models::cache_dir())),
         ];
         resolve(&mut raw, &subs);
-        let recipe: Recipe = raw
+        let mut recipe: Recipe = raw
             .clone()
             .try_into()
             .map_err(|e: toml::de::Error| anyhow::anyhow!("{}: {e}", path.display()))?;
+        // Eval judges answers as rejection sampling did: [eval.math] defaults to
+        // [generate.verify.math], and the two may not differ.
+        if let (Some(g), Some(e)) = (recipe.generate.as_ref(), recipe.eval.as_mut()) {
+            match (&g.verify.math, &e.math) {
+                (Some(gm), None) => e.math = Some(gm.clone()),
+                (Some(gm), Some(em)) if gm != em => anyhow::bail!(
+                    "{}: [eval.math] ({em:?}) and [generate.verify.math] ({gm:?}) differ: eval would judge answers differently from rejection sampling; set one",
+                    path.display()
+                ),
+                _ => {}
+            }
+        }
         Ok(Loaded { path: path.to_path_buf(), recipe, paths, resolved: raw })
     }
 

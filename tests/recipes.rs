@@ -194,3 +194,30 @@ fn r1_recipes_state_the_plan_the_planner_computes() {
     }
     assert_eq!(checked, 7, "the seven R1-Distill recipes");
 }
+
+#[test]
+fn eval_and_rejection_sampling_may_not_judge_answers_differently() {
+    let d = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/quickstart.toml"),
+    )
+    .unwrap();
+    let eval = "\n[eval]\nbenchmarks = [{ name = \"gsm8k\", file = \"g.jsonl\" }]\noutput = \"out\"\n[eval.backend]\nkind = \"openai\"\nendpoints = [{ base_url = \"http://127.0.0.1:9/v1\", model = \"m\" }]\n";
+    // The same settings (inherited): accepted.
+    let same = d.path().join("same.toml");
+    std::fs::write(&same, format!("{base}{eval}")).unwrap();
+    let o = distill(&["check-recipe", same.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    // Different ones: refused, naming both sections.
+    let differ = d.path().join("differ.toml");
+    std::fs::write(&differ, format!("{base}{eval}[eval.math]\nboxed_only = true\n")).unwrap();
+    let o = distill(&["check-recipe", differ.to_str().unwrap()]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("[eval.math]") && t.contains("[generate.verify.math]"), "{t}");
+    // An unknown setting is named.
+    let bad = d.path().join("bad.toml");
+    std::fs::write(&bad, base.replace("boxed_only = false", "boxd_only = false")).unwrap();
+    let o = distill(&["check-recipe", bad.to_str().unwrap()]);
+    assert!(!o.status.success() && text(&o).contains("boxd_only"), "{}", text(&o));
+}

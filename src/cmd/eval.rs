@@ -118,6 +118,7 @@ fn flags(a: &Args) -> anyhow::Result<EvalConfig> {
         backend,
         retry: RetryConfig::default(),
         output: a.out.clone(),
+        math: None,
     })
 }
 

@@ -19,7 +19,7 @@ use crate::backend::pool::dispatch;
 use crate::backend::{ChatRequest, SamplingSpec, Teacher};
 use crate::error::{Error, Result};
 use crate::run::{BackendConfig, RetryConfig};
-use crate::verify::math::{equivalent, extract_answer};
+use crate::verify::math::{MathConfig, equivalent, judge};
 
 /// One benchmark file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,6 +50,10 @@ pub struct EvalConfig {
     #[serde(default)]
     pub retry: RetryConfig,
     pub output: PathBuf,
+    /// `[eval.math]`: how answers are extracted and compared. Unset: the recipe's
+    /// `[generate.verify.math]`, so eval judges as rejection sampling did; else the defaults.
+    #[serde(default)]
+    pub math: Option<MathConfig>,
 }
 
 /// Samples per problem when a recipe or the command line does not say.
@@ -107,14 +111,17 @@ pub fn majority(answers: &[Option<String>]) -> Option<String> {
 }
 
 /// Score one problem's completions.
-pub fn score(p: &Prompt, texts: &[(String, FinishReason, u64)]) -> ProblemResult {
+pub fn score(
+    p: &Prompt,
+    texts: &[(String, FinishReason, u64)],
+    math: &MathConfig,
+) -> ProblemResult {
     let gold = p.reference.clone().unwrap_or_default();
     let samples: Vec<SampleResult> = texts
         .iter()
         .map(|(text, finish, tokens)| {
             let (reasoning, answer, _) = split_think(text);
-            let extracted = extract_answer(&answer).or_else(|| extract_answer(&reasoning));
-            let correct = extracted.as_deref().is_some_and(|e| equivalent(&gold, e));
+            let (extracted, correct) = judge(&gold, &reasoning, &answer, math);
             SampleResult {
                 extracted,
                 correct,
@@ -126,7 +133,11 @@ pub fn score(p: &Prompt, texts: &[(String, FinishReason, u64)]) -> ProblemResult
         .collect();
     let pass = samples.iter().filter(|s| s.correct).count() as f64 / samples.len().max(1) as f64;
     let maj = majority(&samples.iter().map(|s| s.extracted.clone()).collect::<Vec<_>>());
-    let cons = maj.as_deref().is_some_and(|m| equivalent(&gold, m));
+    let gold_ans = crate::verify::math::gold_answer(&gold, math);
+    let cons = match (maj.as_deref(), gold_ans.as_deref()) {
+        (Some(m), Some(g)) => equivalent(g, m),
+        _ => false,
+    };
     ProblemResult {
         id: p.id.clone(),
         row: p.source.row,
@@ -189,6 +200,7 @@ pub fn evaluate(
     std::fs::create_dir_all(&cfg.output)
         .map_err(|e| Error::Io { path: cfg.output.clone(), err: e })?;
     let policy = cfg.retry.policy();
+    let math = cfg.math.clone().unwrap_or_default();
     let mut summaries = Vec::new();
     for spec in &cfg.benchmarks {
         let fields = fields_for(spec)?;
@@ -245,7 +257,7 @@ pub fn evaluate(
                             )
                         })
                         .collect();
-                    let r = score(todo[i], &texts);
+                    let r = score(todo[i], &texts, &math);
                     let line = serde_json::to_string(&r).expect("json") + "\n";
                     if let Err(e) = file.write_all(line.as_bytes()).and_then(|_| file.sync_data()) {
                         io_err = Some(e);

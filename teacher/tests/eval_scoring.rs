@@ -86,6 +86,7 @@ fn cfg(out: PathBuf, benchmarks: Vec<BenchSpec>) -> EvalConfig {
         },
         retry: RetryConfig { max_attempts: 1, ..Default::default() },
         output: out,
+        math: None,
     }
 }
 

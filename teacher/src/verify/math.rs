@@ -78,16 +78,44 @@ pub fn verify_answer(
     completion: &str,
     cfg: &MathConfig,
 ) -> (Option<String>, Option<String>, bool) {
-    let g = extract::extract(gold, cfg).or_else(|| {
-        let t = gold.trim();
-        (!t.is_empty()).then(|| t.to_string())
-    });
+    let g = gold_answer(gold, cfg);
     let p = extract::extract(completion, cfg);
     let ok = match (&g, &p) {
         (Some(g), Some(p)) => equivalent(g, p),
         _ => false,
     };
     (g, p, ok)
+}
+
+/// The math verdict of a completion split into its reasoning and its final answer, as
+/// rejection sampling and `distill eval` both judge: the answer part first, the reasoning when
+/// the answer part has none (a model that boxed its answer inside the reasoning still counts).
+/// Returns the extracted answer and whether it is the gold's.
+pub fn judge(
+    gold: &str,
+    reasoning: &str,
+    answer: &str,
+    cfg: &MathConfig,
+) -> (Option<String>, bool) {
+    let g = gold_answer(gold, cfg);
+    let extracted = extract::extract(answer, cfg).or_else(|| extract::extract(reasoning, cfg));
+    let ok = match (&g, &extracted) {
+        (Some(g), Some(e)) => equivalent(g, e),
+        _ => false,
+    };
+    (extracted, ok)
+}
+
+/// The gold's answer: a gold that is a solution gives its boxed (or cued) answer, one that is
+/// only an answer gives itself.
+pub fn gold_answer(gold: &str, cfg: &MathConfig) -> Option<String> {
+    let t = gold.trim();
+    let solution = ["\\boxed", "\\fbox", "$", "\\(", "\\[", "####"].iter().any(|m| t.contains(m))
+        || t.lines().count() > 1;
+    if solution && let Some(a) = extract::extract(t, cfg) {
+        return Some(a);
+    }
+    (!t.is_empty()).then(|| t.to_string())
 }
 
 /// The final answer of a completion under the default [`MathConfig`] (see [`extract::extract`]).
@@ -247,7 +275,23 @@ pub fn equivalent(gold: &str, pred: &str) -> bool {
     if let (Some(a), Some(b)) = (choice_letter(&g), choice_letter(&p)) {
         return a == b;
     }
+    // "(C) 12" answers both a letter and a value: the value counts against a value.
+    if choice_letter(&g).is_none()
+        && let Some(rest) = after_choice(&p)
+        && equivalent(gold, rest)
+    {
+        return true;
+    }
     answer::equivalent(gold, pred, &dl)
+}
+
+/// The value after a leading choice label: `(C)12` → `12`.
+fn after_choice(s: &str) -> Option<&str> {
+    let rest = s.strip_prefix('(')?;
+    let mut cs = rest.chars();
+    let c = cs.next()?;
+    let rest = cs.as_str().strip_prefix(')')?;
+    (('A'..='E').contains(&c) && !rest.is_empty()).then_some(rest)
 }
 
 fn choice_letter(s: &str) -> Option<char> {
@@ -260,10 +304,6 @@ fn choice_letter(s: &str) -> Option<char> {
         && (s.starts_with('(') || c.is_ascii_uppercase()))
     .then(|| c.to_ascii_uppercase())
 }
-
-
-
-
 
 /// Two single expressions: exact rational, numeric, or at random points for variables.
 pub(crate) fn value_equal(a: &str, b: &str) -> bool {
@@ -285,15 +325,19 @@ pub(crate) fn value_equal(a: &str, b: &str) -> bool {
         };
         let rounded = match (places(&a), places(&b)) {
             (Some(_), Some(_)) => None,
-            (Some(d), None) | (None, Some(d)) if d >= 6 => Some(d),
+            (Some(d), None) | (None, Some(d)) => Some(d),
             _ => None,
         };
         return match (ea.exact(), eb.exact()) {
             (Some(x), Some(y)) if x == y => true,
-            (Some(_), Some(_)) if rounded.is_none() => false,
+            (Some(_), Some(_)) if rounded.is_none_or(|d| d < 6) => false,
+            // A short decimal is not the irrational it approximates (`3.14159` is not π).
+            _ if rounded.is_some_and(|d| d < 6) => false,
             _ => match (ea.eval(&[]), eb.eval(&[])) {
                 (Some(x), Some(y)) => match rounded {
-                    Some(d) => (x.re - y.re).abs() <= 0.51 * 10f64.powi(-(d as i32)) && x.im == y.im,
+                    Some(d) => {
+                        (x.re - y.re).abs() <= 0.51 * 10f64.powi(-(d as i32)) && x.im == y.im
+                    }
                     None => x.close(y),
                 },
                 _ => false,

@@ -12,8 +12,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VerifyConfig {
-    /// Compare the extracted final answer with the prompt's reference (skipped when a prompt has none).
-    pub math: bool,
+    /// Compare the extracted final answer with the prompt's reference (skipped when a prompt has
+    /// none): `math = true` (default settings), `math = false`, or a `[verify.math]` table of
+    /// [`math::MathConfig`] settings. `distill eval` in the same recipe judges with the same ones.
+    #[serde(with = "math_setting")]
+    pub math: Option<math::MathConfig>,
     /// Reasoning present, `<think>` closed, a non-empty final answer.
     pub format: bool,
     /// Require a reasoning block (R1-style teachers); off for plain chat teachers.
@@ -32,7 +35,7 @@ pub struct VerifyConfig {
 impl Default for VerifyConfig {
     fn default() -> Self {
         VerifyConfig {
-            math: true,
+            math: Some(math::MathConfig::default()),
             format: true,
             require_reasoning: true,
             max_script_mix: Some(0.05),
@@ -40,6 +43,37 @@ impl Default for VerifyConfig {
             max_paragraph_chars: None,
             reject_truncated: true,
         }
+    }
+}
+
+/// `math = true | false | { … }` in a recipe.
+mod math_setting {
+    use super::math::MathConfig;
+    use serde::de::{self, MapAccess, Visitor};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<MathConfig>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(c) => c.serialize(s),
+            None => s.serialize_bool(false),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<MathConfig>, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Option<MathConfig>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false, or a table of [verify.math] settings")
+            }
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<Self::Value, E> {
+                Ok(b.then(MathConfig::default))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                MathConfig::deserialize(de::value::MapAccessDeserializer::new(map)).map(Some)
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -85,13 +119,8 @@ pub fn verify(s: &Sample, cfg: &VerifyConfig) -> Vec<Verdict> {
         };
         out.push(verdict("format", problem.is_none(), None, problem.unwrap_or("ok")));
     }
-    if cfg.math
-        && let Some(gold) = s.reference
-    {
-        // The answer part first; a model that boxed its answer inside the reasoning only still counts.
-        let extracted =
-            math::extract_answer(s.answer).or_else(|| math::extract_answer(s.reasoning));
-        let ok = extracted.as_deref().is_some_and(|e| math::equivalent(gold, e));
+    if let (Some(mcfg), Some(gold)) = (cfg.math.as_ref(), s.reference) {
+        let (extracted, ok) = math::judge(gold, s.reasoning, s.answer, mcfg);
         let reason = match &extracted {
             None => "no answer found".to_string(),
             Some(e) if ok => format!("{e} ≡ {gold}"),

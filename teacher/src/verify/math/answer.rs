@@ -406,7 +406,9 @@ fn item(s: &str) -> Item {
         return item(last);
     }
     if has_top(s, ':') && !s.contains("\\frac") {
-        return Item::Ratio(split_top(s, &[':']).into_iter().map(|x| x.trim().to_string()).collect());
+        return Item::Ratio(
+            split_top(s, &[':']).into_iter().map(|x| x.trim().to_string()).collect(),
+        );
     }
     if let Some((o, inner, c)) = bracketed(s) {
         let parts = split_top(inner, &[',', ';']);
@@ -625,7 +627,8 @@ fn decimal_commas(g: &str, p: &str) -> (String, String) {
     };
     let decimal = |s: &str| {
         let t = s.trim().trim_matches('$').trim();
-        t.contains('.') && t.trim_start_matches('-').chars().all(|c| c.is_ascii_digit() || c == '.' || c == ',')
+        t.contains('.')
+            && t.trim_start_matches('-').chars().all(|c| c.is_ascii_digit() || c == '.' || c == ',')
     };
     match (comma(g), comma(p)) {
         (Some(gc), None) if decimal(p) => (gc, p.replace(',', "")),
@@ -646,20 +649,86 @@ fn strip(i: &Item) -> &Item {
     }
 }
 
+/// An answer as assignments `name → value`: `x = 1, y = 2`, `(x, y) = (1, 2)`, `a_3 = 2`.
+fn assignments(i: &Item) -> Option<Vec<(String, &Item)>> {
+    match i {
+        Item::Labeled(l, v) => {
+            let names = bracketed(l.trim()).map(|(_, inner, _)| split_top(inner, &[',']));
+            match (names, v.as_ref()) {
+                (Some(ns), Item::Tuple(vs, _, _)) if ns.len() == vs.len() && ns.len() > 1 => {
+                    Some(ns.iter().map(|n| super::normalize(n)).zip(vs.iter()).collect())
+                }
+                (None, v) => Some(vec![(super::normalize(l), v)]),
+                _ => None,
+            }
+        }
+        Item::Set(items) => {
+            let mut out = vec![];
+            for x in items {
+                match x {
+                    Item::Labeled(..) => out.extend(assignments(x)?),
+                    _ => return None,
+                }
+            }
+            Some(out)
+        }
+        _ => None,
+    }
+}
+
+/// The same names given the same values, in any order.
+fn same_assignments(g: &[(String, &Item)], p: &[(String, &Item)], dl: &Deadline) -> Option<bool> {
+    if g.len() != p.len() || g.len() < 2 {
+        return None;
+    }
+    let mut names: Vec<&String> = g.iter().map(|x| &x.0).collect();
+    names.sort();
+    let mut pn: Vec<&String> = p.iter().map(|x| &x.0).collect();
+    pn.sort();
+    if names != pn {
+        return None;
+    }
+    Some(g.iter().all(|(n, v)| p.iter().any(|(m, w)| m == n && same(v, w, dl))))
+}
+
+/// `f(x)` and `f(y)`: the same function of a renamed variable. The prediction's value with its
+/// variable renamed to the gold's.
+fn renamed(lg: &str, lp: &str, vp: &Item) -> Option<Item> {
+    let arg = |l: &str| -> Option<(String, char)> {
+        let (f, rest) = l.trim().split_once('(')?;
+        let v = rest.strip_suffix(')')?.trim();
+        let mut cs = v.chars();
+        let c = cs.next()?;
+        (cs.next().is_none() && c.is_ascii_alphabetic() && !f.is_empty())
+            .then(|| (f.trim().to_string(), c))
+    };
+    let ((fg, xg), (fp, xp)) = (arg(lg)?, arg(lp)?);
+    let Item::Value(v) = vp else { return None };
+    (fg == fp && xg != xp && !v.contains(xg)).then(|| Item::Value(v.replace(xp, &xg.to_string())))
+}
+
 fn same(g: &Item, p: &Item, dl: &Deadline) -> bool {
     if dl.passed() {
         return false;
+    }
+    if let (Some(ga), Some(pa)) = (assignments(g), assignments(p))
+        && let Some(r) = same_assignments(&ga, &pa, dl)
+    {
+        return r;
     }
     match (g, p) {
         (Item::Labeled(lg, vg), Item::Labeled(lp, vp)) => {
             if super::normalize(lg) == super::normalize(lp) {
                 same(vg, vp, dl)
+            } else if let Some(v) = renamed(lg, lp, vp) {
+                same(vg, &v, dl)
             } else {
                 // Different labels: equal only as equations (`y = 2x` and `x = y/2`).
                 equations(lg, &flat(vg), lp, &flat(vp), dl)
             }
         }
-        (Item::Labeled(l, v), Item::Equation(a, b)) | (Item::Equation(a, b), Item::Labeled(l, v)) => {
+        (Item::Labeled(l, v), Item::Equation(a, b))
+        | (Item::Equation(a, b), Item::Labeled(l, v)) => {
             equations(l, &flat(v), a, b, dl) || same_unlabeled(v, p, g, dl)
         }
         (Item::Labeled(_, v), other) => same(v, other, dl),
@@ -668,7 +737,10 @@ fn same(g: &Item, p: &Item, dl: &Deadline) -> bool {
         (Item::Set(a), Item::Set(b)) => same_set(a, b, dl),
         (Item::Set(a), single) | (single, Item::Set(a)) if a.len() == 1 => same(&a[0], single, dl),
         (Item::Tuple(a, go, gc), Item::Tuple(b, po, pc)) => {
-            go == po && gc == pc && a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same(x, y, dl))
+            go == po
+                && gc == pc
+                && a.len() == b.len()
+                && a.iter().zip(b).all(|(x, y)| same(x, y, dl))
         }
         // An inequality in the gold is answered by its interval, but an interval in the gold is
         // not answered by an inequality (math-verify's rule: the form was asked for).
@@ -683,18 +755,14 @@ fn same(g: &Item, p: &Item, dl: &Deadline) -> bool {
         (Item::Interval(a, b, c, d), Item::Interval(e, f, g2, h)) => {
             c == g2 && d == h && value(a, e, dl) && value(b, f, dl)
         }
-        (Item::Rel(..), Item::Tuple(..)) => {
-            match (interval_of(g), interval_of(p)) {
-                (Some(a), Some(b)) => same(&a, &b, dl),
-                _ => false,
-            }
-        }
-        (Item::Rel(..), Item::Interval(..)) => {
-            match (interval_of(g), interval_of(p)) {
-                (Some(a), Some(b)) => same(&a, &b, dl),
-                _ => false,
-            }
-        }
+        (Item::Rel(..), Item::Tuple(..)) => match (interval_of(g), interval_of(p)) {
+            (Some(a), Some(b)) => same(&a, &b, dl),
+            _ => false,
+        },
+        (Item::Rel(..), Item::Interval(..)) => match (interval_of(g), interval_of(p)) {
+            (Some(a), Some(b)) => same(&a, &b, dl),
+            _ => false,
+        },
         (Item::Rel(a, o1, b), Item::Rel(c, o2, d)) => relations_equal(a, *o1, b, c, *o2, d, dl),
         (Item::Ratio(a), Item::Ratio(b)) => {
             a.len() == b.len() && a.iter().zip(b).all(|(x, y)| value(x, y, dl))
@@ -826,7 +894,10 @@ fn vars_of(parts: &[&str]) -> Option<Vec<char>> {
 fn ratio(f: &[f64], g: &[f64]) -> Option<f64> {
     let k = g.iter().position(|x| x.abs() > 1e-9)?;
     let c = f[k] / g[k];
-    let ok = f.iter().zip(g).all(|(a, b)| (a - c * b).abs() <= 1e-6 * (a.abs().max(c.abs() * b.abs()).max(1.0)));
+    let ok = f
+        .iter()
+        .zip(g)
+        .all(|(a, b)| (a - c * b).abs() <= 1e-6 * (a.abs().max(c.abs() * b.abs()).max(1.0)));
     (ok && c.abs() > 1e-12).then_some(c)
 }
 
