@@ -26,6 +26,9 @@ Settings, all optional, mirror the suite's helper compare_strings (tests/test_al
     strict                  verify's strict, default True
     allow_set_relation_comp verify's allow_set_relation_comp, default False
 A case with no settings runs exactly verify(parse(gold), parse(pred)), library defaults.
+A case marked "extracted": true holds bare answers (distill's teacher/tests/data/math-cases.jsonl);
+they are wrapped in $…$ first, since math-verify's LaTeX extraction needs delimiters; in a
+"completion": true case only the gold (a bare answer key) is wrapped.
 A case marked "default": true that has settings is also run that plain way, reported as
 "math_verify_default", so the table shows whether the helper's settings matter.
 
@@ -108,8 +111,16 @@ def main():
     with open(args.out, "w", encoding="utf-8") as out:
         for n, case in enumerate(cases):
             settings = case.get("settings") or {}
+            gold, pred = case["gold"], case["pred"]
+            if case.get("extracted"):
+                # Both are bare answers (distill's table): math-verify reads LaTeX between
+                # delimiters, so they are given to it as `$…$`, as an answer key would be.
+                gold, pred = f"${gold}$", f"${pred}$"
+            elif case.get("completion"):
+                # A whole completion against a bare answer key: the key is wrapped likewise.
+                gold = f"${gold}$"
             verdict, seconds, gold_parsed, pred_parsed, error = run_case(
-                case["gold"], case["pred"], settings, args.timeout)
+                gold, pred, settings, args.timeout)
             expected = bool(case["expected"])
             row = {
                 "id": case.get("id", f"line {n + 1}"),

@@ -69,3 +69,35 @@ fn the_math_verify_suite_agrees() {
 
 /// Agreement this verifier reaches today; it only goes up.
 const FLOOR: usize = 252;
+
+/// The cases with settings distill does not have (precision, strictness, set-relation comparison)
+/// and the string-extraction suite, judged with distill's defaults; docs/teacher.md explains each
+/// case where the verdict differs from the suite's.
+#[test]
+fn the_other_suite_cases_differ_only_where_documented() {
+    let documented = [
+        "tests/test_all.py:559",
+        "tests/test_all.py:592",
+        "tests/test_all.py:611",
+        "tests/test_all.py:907",
+        "tests/test_strict.py:8#2",
+        "tests/test_yujianll.py:28",
+        "tests/test_yujianll.py:20",
+    ];
+    let mut differ = Vec::new();
+    for c in cases().iter().filter(|c| !counted(c)) {
+        let (gold, pred) = (c["gold"].as_str().unwrap(), c["pred"].as_str().unwrap());
+        let (g, p, ok) = verify_answer(gold, pred, &config(c));
+        if Some(ok) != c["expected"].as_bool() {
+            differ.push(format!(
+                "{} expected {}: {gold:?} → {g:?}, {pred:?} → {p:?}",
+                c["id"], c["expected"]
+            ));
+        }
+    }
+    let undocumented: Vec<&String> = differ
+        .iter()
+        .filter(|d| !documented.iter().any(|id| d.starts_with(&format!("\"{id}\""))))
+        .collect();
+    assert!(undocumented.is_empty(), "{}", differ.join("\n"));
+}

@@ -11,6 +11,7 @@ mod load;
 mod model;
 mod step;
 mod train;
+mod verify;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -29,6 +30,9 @@ pub enum BenchCommand {
     Gen(generation::Args),
     /// Host memory while CPU peers load a checkpoint, whole or (FSDP) each rank its slices.
     Load(load::Args),
+    /// The math verifier over a table of (gold, prediction, expected) cases: agreement and the
+    /// time per verdict (what scripts/reference/math_verify_table.py measures for math-verify).
+    Verify(verify::Args),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -40,6 +44,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Step(a) => step::run(a),
         BenchCommand::Gen(a) => generation::run(a),
         BenchCommand::Load(a) => load::run(a),
+        BenchCommand::Verify(a) => verify::run(a),
     }
 }
 

@@ -264,6 +264,10 @@ fn strip_thousands(s: &str) -> String {
 /// structural ([`answer`]) and bounded in time ([`answer::BUDGET`]).
 pub fn equivalent(gold: &str, pred: &str) -> bool {
     let dl = answer::Deadline::after(answer::BUDGET);
+    // An answer is short; a megabyte "answer" is compared as written, in linear time.
+    if gold.len() > answer::MAX_LEN || pred.len() > answer::MAX_LEN {
+        return gold.trim() == pred.trim();
+    }
     let (g, p) = (normalize(gold), normalize(pred));
     if g.is_empty() || p.is_empty() {
         return false;

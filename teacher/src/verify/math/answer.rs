@@ -316,8 +316,31 @@ fn label_like(s: &str) -> bool {
         && !t.contains("\\pi")
 }
 
+thread_local! {
+    /// Nesting of [`parse`] and [`item`] on this thread.
+    static DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Deepest structure read (`{{{…}}}`); below it an answer is an opaque value.
+const MAX_NESTING: usize = 32;
+
+/// Runs `f` one level deeper, or gives `s` back whole past [`MAX_NESTING`].
+fn nested(s: &str, f: impl FnOnce() -> Item) -> Item {
+    let d = DEPTH.with(|d| {
+        d.set(d.get() + 1);
+        d.get()
+    });
+    let r = if d > MAX_NESTING { Item::Value(s.to_string()) } else { f() };
+    DEPTH.with(|d| d.set(d.get() - 1));
+    r
+}
+
 /// Read an answer (already extracted) into items.
 fn parse(s: &str) -> Item {
+    nested(s, || parse_at(s))
+}
+
+fn parse_at(s: &str) -> Item {
     let s = s.trim().trim_end_matches('.').trim();
     // A set written with braces.
     if let Some(inner) = enclosed(s, '{', '}')
@@ -362,6 +385,10 @@ fn split_items(s: &str) -> Vec<Item> {
 
 /// One item of an answer.
 fn item(s: &str) -> Item {
+    nested(s, || item_at(s))
+}
+
+fn item_at(s: &str) -> Item {
     let s = s.trim().trim_end_matches('.').trim();
     // `x ∈ I`: the set.
     if let Some((lhs, rhs)) = s.split_once('∈')

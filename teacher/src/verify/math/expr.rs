@@ -197,7 +197,7 @@ impl Expr {
 
 pub(crate) fn parse(s: &str) -> Result<Expr, String> {
     let chars: Vec<char> = s.chars().collect();
-    let mut p = Parser { c: chars, i: 0 };
+    let mut p = Parser { c: chars, i: 0, depth: 0 };
     let e = p.expr()?;
     if p.i != p.c.len() {
         return Err(format!("unexpected '{}'", p.c[p.i..].iter().collect::<String>()));
@@ -208,7 +208,12 @@ pub(crate) fn parse(s: &str) -> Result<Expr, String> {
 struct Parser {
     c: Vec<char>,
     i: usize,
+    /// Nesting of the recursive descent; deeper input is refused, not a stack overflow.
+    depth: usize,
 }
+
+/// Deepest nesting parsed (`((((…))))`, `----1`, `\\frac{\\frac{…}}`).
+const MAX_DEPTH: usize = 200;
 
 const FUNCS: [&str; 9] = ["sin", "cos", "tan", "cot", "sec", "csc", "ln", "log", "exp"];
 
@@ -244,6 +249,13 @@ impl Parser {
     }
 
     fn expr(&mut self) -> Result<Expr, String> {
+        self.depth += 1;
+        let r = if self.depth > MAX_DEPTH { Err("nested too deeply".into()) } else { self.sum() };
+        self.depth -= 1;
+        r
+    }
+
+    fn sum(&mut self) -> Result<Expr, String> {
         let mut e = self.term()?;
         loop {
             if self.eat('+') {
@@ -290,6 +302,14 @@ impl Parser {
     }
 
     fn unary(&mut self) -> Result<Expr, String> {
+        self.depth += 1;
+        let r =
+            if self.depth > MAX_DEPTH { Err("nested too deeply".into()) } else { self.signed() };
+        self.depth -= 1;
+        r
+    }
+
+    fn signed(&mut self) -> Result<Expr, String> {
         if self.eat('-') {
             return Ok(Expr::Neg(Box::new(self.unary()?)));
         }
@@ -310,6 +330,13 @@ impl Parser {
 
     /// A group `{…}` or a single character token (as in `\frac12`, `x^2`).
     fn small(&mut self) -> Result<Expr, String> {
+        self.depth += 1;
+        let r = if self.depth > MAX_DEPTH { Err("nested too deeply".into()) } else { self.token() };
+        self.depth -= 1;
+        r
+    }
+
+    fn token(&mut self) -> Result<Expr, String> {
         if self.eat('{') {
             let e = self.expr()?;
             return if self.eat('}') { Ok(e) } else { Err("missing }".into()) };

@@ -27,6 +27,8 @@ impl Default for MathConfig {
 
 /// Longest completion text searched, bytes (the tail is kept: the answer comes last).
 const MAX_TEXT: usize = 1 << 20;
+/// Longest `\\boxed{…}` content, bytes.
+const MAX_BOX: usize = 4096;
 
 /// Every `\boxed{…}`/`\fbox{…}` (and `\boxed 5`), as (start, end, content), in order.
 pub fn boxes(text: &str) -> Vec<(usize, usize, String)> {
@@ -41,7 +43,13 @@ pub fn boxes(text: &str) -> Vec<(usize, usize, String)> {
             let rest_trim = rest.trim_start();
             if let Some(inner) = rest_trim.strip_prefix('{') {
                 let open = start + (rest.len() - rest_trim.len()) + 1;
-                if let Some(end) = super::matching_brace(inner) {
+                // A box holds an answer, not a document: its closing brace is looked for within
+                // MAX_BOX bytes, so a text of unclosed boxes costs linear time.
+                let mut cap = inner.len().min(MAX_BOX);
+                while !inner.is_char_boundary(cap) {
+                    cap -= 1;
+                }
+                if let Some(end) = super::matching_brace(&inner[..cap]) {
                     out.push((at, open + end + 1, inner[..end].to_string()));
                 }
             } else if rest.starts_with(' ') {
