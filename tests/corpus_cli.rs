@@ -142,6 +142,12 @@ fn export_then_import_reproduces_the_corpus_and_cat_get_agree() {
     let o = distill(&["corpus", "export", &s(&a), "--out", &s(&exported)]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(std::fs::read(&exported).unwrap(), std::fs::read(&input).unwrap());
+    // stderr is not a terminal here: progress still shows, as plain lines (a log, CI, nohup).
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.lines().any(|l| l.contains(" records (") && !l.contains('\r')),
+        "no progress line in a log:\n{err}"
+    );
     assert!(distill(&["corpus", "import", &s(&exported), "--out", &s(&b)]).status.success());
     let cat = distill(&["corpus", "cat", &s(&b)]);
     assert_eq!(cat.stdout, std::fs::read(&input).unwrap());

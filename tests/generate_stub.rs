@@ -177,3 +177,138 @@ fn skipped_prompt_lines_are_listed_in_the_report() {
     assert_eq!(lines, vec![2, 3], "{rep}");
     assert!(rep["skipped_lines"][1]["error"].as_str().unwrap().contains("question"), "{rep}");
 }
+
+/// A vLLM-like endpoint with log-probs: its tokens are decoded strings (`" the"`) unless the request
+/// asks for `return_tokens_as_token_ids`, then `token_id:N`. It records each request body.
+fn vllm_stub(bodies: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in l.incoming().flatten() {
+            let bodies = bodies.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut conn = conn;
+                while let Some((_head, body)) = common::read_request(&mut reader) {
+                    let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    let ids = req["return_tokens_as_token_ids"] == true;
+                    bodies.lock().unwrap().push(req);
+                    // SmolLM2's ids: " the" is 260 ("Ġthe"), " a" is 253 ("Ġa").
+                    let tok = |s: &str, id: u32| {
+                        if ids { format!("token_id:{id}") } else { s.to_string() }
+                    };
+                    let entry = serde_json::json!({
+                        "token": tok(" the", 260), "logprob": -0.1,
+                        "top_logprobs": [
+                            {"token": tok(" the", 260), "logprob": -0.1},
+                            {"token": tok(" a", 253), "logprob": -2.5},
+                        ],
+                    });
+                    let resp = serde_json::json!({
+                        "id": "c", "object": "chat.completion", "model": "stub",
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": " the"},
+                            "finish_reason": "stop", "logprobs": {"content": [entry]}}],
+                        "usage": {"prompt_tokens": 5, "completion_tokens": 1},
+                    })
+                    .to_string();
+                    let out = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{resp}",
+                        resp.len()
+                    );
+                    if conn.write_all(out.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn log_prob_tokens_keep_their_ids_or_fail_loudly_and_engine_fields_pass_through() {
+    use distill_teacher::backend::openai::{OpenAiClient, OpenAiConfig};
+    use distill_teacher::backend::{ChatRequest, SamplingSpec, Teacher};
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let port = vllm_stub(bodies.clone());
+    let base = format!("http://127.0.0.1:{port}/v1");
+    let req = ChatRequest {
+        messages: vec![distill_data::Message::new(distill_data::Role::User, "1 + 1?")],
+        n: 1,
+        sampling: SamplingSpec::default(),
+        seed: Some(1),
+        logprobs: Some(2),
+    };
+    // Default: token ids are asked for, and extra engine fields go out as given.
+    let mut cfg = OpenAiConfig::new(&base, "stub");
+    cfg.extra_body.insert("min_p".into(), serde_json::json!(0.05));
+    cfg.extra_body
+        .insert("chat_template_kwargs".into(), serde_json::json!({"enable_thinking": true}));
+    let c = OpenAiClient::new(cfg, None).unwrap().complete(&req).unwrap();
+    let lp = c.choices[0].logprobs.as_ref().expect("log-probs kept");
+    assert_eq!((lp.tokens.clone(), lp.top_ids.clone()), (vec![260], vec![260, 253]));
+    let sent = bodies.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(sent["return_tokens_as_token_ids"], true);
+    assert_eq!(sent["min_p"], 0.05);
+    assert_eq!(sent["chat_template_kwargs"]["enable_thinking"], true);
+
+    // Without ids and without a tokenizer: a clear error, not a trace without log-probs.
+    let cfg = OpenAiConfig { token_ids: false, ..OpenAiConfig::new(&base, "stub") };
+    let e = OpenAiClient::new(cfg, None).unwrap().complete(&req).unwrap_err().to_string();
+    assert!(e.contains("has no id") && e.contains("tokenizer"), "{e}");
+
+    // With the teacher's tokenizer, byte-level BPE strings (" the", not "Ġthe") map to their ids.
+    let (_, hf) = common::smollm2();
+    let cfg =
+        OpenAiConfig { token_ids: false, tokenizer: Some(hf), ..OpenAiConfig::new(&base, "stub") };
+    let c = OpenAiClient::new(cfg, None).unwrap().complete(&req).unwrap();
+    let lp = c.choices[0].logprobs.as_ref().expect("log-probs kept");
+    assert_eq!((lp.tokens.clone(), lp.top_ids.clone()), (vec![260], vec![260, 253]));
+
+    // A field distill sets from the recipe cannot be overridden.
+    let mut cfg = OpenAiConfig::new(&base, "stub");
+    cfg.extra_body.insert("temperature".into(), serde_json::json!(2.0));
+    let e = OpenAiClient::new(cfg, None).err().expect("refused").to_string();
+    assert!(e.contains("extra_body.temperature"), "{e}");
+}
+
+#[test]
+fn the_report_adds_up_what_the_teacher_cost_and_projects_a_corpus() {
+    let d = tempfile::tempdir().unwrap();
+    let port = stub(false);
+    let r = recipe(d.path(), port);
+    // DeepSeek's published prices (USD per million tokens): $0.55 input, $0.14 cached, $2.19 out.
+    // The recipe asks for log-probs, which this stub never sends: the report says so.
+    let text = std::fs::read_to_string(&r)
+        .unwrap()
+        .replace(
+            "api_key_env = \"DISTILL_TEST_KEY\"\n",
+            "api_key_env = \"DISTILL_TEST_KEY\"\nprice = { input = 0.55, cached_input = 0.14, output = 2.19 }\n",
+        )
+        .replace("[generate.backend]", "logprobs = 5\n\n[generate.backend]");
+    std::fs::write(&r, text).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(["generate", "--recipe", r.to_str().unwrap(), "--project", "800000"])
+        .env("DISTILL_TEST_KEY", KEY)
+        .output()
+        .unwrap();
+    let t = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{t}");
+    let rep: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(d.path().join("corpus/generate-report.json")).unwrap(),
+    )
+    .unwrap();
+    // Every request: 5 prompt and 9 completion tokens (the stub's usage), none cached.
+    let requests = rep["requests"].as_u64().unwrap();
+    let want = requests as f64 * (5.0 * 0.55 + 9.0 * 2.19) / 1e6;
+    let got = rep["cost_usd"].as_f64().unwrap();
+    assert!((got - want).abs() < 1e-12, "cost {got} against {want}");
+    assert_eq!(rep["unpriced_requests"], 0);
+    assert_eq!(rep["samples_without_logprobs"], rep["samples"]);
+    assert!(t.contains("without the log-probs asked for"), "{t}");
+    let kept = rep["kept"].as_u64().unwrap();
+    assert!(kept > 0);
+    let per = want / kept as f64;
+    assert!(t.contains("per kept trace"), "{t}");
+    assert!(t.contains(&format!("projection: 800000 kept traces ≈ ${:.2}", per * 800000.0)), "{t}");
+}

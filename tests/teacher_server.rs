@@ -38,8 +38,15 @@ fn generates_a_verified_corpus_from_a_real_server() {
     };
     let extra = "samples = 4\nkeep = 2\nlogprobs = 5\n[generate.sampling]\ntemperature = 0.6\ntop_p = 0.95\nmax_tokens = 48\nseed = 7";
     let recipe = openai_recipe(d.path(), &prompts, &srv.url(), extra);
-    let o = distill(&["generate", "--recipe", recipe.to_str().unwrap()]);
+    // Priced as DeepSeek's API is (USD per million tokens): the report adds the cost up.
+    let priced = std::fs::read_to_string(&recipe).unwrap().replace(
+        "timeout_s = 3\n",
+        "timeout_s = 3\nprice = { input = 0.55, cached_input = 0.14, output = 2.19 }\n",
+    );
+    std::fs::write(&recipe, priced).unwrap();
+    let o = distill(&["generate", "--recipe", recipe.to_str().unwrap(), "--project", "1000"]);
     assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("projection: 1000 kept traces ≈ $"), "{}", text(&o));
     let corpus = d.path().join("corpus");
     let v = distill(&["corpus", "verify", corpus.to_str().unwrap()]);
     assert!(v.status.success(), "{}", text(&v));
@@ -72,6 +79,16 @@ fn generates_a_verified_corpus_from_a_real_server() {
     .unwrap();
     assert!(report["kept"].as_u64().unwrap() <= 64);
     assert_eq!(report["samples"], 128);
+    assert_eq!(report["samples_without_logprobs"], 0);
+    // The cost is the server's token counts at the given prices (llama-server reports cached
+    // prompt tokens too; they are billed at the cached price).
+    let n = |k: &str| report[k].as_f64().unwrap();
+    let cached = n("cached_prompt_tokens");
+    let want =
+        ((n("prompt_tokens") - cached) * 0.55 + cached * 0.14 + n("completion_tokens") * 2.19)
+            / 1e6;
+    let got = n("cost_usd");
+    assert!(want > 0.0 && (got - want).abs() <= 1e-9 * want.max(1.0), "cost {got} against {want}");
 }
 
 #[test]

@@ -113,10 +113,12 @@ impl ChatTemplate {
         Ok((text.clone(), start..text.len()))
     }
 
-    /// Render a whole conversation and report the character span of every assistant turn
-    /// (its content and end-of-turn marker), found by rendering growing prefixes of the
-    /// conversation: the turn is what `messages[..=i]` adds to `messages[..i]` with the
-    /// generation prompt. Fails if the template does not render prefixes as prefixes.
+    /// Render a whole conversation and report the character span of every assistant turn (its
+    /// content as the template renders it, and its end-of-turn marker), found by rendering
+    /// growing prefixes: turn i is what `messages[..=i]` adds to `messages[..i]`, less the
+    /// assistant header (the part it shares with the generation prompt). Templates that rewrite
+    /// history (R1-Distill drops past `<think>` blocks) give the turn as rewritten, which is what
+    /// a model sees in a later prompt. Fails if the template does not render prefixes as prefixes.
     pub fn render_with_spans(&self, messages: &[Message]) -> Result<(String, Vec<Range<usize>>)> {
         let full = self.render(messages, false)?;
         let mut spans = Vec::new();
@@ -124,7 +126,8 @@ impl ChatTemplate {
             if m.role != Role::Assistant {
                 continue;
             }
-            let before = self.render(&messages[..i], true)?;
+            let before = self.render(&messages[..i], false)?;
+            let header = self.render(&messages[..i], true)?;
             let through = self.render(&messages[..=i], false)?;
             if !through.starts_with(&before) || !full.starts_with(&through) {
                 return Err(Error::Template(format!(
@@ -132,9 +135,18 @@ impl ChatTemplate {
                      (it may rewrite earlier turns); use render_for_training for the final turn"
                 )));
             }
+            // Skip the header the turn shares with the generation prompt (`<|im_start|>assistant\n`).
+            let turn = &through[before.len()..];
+            let prompt_tail = header.get(before.len()..).unwrap_or("");
+            let shared: usize = turn
+                .char_indices()
+                .zip(prompt_tail.chars())
+                .take_while(|((_, a), b)| a == b)
+                .last()
+                .map_or(0, |((i, c), _)| i + c.len_utf8());
             // The span ends after the end-of-turn marker, not after trailing newlines.
-            let end = before.len() + through[before.len()..].trim_end_matches(['\n', ' ']).len();
-            spans.push(before.len()..end);
+            let end = before.len() + turn.trim_end_matches(['\n', ' ']).len();
+            spans.push(before.len() + shared..end);
         }
         Ok((full, spans))
     }

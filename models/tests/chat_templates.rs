@@ -88,14 +88,17 @@ fn spans_cover_each_assistant_turn_and_its_end_marker() {
         let eos = TOKENS.iter().find(|x| x.0 == name).unwrap().2;
         assert_eq!(parts, vec![format!("Hello!{eos}"), format!("Goodbye.{eos}")], "{name}");
     }
-    // R1-Distill rewrites history turns; spans of a reasoning turn cannot be recovered by prefix
-    // rendering, and the renderer says so instead of guessing.
+    // R1-Distill rewrites history turns (it drops their reasoning): the span is the turn as the
+    // template renders it in history, which is what a later prompt shows the model.
     let r1 = template("deepseek-r1-distill");
     let with_think = vec![
         Message::new(Role::User, "Hi"),
         Message::new(Role::Assistant, "<think>\nhm\n</think>\n\nHello"),
     ];
-    assert!(r1.render_with_spans(&with_think).is_err());
+    let (text, spans) = r1.render_with_spans(&with_think).unwrap();
+    let parts: Vec<&str> = spans.iter().map(|s| &text[s.clone()]).collect();
+    // (what follows `</think>` in the turn, as the template keeps it.)
+    assert_eq!(parts, vec!["\n\nHello<｜end▁of▁sentence｜>"]);
 }
 
 #[test]

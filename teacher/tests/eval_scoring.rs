@@ -36,6 +36,8 @@ impl Teacher for Oracle {
             completion_tokens: Some(9),
         };
         Ok(Completion {
+            cached_prompt_tokens: 0,
+            cost_usd: None,
             choices: vec![choice; req.n as usize],
             prompt_tokens: 10,
             completion_tokens: 9 * req.n as u64,

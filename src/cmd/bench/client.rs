@@ -87,13 +87,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let cfg = OpenAiConfig {
-        base_url: format!("http://127.0.0.1:{port}/v1"),
-        model: "stub".into(),
-        api_key_env: None,
         concurrency: a.concurrency,
         timeout_s: 10.0,
-        stream: false,
-        max_n: 8,
+        ..OpenAiConfig::new(format!("http://127.0.0.1:{port}/v1"), "stub")
     };
     let client = Arc::new(OpenAiClient::new(cfg, None)?);
     let req = Arc::new(ChatRequest {

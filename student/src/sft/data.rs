@@ -56,6 +56,23 @@ pub struct DataConfig {
     /// Shuffling seed.
     #[serde(default)]
     pub seed: u64,
+    /// Which assistant turns of a multi-turn trace are loss targets: the last (the teacher's
+    /// reply, the default) or all of them. Earlier turns always stay in the prompt, rendered as
+    /// the chat template renders history.
+    #[serde(default)]
+    pub train_on: TrainOn,
+}
+
+/// `[train.data] train_on`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainOn {
+    /// The trace's own reply only.
+    #[default]
+    LastAssistant,
+    /// Every assistant turn, earlier ones as the template renders them in the history (R1-Distill's
+    /// drops their `<think>` blocks).
+    AllAssistant,
 }
 
 fn yes() -> bool {
@@ -181,20 +198,37 @@ pub fn example(
         return Err(Skip::Truncated);
     }
     let chat = tok.chat.as_ref().ok_or(Skip::NoTemplate)?;
-    let prompt: Vec<Message> =
-        t.messages.iter().filter(|m| m.role != Role::Assistant).cloned().collect();
+    // The prompt is the whole conversation before the reply, earlier assistant turns included.
+    let prompt: &[Message] = &t.messages;
     let (text, span) = chat
-        .render_for_training(&prompt, &cfg.completion(t))
+        .render_for_training(prompt, &cfg.completion(t))
         .map_err(|e| Skip::Render(e.to_string()))?;
+    // Loss spans: the reply, and under `all_assistant` every earlier assistant turn as the
+    // template rendered it in the history.
+    let mut spans = vec![span.clone()];
+    if cfg.train_on == TrainOn::AllAssistant && prompt.iter().any(|m| m.role == Role::Assistant) {
+        let (history, earlier) =
+            chat.render_with_spans(prompt).map_err(|e| Skip::Render(e.to_string()))?;
+        if !text.starts_with(&history) {
+            return Err(Skip::Render(
+                "the template renders the conversation's history differently once a reply follows; train_on = \"all_assistant\" cannot locate the earlier turns".into(),
+            ));
+        }
+        spans.extend(earlier);
+    }
     let (mut ids, offsets) =
         tok.encode_with_offsets(&text).map_err(|e| Skip::Tokenize(e.to_string()))?;
-    let mut assistant: Vec<bool> = offsets.iter().map(|&(s, _)| s >= span.start).collect();
+    let mut assistant: Vec<bool> =
+        offsets.iter().map(|&(s, _)| spans.iter().any(|r| r.contains(&s))).collect();
+    // Where the reply starts, in tokens (teacher log-probs align there).
+    let mut reply_start = offsets.iter().position(|&(s, _)| s >= span.start);
     if tok.add_bos
         && let Some(b) = tok.bos_token.as_deref().and_then(|b| tok.token_id(b))
         && ids.first() != Some(&b)
     {
         ids.insert(0, b);
         assistant.insert(0, false);
+        reply_start = reply_start.map(|p| p + 1);
     }
     let mut truncated = false;
     if ids.len() > cfg.max_seq_len {
@@ -209,7 +243,7 @@ pub fn example(
     }
     // Teacher log-probs line up when the student tokenizes the completion into the same ids.
     let kd = t.logprobs.as_ref().and_then(|lp| {
-        let start = assistant.iter().position(|&a| a)?;
+        let start = reply_start.filter(|&p| p < ids.len())?;
         let n = lp.len().min(ids.len() - start);
         (n > 0 && ids[start..start + n] == lp.tokens[..n]).then(|| KdTargets {
             start,

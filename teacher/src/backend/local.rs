@@ -168,6 +168,8 @@ impl<B: Backend> LocalTeacher<B> {
             .iter()
             .enumerate()
             .map(|(r, _)| Completion {
+                cached_prompt_tokens: 0,
+                cost_usd: None,
                 choices: vec![],
                 prompt_tokens: prompt_tokens[r],
                 completion_tokens: 0,

@@ -144,6 +144,10 @@ pub struct Completion {
     pub completion_tokens: u64,
     /// The model name the server reported.
     pub model: String,
+    /// Prompt tokens the server served from its cache (billed at the cached-input price).
+    pub cached_prompt_tokens: u64,
+    /// What the request cost, USD, when the endpoint has a `price`.
+    pub cost_usd: Option<f64>,
 }
 
 /// Something that completes chats.

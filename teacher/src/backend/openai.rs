@@ -41,7 +41,76 @@ pub struct OpenAiConfig {
     /// Most completions per request (`n`); larger sample counts are split.
     #[serde(default = "default_max_n")]
     pub max_n: u32,
+    /// With log-probs, ask for tokens as `token_id:N` (vLLM's `return_tokens_as_token_ids`), so
+    /// that byte-level BPE tokens keep their ids; servers that send ids anyway (llama-server)
+    /// ignore it. Turn it off only for a server that rejects unknown request fields.
+    #[serde(default = "yes")]
+    pub token_ids: bool,
+    /// The teacher's tokenizer (a directory with tokenizer.json), to map log-prob token strings
+    /// to ids when a server returns strings only.
+    #[serde(default)]
+    pub tokenizer: Option<std::path::PathBuf>,
+    /// More request fields, passed as given: engine parameters such as `min_p`,
+    /// `repetition_penalty`, `chat_template_kwargs = { enable_thinking = true }` (Qwen3) or
+    /// SGLang's `separate_reasoning`. Fields distill sets itself cannot be overridden here.
+    #[serde(default)]
+    pub extra_body: std::collections::BTreeMap<String, Value>,
+    /// What the provider charges, USD per million tokens; the generate report adds it up.
+    #[serde(default)]
+    pub price: Option<Price>,
 }
+
+/// USD per million tokens, as a provider publishes them.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input: f64,
+    /// Prompt tokens served from the provider's cache (default: the input price).
+    #[serde(default)]
+    pub cached_input: Option<f64>,
+    pub output: f64,
+}
+
+impl Price {
+    /// USD for one request's tokens.
+    pub fn cost(&self, prompt: u64, cached: u64, completion: u64) -> f64 {
+        let cached = cached.min(prompt);
+        ((prompt - cached) as f64 * self.input
+            + cached as f64 * self.cached_input.unwrap_or(self.input)
+            + completion as f64 * self.output)
+            / 1e6
+    }
+}
+
+/// Cached prompt tokens in a usage object: OpenAI's and vLLM's
+/// `prompt_tokens_details.cached_tokens`, DeepSeek's `prompt_cache_hit_tokens`.
+fn cached_tokens(usage: Option<&Value>) -> u64 {
+    let u = match usage {
+        Some(u) => u,
+        None => return 0,
+    };
+    u.pointer("/prompt_tokens_details/cached_tokens")
+        .or_else(|| u.get("prompt_cache_hit_tokens"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+}
+
+/// Request fields distill sets from the recipe, which `extra_body` may not replace.
+pub const MANAGED_FIELDS: [&str; 13] = [
+    "model",
+    "messages",
+    "n",
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_tokens",
+    "stream",
+    "stream_options",
+    "seed",
+    "stop",
+    "logprobs",
+    "top_logprobs",
+];
 
 impl OpenAiConfig {
     /// An endpoint with the same defaults a recipe gets.
@@ -54,8 +123,31 @@ impl OpenAiConfig {
             timeout_s: default_timeout(),
             stream: false,
             max_n: default_max_n(),
+            token_ids: true,
+            tokenizer: None,
+            extra_body: Default::default(),
+            price: None,
         }
     }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Token string → id for a teacher tokenizer: each id's own decoded text (what servers return
+/// as `token`: `" the"`, not byte-level BPE's `"Ġthe"`), and its vocabulary piece. A string
+/// two ids share is left out: it cannot name one of them.
+pub fn token_map(dir: &std::path::Path) -> Result<HashMap<String, u32>, crate::Error> {
+    let tok = distill_models::tokenizer::TextTokenizer::from_dir(dir)
+        .map_err(|e| crate::Error::Config(format!("tokenizer {}: {e}", dir.display())))?;
+    let mut map: HashMap<String, Option<u32>> = HashMap::new();
+    for id in 0..tok.vocab_size() as u32 {
+        if let Ok(text) = tok.decode(&[id], false) {
+            map.entry(text).and_modify(|v| *v = None).or_insert(Some(id));
+        }
+    }
+    Ok(map.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect())
 }
 
 fn default_concurrency() -> usize {
@@ -104,6 +196,17 @@ impl OpenAiClient {
             .max_idle_connections_per_host(cfg.concurrency.max(1) * 2)
             .build()
             .into();
+        if let Some(k) = cfg.extra_body.keys().find(|k| MANAGED_FIELDS.contains(&k.as_str())) {
+            return Err(crate::Error::Config(format!(
+                "{}: extra_body.{k} is set by distill from the recipe ([generate.sampling], logprobs, stream); set it there",
+                redact(&cfg.base_url)
+            )));
+        }
+        let vocab = match (vocab, &cfg.tokenizer) {
+            (Some(v), _) => Some(v),
+            (None, Some(dir)) => Some(token_map(dir)?),
+            (None, None) => None,
+        };
         let url = format!("{}/chat/completions", cfg.base_url.trim_end_matches('/'));
         Ok(OpenAiClient { cfg, url, auth, agent, vocab })
     }
@@ -136,6 +239,12 @@ impl OpenAiClient {
         if let Some(k) = req.logprobs {
             b["logprobs"] = true.into();
             b["top_logprobs"] = k.into();
+            if self.cfg.token_ids {
+                b["return_tokens_as_token_ids"] = true.into();
+            }
+        }
+        for (k, v) in &self.cfg.extra_body {
+            b[k.as_str()] = v.clone();
         }
         if self.cfg.stream {
             b["stream_options"] = json!({"include_usage": true});
@@ -168,26 +277,36 @@ impl OpenAiClient {
         self.vocab.as_ref()?.get(tok).copied()
     }
 
-    /// `logprobs.content` entries → compact top-k arrays. `None` if any id is unknown.
-    fn logprobs(&self, entries: &[Value], k: u32) -> Option<TokenLogprobs> {
+    /// `logprobs.content` entries → compact top-k arrays. A token with no id is an error, never
+    /// a trace that silently lost its log-probs.
+    fn logprobs(&self, entries: &[Value], k: u32) -> Result<TokenLogprobs, BackendError> {
+        let unknown = |e: &Value| {
+            let tok = e.get("token").map_or_else(|| e.to_string(), Value::to_string);
+            BackendError::Fatal(format!(
+                "{}: a log-prob token has no id ({tok}); distill needs token ids: vLLM gives them with return_tokens_as_token_ids (token_ids = true, the default), llama-server always does; otherwise give the endpoint the teacher's tokenizer = \"DIR\"",
+                redact(&self.cfg.base_url)
+            ))
+        };
         let mut lp = TokenLogprobs::new(k);
         for e in entries {
-            let id = self.token_id(e)?;
-            let logprob = e.get("logprob").and_then(Value::as_f64)? as f32;
-            let top: Vec<(u32, f32)> = e
-                .get("top_logprobs")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|t| {
-                            Some((self.token_id(t)?, t.get("logprob")?.as_f64()? as f32))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
+            let id = self.token_id(e).ok_or_else(|| unknown(e))?;
+            let logprob = e
+                .get("logprob")
+                .and_then(Value::as_f64)
+                .ok_or_else(|| self.malformed("a log-prob entry without `logprob`"))?
+                as f32;
+            let mut top: Vec<(u32, f32)> = Vec::new();
+            for t in e.get("top_logprobs").and_then(Value::as_array).into_iter().flatten() {
+                let id = self.token_id(t).ok_or_else(|| unknown(t))?;
+                let lp = t
+                    .get("logprob")
+                    .and_then(Value::as_f64)
+                    .ok_or_else(|| self.malformed("a top_logprobs entry without `logprob`"))?;
+                top.push((id, lp as f32));
+            }
             lp.push(id, logprob, &top);
         }
-        Some(lp)
+        Ok(lp)
     }
 
     fn parse_full(&self, v: &Value, req: &ChatRequest) -> Result<Completion, BackendError> {
@@ -210,7 +329,7 @@ impl OpenAiClient {
                 .ok_or_else(|| self.malformed("choice without `finish_reason`"))?;
             let entries = c.pointer("/logprobs/content").and_then(Value::as_array);
             let logprobs = match (req.logprobs, entries) {
-                (Some(k), Some(e)) => self.logprobs(e, k),
+                (Some(k), Some(e)) => Some(self.logprobs(e, k)?),
                 _ => None,
             };
             out.push(Choice {
@@ -223,11 +342,15 @@ impl OpenAiClient {
         }
         let usage = v.get("usage");
         let get = |k: &str| usage.and_then(|u| u.get(k)).and_then(Value::as_u64).unwrap_or(0);
+        let (prompt, completion, cached) =
+            (get("prompt_tokens"), get("completion_tokens"), cached_tokens(usage));
         Ok(Completion {
             choices: out,
-            prompt_tokens: get("prompt_tokens"),
-            completion_tokens: get("completion_tokens"),
+            prompt_tokens: prompt,
+            completion_tokens: completion,
             model: v.get("model").and_then(Value::as_str).unwrap_or(&self.cfg.model).to_string(),
+            cached_prompt_tokens: cached,
+            cost_usd: self.cfg.price.map(|p| p.cost(prompt, cached, completion)),
         })
     }
 
@@ -294,11 +417,13 @@ impl OpenAiClient {
             let finish = a
                 .finish
                 .ok_or_else(|| self.malformed(format!("choice {i} has no finish_reason")))?;
+            let logprobs = match req.logprobs {
+                Some(k) if !a.logprobs.is_empty() => Some(self.logprobs(&a.logprobs, k)?),
+                _ => None,
+            };
             choices.push(Choice {
                 completion_tokens: (!a.logprobs.is_empty()).then_some(a.logprobs.len() as u64),
-                logprobs: req.logprobs.and_then(|k| {
-                    (!a.logprobs.is_empty()).then(|| self.logprobs(&a.logprobs, k)).flatten()
-                }),
+                logprobs,
                 content: a.content,
                 reasoning: (!a.reasoning.is_empty()).then_some(a.reasoning),
                 finish_reason: FinishReason::from(finish),
@@ -306,11 +431,15 @@ impl OpenAiClient {
         }
         let get =
             |k: &str| usage.as_ref().and_then(|u| u.get(k)).and_then(Value::as_u64).unwrap_or(0);
+        let (prompt, completion, cached) =
+            (get("prompt_tokens"), get("completion_tokens"), cached_tokens(usage.as_ref()));
         Ok(Completion {
             choices,
-            prompt_tokens: get("prompt_tokens"),
-            completion_tokens: get("completion_tokens"),
+            prompt_tokens: prompt,
+            completion_tokens: completion,
             model: model.unwrap_or_else(|| self.cfg.model.clone()),
+            cached_prompt_tokens: cached,
+            cost_usd: self.cfg.price.map(|p| p.cost(prompt, cached, completion)),
         })
     }
 }

@@ -140,6 +140,11 @@ pub fn generate(
                 Ok(mut c) => {
                     report.prompt_tokens += c.prompt_tokens;
                     report.completion_tokens += c.completion_tokens;
+                    report.cached_prompt_tokens += c.cached_prompt_tokens;
+                    match c.cost_usd {
+                        Some(usd) => *report.cost_usd.get_or_insert(0.0) += usd,
+                        None => report.unpriced_requests += 1,
+                    }
                     let teacher = &teachers[reply.teacher];
                     let choices = std::mem::take(&mut c.choices);
                     let n = choices.len().max(1);
@@ -151,6 +156,9 @@ pub fn generate(
                         seed: reply.tag.seed,
                     };
                     for (k, choice) in choices.into_iter().enumerate() {
+                        if cfg.logprobs.is_some() && choice.logprobs.is_none() {
+                            report.samples_without_logprobs += 1;
+                        }
                         let sample = reply.tag.first_sample + k as u32;
                         let (t, passed) = trace::assemble(cfg, &prompts[p], sample, choice, &from);
                         tokens.push(t.usage.completion_tokens);
@@ -226,6 +234,11 @@ pub fn generate(
     report.completion_tokens_max = tokens.last().copied().unwrap_or(0);
     report.elapsed_s = t0.elapsed().as_secs_f64();
     report.completion_tokens_per_s = report.completion_tokens as f64 / report.elapsed_s.max(1e-9);
+    // The local engine runs on one device: its cost is the run's wall time on it.
+    if cfg.backend.kind == BackendKind::Local {
+        report.device_hours = Some(report.elapsed_s / 3600.0);
+        report.unpriced_requests = 0;
+    }
     report::write_report(&cfg.output, &report)?;
     Ok(report)
 }

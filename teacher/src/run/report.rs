@@ -42,6 +42,16 @@ pub struct GenerateReport {
     pub elapsed_s: f64,
     pub completion_tokens_per_s: f64,
     pub teachers: Vec<String>,
+    /// Prompt tokens served from the provider's cache.
+    pub cached_prompt_tokens: u64,
+    /// USD, summed over the requests to endpoints with a `price` (this run only).
+    pub cost_usd: Option<f64>,
+    /// Requests answered by an endpoint without a `price` (not in `cost_usd`).
+    pub unpriced_requests: u64,
+    /// Device-hours of the local engine (wall time × devices), for a run on it.
+    pub device_hours: Option<f64>,
+    /// Samples that came back without the log-probs the recipe asked for (`logprobs = k`).
+    pub samples_without_logprobs: u64,
 }
 
 /// A prompt line that could not be read, skipped under `skip_bad_lines`.
@@ -60,6 +70,24 @@ pub struct FailedPrompt {
 impl GenerateReport {
     pub fn pass_rate(&self) -> f64 {
         if self.samples == 0 { 0.0 } else { self.passed as f64 / self.samples as f64 }
+    }
+
+    /// USD per trace kept by this run.
+    pub fn cost_per_kept(&self) -> Option<f64> {
+        self.cost_usd.filter(|_| self.kept > 0).map(|c| c / self.kept as f64)
+    }
+
+    /// Device-hours per trace kept by this run (local engine).
+    pub fn device_hours_per_kept(&self) -> Option<f64> {
+        self.device_hours.filter(|_| self.kept > 0).map(|h| h / self.kept as f64)
+    }
+
+    /// What `traces` kept traces would cost at this run's rates: USD and device-hours.
+    pub fn projection(&self, traces: u64) -> (Option<f64>, Option<f64>) {
+        (
+            self.cost_per_kept().map(|c| c * traces as f64),
+            self.device_hours_per_kept().map(|h| h * traces as f64),
+        )
     }
 
     pub fn text(&self) -> String {
@@ -95,6 +123,12 @@ impl GenerateReport {
         for (v, n) in &self.rejected_by {
             line(format!("         rejected by {v}: {n}"));
         }
+        if self.samples_without_logprobs > 0 {
+            line(format!(
+                "         {} samples came back without the log-probs asked for (the server sent none): they cannot be used for logit distillation",
+                self.samples_without_logprobs
+            ));
+        }
         line(format!(
             "tokens:  {} prompt, {} completion (p50 {}, p90 {}, max {} per sample); {:.1} completion tokens/s",
             self.prompt_tokens,
@@ -104,6 +138,28 @@ impl GenerateReport {
             self.completion_tokens_max,
             self.completion_tokens_per_s
         ));
+        if let Some(c) = self.cost_usd {
+            line(format!(
+                "cost:    ${c:.4} ({} prompt tokens of them cached){}{}",
+                self.cached_prompt_tokens,
+                self.cost_per_kept().map_or(String::new(), |k| format!("; ${k:.6} per kept trace")),
+                if self.unpriced_requests > 0 {
+                    format!(
+                        "; {} requests to endpoints without a price not counted",
+                        self.unpriced_requests
+                    )
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        if let Some(h) = self.device_hours {
+            line(format!(
+                "compute: {h:.4} device-hours on the local engine{}",
+                self.device_hours_per_kept()
+                    .map_or(String::new(), |k| format!("; {k:.6} per kept trace"))
+            ));
+        }
         line(format!(
             "requests: {} ({} retries) to {}; {:.1}s",
             self.requests,
