@@ -59,6 +59,10 @@ enum Command {
     Fetch(cmd::fetch::Args),
     /// Generate text from a model directory (a quick look).
     GenerateText(cmd::generate_text::Args),
+    /// Token ids and pieces of a text or of a chat (with the assistant mask SFT uses).
+    Tokenize(cmd::tokenize::Args),
+    /// The model's top-k next-token logits and log-probs at the end of a prompt.
+    Logits(cmd::logits::Args),
     /// The teacher stage: sample, verify and rejection-sample traces into a corpus.
     Generate(cmd::generate::Args),
     /// The SFT stage: fine-tune a student on a trace corpus and export it.
@@ -93,6 +97,8 @@ fn main() -> ExitCode {
         Command::Import(c) => cmd::import::run(c),
         Command::Fetch(a) => cmd::fetch::run(a),
         Command::GenerateText(a) => cmd::generate_text::run(a),
+        Command::Tokenize(a) => cmd::tokenize::run(a),
+        Command::Logits(a) => cmd::logits::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Eval(a) => cmd::eval::run(a),

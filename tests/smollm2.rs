@@ -189,3 +189,47 @@ fn importing_the_bundled_gguf_gives_no_spurious_warning() {
     assert!(out.status.success(), "{t}");
     assert!(!t.contains("is unknown") && t.contains("pre-tokenizer 'smollm'"), "{t}");
 }
+
+/// The inspection commands print what transformers printed for the same prompts: `distill
+/// tokenize --chat` the chat-templated ids, `distill logits --chat` the last position's top 20 in
+/// the same order with the same log-probabilities.
+#[test]
+fn tokenize_and_logits_print_what_transformers_printed() {
+    let Some(cases) = golden() else {
+        distill_data::testing::fixture_missing("../shared/reference is not present");
+        return;
+    };
+    let dir = model_dir();
+    let d = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| -> Value {
+        let o = Command::new(env!("CARGO_BIN_EXE_distill")).args(args).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let mut worst = 0f64;
+    for (i, case) in cases.iter().enumerate() {
+        let chat = d.path().join(format!("chat{i}.json"));
+        std::fs::write(&chat, case["messages"].to_string()).unwrap();
+        let (m, c) = (dir.to_str().unwrap(), chat.to_str().unwrap());
+        let t = run(&["tokenize", "--model", m, "--chat", c, "--json"]);
+        assert_eq!(t["ids"], case["prompt_ids"], "case {i}: ids");
+        // Assistant tokens exactly when the conversation has an earlier assistant turn.
+        let marked = t["assistant_mask"].as_array().unwrap().iter().filter(|x| **x == true).count();
+        let history = messages(case).iter().any(|m| m.role == Role::Assistant);
+        assert_eq!(marked > 0, history, "case {i}: assistant mask");
+        let l = run(&["logits", "--model", m, "--chat", c, "--top", "20", "--json"]);
+        let top = &case["last_logits_top20"];
+        assert_eq!(l["ids"], top["ids"], "case {i}: top-20 ids in order");
+        let lse: f64 = case["logsumexp_last"]
+            .as_str()
+            .map_or_else(|| case["logsumexp_last"].as_f64().unwrap(), |s| s.parse().unwrap());
+        for (k, want) in top["values"].as_array().unwrap().iter().enumerate() {
+            let want = want.as_f64().unwrap() - lse;
+            let got = l["logprobs"][k].as_f64().unwrap();
+            worst = worst.max((got - want).abs());
+        }
+    }
+    eprintln!("max |log-prob − transformers| over the top 20 of every case: {worst:.1e}");
+    // transformers' logits are recorded to 1e-5 and its logsumexp to 1e-4.
+    assert!(worst <= 1e-4, "top-20 log-probs differ by {worst}");
+}
