@@ -233,3 +233,31 @@ fn tokenize_and_logits_print_what_transformers_printed() {
     // transformers' logits are recorded to 1e-5 and its logsumexp to 1e-4.
     assert!(worst <= 1e-4, "top-20 log-probs differ by {worst}");
 }
+
+/// `distill generate-text --chat FILE --ids --logprobs K` runs greedy over a whole conversation
+/// and prints transformers' greedy ids, with the top-K log-probs of every step.
+#[test]
+fn generate_text_takes_a_chat_file_and_prints_ids_and_logprobs() {
+    let Some(cases) = golden() else {
+        distill_data::testing::fixture_missing("../shared/reference is not present");
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let chat = d.path().join("chat.json");
+    std::fs::write(&chat, cases[0]["messages"].to_string()).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(["generate-text", "--model", model_dir().to_str().unwrap()])
+        .args(["--chat", chat.to_str().unwrap(), "--max-tokens", "32", "--temperature", "0"])
+        .args(["--ids", "--logprobs", "5"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    let want = ids(&cases[0], "greedy_ids");
+    assert!(out.contains(&format!("ids: {want:?}")), "{out}");
+    assert!(out.contains(&format!("prompt ids: {:?}", ids(&cases[0], "prompt_ids"))), "{out}");
+    // One line per generated token, each with 5 alternatives.
+    let steps: Vec<&str> = out.lines().filter(|l| l.contains(" | ")).collect();
+    assert_eq!(steps.len(), want.len(), "{out}");
+    assert!(steps.iter().all(|l| l.split(" | ").nth(1).unwrap().split(", ").count() == 5), "{out}");
+}

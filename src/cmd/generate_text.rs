@@ -17,8 +17,18 @@ pub struct Args {
     #[arg(long)]
     model: PathBuf,
     /// User prompts; each is one conversation (they run as one batch).
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "chat")]
     prompt: Vec<String>,
+    /// A messages JSON file (`[{"role": …, "content": …}, …]`): one whole conversation, any
+    /// number of turns, instead of --prompt.
+    #[arg(long, conflicts_with_all = ["prompt", "raw", "system"])]
+    chat: Option<PathBuf>,
+    /// Print the prompt's and the completion's token ids.
+    #[arg(long)]
+    ids: bool,
+    /// Print the top-K log-probabilities at every generated position.
+    #[arg(long, value_name = "K")]
+    logprobs: Option<usize>,
     /// Optional system message.
     #[arg(long)]
     system: Option<String>,
@@ -60,6 +70,13 @@ fn run_on<B: Backend>(a: &Args, device: B::Device) -> anyhow::Result<ExitCode> {
         t0.elapsed().as_secs_f64()
     );
     let mut prompts = Vec::new();
+    let mut labels: Vec<String> = a.prompt.clone();
+    if let Some(path) = &a.chat {
+        let msgs = super::tokenize::read_chat(path)?;
+        let text = super::tokenize::render_chat(&tok, &msgs, false)?.0;
+        prompts.push(tok.encode(&text)?);
+        labels.push(path.display().to_string());
+    }
     for p in &a.prompt {
         let text = if a.raw {
             p.clone()
@@ -85,7 +102,7 @@ fn run_on<B: Backend>(a: &Args, device: B::Device) -> anyhow::Result<ExitCode> {
         seed: a.seed,
         stop_ids: tok.eos_ids(&loaded.config.eos_token_ids),
         stop_strings: a.stop.clone(),
-        logprobs: 0,
+        logprobs: a.logprobs.unwrap_or(0),
     };
     let engine = Engine::new(&loaded.model, &loaded.config, Some(&tok), device);
     let t0 = Instant::now();
@@ -94,13 +111,33 @@ fn run_on<B: Backend>(a: &Args, device: B::Device) -> anyhow::Result<ExitCode> {
     pb.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
     let total: usize = outs.iter().map(|o| o.ids.len()).sum();
-    for (p, o) in a.prompt.iter().zip(&outs) {
+    for ((p, o), ids) in labels.iter().zip(&outs).zip(&prompts) {
         println!(
-            "### {p}\n{}\n[{} tokens, finish_reason={}]\n",
+            "### {p}\n{}\n[{} tokens, finish_reason={}]",
             o.text,
             o.ids.len(),
             o.finish_reason.as_str()
         );
+        if a.ids {
+            println!("prompt ids: {ids:?}");
+            println!("ids: {:?}", o.ids);
+        }
+        if let Some(lp) = &o.logprobs {
+            for pos in 0..lp.len() {
+                let piece =
+                    |id: u32| tok.inner().id_to_token(id).unwrap_or_else(|| format!("<{id}>"));
+                let alts: Vec<String> =
+                    lp.top(pos).map(|(id, l)| format!("{:?} {l:.4}", piece(id))).collect();
+                println!(
+                    "{pos:>4} {:>8} {:<16} {:>9.4}  | {}",
+                    lp.tokens[pos],
+                    format!("{:?}", piece(lp.tokens[pos])),
+                    lp.token_logprobs[pos],
+                    alts.join(", ")
+                );
+            }
+        }
+        println!();
     }
     eprintln!("{total} tokens in {secs:.2}s ({:.1} tokens/s)", total as f64 / secs);
     Ok(ExitCode::SUCCESS)
