@@ -31,13 +31,12 @@ fn counted(c: &Value) -> bool {
 
 /// The extraction targets a case names (`match_types`), as distill's config.
 fn config(c: &Value) -> MathConfig {
-    let mut cfg = MathConfig::default();
-    if let Some(types) = c["settings"].get("match_types").and_then(Value::as_array) {
-        let has = |t: &str| types.iter().any(|x| x == t);
-        cfg.latex = has("latex");
-        cfg.expr = has("expr");
+    match c["settings"].get("match_types").and_then(Value::as_array) {
+        Some(types) => MathConfig::with_match_types(
+            &types.iter().filter_map(Value::as_str).collect::<Vec<_>>(),
+        ),
+        None => MathConfig::default(),
     }
-    cfg
 }
 
 #[test]

@@ -28,13 +28,12 @@ pub struct Args {
 
 /// The extraction targets a case names (`match_types` of math-verify's suite).
 fn config(c: &Value) -> MathConfig {
-    let mut cfg = MathConfig::default();
-    if let Some(types) = c["settings"].get("match_types").and_then(Value::as_array) {
-        let has = |t: &str| types.iter().any(|x| x == t);
-        cfg.latex = has("latex");
-        cfg.expr = has("expr");
+    match c["settings"].get("match_types").and_then(Value::as_array) {
+        Some(types) => MathConfig::with_match_types(
+            &types.iter().filter_map(Value::as_str).collect::<Vec<_>>(),
+        ),
+        None => MathConfig::default(),
     }
-    cfg
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {

@@ -649,12 +649,7 @@ fn rounds<B: AutodiffBackend>(
             let wse = we.take().map(|we| leaves::<B>(we, true));
             let (norm, head) = build_head::<B>(&view, &wsh, wse.as_ref().map(|v| v[0].clone()));
             let l: LossSums<B> = losses_from_hidden(&head, norm.forward(xl.clone()), b, device);
-            let mut loss = l.ce.clone().mul_scalar((1.0 - w) / n_tokens.max(1) as f64);
-            ce_total += l.ce.clone().into_scalar().elem::<f64>();
-            if let (Some(kd), true) = (l.kd.as_ref(), w > 0.0) {
-                kd_total += kd.clone().into_scalar().elem::<f64>();
-                loss = loss + kd.clone().mul_scalar(w / n_kd.max(1) as f64);
-            }
+            let loss = l.objective(w, n_tokens, n_kd, &mut ce_total, &mut kd_total);
             let grads = loss.backward();
             gh = leaf_grads::<B>(&wsh, &grads);
             if let Some(wse) = &wse {

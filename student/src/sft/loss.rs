@@ -21,6 +21,28 @@ pub struct LossSums<B: Backend> {
     pub kd_positions: usize,
 }
 
+impl<B: Backend> LossSums<B> {
+    /// This micro-batch's part of the step's objective, `(1−w)·Σce/N + w·Σkd/N_kd` over the
+    /// whole step's N loss tokens and N_kd scored positions; its sums are added to `ce_total`
+    /// and `kd_total` (the KD sum only when the KD term is on).
+    pub fn objective(
+        &self,
+        w: f64,
+        n_tokens: usize,
+        n_kd: usize,
+        ce_total: &mut f64,
+        kd_total: &mut f64,
+    ) -> Tensor<B, 1> {
+        let mut loss = self.ce.clone().mul_scalar((1.0 - w) / n_tokens.max(1) as f64);
+        *ce_total += self.ce.clone().into_scalar().elem::<f64>();
+        if let (Some(kd), true) = (self.kd.as_ref(), w > 0.0) {
+            *kd_total += kd.clone().into_scalar().elem::<f64>();
+            loss = loss + kd.clone().mul_scalar(w / n_kd.max(1) as f64);
+        }
+        loss
+    }
+}
+
 /// The LM head: a `[hidden, vocab]` weight (a transposed view of the embedding when tied) and
 /// the bias, if it has one.
 pub struct Head<B: Backend> {

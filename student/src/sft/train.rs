@@ -957,12 +957,7 @@ pub fn parallel_step<B: AutodiffBackend>(
                 model.clone().map(&mut CastParams(compute))
             };
             let l = losses(&fwd, rope, b, device);
-            let mut loss = l.ce.clone().mul_scalar((1.0 - w) / n_tokens.max(1) as f64);
-            ce_total += l.ce.clone().into_scalar().elem::<f64>();
-            if let (Some(kd), true) = (l.kd.as_ref(), w > 0.0) {
-                kd_total += kd.clone().into_scalar().elem::<f64>();
-                loss = loss + kd.clone().mul_scalar(w / n_kd.max(1) as f64);
-            }
+            let loss = l.objective(w, n_tokens, n_kd, &mut ce_total, &mut kd_total);
             let grads = loss.backward();
             for (i, (_, p)) in model.params_mut().into_iter().enumerate() {
                 // The gradient of the parameter tensor itself (a reshaped view would be a new node).

@@ -240,9 +240,8 @@ fn has_top(s: &str, c: char) -> bool {
     split_top(s, &[c]).len() > 1
 }
 
-/// Does the outer pair of brackets of `s` enclose all of it?
-fn enclosed(s: &str, open: char, close: char) -> Option<&str> {
-    let inner = s.strip_prefix(open)?.strip_suffix(close)?;
+/// Are the brackets of `inner` balanced, never closing more than they opened?
+fn balanced(inner: &str) -> bool {
     let mut depth = 0i32;
     for ch in inner.chars() {
         match ch {
@@ -250,13 +249,19 @@ fn enclosed(s: &str, open: char, close: char) -> Option<&str> {
             ')' | ']' | '}' => {
                 depth -= 1;
                 if depth < 0 {
-                    return None;
+                    return false;
                 }
             }
             _ => {}
         }
     }
-    (depth == 0).then_some(inner)
+    depth == 0
+}
+
+/// Does the outer pair of brackets of `s` enclose all of it?
+fn enclosed(s: &str, open: char, close: char) -> Option<&str> {
+    let inner = s.strip_prefix(open)?.strip_suffix(close)?;
+    balanced(inner).then_some(inner)
 }
 
 /// `(`, `[` … `)`, `]` around the whole of `s`, in any combination (intervals).
@@ -267,20 +272,7 @@ fn bracketed(s: &str) -> Option<(char, &str, char)> {
         return None;
     }
     let inner = &s[o.len_utf8()..s.len() - c.len_utf8()];
-    let mut depth = 0i32;
-    for ch in inner.chars() {
-        match ch {
-            '(' | '[' | '{' => depth += 1,
-            ')' | ']' | '}' => {
-                depth -= 1;
-                if depth < 0 {
-                    return None;
-                }
-            }
-            _ => {}
-        }
-    }
-    (depth == 0).then_some((o, inner, c))
+    balanced(inner).then_some((o, inner, c))
 }
 
 /// A name rather than a value: `x`, `a_3`, `x_{1}`, `f(x)`, `(p,q)`, `A:B`, `|AB|`,

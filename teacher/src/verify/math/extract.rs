@@ -19,6 +19,17 @@ pub struct MathConfig {
     pub boxed_only: bool,
 }
 
+impl MathConfig {
+    /// The targets math-verify's `match_types` name (`"latex"`, `"expr"`), the rest as default.
+    pub fn with_match_types(types: &[&str]) -> MathConfig {
+        MathConfig {
+            latex: types.contains(&"latex"),
+            expr: types.contains(&"expr"),
+            ..MathConfig::default()
+        }
+    }
+}
+
 impl Default for MathConfig {
     fn default() -> Self {
         MathConfig { latex: true, expr: true, choice: true, boxed_only: false }
