@@ -25,6 +25,7 @@ fn keep_freed_memory() {
 mod agreement;
 mod backend;
 mod cmd;
+mod hub;
 mod models;
 mod plot;
 mod progress;

@@ -268,11 +268,45 @@ fn resolve(v: &mut toml::Value, subs: &[(&str, String)]) {
     }
 }
 
+/// Hub references in every string of a recipe: `hf:ORG/NAME[@REV]` (a model repository: its
+/// snapshot directory) and `hf://datasets/ORG/NAME[@REV]/PATH` (one file), fetched into the Hub
+/// cache on first use. Endpoint sections (those with `base_url`) are left alone: their `model`
+/// is the server's name for it.
+fn resolve_hub(v: &mut toml::Value, key: &str) -> anyhow::Result<()> {
+    match v {
+        toml::Value::String(s) if s.starts_with("hf://") => {
+            *s = crate::hub::resolve_file(s)
+                .with_context(|| format!("{key} = {s:?}"))?
+                .display()
+                .to_string();
+        }
+        toml::Value::String(s) if s.starts_with("hf:") => {
+            *s = crate::hub::resolve_model(&s["hf:".len()..])
+                .with_context(|| format!("{key} = {s:?}"))?
+                .display()
+                .to_string();
+        }
+        toml::Value::Array(a) => {
+            for x in a.iter_mut() {
+                resolve_hub(x, key)?;
+            }
+        }
+        toml::Value::Table(t) if !t.contains_key("base_url") => {
+            for (k, x) in t.iter_mut() {
+                resolve_hub(x, &if key.is_empty() { k.clone() } else { format!("{key}.{k}") })?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 impl Loaded {
     /// Read `path`, apply `--set`, resolve `{run_dir}`, `{teacher}`, `{student}`, `{corpus}`,
     /// `{export}` and `{cache}` in every string, then parse into the typed [`Recipe`].
     pub fn read(path: &Path, sets: &[String]) -> anyhow::Result<Loaded> {
         let mut raw = load(path, sets)?;
+        resolve_hub(&mut raw, "").with_context(|| format!("{}", path.display()))?;
         // A file with only the sections one command needs (say `[train]`) is a recipe too: its
         // name is the file's stem.
         if let toml::Value::Table(t) = &mut raw

@@ -12,43 +12,6 @@ use std::process::Command;
 const KEY: &str = "sk-distill-test-93f1c0ffee";
 const PASSWORD: &str = "hunter2pw";
 
-/// A stub OpenAI-compatible endpoint: `/models` answers; chat completions answer `2` in a box
-/// (`echo = false`) or fail with a 500 whose body echoes the request head (`echo = true`).
-fn stub(echo: bool) -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in l.incoming().flatten() {
-            std::thread::spawn(move || answer(conn, echo));
-        }
-    });
-    port
-}
-
-fn answer(conn: TcpStream, echo: bool) {
-    let mut reader = BufReader::new(conn.try_clone().unwrap());
-    let mut conn = conn;
-    while let Some((head, _body)) = common::read_request(&mut reader) {
-        let (status, body) = if !head.contains("/chat/completions") {
-            ("200 OK", "{\"data\": []}".to_string())
-        } else if echo {
-            ("500 Internal Server Error", format!("server error; your request was:\n{head}"))
-        } else {
-            (
-                "200 OK",
-                r#"{"id": "c", "object": "chat.completion", "model": "stub", "choices": [{"index": 0, "message": {"role": "assistant", "content": "1 + 1 = 2, so \\boxed{2}."}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 5, "completion_tokens": 9}}"#.to_string(),
-            )
-        };
-        let resp = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        if conn.write_all(resp.as_bytes()).is_err() {
-            return;
-        }
-    }
-}
-
 fn recipe(dir: &Path, port: u16) -> std::path::PathBuf {
     let prompts = dir.join("prompts.jsonl");
     std::fs::write(&prompts, "{\"question\": \"What is 1 + 1?\", \"answer\": \"#### 2\"}\n{\"question\": \"What is 1 + 1 again?\", \"answer\": \"#### 2\"}\n").unwrap();
@@ -116,7 +79,7 @@ fn keys_and_url_credentials_are_redacted_everywhere() {
     // A working endpoint: the traces' metadata, the report and the manifest name it without
     // its credentials.
     let d = tempfile::tempdir().unwrap();
-    let r = recipe(d.path(), stub(false));
+    let r = recipe(d.path(), common::chat_stub(false));
     let (ok, out) = run(&r);
     assert!(ok, "{out}");
     let traces: Vec<distill_data::Trace> = distill_data::Corpus::open(&d.path().join("corpus"))
@@ -136,7 +99,7 @@ fn keys_and_url_credentials_are_redacted_everywhere() {
 
     // An endpoint that echoes the request (Authorization header and all) in its error body.
     let d = tempfile::tempdir().unwrap();
-    let r = recipe(d.path(), stub(true));
+    let r = recipe(d.path(), common::chat_stub(true));
     let (_, out) = run(&r);
     let report = std::fs::read_to_string(d.path().join("corpus/generate-report.json")).unwrap();
     assert!(
@@ -151,7 +114,7 @@ fn keys_and_url_credentials_are_redacted_everywhere() {
 #[test]
 fn skipped_prompt_lines_are_listed_in_the_report() {
     let d = tempfile::tempdir().unwrap();
-    let r = recipe(d.path(), stub(false));
+    let r = recipe(d.path(), common::chat_stub(false));
     std::fs::write(
         d.path().join("prompts.jsonl"),
         "{\"question\": \"What is 1 + 1?\", \"answer\": \"#### 2\"}\nnot json\n{\"answer\": \"#### 2\"}\n{\"question\": \"And 1 + 1?\", \"answer\": \"#### 2\"}\n",
@@ -178,9 +141,22 @@ fn skipped_prompt_lines_are_listed_in_the_report() {
     assert!(rep["skipped_lines"][1]["error"].as_str().unwrap().contains("question"), "{rep}");
 }
 
-/// A vLLM-like endpoint with log-probs: its tokens are decoded strings (`" the"`) unless the request
-/// asks for `return_tokens_as_token_ids`, then `token_id:N`. It records each request body.
-fn vllm_stub(bodies: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>) -> u16 {
+#[derive(Clone, Copy, PartialEq)]
+enum Flavor {
+    /// vLLM 0.10+: `/version`; reasoning in `reasoning`; token strings unless the request asks
+    /// for `return_tokens_as_token_ids`, then `token_id:N`.
+    Vllm,
+    /// SGLang: `/get_model_info`; reasoning in `reasoning_content`; token strings always.
+    Sglang,
+}
+
+/// An endpoint answering as `flavor` does, with log-probs, streaming when asked (usage in a
+/// last chunk with no choices, as both engines send it). It records each request body.
+fn engine_stub(
+    flavor: Flavor,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) -> u16 {
+    use serde_json::json;
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -189,33 +165,84 @@ fn vllm_stub(bodies: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>) -
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(conn.try_clone().unwrap());
                 let mut conn = conn;
-                while let Some((_head, body)) = common::read_request(&mut reader) {
+                while let Some((head, body)) = common::read_request(&mut reader) {
+                    let reply = |conn: &mut TcpStream, status: &str, ctype: &str, body: &str| {
+                        let out = format!(
+                            "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        conn.write_all(out.as_bytes()).is_ok()
+                    };
+                    if head.starts_with("GET ") {
+                        let ok = match (flavor, head.split_whitespace().nth(1).unwrap_or("")) {
+                            (Flavor::Vllm, "/version") => reply(
+                                &mut conn,
+                                "200 OK",
+                                "application/json",
+                                r#"{"version": "0.10.1.1"}"#,
+                            ),
+                            (Flavor::Sglang, "/get_model_info") => reply(
+                                &mut conn,
+                                "200 OK",
+                                "application/json",
+                                r#"{"model_path": "Qwen/Qwen3-8B", "is_generation": true}"#,
+                            ),
+                            _ => reply(
+                                &mut conn,
+                                "404 Not Found",
+                                "application/json",
+                                r#"{"detail": "Not Found"}"#,
+                            ),
+                        };
+                        if !ok {
+                            return;
+                        }
+                        continue;
+                    }
                     let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                    let ids = req["return_tokens_as_token_ids"] == true;
+                    let ids = flavor == Flavor::Vllm && req["return_tokens_as_token_ids"] == true;
+                    let stream = req["stream"] == true;
                     bodies.lock().unwrap().push(req);
                     // SmolLM2's ids: " the" is 260 ("Ġthe"), " a" is 253 ("Ġa").
                     let tok = |s: &str, id: u32| {
                         if ids { format!("token_id:{id}") } else { s.to_string() }
                     };
-                    let entry = serde_json::json!({
+                    let entry = json!({
                         "token": tok(" the", 260), "logprob": -0.1,
                         "top_logprobs": [
                             {"token": tok(" the", 260), "logprob": -0.1},
                             {"token": tok(" a", 253), "logprob": -2.5},
                         ],
                     });
-                    let resp = serde_json::json!({
-                        "id": "c", "object": "chat.completion", "model": "stub",
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": " the"},
-                            "finish_reason": "stop", "logprobs": {"content": [entry]}}],
-                        "usage": {"prompt_tokens": 5, "completion_tokens": 1},
-                    })
-                    .to_string();
-                    let out = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{resp}",
-                        resp.len()
-                    );
-                    if conn.write_all(out.as_bytes()).is_err() {
+                    let rkey =
+                        if flavor == Flavor::Vllm { "reasoning" } else { "reasoning_content" };
+                    let usage =
+                        json!({"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6});
+                    let ok = if stream {
+                        let chunk = |v: serde_json::Value| format!("data: {v}\n\n");
+                        let mut sse = String::new();
+                        sse += &chunk(json!({"id": "c", "model": "stub", "choices": [
+                            {"index": 0, "delta": {"role": "assistant", rkey: "Thinking."}, "finish_reason": null}]}));
+                        sse += &chunk(json!({"id": "c", "model": "stub", "choices": [
+                            {"index": 0, "delta": {"content": " the"}, "logprobs": {"content": [entry]}, "finish_reason": null}]}));
+                        sse += &chunk(json!({"id": "c", "model": "stub", "choices": [
+                            {"index": 0, "delta": {}, "finish_reason": "stop"}]}));
+                        sse += &chunk(
+                            json!({"id": "c", "model": "stub", "choices": [], "usage": usage}),
+                        );
+                        sse += "data: [DONE]\n\n";
+                        reply(&mut conn, "200 OK", "text/event-stream", &sse)
+                    } else {
+                        let resp = json!({
+                            "id": "c", "object": "chat.completion", "model": "stub",
+                            "choices": [{"index": 0,
+                                "message": {"role": "assistant", "content": " the", rkey: "Thinking."},
+                                "finish_reason": "stop", "logprobs": {"content": [entry]}}],
+                            "usage": usage,
+                        });
+                        reply(&mut conn, "200 OK", "application/json", &resp.to_string())
+                    };
+                    if !ok {
                         return;
                     }
                 }
@@ -223,6 +250,83 @@ fn vllm_stub(bodies: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>) -
         }
     });
     port
+}
+
+fn vllm_stub(bodies: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>) -> u16 {
+    engine_stub(Flavor::Vllm, bodies)
+}
+
+#[test]
+fn engines_are_detected_and_answered_as_they_really_answer() {
+    use distill_teacher::backend::openai::{Engine, OpenAiClient, OpenAiConfig};
+    use distill_teacher::backend::{ChatRequest, SamplingSpec, Teacher};
+    let (_, hf) = common::smollm2();
+    let req = ChatRequest {
+        messages: vec![distill_data::Message::new(distill_data::Role::User, "1 + 1?")],
+        n: 1,
+        sampling: SamplingSpec::default(),
+        seed: Some(1),
+        logprobs: Some(2),
+    };
+    for (flavor, engine) in [(Flavor::Vllm, Engine::Vllm), (Flavor::Sglang, Engine::Sglang)] {
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let port = engine_stub(flavor, bodies.clone());
+        let base = format!("http://127.0.0.1:{port}/v1");
+        for stream in [false, true] {
+            let cfg = OpenAiConfig { stream, ..OpenAiConfig::new(&base, "stub") };
+            let client = OpenAiClient::new(cfg.clone(), None).unwrap();
+            assert_eq!(client.engine().unwrap(), engine);
+            let sent_before = bodies.lock().unwrap().len();
+            let got = client.complete(&req);
+            if engine == Engine::Sglang {
+                // String tokens only: without the teacher's tokenizer, refused before any request.
+                let e = got.unwrap_err().to_string();
+                assert!(e.contains("sglang") && e.contains("tokenizer"), "{e}");
+                assert_eq!(bodies.lock().unwrap().len(), sent_before);
+            }
+            let cfg = OpenAiConfig { tokenizer: Some(hf.clone()), ..cfg };
+            let c = OpenAiClient::new(cfg, None).unwrap().complete(&req).unwrap();
+            let ch = &c.choices[0];
+            let lp = ch.logprobs.as_ref().expect("log-probs kept");
+            assert_eq!((lp.tokens.clone(), lp.top_ids.clone()), (vec![260], vec![260, 253]));
+            assert_eq!(ch.reasoning.as_deref(), Some("Thinking."), "stream={stream}");
+            assert_eq!(ch.content, " the");
+            assert_eq!((c.prompt_tokens, c.completion_tokens), (5, 1), "usage from the last chunk");
+            let sent = bodies.lock().unwrap().last().cloned().unwrap();
+            // Ids are asked for only where the engine knows the field.
+            assert_eq!(sent.get("return_tokens_as_token_ids").is_some(), engine == Engine::Vllm);
+            assert_eq!(sent["stream"], stream);
+            if stream {
+                assert_eq!(sent["stream_options"]["include_usage"], true);
+            }
+        }
+    }
+    // Configured engines are not probed; `openai` refuses a field OpenAI's API does not have.
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let port = engine_stub(Flavor::Vllm, bodies.clone());
+    let cfg = OpenAiConfig {
+        engine: Some(Engine::Openai),
+        tokenizer: Some(hf.clone()),
+        ..OpenAiConfig::new(format!("http://127.0.0.1:{port}/v1"), "stub")
+    };
+    let client = OpenAiClient::new(cfg, None).unwrap();
+    assert_eq!(client.engine().unwrap(), Engine::Openai);
+    let top_k = ChatRequest {
+        sampling: SamplingSpec { top_k: Some(20), ..SamplingSpec::default() },
+        ..req.clone()
+    };
+    let e = client.complete(&top_k).unwrap_err().to_string();
+    assert!(e.contains("top_k"), "{e}");
+    let c = client.complete(&req).unwrap();
+    assert_eq!(c.choices[0].logprobs.as_ref().unwrap().tokens, vec![260]);
+    assert!(bodies.lock().unwrap().last().unwrap().get("return_tokens_as_token_ids").is_none());
+    // Nothing listening: a transport error (retried by the pool), not a guessed engine.
+    let dead = OpenAiClient::new(
+        OpenAiConfig::new(format!("http://127.0.0.1:{}/v1", common::free_port()), "stub"),
+        None,
+    )
+    .unwrap();
+    assert!(dead.engine().is_err());
 }
 
 #[test]
@@ -255,7 +359,7 @@ fn log_prob_tokens_keep_their_ids_or_fail_loudly_and_engine_fields_pass_through(
     // Without ids and without a tokenizer: a clear error, not a trace without log-probs.
     let cfg = OpenAiConfig { token_ids: false, ..OpenAiConfig::new(&base, "stub") };
     let e = OpenAiClient::new(cfg, None).unwrap().complete(&req).unwrap_err().to_string();
-    assert!(e.contains("has no id") && e.contains("tokenizer"), "{e}");
+    assert!(e.contains("strings, not ids") && e.contains("tokenizer"), "{e}");
 
     // With the teacher's tokenizer, byte-level BPE strings (" the", not "Ġthe") map to their ids.
     let (_, hf) = common::smollm2();
@@ -275,15 +379,16 @@ fn log_prob_tokens_keep_their_ids_or_fail_loudly_and_engine_fields_pass_through(
 #[test]
 fn the_report_adds_up_what_the_teacher_cost_and_projects_a_corpus() {
     let d = tempfile::tempdir().unwrap();
-    let port = stub(false);
+    let port = common::chat_stub(false);
     let r = recipe(d.path(), port);
     // DeepSeek's published prices (USD per million tokens): $0.55 input, $0.14 cached, $2.19 out.
-    // The recipe asks for log-probs, which this stub never sends: the report says so.
+    // The recipe asks for log-probs, which this stub (declared a vLLM) never sends: the report
+    // says so.
     let text = std::fs::read_to_string(&r)
         .unwrap()
         .replace(
             "api_key_env = \"DISTILL_TEST_KEY\"\n",
-            "api_key_env = \"DISTILL_TEST_KEY\"\nprice = { input = 0.55, cached_input = 0.14, output = 2.19 }\n",
+            "api_key_env = \"DISTILL_TEST_KEY\"\nprice = { input = 0.55, cached_input = 0.14, output = 2.19 }\nengine = \"vllm\"\n",
         )
         .replace("[generate.backend]", "logprobs = 5\n\n[generate.backend]");
     std::fs::write(&r, text).unwrap();

@@ -41,6 +41,36 @@ fn kill_when(args: &[String], file: &Path) -> bool {
     running
 }
 
+/// `distill ARGS` with stdout and stderr read line by line as they arrive: (success, all output,
+/// every line with its arrival time in seconds since the start, in arrival order).
+fn run_timed(args: &[String]) -> (bool, String, Vec<(f64, String)>) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let timed = |r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            std::io::BufReader::new(r)
+                .lines()
+                .map(|l| (t0.elapsed().as_secs_f64(), l.unwrap()))
+                .collect::<Vec<_>>()
+        })
+    };
+    let out = timed(Box::new(child.stdout.take().unwrap()));
+    let err = timed(Box::new(child.stderr.take().unwrap()));
+    let ok = child.wait().unwrap().success();
+    let mut lines = out.join().unwrap();
+    lines.extend(err.join().unwrap());
+    lines.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let all = lines.iter().map(|(_, l)| format!("{l}\n")).collect();
+    (ok, all, lines)
+}
+
 fn run_in_repo(args: &[String]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_distill"))
         .args(args)
@@ -72,9 +102,18 @@ fn the_tiny_pipeline_survives_kills_improves_the_student_and_reports() {
         run_dir.join("stages/generate.json").exists()
             && !run_dir.join("stages/train.json").exists()
     );
-    let o = run_in_repo(&args);
-    let out = text(&o);
-    assert!(o.status.success(), "{out}");
+    // stderr is a pipe here, as in a log file: the train stage still says where it is, a line at
+    // least every 15 s (the default interval is 10 s), each line timed as it arrives.
+    let (ok, out, lines) = run_timed(&args);
+    assert!(ok, "{out}");
+    let train: Vec<&(f64, String)> = lines
+        .iter()
+        .skip_while(|(_, l)| l != "[train] …")
+        .take_while(|(_, l)| !l.starts_with("[train] done"))
+        .collect();
+    assert!(train.len() > 1, "no [train] lines in {lines:?}");
+    let worst = train.windows(2).map(|w| w[1].0 - w[0].0).fold(0.0, f64::max);
+    assert!(worst <= 15.0, "{worst:.1} s without a line during training: {train:?}");
     assert!(
         out.contains("[prepare] done earlier, skipped")
             && out.contains("[generate] done earlier, skipped"),

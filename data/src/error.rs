@@ -15,6 +15,10 @@ pub enum Error {
     #[error("{}:{line}: {msg}", path.display())]
     Line { path: PathBuf, line: u64, msg: String },
 
+    /// A bad row in a Parquet input (0-based, as `datasets` numbers them).
+    #[error("{}: row {row}: {msg}", path.display())]
+    Row { path: PathBuf, row: u64, msg: String },
+
     #[error("{}: {msg}", path.display())]
     Manifest { path: PathBuf, msg: String },
 

@@ -67,6 +67,23 @@ pub fn parse_line(
     }
     let v: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
     let Value::Object(obj) = v else { return Err("line is not a JSON object".into()) };
+    parse_row(format, dataset, model, row, obj)
+}
+
+/// [`parse_line`] for a row already parsed (a Parquet row, say). Null cells count as absent.
+pub fn parse_row(
+    format: ImportFormat,
+    dataset: &str,
+    model: &str,
+    row: u64,
+    mut obj: Map<String, Value>,
+) -> Result<Vec<Trace>, ImportError> {
+    obj.retain(|_, v| !v.is_null());
+    if format == ImportFormat::Native {
+        return Trace::from_json(&Value::Object(obj).to_string())
+            .map(|t| vec![t])
+            .map_err(|e| ImportError(e.to_string()));
+    }
     let id_of = |field: &str| match obj.get(field) {
         Some(Value::String(s)) => Some(s.clone()),
         Some(v @ Value::Number(_)) => Some(v.to_string()),
@@ -157,6 +174,10 @@ pub fn parse_line(
                 }
                 if let Some(Value::String(f)) = finishes.and_then(|f| f.get(k)) {
                     t.finish_reason = FinishReason::from(f.clone());
+                }
+                // OpenR1-Math's reference solution (NuminaMath's), kept beside the answer.
+                if let Some(Value::String(sol)) = obj.get("solution") {
+                    t.metadata.insert("solution".into(), Value::String(sol.clone()));
                 }
                 out.push(t);
             }

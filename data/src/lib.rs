@@ -4,6 +4,7 @@
 //! [`Prompt`]s ([`prompts`]); the teacher turns each prompt into [`Trace`]s ([`record`]); traces
 //! are appended to a compressed, crash-safe [`corpus`] that the SFT stage, eval and reports read.
 
+pub mod columnar;
 pub mod corpus;
 pub mod error;
 pub mod fsutil;

@@ -270,7 +270,10 @@ pub fn dataset_name(path: &Path) -> String {
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| "prompts".into());
-    name.trim_end_matches(".jsonl").trim_end_matches(".json").to_string()
+    name.trim_end_matches(".jsonl")
+        .trim_end_matches(".json")
+        .trim_end_matches(".parquet")
+        .to_string()
 }
 
 /// Read a JSONL prompt file. Bad lines are `file:line` errors, or skipped and reported.
@@ -281,6 +284,9 @@ pub fn read_prompts(
     opts: &ReadOptions,
 ) -> Result<(Vec<Prompt>, PromptReport)> {
     map.validate()?;
+    if crate::columnar::is_parquet(path) {
+        return read_parquet_prompts(path, dataset, map, opts);
+    }
     let file = File::open(path).at(path)?;
     let mut report = PromptReport { file: path.to_path_buf(), ..Default::default() };
     let mut seen = HashSet::new();
@@ -308,6 +314,38 @@ pub fn read_prompts(
             }
             Err(msg) if opts.skip_bad => report.skipped.push((lineno, msg)),
             Err(msg) => return Err(Error::Line { path: path.to_path_buf(), line: lineno, msg }),
+        }
+    }
+    Ok((out, report))
+}
+
+/// [`read_prompts`] for a Parquet file: each row is mapped as a JSONL line would be; `lines` in
+/// the report counts rows, and a bad row is `file: row N` (0-based).
+fn read_parquet_prompts(
+    path: &Path,
+    dataset: &str,
+    map: &FieldMap,
+    opts: &ReadOptions,
+) -> Result<(Vec<Prompt>, PromptReport)> {
+    let mut report = PromptReport { file: path.to_path_buf(), ..Default::default() };
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for item in crate::columnar::ParquetRows::open(path)? {
+        let (row, mut obj) = item?;
+        report.lines = row + 1;
+        // A null cell is a missing field, as an absent key is in JSONL.
+        obj.retain(|_, v| !v.is_null());
+        match map.apply(dataset, row, &obj) {
+            Ok(p) => {
+                if seen.insert(p.id.clone()) {
+                    out.push(p);
+                    report.prompts += 1;
+                } else {
+                    report.duplicates += 1;
+                }
+            }
+            Err(msg) if opts.skip_bad => report.skipped.push((row, msg)),
+            Err(msg) => return Err(Error::Row { path: path.to_path_buf(), row, msg }),
         }
     }
     Ok((out, report))

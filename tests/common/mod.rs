@@ -469,3 +469,40 @@ dtype = "f32"
     .unwrap();
     r
 }
+
+/// A stub OpenAI-compatible endpoint: `/models` answers; chat completions answer `2` in a box
+/// (`echo = false`) or fail with a 500 whose body echoes the request head (`echo = true`).
+pub fn chat_stub(echo: bool) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in l.incoming().flatten() {
+            std::thread::spawn(move || chat_answer(conn, echo));
+        }
+    });
+    port
+}
+
+fn chat_answer(conn: TcpStream, echo: bool) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut conn = conn;
+    while let Some((head, _body)) = read_request(&mut reader) {
+        let (status, body) = if !head.contains("/chat/completions") {
+            ("200 OK", "{\"data\": []}".to_string())
+        } else if echo {
+            ("500 Internal Server Error", format!("server error; your request was:\n{head}"))
+        } else {
+            (
+                "200 OK",
+                r#"{"id": "c", "object": "chat.completion", "model": "stub", "choices": [{"index": 0, "message": {"role": "assistant", "content": "1 + 1 = 2, so \\boxed{2}."}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 5, "completion_tokens": 9}}"#.to_string(),
+            )
+        };
+        let resp = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if conn.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    }
+}

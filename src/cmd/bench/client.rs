@@ -89,6 +89,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let cfg = OpenAiConfig {
         concurrency: a.concurrency,
         timeout_s: 10.0,
+        // The stub answers chat completions only: nothing to probe.
+        engine: Some(distill_teacher::backend::openai::Engine::Vllm),
         ..OpenAiConfig::new(format!("http://127.0.0.1:{port}/v1"), "stub")
     };
     let client = Arc::new(OpenAiClient::new(cfg, None)?);

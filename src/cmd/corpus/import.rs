@@ -4,15 +4,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use distill_data::CorpusWriter;
-use distill_data::import::{ImportFormat, parse_line};
+use distill_data::columnar::{ParquetRows, is_parquet};
+use distill_data::import::{ImportFormat, parse_line, parse_row};
 use distill_data::prompts::{JsonlLines, dataset_name};
+use distill_data::{CorpusWriter, Trace};
 
 use super::WriteArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// JSONL files to import.
+    /// JSONL or Parquet (`.parquet`) files to import, e.g. Open-R1's (OpenR1-Math with
+    /// `--format openr1`, Mixture-of-Thoughts with `--format chat`).
     #[arg(required = true)]
     files: Vec<PathBuf>,
     /// Destination corpus (created, or resumed: records whose id it holds are skipped).
@@ -40,6 +42,9 @@ pub struct Args {
     write: WriteArgs,
 }
 
+/// Where a row is (`file:line` or `file: row N`), and its traces or why it is bad.
+type Row = (String, Result<Vec<Trace>, String>);
+
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let mut w = CorpusWriter::open(&a.out, a.write.options(super::provenance()))?;
     for p in w.removed_leftovers() {
@@ -51,24 +56,41 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let pb = crate::progress::bar(None, "records");
     for path in &a.files {
         let dataset = a.dataset.clone().unwrap_or_else(|| dataset_name(path));
-        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        for item in JsonlLines::new(BufReader::with_capacity(1 << 20, file), path, a.max_line_bytes)
-        {
-            let (line, text) = item?;
-            let parsed = text.and_then(|t| {
-                if t.trim().is_empty() {
-                    Ok(vec![])
-                } else {
-                    parse_line(a.format, &dataset, &a.model, line - 1, &t).map_err(|e| e.0)
-                }
-            });
+        // (where, the row's traces or why it is bad), from JSONL lines or Parquet rows.
+        let rows: Box<dyn Iterator<Item = anyhow::Result<Row>>> = if is_parquet(path) {
+            let rows = ParquetRows::open(path)?;
+            let (fmt, ds, model) = (a.format, dataset.clone(), a.model.clone());
+            Box::new(rows.map(move |r| {
+                let (row, obj) = r?;
+                let parsed = parse_row(fmt, &ds, &model, row, obj).map_err(|e| e.0);
+                Ok((format!("{}: row {row}", path.display()), parsed))
+            }))
+        } else {
+            let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            let lines =
+                JsonlLines::new(BufReader::with_capacity(1 << 20, file), path, a.max_line_bytes);
+            let (fmt, ds, model) = (a.format, dataset.clone(), a.model.clone());
+            Box::new(lines.map(move |item| {
+                let (line, text) = item?;
+                let parsed = text.and_then(|t| {
+                    if t.trim().is_empty() {
+                        Ok(vec![])
+                    } else {
+                        parse_line(fmt, &ds, &model, line - 1, &t).map_err(|e| e.0)
+                    }
+                });
+                Ok((format!("{}:{line}", path.display()), parsed))
+            }))
+        };
+        for item in rows {
+            let (at, parsed) = item?;
             let traces = match parsed {
                 Ok(ts) => ts,
                 Err(msg) if a.skip_bad => {
-                    bad.push(format!("{}:{line}: {msg}", path.display()));
+                    bad.push(format!("{at}: {msg}"));
                     continue;
                 }
-                Err(msg) => bail!("{}:{line}: {msg}", path.display()),
+                Err(msg) => bail!("{at}: {msg}"),
             };
             for t in traces {
                 match w.same_content(&t)? {
@@ -77,12 +99,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                         continue;
                     }
                     Some(false) => {
-                        conflicting.push(format!("{}:{line}: {}", path.display(), t.id));
+                        conflicting.push(format!("{at}: {}", t.id));
                         continue;
                     }
                     None => {}
                 }
-                w.append(t).with_context(|| format!("{}:{line}", path.display()))?;
+                w.append(t).with_context(|| at.clone())?;
                 imported += 1;
                 pb.inc(1);
                 if w.pending_records() >= a.commit_every {

@@ -58,6 +58,47 @@ pub struct OpenAiConfig {
     /// What the provider charges, USD per million tokens; the generate report adds it up.
     #[serde(default)]
     pub price: Option<Price>,
+    /// The serving engine behind the URL; unset: detected from the server on first use
+    /// (`/props`: llama-server, `/get_model_info`: SGLang, `/version`: vLLM, else `openai`).
+    #[serde(default)]
+    pub engine: Option<Engine>,
+}
+
+/// What answers at an endpoint, as far as distill's requests differ.
+///
+/// | engine | log-prob token ids | request fields beyond OpenAI's |
+/// |---|---|---|
+/// | `vllm` | asked for (`return_tokens_as_token_ids`) | accepted |
+/// | `llama-server` | always sent (`id`) | accepted |
+/// | `sglang` | strings only: needs `tokenizer` | accepted |
+/// | `openai` (OpenAI, DeepSeek, any other) | strings only: needs `tokenizer` | none (`top_k` refused) |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Engine {
+    Vllm,
+    Sglang,
+    LlamaServer,
+    Openai,
+}
+
+impl Engine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Vllm => "vllm",
+            Engine::Sglang => "sglang",
+            Engine::LlamaServer => "llama-server",
+            Engine::Openai => "openai",
+        }
+    }
+
+    /// Whether log-prob entries carry token ids (given how distill asks).
+    fn sends_ids(self, token_ids: bool) -> bool {
+        match self {
+            Engine::Vllm => token_ids,
+            Engine::LlamaServer => true,
+            Engine::Sglang | Engine::Openai => false,
+        }
+    }
 }
 
 /// USD per million tokens, as a provider publishes them.
@@ -127,6 +168,7 @@ impl OpenAiConfig {
             tokenizer: None,
             extra_body: Default::default(),
             price: None,
+            engine: None,
         }
     }
 }
@@ -167,6 +209,8 @@ pub struct OpenAiClient {
     agent: ureq::Agent,
     /// Token string → id, for servers that return only token strings.
     vocab: Option<HashMap<String, u32>>,
+    /// The engine: from the config, else detected on first use.
+    engine: std::sync::OnceLock<Engine>,
 }
 
 impl OpenAiClient {
@@ -208,10 +252,68 @@ impl OpenAiClient {
             (None, None) => None,
         };
         let url = format!("{}/chat/completions", cfg.base_url.trim_end_matches('/'));
-        Ok(OpenAiClient { cfg, url, auth, agent, vocab })
+        let engine = std::sync::OnceLock::new();
+        if let Some(e) = cfg.engine {
+            let _ = engine.set(e);
+        }
+        Ok(OpenAiClient { cfg, url, auth, agent, vocab, engine })
     }
 
-    fn body(&self, req: &ChatRequest) -> Value {
+    /// The engine behind the endpoint: configured, or detected once from what the server
+    /// answers. An unreachable server is a transport error (retried), never a guess.
+    pub fn engine(&self) -> Result<Engine, BackendError> {
+        if let Some(e) = self.engine.get() {
+            return Ok(*e);
+        }
+        let e = self.detect()?;
+        Ok(*self.engine.get_or_init(|| e))
+    }
+
+    fn detect(&self) -> Result<Engine, BackendError> {
+        let base = self.cfg.base_url.trim_end_matches('/');
+        let root = base.strip_suffix("/v1").unwrap_or(base);
+        let probes: [(&str, &str, Engine); 4] = [
+            ("/props", "default_generation_settings", Engine::LlamaServer),
+            ("/get_model_info", "model_path", Engine::Sglang),
+            ("/server_info", "model_path", Engine::Sglang),
+            ("/version", "version", Engine::Vllm),
+        ];
+        let mut reached = false;
+        let mut last_err = None;
+        for (path, key, engine) in probes {
+            let mut call = self
+                .agent
+                .get(format!("{root}{path}"))
+                .config()
+                .timeout_global(Some(Duration::from_secs_f64(
+                    self.cfg.timeout_s.clamp(0.001, 10.0),
+                )))
+                .build();
+            if let Some(a) = &self.auth {
+                call = call.header("Authorization", a);
+            }
+            match call.call() {
+                Ok(mut r) => {
+                    reached = true;
+                    if r.status().as_u16() != 200 {
+                        continue;
+                    }
+                    let text = r.body_mut().with_config().limit(1 << 20).read_to_string();
+                    let v: Option<Value> = text.ok().and_then(|t| serde_json::from_str(&t).ok());
+                    if v.as_ref().and_then(|v| v.get(key)).is_some() {
+                        return Ok(engine);
+                    }
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        match (reached, last_err) {
+            (false, Some(e)) => Err(self.transport(format!("detecting the serving engine: {e}"))),
+            _ => Ok(Engine::Openai),
+        }
+    }
+
+    fn body(&self, req: &ChatRequest, engine: Engine) -> Value {
         let messages: Vec<Value> = req
             .messages
             .iter()
@@ -239,7 +341,7 @@ impl OpenAiClient {
         if let Some(k) = req.logprobs {
             b["logprobs"] = true.into();
             b["top_logprobs"] = k.into();
-            if self.cfg.token_ids {
+            if engine == Engine::Vllm && self.cfg.token_ids {
                 b["return_tokens_as_token_ids"] = true.into();
             }
         }
@@ -451,11 +553,30 @@ impl Teacher for OpenAiClient {
                 "tool messages are not supported by the teacher client".into(),
             ));
         }
+        let engine = self.engine()?;
+        if engine == Engine::Openai && req.sampling.top_k.is_some() {
+            return Err(BackendError::Fatal(format!(
+                "{}: top_k is not an OpenAI API parameter (engine = \"openai\"); drop it from [generate.sampling], or set engine = \"vllm\" / \"sglang\" / \"llama-server\" if the server is one",
+                redact(&self.cfg.base_url)
+            )));
+        }
+        if req.logprobs.is_some() && self.vocab.is_none() && !engine.sends_ids(self.cfg.token_ids) {
+            return Err(BackendError::Fatal(format!(
+                "{}: engine {} returns log-prob tokens as strings, not ids; give the endpoint the teacher's tokenizer = \"DIR\" to map them{}",
+                redact(&self.cfg.base_url),
+                engine.as_str(),
+                if engine == Engine::Openai {
+                    " (or set engine = \"vllm\" or \"llama-server\" if the server is one: it was not detected)"
+                } else {
+                    ""
+                }
+            )));
+        }
         let mut call = self.agent.post(&self.url).header("Content-Type", "application/json");
         if let Some(a) = &self.auth {
             call = call.header("Authorization", a);
         }
-        let body = serde_json::to_vec(&self.body(req)).expect("request JSON");
+        let body = serde_json::to_vec(&self.body(req, engine)).expect("request JSON");
         let mut resp = call.send(&body[..]).map_err(|e| self.transport(e))?;
         let status = resp.status().as_u16();
         if status != 200 {
