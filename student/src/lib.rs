@@ -7,6 +7,7 @@
 pub mod agreement;
 pub mod error;
 pub mod lm_head_loss;
+pub mod onpolicy;
 pub mod sft;
 
 pub use error::{Error, Result};

@@ -112,6 +112,7 @@ fn batches(cfg: &ModelConfig, rows: usize, seq: usize, n: usize, step: usize) ->
                 targets,
                 kd: vec![],
                 kd_k: 0,
+                kd_token: vec![],
                 real_tokens: rows * seq,
             }
         })
@@ -173,7 +174,7 @@ fn run_rank<B: AutodiffBackend>(
         model = Some(CausalLm::<B>::load(cfg, &mut RandomSource::new(11), &device)?);
     }
     let mut opt = AdamW::<B::InnerBackend>::new(optim);
-    let spec = StepSpec { kd_weight: 0.0, max_grad_norm: 1.0, lr: 1e-3, compute };
+    let spec = StepSpec { kd_weight: 0.0, max_grad_norm: 1.0, lr: 1e-3, compute, objective: None };
     let mut steps = Vec::new();
     for step in 0..a.steps {
         let micro = batches(cfg, rows, seq, a.grad_accum, step);

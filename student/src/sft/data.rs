@@ -100,6 +100,9 @@ pub struct KdTargets {
     /// `[n, k]` ids and log-probs; rows for tokens `start..start + n`.
     pub ids: Vec<u32>,
     pub logprobs: Vec<f32>,
+    /// `[n]` the teacher's log-prob of each scored token itself (the on-policy reverse KL's
+    /// per-token estimate needs it); empty when the trace does not carry it.
+    pub token_logprobs: Vec<f32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -250,6 +253,7 @@ pub fn example(
             k: lp.k as usize,
             ids: lp.top_ids[..n * lp.k as usize].to_vec(),
             logprobs: lp.top_logprobs[..n * lp.k as usize].to_vec(),
+            token_logprobs: lp.token_logprobs[..n].to_vec(),
         })
     });
     Ok((

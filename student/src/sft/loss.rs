@@ -59,7 +59,7 @@ impl<B: Backend> Head<B> {
     }
 
     /// `[n, hidden]` → `[n, vocab]`.
-    fn logits(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    pub(crate) fn logits(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let y = x.matmul(self.weight.clone());
         match &self.bias {
             Some(b) => y + b.clone().unsqueeze(),

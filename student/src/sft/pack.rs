@@ -71,6 +71,9 @@ pub struct Batch {
     /// Teacher top-k at positions that predict a scored token: `(flat position, ids, logprobs)`.
     pub kd: Vec<(usize, Vec<u32>, Vec<f32>)>,
     pub kd_k: usize,
+    /// The teacher's log-prob of the target at each `kd` position (aligned with `kd`; empty
+    /// when the examples carry none).
+    pub kd_token: Vec<f32>,
     /// Tokens that are not padding.
     pub real_tokens: usize,
 }
@@ -92,6 +95,7 @@ pub fn build(examples: &[Example], rows: &[Vec<usize>], len: usize, pad: u32) ->
         targets: vec![None; n * len],
         kd: vec![],
         kd_k: 0,
+        kd_token: vec![],
         real_tokens: 0,
     };
     for (r, row) in rows.iter().enumerate() {
@@ -118,6 +122,9 @@ pub fn build(examples: &[Example], rows: &[Vec<usize>], len: usize, pad: u32) ->
                         continue;
                     }
                     let s = j * kd.k..(j + 1) * kd.k;
+                    if let Some(&lp) = kd.token_logprobs.get(j) {
+                        b.kd_token.push(lp);
+                    }
                     b.kd.push((
                         r * len + at + tok - 1,
                         kd.ids[s.clone()].to_vec(),

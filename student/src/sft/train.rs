@@ -635,6 +635,7 @@ fn run_rank<B: AutodiffBackend>(
             max_grad_norm: cfg.optim.max_grad_norm,
             lr,
             compute: cfg.compute(),
+            objective: None,
         };
         let out = match &mut student {
             Student::Whole(model) => {
@@ -871,6 +872,9 @@ pub struct StepSpec {
     pub lr: f64,
     /// The forward/backward dtype.
     pub compute: DType,
+    /// `None`: SFT (cross-entropy, plus the KD term by `kd_weight`); else an on-policy
+    /// divergence to the teacher on the student's own samples (`crate::onpolicy`).
+    pub objective: Option<crate::onpolicy::loss::Divergence>,
 }
 
 /// What one optimizer step did.
@@ -906,10 +910,22 @@ pub fn optimizer_step<B: AutodiffBackend>(
     compute: DType,
     device: &B::Device,
 ) -> StepOutcome {
+    let spec = StepSpec { kd_weight, max_grad_norm, lr, compute, objective: None };
+    single_step(model, rope, opt, micro, &spec, device)
+}
+
+/// [`optimizer_step`] for any [`StepSpec`] (an on-policy objective, say).
+pub fn single_step<B: AutodiffBackend>(
+    model: &mut CausalLm<B>,
+    rope: &Rope<B>,
+    opt: &mut AdamW<B::InnerBackend>,
+    micro: &[Batch],
+    spec: &StepSpec,
+    device: &B::Device,
+) -> StepOutcome {
     let layout = Layout::new(&param_sizes(model), 1, usize::MAX);
     let par = Parallel { comm: Comm::single(), mode: ShardMode::None, layout };
-    let spec = StepSpec { kd_weight, max_grad_norm, lr, compute };
-    parallel_step(model, rope, opt, micro, &spec, device, &par, true)
+    parallel_step(model, rope, opt, micro, spec, device, &par, true)
         .expect("world size 1 makes no collective call")
 }
 
@@ -930,7 +946,7 @@ pub fn parallel_step<B: AutodiffBackend>(
     par: &Parallel<B::InnerBackend>,
     per_tensor_norms: bool,
 ) -> Result<StepOutcome> {
-    let StepSpec { kd_weight, max_grad_norm, lr, compute } = *spec;
+    let StepSpec { kd_weight, max_grad_norm, lr, compute, objective } = *spec;
     type G<B> = Option<Tensor<<B as AutodiffBackend>::InnerBackend, 1>>;
     let (rank, world) = (par.rank(), par.world());
     let n_tokens: usize = micro.iter().map(Batch::loss_tokens).sum();
@@ -956,7 +972,10 @@ pub fn parallel_step<B: AutodiffBackend>(
             } else {
                 model.clone().map(&mut CastParams(compute))
             };
-            let l = losses(&fwd, rope, b, device);
+            let l = match objective {
+                None => losses(&fwd, rope, b, device),
+                Some(d) => crate::onpolicy::loss::losses(&fwd, rope, b, device, d),
+            };
             let loss = l.objective(w, n_tokens, n_kd, &mut ce_total, &mut kd_total);
             let grads = loss.backward();
             for (i, (_, p)) in model.params_mut().into_iter().enumerate() {
