@@ -40,13 +40,17 @@ pub fn run(r: &Recipe, p: &Paths) -> anyhow::Result<serde_json::Value> {
     held_out.truncate(cfg.max_traces);
     let teacher = hf::load_model::<Cpu>(&p.teacher, &dev)?;
     let t_rope = Rope::<Cpu>::new(&teacher.config, &dev);
+    let pb = crate::progress::bar(Some(2 * held_out.len() as u64), "traces");
     let score = |dir: &std::path::Path| -> anyhow::Result<Agreement> {
         let m = hf::load_model::<Cpu>(dir, &dev)?;
         let rope = Rope::<Cpu>::new(&m.config, &dev);
-        Ok(agreement((&teacher.model, &t_rope), (&m.model, &rope), &held_out, &dev))
+        Ok(agreement((&teacher.model, &t_rope), (&m.model, &rope), &held_out, &dev, &mut || {
+            pb.inc(1)
+        }))
     };
     let before = score(&train.model)?;
     let after = score(&train.output.join("export"))?;
+    pb.finish_and_clear();
     println!("  {:<28} {:>12} {:>12}", "held-out teacher traces", "before SFT", "after SFT");
     println!(
         "  {:<28} {:>11.1}% {:>11.1}%",

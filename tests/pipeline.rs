@@ -102,18 +102,22 @@ fn the_tiny_pipeline_survives_kills_improves_the_student_and_reports() {
         run_dir.join("stages/generate.json").exists()
             && !run_dir.join("stages/train.json").exists()
     );
-    // stderr is a pipe here, as in a log file: the train stage still says where it is, a line at
-    // least every 15 s (the default interval is 10 s), each line timed as it arrives.
+    // stderr is a pipe here, as in a log file: the train and agreement stages still say where they
+    // are, a line at least every 15 s (the default interval is 10 s), each line timed as it arrives.
     let (ok, out, lines) = run_timed(&args);
     assert!(ok, "{out}");
-    let train: Vec<&(f64, String)> = lines
-        .iter()
-        .skip_while(|(_, l)| l != "[train] …")
-        .take_while(|(_, l)| !l.starts_with("[train] done"))
-        .collect();
-    assert!(train.len() > 1, "no [train] lines in {lines:?}");
-    let worst = train.windows(2).map(|w| w[1].0 - w[0].0).fold(0.0, f64::max);
-    assert!(worst <= 15.0, "{worst:.1} s without a line during training: {train:?}");
+    for stage in ["train", "agreement"] {
+        let start = format!("[{stage}] …");
+        let end = format!("[{stage}] done");
+        let part: Vec<&(f64, String)> = lines
+            .iter()
+            .skip_while(|(_, l)| *l != start)
+            .take_while(|(_, l)| !l.starts_with(&end))
+            .collect();
+        assert!(!part.is_empty(), "no [{stage}] lines in {lines:?}");
+        let worst = part.windows(2).map(|w| w[1].0 - w[0].0).fold(0.0, f64::max);
+        assert!(worst <= 15.0, "{worst:.1} s without a line during {stage}: {part:?}");
+    }
     assert!(
         out.contains("[prepare] done earlier, skipped")
             && out.contains("[generate] done earlier, skipped"),

@@ -19,6 +19,7 @@ pub mod masks;
 pub mod model;
 pub mod prune;
 pub mod rope;
+pub mod score;
 pub mod spec;
 pub mod tokenizer;
 pub mod weights;

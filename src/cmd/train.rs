@@ -138,6 +138,33 @@ pub fn run_train(
         );
     }
     let mut obs = Bar { pb: crate::progress::bar(Some(1), "steps") };
+    if let Some(op) = &cfg.on_policy {
+        anyhow::ensure!(
+            kinds.len() * nodes == 1,
+            "[train.on_policy] runs on one device for now ([train.parallel] devices names {})",
+            kinds.len() * nodes
+        );
+        same_vocabulary(&cfg.model, &op.teacher)?;
+        let summary = crate::backend::dispatch_many!(kinds, |B, devices| {
+            let device = devices[0].clone();
+            let t = distill_models::hf::load_model::<B>(&op.teacher, &device)?;
+            let name = op
+                .teacher
+                .file_name()
+                .map_or_else(|| "teacher".into(), |n| n.to_string_lossy().to_string());
+            let scorer =
+                distill_models::score::LocalScorer::new(t.model, &t.config, device.clone(), name);
+            distill_student::onpolicy::run::train_on_policy::<burn::backend::Autodiff<B>>(
+                cfg, &scorer, recipe, device, resume, &mut obs,
+            )
+        })?;
+        obs.pb.finish_and_clear();
+        crate::plot::training_curves(
+            &cfg.output.join("metrics.jsonl"),
+            &cfg.output.join("loss.png"),
+        )?;
+        return Ok(summary);
+    }
     let summary = crate::backend::dispatch_many!(kinds, |B, devices| {
         if cfg.activation_checkpointing {
             train::<
@@ -153,4 +180,34 @@ pub fn run_train(
     obs.pb.finish_and_clear();
     crate::plot::training_curves(&cfg.output.join("metrics.jsonl"), &cfg.output.join("loss.png"))?;
     Ok(summary)
+}
+
+/// On-policy distillation scores the student's token ids with the teacher: both must read them
+/// the same way. Refused before any model loads when the tokenizers' vocabularies differ.
+pub fn same_vocabulary(student: &std::path::Path, teacher: &std::path::Path) -> anyhow::Result<()> {
+    use distill_models::tokenizer::TextTokenizer;
+    let s = TextTokenizer::from_dir(student)?;
+    let t = TextTokenizer::from_dir(teacher)?;
+    let (sv, tv) = (s.inner().get_vocab(true), t.inner().get_vocab(true));
+    if sv == tv {
+        return Ok(());
+    }
+    let differ = sv
+        .iter()
+        .filter(|(k, v)| tv.get(*k) != Some(v))
+        .map(|(k, v)| format!("{k:?} = {v} in the student, {:?} in the teacher", tv.get(k)))
+        .take(3)
+        .collect::<Vec<_>>();
+    anyhow::bail!(
+        "[train.on_policy] the student ({}, {} tokens) and the teacher ({}, {} tokens) have different vocabularies, so the teacher cannot score the student's token ids: {}",
+        student.display(),
+        sv.len(),
+        teacher.display(),
+        tv.len(),
+        if differ.is_empty() {
+            "the teacher has tokens the student lacks".to_string()
+        } else {
+            differ.join("; ")
+        }
+    )
 }

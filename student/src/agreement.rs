@@ -40,12 +40,14 @@ fn forward<B: Backend>(
     l.reshape([n, v])
 }
 
-/// Compare `student` with `teacher` (same vocabulary) on `examples`.
+/// Compare `student` with `teacher` (same vocabulary) on `examples`; `done` is called after each
+/// example (for progress).
 pub fn agreement<B: Backend>(
     teacher: (&CausalLm<B>, &Rope<B>),
     student: (&CausalLm<B>, &Rope<B>),
     examples: &[Example],
     dev: &B::Device,
+    done: &mut dyn FnMut(),
 ) -> Agreement {
     let mut a = Agreement::default();
     let (mut hits, mut kl, mut nll) = (0u64, 0f64, 0f64);
@@ -78,6 +80,7 @@ pub fn agreement<B: Backend>(
         }
         a.tokens += rows.len() as u64;
         a.traces += 1;
+        done();
     }
     if a.tokens > 0 {
         a.next_token_accuracy = hits as f64 / a.tokens as f64;

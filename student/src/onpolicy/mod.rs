@@ -1,4 +1,123 @@
 //! On-policy distillation: the student samples, the teacher scores every sampled token, and the
-//! student minimises a per-token divergence to the teacher on its own samples ([`loss`]).
+//! student minimises a per-token divergence to the teacher on its own samples ([`loss`]); the
+//! loop is [`run`]. Recipe section `[train.on_policy]` ([`OnPolicyConfig`]).
 
 pub mod loss;
+pub mod run;
+
+use std::path::PathBuf;
+
+use distill_data::FieldMap;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use loss::Divergence;
+
+/// `loss = …` in `[train.on_policy]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossKind {
+    ReverseKl,
+    Gkd,
+}
+
+/// `[train.on_policy]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnPolicyConfig {
+    /// Prompts the student answers (JSONL or Parquet), with their field map.
+    pub prompts: PathBuf,
+    #[serde(default = "default_fields")]
+    pub fields: FieldMap,
+    /// The teacher: a Hugging Face model directory scored by the local engine on the training
+    /// device. It must share the student's vocabulary.
+    pub teacher: PathBuf,
+    /// `reverse_kl` (sampled-token estimator) or `gkd` (generalised JSD over the top-k).
+    #[serde(default = "default_loss")]
+    pub loss: LossKind,
+    /// GKD's interpolation: 0 = forward KL, 1 = reverse KL.
+    #[serde(default = "half")]
+    pub beta: f64,
+    /// Share of the steps that are on-policy; the rest are SFT steps on `[train.data]`.
+    #[serde(default = "one")]
+    pub lambda: f64,
+    /// Prompts sampled per on-policy step (one completion each).
+    #[serde(default = "eight")]
+    pub prompts_per_step: usize,
+    /// Sequences the student decodes together.
+    #[serde(default = "eight")]
+    pub batch: usize,
+    #[serde(default = "one")]
+    pub temperature: f64,
+    #[serde(default = "one")]
+    pub top_p: f64,
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: usize,
+    /// Teacher alternatives kept per position (GKD's support; stored with every sample).
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
+    /// Prompts held out for the reverse-KL metric (`eval_reverse_kl` in metrics.jsonl).
+    #[serde(default)]
+    pub eval_prompts: usize,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_fields() -> FieldMap {
+    FieldMap { prompt: Some("prompt".into()), require_answer: false, ..FieldMap::default() }
+}
+fn default_loss() -> LossKind {
+    LossKind::ReverseKl
+}
+fn half() -> f64 {
+    0.5
+}
+fn one() -> f64 {
+    1.0
+}
+fn eight() -> usize {
+    8
+}
+fn default_max_tokens() -> usize {
+    256
+}
+fn default_top_k() -> usize {
+    20
+}
+
+impl OnPolicyConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Invalid(format!("[train.on_policy] {m}")));
+        if !(0.0..=1.0).contains(&self.beta) {
+            return bad(format!("beta {} must be in [0, 1]", self.beta));
+        }
+        if !(0.0..=1.0).contains(&self.lambda) || self.lambda == 0.0 {
+            return bad(format!("lambda {} must be in (0, 1]", self.lambda));
+        }
+        if self.prompts_per_step == 0 || self.max_tokens == 0 {
+            return bad("prompts_per_step and max_tokens must be at least 1".into());
+        }
+        if self.loss == LossKind::Gkd && self.top_k == 0 {
+            return bad("gkd needs the teacher's top-k: top_k ≥ 1".into());
+        }
+        if !(self.temperature > 0.0) || !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("temperature must be > 0 (on-policy samples) and top_p in (0, 1]".into());
+        }
+        self.fields.validate()?;
+        Ok(())
+    }
+
+    pub fn divergence(&self) -> Divergence {
+        match self.loss {
+            LossKind::ReverseKl => Divergence::ReverseKl,
+            LossKind::Gkd => Divergence::Gkd { beta: self.beta },
+        }
+    }
+
+    pub fn loss_name(&self) -> &'static str {
+        match self.loss {
+            LossKind::ReverseKl => "reverse_kl",
+            LossKind::Gkd => "gkd",
+        }
+    }
+}

@@ -87,6 +87,10 @@ pub struct TrainConfig {
     /// Data parallelism over several devices, and how state is sharded across them.
     #[serde(default)]
     pub parallel: ParallelConfig,
+    /// On-policy distillation instead of SFT (`crate::onpolicy`): the student samples, the
+    /// teacher scores, a divergence is minimised; `[train.data]` feeds the SFT share.
+    #[serde(default)]
+    pub on_policy: Option<crate::onpolicy::OnPolicyConfig>,
 }
 
 /// `[train] compute_dtype`.
@@ -146,7 +150,16 @@ fn two() -> usize {
 
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
-        self.data.validate()?;
+        // A purely on-policy run (lambda = 1) reads no corpus.
+        match &self.on_policy {
+            Some(op) => {
+                op.validate()?;
+                if op.lambda < 1.0 {
+                    self.data.validate()?;
+                }
+            }
+            None => self.data.validate()?,
+        }
         self.optim.validate()?;
         self.parallel.validate()?;
         let bad = |m: &str| Err(Error::Invalid(format!("[train] {m}")));
@@ -759,7 +772,7 @@ fn run_rank<B: AutodiffBackend>(
     })
 }
 
-fn export(
+pub(crate) fn export(
     cfg: &TrainConfig,
     recipe: &serde_json::Value,
     report: &DataReport,
