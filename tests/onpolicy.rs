@@ -193,3 +193,154 @@ fn a_teacher_with_another_vocabulary_is_refused_before_any_work() {
     assert!(t.contains("different vocabularies") && t.contains("Ġthe"), "{t}");
     assert!(!out.join("checkpoints").exists() && !out.join("on-policy").exists(), "work was done");
 }
+
+/// A vLLM-like `/v1/completions` that scores prompts with `prompt_logprobs`, backed by distill's
+/// local engine on the teacher (so its answers can be checked against the local scorer). It
+/// answers `/version` as vLLM does and counts the scoring requests.
+fn vllm_scoring_stub(
+    teacher: PathBuf,
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> u16 {
+    use std::io::{BufReader, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    // One thread holds the teacher and scores; each connection has its own thread (the client
+    // keeps several connections open at once).
+    type Job = (Vec<u32>, usize, std::sync::mpsc::Sender<distill_data::TokenLogprobs>);
+    let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+    std::thread::spawn(move || {
+        use distill_models::device::{Cpu, CpuDevice};
+        use distill_models::score::{LocalScorer, ScoreRequest, Scorer};
+        let dev = CpuDevice::default();
+        let t = distill_models::hf::load_model::<Cpu>(&teacher, &dev).unwrap();
+        let scorer = LocalScorer::new(t.model, &t.config, dev, "teacher".into());
+        for (ids, k, back) in rx {
+            let req = ScoreRequest { prompt: ids[..1].to_vec(), completion: ids[1..].to_vec() };
+            let _ = back.send(scorer.score(&[req], k).unwrap().pop().unwrap());
+        }
+    });
+    let jobs = std::sync::Mutex::new(jobs);
+    let jobs = std::sync::Arc::new(jobs);
+    std::thread::spawn(move || {
+        for conn in l.incoming().flatten() {
+            let (count, jobs) = (count.clone(), jobs.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut conn = conn;
+                while let Some((head, body)) = common::read_request(&mut reader) {
+                    let reply = if head.starts_with("GET /version") {
+                        r#"{"version": "0.10.1.1"}"#.to_string()
+                    } else if head.starts_with("POST /v1/completions") {
+                        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                        assert_eq!(req["return_tokens_as_token_ids"], true);
+                        let ids: Vec<u32> = req["prompt"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|x| x.as_u64().unwrap() as u32)
+                            .collect();
+                        let k = req["prompt_logprobs"].as_u64().unwrap() as usize;
+                        let (tx, back) = std::sync::mpsc::channel();
+                        jobs.lock().unwrap().send((ids.clone(), k, tx)).unwrap();
+                        let s = back.recv().unwrap();
+                        let mut entries = vec![serde_json::Value::Null];
+                        for (j, &tok) in ids[1..].iter().enumerate() {
+                            let mut m = serde_json::Map::new();
+                            let entry = |l: f32, rank: usize, id: u32| serde_json::json!({"logprob": l, "rank": rank, "decoded_token": format!("token_id:{id}")});
+                            for (r, (id, l)) in s.top(j).enumerate() {
+                                m.insert(id.to_string(), entry(l, r + 1, id));
+                            }
+                            m.entry(tok.to_string())
+                                .or_insert_with(|| entry(s.token_logprobs[j], k + 1, tok));
+                            entries.push(serde_json::Value::Object(m));
+                        }
+                        serde_json::json!({"id": "cmpl", "object": "text_completion", "model": "teacher",
+                        "choices": [{"index": 0, "text": "x", "finish_reason": "length", "prompt_logprobs": entries}],
+                        "usage": {"prompt_tokens": ids.len(), "completion_tokens": 1}})
+                    .to_string()
+                    } else {
+                        r#"{"detail": "Not Found"}"#.to_string()
+                    };
+                    let status =
+                        if reply.contains("Not Found") { "404 Not Found" } else { "200 OK" };
+                    let out = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}",
+                        reply.len()
+                    );
+                    if conn.write_all(out.as_bytes()).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn an_endpoint_teacher_scores_as_the_local_engine_does() {
+    use distill_models::device::{Cpu, CpuDevice};
+    use distill_models::score::{LocalScorer, ScoreRequest, Scorer};
+    use distill_teacher::backend::openai::{OpenAiClient, OpenAiConfig};
+    use distill_teacher::backend::score::EndpointScorer;
+    let (_, teacher) = smollm2();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let port = vllm_scoring_stub(teacher.clone(), count.clone());
+    let base = format!("http://127.0.0.1:{port}/v1");
+    let endpoint = EndpointScorer {
+        client: OpenAiClient::new(OpenAiConfig::new(&base, "teacher"), None).unwrap(),
+        policy: Default::default(),
+    };
+    let dev = CpuDevice::default();
+    let t = distill_models::hf::load_model::<Cpu>(&teacher, &dev).unwrap();
+    let local = LocalScorer::new(t.model, &t.config, dev, "teacher".into());
+    let reqs = vec![
+        ScoreRequest {
+            prompt: vec![1, 4093, 198, 504, 314, 216],
+            completion: vec![260, 3558, 30, 2],
+        },
+        ScoreRequest { prompt: vec![1, 9690], completion: vec![198, 1780, 4093, 253, 1113] },
+    ];
+    let a = endpoint.score(&reqs, 5).unwrap();
+    let b = local.score(&reqs, 5).unwrap();
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.tokens, y.tokens);
+        assert_eq!(x.top_ids, y.top_ids);
+        for (p, q) in x
+            .token_logprobs
+            .iter()
+            .chain(&x.top_logprobs)
+            .zip(y.token_logprobs.iter().chain(&y.top_logprobs))
+        {
+            assert!((p - q).abs() < 1e-5, "{p} vs {q}");
+        }
+    }
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+    // A short on-policy run with the teacher behind the endpoint: one scoring request per sample.
+    let d = tempfile::tempdir().unwrap();
+    let student = warm_student(d.path(), &teacher);
+    let out = d.path().join("run");
+    let extra = format!(
+        "[train.on_policy.endpoint]\nbase_url = \"{base}\"\nmodel = \"teacher\"\nconcurrency = 2\n"
+    );
+    let r = recipe(d.path(), &student, &teacher, &out, "");
+    let text_r =
+        std::fs::read_to_string(&r).unwrap().replace("max_steps = 12", "max_steps = 2") + &extra;
+    std::fs::write(&r, text_r).unwrap();
+    count.store(0, std::sync::atomic::Ordering::SeqCst);
+    let o = distill(&["train", "--recipe", r.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    // 2 steps × 8 prompts, and the held-out metric's 8 samples before and after.
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2 * 8 + 2 * 8);
+    let c = distill_data::Corpus::open(&out.join("on-policy")).unwrap();
+    let traces: Vec<distill_data::Trace> = c.iter().map(|t| t.unwrap()).collect();
+    assert_eq!(traces.len(), 16);
+    for t in &traces {
+        assert_eq!(t.teacher.endpoint, distill_data::EndpointKind::OpenaiChat);
+        let lp = t.logprobs.as_ref().unwrap();
+        assert_eq!(lp.len() as u64, t.usage.completion_tokens);
+        assert!(lp.token_logprobs.iter().all(|l| l.is_finite() && *l <= 0.0));
+    }
+}

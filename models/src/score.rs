@@ -29,6 +29,10 @@ pub trait Scorer {
     fn model(&self) -> String;
     /// Where it runs, for logs and errors.
     fn describe(&self) -> String;
+    /// What kind of backend it is, as traces record it.
+    fn endpoint_kind(&self) -> distill_data::EndpointKind {
+        distill_data::EndpointKind::Local
+    }
 }
 
 /// The teacher on a device of this process.

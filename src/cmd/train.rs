@@ -145,6 +145,31 @@ pub fn run_train(
             kinds.len() * nodes
         );
         same_vocabulary(&cfg.model, &op.teacher)?;
+        if let Some(ep) = &op.endpoint {
+            use distill_teacher::backend::openai::{OpenAiClient, OpenAiConfig};
+            let ocfg: OpenAiConfig = serde_json::from_value(ep.clone())
+                .map_err(|e| anyhow::anyhow!("[train.on_policy.endpoint]: {e}"))?;
+            let scorer = distill_teacher::backend::score::EndpointScorer {
+                client: OpenAiClient::new(ocfg, None)?,
+                policy: Default::default(),
+            };
+            let summary = crate::backend::dispatch_many!(kinds, |B, devices| {
+                distill_student::onpolicy::run::train_on_policy::<burn::backend::Autodiff<B>>(
+                    cfg,
+                    &scorer,
+                    recipe,
+                    devices[0].clone(),
+                    resume,
+                    &mut obs,
+                )
+            })?;
+            obs.pb.finish_and_clear();
+            crate::plot::training_curves(
+                &cfg.output.join("metrics.jsonl"),
+                &cfg.output.join("loss.png"),
+            )?;
+            return Ok(summary);
+        }
         let summary = crate::backend::dispatch_many!(kinds, |B, devices| {
             let device = devices[0].clone();
             let t = distill_models::hf::load_model::<B>(&op.teacher, &device)?;

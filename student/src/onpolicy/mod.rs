@@ -29,9 +29,15 @@ pub struct OnPolicyConfig {
     pub prompts: PathBuf,
     #[serde(default = "default_fields")]
     pub fields: FieldMap,
-    /// The teacher: a Hugging Face model directory scored by the local engine on the training
-    /// device. It must share the student's vocabulary.
+    /// The teacher: a Hugging Face model directory, scored by the local engine on the training
+    /// device; with `endpoint`, only its tokenizer is read (to check the vocabulary) and the
+    /// endpoint scores. It must share the student's vocabulary.
     pub teacher: PathBuf,
+    /// A vLLM server holding the teacher (the `[[generate.backend.endpoints]]` fields:
+    /// `base_url`, `model`, `api_key_env`, `concurrency`, …): it scores each sample with
+    /// `prompt_logprobs` instead of the local engine.
+    #[serde(default)]
+    pub endpoint: Option<serde_json::Value>,
     /// `reverse_kl` (sampled-token estimator) or `gkd` (generalised JSD over the top-k).
     #[serde(default = "default_loss")]
     pub loss: LossKind,

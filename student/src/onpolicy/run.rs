@@ -18,8 +18,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use distill_data::prompts::{ReadOptions, dataset_name, read_prompts};
 use distill_data::{
-    Corpus, CorpusWriter, EndpointKind, Prompt, Sampling, Source, TokenLogprobs, Trace,
-    WriterOptions,
+    Corpus, CorpusWriter, Prompt, Sampling, Source, TokenLogprobs, Trace, WriterOptions,
 };
 use distill_models::generate::{Engine, SamplingParams};
 use distill_models::hf;
@@ -467,7 +466,7 @@ pub fn train_on_policy<B: AutodiffBackend>(
                         },
                         teacher: distill_data::Teacher {
                             model: scorer.model(),
-                            endpoint: EndpointKind::Local,
+                            endpoint: scorer.endpoint_kind(),
                             sampling: sampling.clone(),
                         },
                         usage: distill_data::Usage {

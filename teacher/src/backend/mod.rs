@@ -6,6 +6,7 @@ pub mod local;
 pub mod openai;
 pub mod pool;
 pub mod retry;
+pub mod score;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -546,6 +546,128 @@ impl OpenAiClient {
     }
 }
 
+impl OpenAiClient {
+    /// POST a JSON body; a non-200 answer is an [`BackendError::Http`] (its body redacted).
+    fn post(
+        &self,
+        url: &str,
+        body: &Value,
+    ) -> Result<ureq::http::Response<ureq::Body>, BackendError> {
+        let mut call = self.agent.post(url).header("Content-Type", "application/json");
+        if let Some(a) = &self.auth {
+            call = call.header("Authorization", a);
+        }
+        let body = serde_json::to_vec(body).expect("request JSON");
+        let mut resp = call.send(&body[..]).map_err(|e| self.transport(e))?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let retry_after = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            let text = resp.body_mut().read_to_string().unwrap_or_default();
+            let msg: String = text.chars().take(300).collect();
+            return Err(BackendError::Http {
+                endpoint: redact(&self.cfg.base_url),
+                status,
+                retry_after,
+                // An endpoint may echo the request (its Authorization header included).
+                msg: redact(&msg),
+            });
+        }
+        Ok(resp)
+    }
+
+    /// The teacher's scores of given tokens through vLLM's `/v1/completions` with
+    /// `prompt_logprobs`: the prompt and completion go in as token ids, one token is generated
+    /// (and ignored), and each completion position's entry gives the token's log-prob and the
+    /// `k` most likely tokens (by `rank`). Engines that cannot score prompt tokens are refused.
+    pub fn score_tokens(
+        &self,
+        prompt: &[u32],
+        completion: &[u32],
+        k: usize,
+    ) -> Result<TokenLogprobs, BackendError> {
+        let engine = self.engine()?;
+        if engine != Engine::Vllm {
+            return Err(BackendError::Fatal(format!(
+                "{}: scoring given tokens needs vLLM's prompt_logprobs; engine {} cannot score them (llama-server returns log-probs of generated tokens only, docs/teacher.md)",
+                redact(&self.cfg.base_url),
+                engine.as_str()
+            )));
+        }
+        let ids: Vec<u32> = prompt.iter().chain(completion).copied().collect();
+        let mut b = json!({
+            "model": self.cfg.model,
+            "prompt": ids,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "prompt_logprobs": k,
+            "return_tokens_as_token_ids": true,
+        });
+        for (key, v) in &self.cfg.extra_body {
+            if !["chat_template_kwargs", "separate_reasoning"].contains(&key.as_str()) {
+                b[key.as_str()] = v.clone();
+            }
+        }
+        let url = format!("{}/completions", self.cfg.base_url.trim_end_matches('/'));
+        let mut resp = self.post(&url, &b)?;
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_string()
+            .map_err(|e| self.transport(format!("reading body: {e}")))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| self.malformed(e))?;
+        let entries = v
+            .pointer("/choices/0/prompt_logprobs")
+            .and_then(Value::as_array)
+            .ok_or_else(|| self.malformed("no choices[0].prompt_logprobs (is this vLLM?)"))?;
+        if entries.len() != ids.len() {
+            return Err(self.malformed(format!(
+                "prompt_logprobs has {} entries for {} prompt tokens",
+                entries.len(),
+                ids.len()
+            )));
+        }
+        let mut lp = TokenLogprobs::new(k as u32);
+        for (j, (&tok, e)) in completion.iter().zip(&entries[prompt.len()..]).enumerate() {
+            let m = e.as_object().ok_or_else(|| {
+                self.malformed(format!("prompt_logprobs[{}] is not an object", prompt.len() + j))
+            })?;
+            let mut own = None;
+            let mut top: Vec<(u64, u32, f32)> = Vec::with_capacity(m.len());
+            for (key, x) in m {
+                let id: u32 = key.parse().map_err(|_| {
+                    self.malformed(format!("prompt_logprobs key {key:?} is not a token id"))
+                })?;
+                let l =
+                    x.get("logprob").and_then(Value::as_f64).ok_or_else(|| {
+                        self.malformed("a prompt_logprobs entry without `logprob`")
+                    })? as f32;
+                let rank = x.get("rank").and_then(Value::as_u64).unwrap_or(u64::MAX);
+                if id == tok {
+                    own = Some(l);
+                }
+                if rank >= 1 && rank <= k as u64 {
+                    top.push((rank, id, l));
+                }
+            }
+            let own = own.ok_or_else(|| {
+                self.malformed(format!(
+                    "prompt_logprobs[{}] does not score the prompt token {tok}",
+                    prompt.len() + j
+                ))
+            })?;
+            top.sort_by_key(|t| (t.0, t.1));
+            let top: Vec<(u32, f32)> = top.into_iter().map(|(_, i, l)| (i, l)).collect();
+            lp.push(tok, own, &top);
+        }
+        Ok(lp)
+    }
+}
+
 impl Teacher for OpenAiClient {
     fn complete(&self, req: &ChatRequest) -> Result<Completion, BackendError> {
         if req.messages.iter().any(|m| m.role == Role::Tool) {
@@ -572,29 +694,7 @@ impl Teacher for OpenAiClient {
                 }
             )));
         }
-        let mut call = self.agent.post(&self.url).header("Content-Type", "application/json");
-        if let Some(a) = &self.auth {
-            call = call.header("Authorization", a);
-        }
-        let body = serde_json::to_vec(&self.body(req, engine)).expect("request JSON");
-        let mut resp = call.send(&body[..]).map_err(|e| self.transport(e))?;
-        let status = resp.status().as_u16();
-        if status != 200 {
-            let retry_after = resp
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_retry_after);
-            let text = resp.body_mut().read_to_string().unwrap_or_default();
-            let msg: String = text.chars().take(300).collect();
-            return Err(BackendError::Http {
-                endpoint: redact(&self.cfg.base_url),
-                status,
-                retry_after,
-                // An endpoint may echo the request (its Authorization header included).
-                msg: redact(&msg),
-            });
-        }
+        let mut resp = self.post(&self.url, &self.body(req, engine))?;
         let out = if self.cfg.stream {
             self.read_stream(resp.body_mut().as_reader(), req)?
         } else {
