@@ -108,11 +108,25 @@ pub fn training_curves(metrics: &Path, out: &Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(metrics)
         .with_context(|| format!("reading {}", metrics.display()))?;
     let (mut loss, mut eval, mut lr, mut gn) = (vec![], vec![], vec![], vec![]);
+    // On-policy runs: the reverse KL of the samples and of held-out samples, EOS and pass rates.
+    let (mut rkl, mut eval_rkl, mut eos, mut pass) = (vec![], vec![], vec![], vec![]);
     for l in text.lines() {
         let v: serde_json::Value = serde_json::from_str(l)?;
         let step = v["step"].as_f64().unwrap_or(0.0);
         if let Some(e) = v["eval_loss"].as_f64() {
             eval.push((step, e));
+        }
+        if let Some(e) = v["eval_reverse_kl"].as_f64() {
+            eval_rkl.push((step, e));
+        }
+        if let Some(x) = v["sample_reverse_kl"].as_f64() {
+            rkl.push((step, x));
+        }
+        if let Some(x) = v["eos_fraction"].as_f64() {
+            eos.push((step, x));
+        }
+        if let Some(x) = v["pass_rate"].as_f64() {
+            pass.push((step, x));
         }
         if let Some(x) = v["loss"].as_f64() {
             loss.push((step, x));
@@ -120,10 +134,16 @@ pub fn training_curves(metrics: &Path, out: &Path) -> anyhow::Result<()> {
             gn.push((step, v["grad_norm"].as_f64().unwrap_or(0.0)));
         }
     }
-    let panels = [
+    let on_policy = !rkl.is_empty() || !eval_rkl.is_empty();
+    let mut panels = vec![
         Panel {
             title: "Loss".into(),
-            y_label: "cross-entropy (nats/token)".into(),
+            y_label: if on_policy {
+                "divergence (nats/token)"
+            } else {
+                "cross-entropy (nats/token)"
+            }
+            .into(),
             series: vec![
                 Series { name: "train".into(), points: loss, color: BLUE, dots: false },
                 Series { name: "held-out eval".into(), points: eval, color: RED, dots: true },
@@ -145,6 +165,34 @@ pub fn training_curves(metrics: &Path, out: &Path) -> anyhow::Result<()> {
             }],
         },
     ];
+    if on_policy {
+        panels.push(Panel {
+            title: "Reverse KL to the teacher (the student's samples)".into(),
+            y_label: "nats/token".into(),
+            series: vec![
+                Series { name: "step samples".into(), points: rkl, color: BLUE, dots: false },
+                Series {
+                    name: "held-out prompts".into(),
+                    points: eval_rkl,
+                    color: RED,
+                    dots: true,
+                },
+            ],
+        });
+        panels.push(Panel {
+            title: "Samples".into(),
+            y_label: "fraction".into(),
+            series: vec![
+                Series { name: "ending in EOS".into(), points: eos, color: GREEN, dots: false },
+                Series {
+                    name: "passing the verifier".into(),
+                    points: pass,
+                    color: MAGENTA,
+                    dots: false,
+                },
+            ],
+        });
+    }
     line_chart(out, &panels, "optimizer step")
 }
 

@@ -33,7 +33,7 @@ max_grad_norm = 1.0
 weight_decay = 0.0
 [train.on_policy]
 prompts = "{}"
-fields = {{ prompt = "question", id = "id", require_answer = false }}
+fields = {{ prompt = "question", id = "id", answer = "answer", require_answer = false }}
 teacher = "{}"
 prompts_per_step = 8
 max_tokens = 24
@@ -92,6 +92,25 @@ fn the_students_reverse_kl_falls_on_its_own_samples() {
         let losses: Vec<String> =
             m.iter().filter_map(|v| v["loss"].as_f64()).map(|l| format!("{l:.3}")).collect();
         eprintln!("{name}: held-out reverse KL {rkl:?}; step losses {}", losses.join(" "));
+        // Per step: the samples' reverse KL, the teacher's NLL of them, their length, the share
+        // ending in EOS, and the verifier's pass rate (the arithmetic prompts have answers).
+        let steps: Vec<&serde_json::Value> = m.iter().filter(|v| v.get("loss").is_some()).collect();
+        assert_eq!(steps.len(), 12);
+        for v in &steps {
+            for k in ["sample_reverse_kl", "teacher_nll", "sample_tokens", "eos_fraction"] {
+                assert!(v[k].is_number(), "{k} missing in {v}");
+            }
+        }
+        assert!(steps.iter().any(|v| v["pass_rate"].is_number()), "no pass rate in {steps:?}");
+        if name == "rkl" {
+            // For reverse_kl the loss is the same per-token estimate.
+            let v = steps[0];
+            assert!(
+                (v["loss"].as_f64().unwrap() - v["sample_reverse_kl"].as_f64().unwrap()).abs()
+                    < 1e-3,
+                "{v}"
+            );
+        }
         // Every sample is kept, with the teacher's scores of exactly its tokens.
         let c = distill_data::Corpus::open(&out.join("on-policy")).unwrap();
         assert_eq!(c.len(), 12 * 8);
@@ -190,7 +209,7 @@ fn a_teacher_with_another_vocabulary_is_refused_before_any_work() {
     let o = distill(&["train", "--recipe", r.to_str().unwrap()]);
     assert!(!o.status.success());
     let t = text(&o);
-    assert!(t.contains("different vocabularies") && t.contains("Ġthe"), "{t}");
+    assert!(t.contains("different vocabularies") && t.contains("first differing id is 253"), "{t}");
     assert!(!out.join("checkpoints").exists() && !out.join("on-policy").exists(), "work was done");
 }
 

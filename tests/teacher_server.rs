@@ -262,3 +262,35 @@ fn greedy_server_and_local_engine_agree() {
         "the reference sentence of ../shared/docs/llama-server.md"
     );
 }
+
+/// What this llama-server can do for on-policy distillation: it is detected as llama-server, and
+/// it cannot score given tokens. `/v1/completions` with `echo` and `logprobs` (the OpenAI way)
+/// or vLLM's `prompt_logprobs` answers with the log-probs of the generated token only, so
+/// distill refuses it as an on-policy scorer. (Should a later llama-server score prompt tokens,
+/// this test fails and says so.)
+#[test]
+fn llama_server_is_detected_and_cannot_score_given_tokens() {
+    use distill_teacher::backend::openai::{Engine, OpenAiClient, OpenAiConfig};
+    let _turn = SERVER_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let Some((srv, _)) = server() else { return };
+    let client = OpenAiClient::new(OpenAiConfig::new(srv.url(), "smollm2"), None).unwrap();
+    assert_eq!(client.engine().unwrap(), Engine::LlamaServer);
+    let prompt: Vec<u32> = vec![1, 4093, 198, 504, 314, 216, 260, 3558];
+    let body = serde_json::json!({
+        "prompt": prompt, "max_tokens": 1, "temperature": 0.0,
+        "echo": true, "logprobs": 5, "prompt_logprobs": 5,
+    });
+    let mut resp = ureq::post(format!("{}/completions", srv.url()))
+        .send_json(&body)
+        .expect("llama-server answers");
+    let v: serde_json::Value = resp.body_mut().read_json().unwrap();
+    let scored =
+        v.pointer("/choices/0/logprobs/content").and_then(|c| c.as_array()).map_or(0, Vec::len);
+    assert_eq!(scored, 1, "llama-server now scores more than the generated token: {v}");
+    assert!(
+        v.pointer("/choices/0/prompt_logprobs").is_none(),
+        "llama-server now has prompt_logprobs: {v}"
+    );
+    let e = client.score_tokens(&prompt[..4], &prompt[4..], 5).unwrap_err().to_string();
+    assert!(e.contains("cannot score") && e.contains("llama-server"), "{e}");
+}

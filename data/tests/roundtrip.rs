@@ -65,6 +65,7 @@ fn logprobs() -> impl Strategy<Value = TokenLogprobs> {
             ),
         )
             .prop_map(|(k, tokens, token_logprobs, top_ids, top_logprobs)| TokenLogprobs {
+                encoding: distill_data::logprobs::Encoding::B64le,
                 k,
                 tokens,
                 token_logprobs,

@@ -119,6 +119,8 @@ pub fn eval_losses(first: Option<f64>, last: Option<f64>) -> String {
 }
 
 /// Train on the configured device, then draw the curves.
+// A device is `Copy` on CPU but not on every backend the dispatch instantiates.
+#[allow(clippy::clone_on_copy)]
 pub fn run_train(
     cfg: &TrainConfig,
     recipe: serde_json::Value,
@@ -145,6 +147,12 @@ pub fn run_train(
             kinds.len() * nodes
         );
         same_vocabulary(&cfg.model, &op.teacher)?;
+        // Samples of prompts with a reference answer are judged as rejection sampling judges.
+        let math = distill_teacher::verify::math::MathConfig::default();
+        let judge = |gold: &str, text: &str| {
+            let (reasoning, answer, _) = distill_data::think::split_think(text);
+            distill_teacher::verify::math::judge(gold, &reasoning, &answer, &math)
+        };
         if let Some(ep) = &op.endpoint {
             use distill_teacher::backend::openai::{OpenAiClient, OpenAiConfig};
             let ocfg: OpenAiConfig = serde_json::from_value(ep.clone())
@@ -157,6 +165,7 @@ pub fn run_train(
                 distill_student::onpolicy::run::train_on_policy::<burn::backend::Autodiff<B>>(
                     cfg,
                     &scorer,
+                    Some(&judge),
                     recipe,
                     devices[0].clone(),
                     resume,
@@ -180,7 +189,13 @@ pub fn run_train(
             let scorer =
                 distill_models::score::LocalScorer::new(t.model, &t.config, device.clone(), name);
             distill_student::onpolicy::run::train_on_policy::<burn::backend::Autodiff<B>>(
-                cfg, &scorer, recipe, device, resume, &mut obs,
+                cfg,
+                &scorer,
+                Some(&judge),
+                recipe,
+                device,
+                resume,
+                &mut obs,
             )
         })?;
         obs.pb.finish_and_clear();
@@ -213,26 +228,35 @@ pub fn same_vocabulary(student: &std::path::Path, teacher: &std::path::Path) -> 
     use distill_models::tokenizer::TextTokenizer;
     let s = TextTokenizer::from_dir(student)?;
     let t = TextTokenizer::from_dir(teacher)?;
-    let (sv, tv) = (s.inner().get_vocab(true), t.inner().get_vocab(true));
-    if sv == tv {
-        return Ok(());
-    }
-    let differ = sv
-        .iter()
-        .filter(|(k, v)| tv.get(*k) != Some(v))
-        .map(|(k, v)| format!("{k:?} = {v} in the student, {:?} in the teacher", tv.get(k)))
-        .take(3)
-        .collect::<Vec<_>>();
-    anyhow::bail!(
-        "[train.on_policy] the student ({}, {} tokens) and the teacher ({}, {} tokens) have different vocabularies, so the teacher cannot score the student's token ids: {}",
-        student.display(),
-        sv.len(),
-        teacher.display(),
-        tv.len(),
-        if differ.is_empty() {
-            "the teacher has tokens the student lacks".to_string()
-        } else {
-            differ.join("; ")
+    // id → token, as each tokenizer maps them (embedding sizes may differ: Qwen2.5 pads its
+    // embeddings past the tokenizer's ids, which is compatible).
+    let by_id = |tok: &TextTokenizer| {
+        let mut v: Vec<(u32, String)> =
+            tok.inner().get_vocab(true).into_iter().map(|(t, i)| (i, t)).collect();
+        v.sort();
+        v
+    };
+    let (sv, tv) = (by_id(&s), by_id(&t));
+    let first = sv.iter().zip(&tv).find(|(a, b)| a != b).map(|(a, b)| (a.clone(), b.clone()));
+    let msg = match (first, sv.len().cmp(&tv.len())) {
+        (None, std::cmp::Ordering::Equal) => return Ok(()),
+        (Some(((i, a), (j, b))), _) if i == j => {
+            format!("the first differing id is {i}: {a:?} in the student, {b:?} in the teacher")
         }
+        (Some(((i, a), (j, b))), _) => format!(
+            "the first difference is at id {}: the student has {a:?} = {i}, the teacher {b:?} = {j}",
+            i.min(j)
+        ),
+        (None, _) => format!(
+            "the first {} ids agree, but the student has {} ids and the teacher {}",
+            sv.len().min(tv.len()),
+            sv.len(),
+            tv.len()
+        ),
+    };
+    anyhow::bail!(
+        "[train.on_policy] the student ({}) and the teacher ({}) have different vocabularies, so the teacher cannot score the student's token ids: {msg}",
+        student.display(),
+        teacher.display()
     )
 }

@@ -8,6 +8,7 @@ mod client;
 mod corpus;
 mod generation;
 mod load;
+mod logprobs;
 mod model;
 mod step;
 mod train;
@@ -30,6 +31,9 @@ pub enum BenchCommand {
     Gen(generation::Args),
     /// Host memory while CPU peers load a checkpoint, whole or (FSDP) each rank its slices.
     Load(load::Args),
+    /// Teacher top-k log-probs in a corpus: bytes per token per encoding at k = 8, 20, 50, and
+    /// how far packed1's quantisation moves the KD loss.
+    Logprobs(logprobs::Args),
     /// The math verifier over a table of (gold, prediction, expected) cases: agreement and the
     /// time per verdict (what scripts/reference/math_verify_table.py measures for math-verify).
     Verify(verify::Args),
@@ -45,6 +49,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Gen(a) => generation::run(a),
         BenchCommand::Load(a) => load::run(a),
         BenchCommand::Verify(a) => verify::run(a),
+        BenchCommand::Logprobs(a) => logprobs::run(a),
     }
 }
 

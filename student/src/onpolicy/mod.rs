@@ -62,6 +62,11 @@ pub struct OnPolicyConfig {
     /// Teacher alternatives kept per position (GKD's support; stored with every sample).
     #[serde(default = "default_top_k")]
     pub top_k: usize,
+    /// How the teacher's scores are stored: `packed1` (quantised to 1/256 nat, about half the
+    /// bytes of `b64le` at k = 20) or `b64le` (exact). Training always reads them back as stored,
+    /// so a resumed run sees what an uninterrupted one saw.
+    #[serde(default = "packed")]
+    pub encoding: distill_data::logprobs::Encoding,
     /// Prompts held out for the reverse-KL metric (`eval_reverse_kl` in metrics.jsonl).
     #[serde(default)]
     pub eval_prompts: usize,
@@ -71,6 +76,9 @@ pub struct OnPolicyConfig {
 
 fn default_fields() -> FieldMap {
     FieldMap { prompt: Some("prompt".into()), require_answer: false, ..FieldMap::default() }
+}
+fn packed() -> distill_data::logprobs::Encoding {
+    distill_data::logprobs::Encoding::Packed1
 }
 fn default_loss() -> LossKind {
     LossKind::ReverseKl
@@ -106,7 +114,8 @@ impl OnPolicyConfig {
         if self.loss == LossKind::Gkd && self.top_k == 0 {
             return bad("gkd needs the teacher's top-k: top_k ≥ 1".into());
         }
-        if !(self.temperature > 0.0) || !(self.top_p > 0.0 && self.top_p <= 1.0) {
+        let sampled = self.temperature.is_finite() && self.temperature > 0.0;
+        if !sampled || self.top_p.is_nan() || self.top_p <= 0.0 || self.top_p > 1.0 {
             return bad("temperature must be > 0 (on-policy samples) and top_p in (0, 1]".into());
         }
         self.fields.validate()?;

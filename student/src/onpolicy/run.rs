@@ -24,7 +24,7 @@ use distill_models::generate::{Engine, SamplingParams};
 use distill_models::hf;
 use distill_models::model::CausalLm;
 use distill_models::rope::Rope;
-use distill_models::score::{LocalScorer, ScoreRequest, Scorer};
+use distill_models::score::{ScoreRequest, Scorer};
 use distill_models::tokenizer::TextTokenizer;
 use serde_json::json;
 
@@ -50,6 +50,60 @@ struct Rendered {
 struct Sample {
     prompt: usize,
     scores: TokenLogprobs,
+    /// The student's log-prob of each sampled token (temperature 1).
+    student: Vec<f32>,
+    /// Whether the sample ended with an end-of-sequence token.
+    eos: bool,
+    /// The verifier's verdict, when the prompt has a reference answer.
+    passed: Option<bool>,
+}
+
+/// Judges a completion against a reference answer: (the extracted answer, equivalent?).
+pub type Judge<'a> = &'a dyn Fn(&str, &str) -> (Option<String>, bool);
+
+/// A committed on-policy trace as a sample of training prompt `prompt`.
+fn sample_of(t: &Trace, prompt: usize, corpus: &Path) -> Result<Sample> {
+    let scores = t.logprobs.clone().ok_or_else(|| {
+        Error::Invalid(format!(
+            "{}: on-policy trace {} has no teacher scores",
+            corpus.display(),
+            t.id
+        ))
+    })?;
+    let student: Vec<f32> = t
+        .metadata
+        .get("student_logprobs")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default();
+    Ok(Sample {
+        prompt,
+        scores,
+        student,
+        eos: t.finish_reason == distill_data::FinishReason::Stop,
+        passed: t.verdicts.first().map(|v| v.passed),
+    })
+}
+
+/// Per-step figures of the samples: mean sampled-token reverse KL, the teacher's NLL of the
+/// sampled tokens, mean length, the share ending in EOS, and the pass rate where judged.
+fn sample_metrics(samples: &[Sample]) -> serde_json::Value {
+    let (mut rkl, mut nll, mut n) = (0.0f64, 0.0f64, 0usize);
+    for s in samples {
+        for (q, p) in s.student.iter().zip(&s.scores.token_logprobs) {
+            rkl += (*q - *p) as f64;
+            nll -= *p as f64;
+            n += 1;
+        }
+    }
+    let judged: Vec<bool> = samples.iter().filter_map(|s| s.passed).collect();
+    let k = samples.len().max(1) as f64;
+    json!({
+        "sample_reverse_kl": rkl / n.max(1) as f64,
+        "teacher_nll": nll / n.max(1) as f64,
+        "sample_tokens": samples.iter().map(|s| s.scores.len()).sum::<usize>() as f64 / k,
+        "eos_fraction": samples.iter().filter(|s| s.eos).count() as f64 / k,
+        "pass_rate": (!judged.is_empty()).then(|| judged.iter().filter(|&&p| p).count() as f64 / judged.len() as f64),
+    })
 }
 
 /// The seed of prompt `id`'s sample at `step` (independent of the batch it is in).
@@ -99,7 +153,7 @@ fn sample_and_score<B: Backend>(
     prompts: &[&Rendered],
     seeds: &[u64],
     max_seq_len: usize,
-) -> Result<Vec<TokenLogprobs>> {
+) -> Result<Vec<(TokenLogprobs, Vec<f32>)>> {
     let engine = Engine::new(model, config, Some(tok), device.clone());
     let params = SamplingParams {
         temperature: op.temperature as f32,
@@ -109,7 +163,8 @@ fn sample_and_score<B: Backend>(
         seed: 0,
         stop_ids: tok.eos_ids(&config.eos_token_ids),
         stop_strings: vec![],
-        logprobs: 0,
+        // The student's own log-prob of each sampled token (raw logits, temperature 1).
+        logprobs: 1,
     };
     let ids: Vec<Vec<u32>> = prompts.iter().map(|r| r.ids.clone()).collect();
     let mut got = Vec::with_capacity(ids.len());
@@ -128,7 +183,16 @@ fn sample_and_score<B: Backend>(
             }
         })
         .collect();
-    Ok(scorer.score(&reqs, op.top_k)?)
+    let scores = scorer.score(&reqs, op.top_k)?;
+    Ok(scores
+        .into_iter()
+        .zip(got)
+        .map(|(t, c)| {
+            let n = t.len();
+            let mine = c.logprobs.map(|l| l.token_logprobs).unwrap_or_default();
+            (t, mine[..n.min(mine.len())].to_vec())
+        })
+        .collect())
 }
 
 /// An example for the step: prompt + the sampled completion, the completion as targets, the
@@ -203,18 +267,10 @@ fn held_out_reverse_kl<B: Backend>(
     let refs: Vec<&Rendered> = eval.iter().collect();
     let seeds: Vec<u64> =
         eval.iter().map(|r| sample_seed(op.seed, u64::MAX, &r.prompt.id)).collect();
-    let teacher =
-        sample_and_score(model, config, tok, device, op, scorer, &refs, &seeds, max_seq_len)?;
-    let student = LocalScorer::new(model.clone(), config, device.clone(), "student".into());
-    let reqs: Vec<ScoreRequest> = eval
-        .iter()
-        .zip(&teacher)
-        .map(|(r, t)| ScoreRequest { prompt: r.ids.clone(), completion: t.tokens.clone() })
-        .collect();
-    let mine = student.score(&reqs, 0)?;
+    let got = sample_and_score(model, config, tok, device, op, scorer, &refs, &seeds, max_seq_len)?;
     let (mut sum, mut n) = (0.0f64, 0usize);
-    for (t, s) in teacher.iter().zip(&mine) {
-        for (lp_t, lp_s) in t.token_logprobs.iter().zip(&s.token_logprobs) {
+    for (t, mine) in &got {
+        for (lp_t, lp_s) in t.token_logprobs.iter().zip(mine) {
             sum += (*lp_s - *lp_t) as f64;
             n += 1;
         }
@@ -226,6 +282,7 @@ fn held_out_reverse_kl<B: Backend>(
 pub fn train_on_policy<B: AutodiffBackend>(
     cfg: &TrainConfig,
     scorer: &dyn Scorer,
+    judge: Option<Judge<'_>>,
     recipe: serde_json::Value,
     device: B::Device,
     resume: bool,
@@ -407,26 +464,11 @@ pub fn train_on_policy<B: AutodiffBackend>(
                 .map(|&p| Trace::make_id(&trace_prompt_id(step, &train[p].prompt.id), 0))
                 .collect();
             let reused = ids.iter().all(|id| kept.contains_key(id));
-            let samples: Vec<Sample> = if reused {
-                picks
-                    .iter()
-                    .zip(&ids)
-                    .map(|(&p, id)| {
-                        let t = &kept[id];
-                        let scores = t.logprobs.clone().ok_or_else(|| {
-                            Error::Invalid(format!(
-                                "{}: on-policy trace {id} has no teacher scores",
-                                corpus_dir.display()
-                            ))
-                        })?;
-                        Ok(Sample { prompt: p, scores })
-                    })
-                    .collect::<Result<_>>()?
-            } else {
+            if !reused {
                 let refs: Vec<&Rendered> = picks.iter().map(|&p| &train[p]).collect();
                 let seeds: Vec<u64> =
                     refs.iter().map(|r| sample_seed(op.seed, step, &r.prompt.id)).collect();
-                let scores = sample_and_score(
+                let got = sample_and_score(
                     &model.valid(),
                     &config,
                     &tok,
@@ -440,9 +482,22 @@ pub fn train_on_policy<B: AutodiffBackend>(
                 // The weights that sampled: the base model, or those after `state.step` steps.
                 let made_by =
                     json!({"base": cfg.model.display().to_string(), "after_step": state.step});
-                for ((&p, id), s) in picks.iter().zip(&ids).zip(&scores) {
+                let eos = tok.eos_ids(&config.eos_token_ids);
+                for ((&p, id), (s, mine)) in picks.iter().zip(&ids).zip(got) {
                     let r = &train[p];
                     let text = tok.decode(&s.tokens, true).unwrap_or_default();
+                    let verdicts = match (judge, &r.prompt.reference) {
+                        (Some(j), Some(gold)) => {
+                            let (extracted, passed) = j(gold, &text);
+                            vec![distill_data::Verdict {
+                                verifier: "math".into(),
+                                passed,
+                                extracted,
+                                reason: None,
+                            }]
+                        }
+                        _ => vec![],
+                    };
                     let t = Trace {
                         schema: distill_data::SCHEMA_VERSION,
                         id: id.clone(),
@@ -455,11 +510,7 @@ pub fn train_on_policy<B: AutodiffBackend>(
                         messages: r.prompt.messages.clone(),
                         reasoning: String::new(),
                         answer: text,
-                        finish_reason: if s
-                            .tokens
-                            .last()
-                            .is_some_and(|l| tok.eos_ids(&config.eos_token_ids).contains(l))
-                        {
+                        finish_reason: if s.tokens.last().is_some_and(|l| eos.contains(l)) {
                             distill_data::FinishReason::Stop
                         } else {
                             distill_data::FinishReason::Length
@@ -473,17 +524,20 @@ pub fn train_on_policy<B: AutodiffBackend>(
                             prompt_tokens: r.ids.len() as u64,
                             completion_tokens: s.tokens.len() as u64,
                         },
-                        verdicts: vec![],
+                        verdicts,
                         reference: r.prompt.reference.clone(),
-                        logprobs: Some(s.clone()),
+                        logprobs: Some(distill_data::TokenLogprobs { encoding: op.encoding, ..s }),
                         metadata: serde_json::Map::from_iter([
                             ("kind".into(), json!("on-policy")),
                             ("step".into(), json!(step)),
                             ("sampled_by".into(), json!("student")),
                             ("student_weights".into(), made_by.clone()),
+                            ("student_logprobs".into(), json!(mine)),
                             ("scored_by".into(), json!(scorer.describe())),
                         ]),
                     };
+                    // As stored (packed1 is quantised): what a resumed run will read back.
+                    let t = Trace::from_json(&t.to_json())?;
                     if !writer.committed_ids().contains(id) {
                         writer.append(t.clone())?;
                     }
@@ -491,12 +545,12 @@ pub fn train_on_policy<B: AutodiffBackend>(
                 }
                 // Durable before the step that uses them.
                 writer.commit()?;
-                picks
-                    .into_iter()
-                    .zip(scores)
-                    .map(|(prompt, scores)| Sample { prompt, scores })
-                    .collect()
-            };
+            }
+            let samples: Vec<Sample> = picks
+                .iter()
+                .zip(&ids)
+                .map(|(&p, id)| sample_of(&kept[id], p, &corpus_dir))
+                .collect::<Result<_>>()?;
             let examples: Vec<Example> = samples
                 .iter()
                 .map(|s| example(&train[s.prompt], &s.scores, config.vocab_size))
@@ -508,7 +562,11 @@ pub fn train_on_policy<B: AutodiffBackend>(
                 compute: cfg.compute(),
                 objective: Some(divergence),
             };
-            (micro_batches(&examples, cfg.micro_batch, pad), spec, reused)
+            (
+                micro_batches(&examples, cfg.micro_batch, pad),
+                spec,
+                Some((reused, sample_metrics(&samples))),
+            )
         } else {
             let mut micro = Vec::with_capacity(cfg.grad_accum);
             for _ in 0..cfg.grad_accum {
@@ -536,7 +594,7 @@ pub fn train_on_policy<B: AutodiffBackend>(
                 compute: cfg.compute(),
                 objective: None,
             };
-            (micro, spec, false)
+            (micro, spec, None)
         };
         let seen: u64 = micro.iter().map(|b| b.real_tokens as u64).sum();
         let out = single_step(&mut model, &rope, &mut opt, &micro, &spec, &device);
@@ -568,8 +626,11 @@ pub fn train_on_policy<B: AutodiffBackend>(
         };
         let mut line = serde_json::to_value(&m).expect("json");
         line["objective"] = json!(if on { op.loss_name() } else { "sft" });
-        if on {
+        if let Some((reused, figures)) = &reused {
             line["samples_reused"] = json!(reused);
+            for (k, v) in figures.as_object().expect("object") {
+                line[k.as_str()] = v.clone();
+            }
         }
         log(line)?;
         obs.step(&m);

@@ -57,6 +57,10 @@ pub struct GenerateConfig {
     /// Capture this many top log-probabilities per generated token (for logit distillation).
     #[serde(default)]
     pub logprobs: Option<u32>,
+    /// How the log-probs are stored: `b64le` (exact) or `packed1` (quantised to 1/256 nat,
+    /// about half the bytes at k = 20; docs/trace-format.md).
+    #[serde(default)]
+    pub logprobs_encoding: distill_data::logprobs::Encoding,
     pub backend: BackendConfig,
     #[serde(default)]
     pub sampling: SamplingSpec,

@@ -85,7 +85,10 @@ pub(super) fn assemble(
         usage: Usage { prompt_tokens: c.prompt_tokens, completion_tokens },
         verdicts,
         reference: prompt.reference.clone(),
-        logprobs: choice.logprobs,
+        logprobs: choice.logprobs.map(|mut l| {
+            l.encoding = cfg.logprobs_encoding;
+            l
+        }),
         metadata,
     };
     (trace, passed)
