@@ -363,9 +363,15 @@ mod packed {
         if k > MAX_K {
             return Err(format!("logprobs: k = {k} is over {MAX_K}"));
         }
-        let raw = zstd::bulk::decompress(bytes, MAX_BLOB).map_err(|e| {
-            format!("logprobs.data: not a zstd frame of at most {MAX_BLOB} bytes: {e}")
-        })?;
+        // Streamed, so that memory grows with what the frame really holds, up to the cap.
+        let mut raw = Vec::new();
+        let dec = zstd::stream::read::Decoder::new(bytes)
+            .map_err(|e| format!("logprobs.data: not a zstd frame: {e}"))?;
+        std::io::Read::read_to_end(&mut std::io::Read::take(dec, MAX_BLOB as u64 + 1), &mut raw)
+            .map_err(|e| format!("logprobs.data: not a zstd frame: {e}"))?;
+        if raw.len() > MAX_BLOB {
+            return Err(format!("logprobs.data: more than {MAX_BLOB} bytes decompressed"));
+        }
         // Every position takes at least two bytes: n is checked before anything is sized by it.
         if n > raw.len() as u64 / 2 + 1 {
             return Err(format!("logprobs: n = {n} positions in {} bytes", raw.len()));
