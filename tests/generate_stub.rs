@@ -252,6 +252,17 @@ fn engine_stub(
     port
 }
 
+/// "1 + 1?" asking for the top-2 log-probs.
+fn logprob_request() -> distill_teacher::backend::ChatRequest {
+    distill_teacher::backend::ChatRequest {
+        messages: vec![distill_data::Message::new(distill_data::Role::User, "1 + 1?")],
+        n: 1,
+        sampling: distill_teacher::backend::SamplingSpec::default(),
+        seed: Some(1),
+        logprobs: Some(2),
+    }
+}
+
 fn vllm_stub(bodies: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>) -> u16 {
     engine_stub(Flavor::Vllm, bodies)
 }
@@ -261,13 +272,7 @@ fn engines_are_detected_and_answered_as_they_really_answer() {
     use distill_teacher::backend::openai::{Engine, OpenAiClient, OpenAiConfig};
     use distill_teacher::backend::{ChatRequest, SamplingSpec, Teacher};
     let (_, hf) = common::smollm2();
-    let req = ChatRequest {
-        messages: vec![distill_data::Message::new(distill_data::Role::User, "1 + 1?")],
-        n: 1,
-        sampling: SamplingSpec::default(),
-        seed: Some(1),
-        logprobs: Some(2),
-    };
+    let req = logprob_request();
     for (flavor, engine) in [(Flavor::Vllm, Engine::Vllm), (Flavor::Sglang, Engine::Sglang)] {
         let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let port = engine_stub(flavor, bodies.clone());
@@ -331,18 +336,12 @@ fn engines_are_detected_and_answered_as_they_really_answer() {
 
 #[test]
 fn log_prob_tokens_keep_their_ids_or_fail_loudly_and_engine_fields_pass_through() {
+    use distill_teacher::backend::Teacher;
     use distill_teacher::backend::openai::{OpenAiClient, OpenAiConfig};
-    use distill_teacher::backend::{ChatRequest, SamplingSpec, Teacher};
     let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let port = vllm_stub(bodies.clone());
     let base = format!("http://127.0.0.1:{port}/v1");
-    let req = ChatRequest {
-        messages: vec![distill_data::Message::new(distill_data::Role::User, "1 + 1?")],
-        n: 1,
-        sampling: SamplingSpec::default(),
-        seed: Some(1),
-        logprobs: Some(2),
-    };
+    let req = logprob_request();
     // Default: token ids are asked for, and extra engine fields go out as given.
     let mut cfg = OpenAiConfig::new(&base, "stub");
     cfg.extra_body.insert("min_p".into(), serde_json::json!(0.05));

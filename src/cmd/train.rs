@@ -153,44 +153,40 @@ pub fn run_train(
             let (reasoning, answer, _) = distill_data::think::split_think(text);
             distill_teacher::verify::math::judge(gold, &reasoning, &answer, &math)
         };
-        if let Some(ep) = &op.endpoint {
-            use distill_teacher::backend::openai::{OpenAiClient, OpenAiConfig};
-            let ocfg: OpenAiConfig = serde_json::from_value(ep.clone())
-                .map_err(|e| anyhow::anyhow!("[train.on_policy.endpoint]: {e}"))?;
-            let scorer = distill_teacher::backend::score::EndpointScorer {
-                client: OpenAiClient::new(ocfg, None)?,
-                policy: Default::default(),
-            };
-            let summary = crate::backend::dispatch_many!(kinds, |B, devices| {
-                distill_student::onpolicy::run::train_on_policy::<burn::backend::Autodiff<B>>(
-                    cfg,
-                    &scorer,
-                    Some(&judge),
-                    recipe,
-                    devices[0].clone(),
-                    resume,
-                    &mut obs,
-                )
-            })?;
-            obs.pb.finish_and_clear();
-            crate::plot::training_curves(
-                &cfg.output.join("metrics.jsonl"),
-                &cfg.output.join("loss.png"),
-            )?;
-            return Ok(summary);
-        }
+        // The teacher behind an endpoint, or (built on the device below) the local engine.
+        let mut endpoint = match &op.endpoint {
+            Some(ep) => {
+                use distill_teacher::backend::openai::{OpenAiClient, OpenAiConfig};
+                let ocfg: OpenAiConfig = serde_json::from_value(ep.clone())
+                    .map_err(|e| anyhow::anyhow!("[train.on_policy.endpoint]: {e}"))?;
+                Some(distill_teacher::backend::score::EndpointScorer {
+                    client: OpenAiClient::new(ocfg, None)?,
+                    policy: Default::default(),
+                })
+            }
+            None => None,
+        };
         let summary = crate::backend::dispatch_many!(kinds, |B, devices| {
             let device = devices[0].clone();
-            let t = distill_models::hf::load_model::<B>(&op.teacher, &device)?;
-            let name = op
-                .teacher
-                .file_name()
-                .map_or_else(|| "teacher".into(), |n| n.to_string_lossy().to_string());
-            let scorer =
-                distill_models::score::LocalScorer::new(t.model, &t.config, device.clone(), name);
+            let scorer: Box<dyn distill_models::score::Scorer> = match endpoint.take() {
+                Some(e) => Box::new(e),
+                None => {
+                    let t = distill_models::hf::load_model::<B>(&op.teacher, &device)?;
+                    let name = op
+                        .teacher
+                        .file_name()
+                        .map_or_else(|| "teacher".into(), |n| n.to_string_lossy().to_string());
+                    Box::new(distill_models::score::LocalScorer::new(
+                        t.model,
+                        &t.config,
+                        device.clone(),
+                        name,
+                    ))
+                }
+            };
             distill_student::onpolicy::run::train_on_policy::<burn::backend::Autodiff<B>>(
                 cfg,
-                &scorer,
+                scorer.as_ref(),
                 Some(&judge),
                 recipe,
                 device,

@@ -37,7 +37,7 @@ use crate::sft::pack::{self, Batch};
 use crate::sft::parallel::{Comm, Layout, Parallel, ShardMode};
 use crate::sft::train::{
     Observer, StepMetrics, StepSpec, Summary, TrainConfig, check_template_tokens, export,
-    param_sizes, single_step,
+    next_global_batch, pad_id, param_sizes, reopen_metrics, resume_from, single_step,
 };
 
 /// A prompt rendered for the student (and, sharing its vocabulary, the teacher).
@@ -141,19 +141,24 @@ fn render(prompts: Vec<Prompt>, tok: &TextTokenizer) -> Result<Vec<Rendered>> {
         .collect()
 }
 
+/// What sampling and scoring need besides the student's current weights.
+struct Sampler<'a, B: Backend> {
+    config: &'a distill_models::ModelConfig,
+    tok: &'a TextTokenizer,
+    device: &'a B::Device,
+    op: &'a OnPolicyConfig,
+    scorer: &'a dyn Scorer,
+    max_seq_len: usize,
+}
+
 /// Sample one completion per prompt with `model` and have the teacher score them.
-#[allow(clippy::too_many_arguments)]
 fn sample_and_score<B: Backend>(
+    sm: &Sampler<'_, B>,
     model: &CausalLm<B>,
-    config: &distill_models::ModelConfig,
-    tok: &TextTokenizer,
-    device: &B::Device,
-    op: &OnPolicyConfig,
-    scorer: &dyn Scorer,
     prompts: &[&Rendered],
     seeds: &[u64],
-    max_seq_len: usize,
 ) -> Result<Vec<(TokenLogprobs, Vec<f32>)>> {
+    let Sampler { config, tok, device, op, scorer, max_seq_len } = *sm;
     let engine = Engine::new(model, config, Some(tok), device.clone());
     let params = SamplingParams {
         temperature: op.temperature as f32,
@@ -250,24 +255,19 @@ fn on_policy_step(lambda: f64, seed: u64, step: u64) -> bool {
 /// The held-out reverse KL: the student samples every eval prompt (fixed seeds), the teacher and
 /// the student score the samples, and the mean over tokens of log q(x) − log p(x) is the
 /// estimate of KL(student ‖ teacher) on the student's own paths.
-#[allow(clippy::too_many_arguments)]
 fn held_out_reverse_kl<B: Backend>(
+    sm: &Sampler<'_, B>,
     model: &CausalLm<B>,
-    config: &distill_models::ModelConfig,
-    tok: &TextTokenizer,
-    device: &B::Device,
-    op: &OnPolicyConfig,
-    scorer: &dyn Scorer,
     eval: &[Rendered],
-    max_seq_len: usize,
 ) -> Result<Option<f64>> {
+    let op = sm.op;
     if eval.is_empty() {
         return Ok(None);
     }
     let refs: Vec<&Rendered> = eval.iter().collect();
     let seeds: Vec<u64> =
         eval.iter().map(|r| sample_seed(op.seed, u64::MAX, &r.prompt.id)).collect();
-    let got = sample_and_score(model, config, tok, device, op, scorer, &refs, &seeds, max_seq_len)?;
+    let got = sample_and_score(sm, model, &refs, &seeds)?;
     let (mut sum, mut n) = (0.0f64, 0usize);
     for (t, mine) in &got {
         for (lp_t, lp_s) in t.token_logprobs.iter().zip(mine) {
@@ -338,47 +338,14 @@ pub fn train_on_policy<B: AutodiffBackend>(
     let total = cfg.max_steps.ok_or_else(|| {
         Error::Invalid("[train] max_steps: an on-policy run needs a step count".into())
     })?;
-    let pad = tok
-        .pad_token
-        .as_deref()
-        .and_then(|p| tok.token_id(p))
-        .or_else(|| tok.eos_token.as_deref().and_then(|e| tok.token_id(e)))
-        .unwrap_or(0);
+    let pad = pad_id(&tok);
 
     let ckpt_root = cfg.output.join("checkpoints");
     std::fs::create_dir_all(&cfg.output).at(&cfg.output)?;
-    let existing = checkpoint::list(&ckpt_root)?;
-    match (resume, existing.is_empty()) {
-        (true, true) => {
-            return Err(Error::Invalid(format!(
-                "--resume: no checkpoint under {}",
-                ckpt_root.display()
-            )));
-        }
-        (false, false) => {
-            return Err(Error::Invalid(format!(
-                "{} already holds checkpoints; pass --resume to continue the run, or choose another output",
-                ckpt_root.display()
-            )));
-        }
-        _ => {}
-    }
-    let resume_dir = if resume { existing.last().map(|(_, d)| d.clone()) } else { None };
+    let resume_dir = resume_from(&ckpt_root, resume)?;
     let (mut state, weights_dir) = match &resume_dir {
         Some(dir) => (checkpoint::load_state(dir)?, dir.clone()),
-        None => (
-            RunState {
-                format: checkpoint::FORMAT.into(),
-                version: checkpoint::VERSION,
-                step: 0,
-                epoch: 0,
-                epoch_row: 0,
-                tokens_seen: 0,
-                elapsed_s: 0.0,
-                recipe: recipe.clone(),
-            },
-            cfg.model.clone(),
-        ),
+        None => (RunState::fresh(recipe.clone()), cfg.model.clone()),
     };
     let loaded = hf::load_model::<B>(&weights_dir, &device)?;
     let config = loaded.config;
@@ -404,30 +371,22 @@ pub fn train_on_policy<B: AutodiffBackend>(
 
     // metrics.jsonl: the lines up to the resumed step.
     let metrics_path = cfg.output.join("metrics.jsonl");
-    let kept_lines: Vec<String> = std::fs::read_to_string(&metrics_path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s <= state.step)
-        })
-        .map(str::to_string)
-        .collect();
-    let mut metrics = std::fs::File::create(&metrics_path).at(&metrics_path)?;
-    for l in &kept_lines {
-        writeln!(metrics, "{l}").at(&metrics_path)?;
-    }
+    let mut metrics = reopen_metrics(&metrics_path, state.step)?;
     let mut log = |v: serde_json::Value| -> Result<()> {
         writeln!(metrics, "{v}").at(&metrics_path)?;
         metrics.flush().at(&metrics_path)
     };
     obs.started(total, state.step, &report);
 
-    let rkl = |model: &CausalLm<B>| {
-        held_out_reverse_kl(&model.valid(), &config, &tok, &device, op, scorer, &eval, seq)
+    let sm = Sampler::<B::InnerBackend> {
+        config: &config,
+        tok: &tok,
+        device: &device,
+        op,
+        scorer,
+        max_seq_len: seq,
     };
+    let rkl = |model: &CausalLm<B>| held_out_reverse_kl(&sm, &model.valid(), &eval);
     let first = if state.step == 0 { rkl(&model)? } else { None };
     if let Some(v) = first {
         log(json!({"step": 0, "eval_reverse_kl": v}))?;
@@ -468,17 +427,7 @@ pub fn train_on_policy<B: AutodiffBackend>(
                 let refs: Vec<&Rendered> = picks.iter().map(|&p| &train[p]).collect();
                 let seeds: Vec<u64> =
                     refs.iter().map(|r| sample_seed(op.seed, step, &r.prompt.id)).collect();
-                let got = sample_and_score(
-                    &model.valid(),
-                    &config,
-                    &tok,
-                    &device,
-                    op,
-                    scorer,
-                    &refs,
-                    &seeds,
-                    seq,
-                )?;
+                let got = sample_and_score(&sm, &model.valid(), &refs, &seeds)?;
                 // The weights that sampled: the base model, or those after `state.step` steps.
                 let made_by =
                     json!({"base": cfg.model.display().to_string(), "after_step": state.step});
@@ -568,25 +517,7 @@ pub fn train_on_policy<B: AutodiffBackend>(
                 Some((reused, sample_metrics(&samples))),
             )
         } else {
-            let mut micro = Vec::with_capacity(cfg.grad_accum);
-            for _ in 0..cfg.grad_accum {
-                let mut chosen = Vec::with_capacity(cfg.micro_batch);
-                while chosen.len() < cfg.micro_batch {
-                    if state.epoch_row as usize >= sft_order.len() {
-                        state.epoch += 1;
-                        state.epoch_row = 0;
-                        sft_order = pack::shuffled(sft_rows.len(), cfg.data.seed, state.epoch);
-                    }
-                    chosen.push(sft_rows[sft_order[state.epoch_row as usize]].clone());
-                    state.epoch_row += 1;
-                }
-                let len = if cfg.data.packing {
-                    seq
-                } else {
-                    chosen.iter().map(|r| sft_ex[r[0]].ids.len()).max().unwrap_or(1)
-                };
-                micro.push(pack::build(&sft_ex, &chosen, len, pad));
-            }
+            let micro = next_global_batch(cfg, &mut state, &mut sft_order, &sft_rows, &sft_ex, pad);
             let spec = StepSpec {
                 kd_weight: cfg.kd_weight,
                 max_grad_norm: cfg.optim.max_grad_norm,

@@ -39,6 +39,22 @@ pub struct RunState {
     pub recipe: serde_json::Value,
 }
 
+impl RunState {
+    /// The state of a run that has not taken a step.
+    pub fn fresh(recipe: serde_json::Value) -> RunState {
+        RunState {
+            format: FORMAT.into(),
+            version: VERSION,
+            step: 0,
+            epoch: 0,
+            epoch_row: 0,
+            tokens_seen: 0,
+            elapsed_s: 0.0,
+            recipe,
+        }
+    }
+}
+
 pub fn dir_name(step: u64) -> String {
     format!("step-{step:06}")
 }

@@ -345,30 +345,11 @@ pub fn train<B: AutodiffBackend>(
     let global_rows = cfg.micro_batch * cfg.grad_accum;
     let steps_per_epoch = rows.len().div_ceil(global_rows) as u64;
     let total = cfg.max_steps.unwrap_or(steps_per_epoch * cfg.epochs).max(1);
-    let pad = tok
-        .pad_token
-        .as_deref()
-        .and_then(|p| tok.token_id(p))
-        .or_else(|| tok.eos_token.as_deref().and_then(|e| tok.token_id(e)))
-        .unwrap_or(0);
+    let pad = pad_id(&tok);
 
     let ckpt_root = cfg.output.join("checkpoints");
     std::fs::create_dir_all(&cfg.output).at(&cfg.output)?;
-    match (resume, checkpoint::list(&ckpt_root)?.is_empty()) {
-        (true, true) => {
-            return Err(Error::Invalid(format!(
-                "--resume: no checkpoint under {}",
-                ckpt_root.display()
-            )));
-        }
-        (false, false) => {
-            return Err(Error::Invalid(format!(
-                "{} already holds checkpoints; pass --resume to continue the run, or choose another output",
-                ckpt_root.display()
-            )));
-        }
-        _ => {}
-    }
+    resume_from(&ckpt_root, resume)?;
     // The plan must fit before any rank loads anything.
     let config = distill_models::ModelConfig::from_file(&cfg.model.join("config.json"))?;
     let plan = super::plan::MemoryPlan::for_run(&config, cfg, world);
@@ -447,19 +428,7 @@ fn run_rank<B: AutodiffBackend>(
     // Where the weights come from: the student, or the checkpoint to resume.
     let (mut state, weights_dir) = match &resume_dir {
         Some(dir) => (checkpoint::load_state(dir)?, dir.clone()),
-        None => {
-            let st = RunState {
-                format: checkpoint::FORMAT.into(),
-                version: checkpoint::VERSION,
-                step: 0,
-                epoch: 0,
-                epoch_row: 0,
-                tokens_seen: 0,
-                elapsed_s: 0.0,
-                recipe: sh.recipe.clone(),
-            };
-            (st, cfg.model.clone())
-        }
+        None => (RunState::fresh(sh.recipe.clone()), cfg.model.clone()),
     };
     let unusable = |e: distill_models::Error| match &resume_dir {
         Some(dir) => Error::Invalid(format!("checkpoint {} is unusable: {e}", dir.display())),
@@ -530,26 +499,7 @@ fn run_rank<B: AutodiffBackend>(
     // metrics.jsonl (rank 0): keep exactly the lines up to the resumed step, so a resumed run's
     // file equals an uninterrupted one.
     let metrics_path = cfg.output.join("metrics.jsonl");
-    let mut metrics = if lead {
-        let kept_lines: Vec<String> = std::fs::read_to_string(&metrics_path)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| {
-                serde_json::from_str::<serde_json::Value>(l)
-                    .ok()
-                    .and_then(|v| v["step"].as_u64())
-                    .is_some_and(|s| s <= state.step)
-            })
-            .map(str::to_string)
-            .collect();
-        let mut f = std::fs::File::create(&metrics_path).at(&metrics_path)?;
-        for l in &kept_lines {
-            writeln!(f, "{l}").at(&metrics_path)?;
-        }
-        Some(f)
-    } else {
-        None
-    };
+    let mut metrics = if lead { Some(reopen_metrics(&metrics_path, state.step)?) } else { None };
     fn log(
         metrics: &mut Option<std::fs::File>,
         path: &Path,
@@ -622,25 +572,7 @@ fn run_rank<B: AutodiffBackend>(
         let t0 = Instant::now();
         // The rows of this global batch, in micro-batches; every rank builds the same list and
         // computes only its own (micro-batch i on rank i mod world).
-        let mut micro: Vec<Batch> = Vec::with_capacity(cfg.grad_accum);
-        for _ in 0..cfg.grad_accum {
-            let mut chosen = Vec::with_capacity(cfg.micro_batch);
-            while chosen.len() < cfg.micro_batch {
-                if state.epoch_row as usize >= order.len() {
-                    state.epoch += 1;
-                    state.epoch_row = 0;
-                    order = pack::shuffled(rows.len(), cfg.data.seed, state.epoch);
-                }
-                chosen.push(rows[order[state.epoch_row as usize]].clone());
-                state.epoch_row += 1;
-            }
-            let len = if cfg.data.packing {
-                seq
-            } else {
-                chosen.iter().map(|r| sh.train_ex[r[0]].ids.len()).max().unwrap_or(1)
-            };
-            micro.push(pack::build(&sh.train_ex, &chosen, len, sh.pad));
-        }
+        let micro = next_global_batch(cfg, &mut state, &mut order, rows, &sh.train_ex, sh.pad);
         let seen: u64 = micro.iter().map(|b| b.real_tokens as u64).sum();
         let lr = cfg.optim.lr_at(state.step, total);
         let spec = StepSpec {
@@ -770,6 +702,86 @@ fn run_rank<B: AutodiffBackend>(
         export_dir,
         data: sh.report.clone(),
     })
+}
+
+/// The id that pads batches: the tokenizer's pad token, else its EOS, else 0.
+pub fn pad_id(tok: &TextTokenizer) -> u32 {
+    tok.pad_token
+        .as_deref()
+        .and_then(|p| tok.token_id(p))
+        .or_else(|| tok.eos_token.as_deref().and_then(|e| tok.token_id(e)))
+        .unwrap_or(0)
+}
+
+/// The newest checkpoint under `root` to resume from (`resume`), or `None` for a fresh run;
+/// refuses `--resume` without a checkpoint and a fresh run over existing ones.
+pub fn resume_from(root: &Path, resume: bool) -> Result<Option<PathBuf>> {
+    let mut existing = checkpoint::list(root)?;
+    match (resume, existing.is_empty()) {
+        (true, true) => {
+            Err(Error::Invalid(format!("--resume: no checkpoint under {}", root.display())))
+        }
+        (false, false) => Err(Error::Invalid(format!(
+            "{} already holds checkpoints; pass --resume to continue the run, or choose another output",
+            root.display()
+        ))),
+        (true, false) => Ok(existing.pop().map(|(_, d)| d)),
+        (false, true) => Ok(None),
+    }
+}
+
+/// metrics.jsonl reopened with exactly its lines up to `step`, so a resumed run's file equals
+/// an uninterrupted one's.
+pub fn reopen_metrics(path: &Path, step: u64) -> Result<std::fs::File> {
+    let kept: Vec<String> = std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step)
+        })
+        .map(str::to_string)
+        .collect();
+    let mut f = std::fs::File::create(path).at(path)?;
+    for l in &kept {
+        writeln!(f, "{l}").at(path)?;
+    }
+    Ok(f)
+}
+
+/// The next global batch of SFT rows as `grad_accum` micro-batches, walking the epoch's shuffled
+/// `order` (reshuffled at each new epoch) from `state`'s position.
+pub fn next_global_batch(
+    cfg: &TrainConfig,
+    state: &mut RunState,
+    order: &mut Vec<usize>,
+    rows: &[Vec<usize>],
+    examples: &[data::Example],
+    pad: u32,
+) -> Vec<Batch> {
+    let seq = cfg.data.max_seq_len;
+    let mut micro = Vec::with_capacity(cfg.grad_accum);
+    for _ in 0..cfg.grad_accum {
+        let mut chosen = Vec::with_capacity(cfg.micro_batch);
+        while chosen.len() < cfg.micro_batch {
+            if state.epoch_row as usize >= order.len() {
+                state.epoch += 1;
+                state.epoch_row = 0;
+                *order = pack::shuffled(rows.len(), cfg.data.seed, state.epoch);
+            }
+            chosen.push(rows[order[state.epoch_row as usize]].clone());
+            state.epoch_row += 1;
+        }
+        let len = if cfg.data.packing {
+            seq
+        } else {
+            chosen.iter().map(|r| examples[r[0]].ids.len()).max().unwrap_or(1)
+        };
+        micro.push(pack::build(examples, &chosen, len, pad));
+    }
+    micro
 }
 
 pub(crate) fn export(

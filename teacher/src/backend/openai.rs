@@ -579,6 +579,20 @@ impl OpenAiClient {
         Ok(resp)
     }
 
+    /// A whole JSON response body (at most 1 GiB).
+    fn json_body(
+        &self,
+        resp: &mut ureq::http::Response<ureq::Body>,
+    ) -> Result<Value, BackendError> {
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_string()
+            .map_err(|e| self.transport(format!("reading body: {e}")))?;
+        serde_json::from_str(&text).map_err(|e| self.malformed(e))
+    }
+
     /// The teacher's scores of given tokens through vLLM's `/v1/completions` with
     /// `prompt_logprobs`: the prompt and completion go in as token ids, one token is generated
     /// (and ignored), and each completion position's entry gives the token's log-prob and the
@@ -613,13 +627,7 @@ impl OpenAiClient {
         }
         let url = format!("{}/completions", self.cfg.base_url.trim_end_matches('/'));
         let mut resp = self.post(&url, &b)?;
-        let text = resp
-            .body_mut()
-            .with_config()
-            .limit(1 << 30)
-            .read_to_string()
-            .map_err(|e| self.transport(format!("reading body: {e}")))?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| self.malformed(e))?;
+        let v = self.json_body(&mut resp)?;
         let entries = v
             .pointer("/choices/0/prompt_logprobs")
             .and_then(Value::as_array)
@@ -698,13 +706,7 @@ impl Teacher for OpenAiClient {
         let out = if self.cfg.stream {
             self.read_stream(resp.body_mut().as_reader(), req)?
         } else {
-            let text = resp
-                .body_mut()
-                .with_config()
-                .limit(1 << 30)
-                .read_to_string()
-                .map_err(|e| self.transport(format!("reading body: {e}")))?;
-            let v: Value = serde_json::from_str(&text).map_err(|e| self.malformed(e))?;
+            let v = self.json_body(&mut resp)?;
             self.parse_full(&v, req)?
         };
         if out.choices.len() != req.n as usize {
