@@ -358,13 +358,16 @@ pub fn train_on_policy<B: AutodiffBackend>(
         None => AdamW::<B::InnerBackend>::new(cfg.optim.clone()),
     };
 
-    // The samples corpus: what is committed is reused, never re-asked.
+    // The samples corpus: what is committed for a step still to run is reused, never re-asked.
     let corpus_dir = cfg.output.join("on-policy");
     let mut kept: HashMap<String, Trace> = HashMap::new();
     if corpus_dir.join("manifest.json").exists() {
         for t in Corpus::open(&corpus_dir)?.iter() {
             let t = t?;
-            kept.insert(t.id.clone(), t);
+            // Only the steps still to run can reuse samples: the rest stay on disk.
+            if t.metadata.get("step").and_then(|s| s.as_u64()).is_some_and(|s| s > state.step) {
+                kept.insert(t.id.clone(), t);
+            }
         }
     }
     let mut writer = CorpusWriter::open(&corpus_dir, WriterOptions::default())?;
@@ -500,6 +503,10 @@ pub fn train_on_policy<B: AutodiffBackend>(
                 .zip(&ids)
                 .map(|(&p, id)| sample_of(&kept[id], p, &corpus_dir))
                 .collect::<Result<_>>()?;
+            // Used: no later step reads them again, so memory holds one step's samples.
+            for id in &ids {
+                kept.remove(id);
+            }
             let examples: Vec<Example> = samples
                 .iter()
                 .map(|s| example(&train[s.prompt], &s.scores, config.vocab_size))
