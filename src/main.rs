@@ -27,6 +27,7 @@ mod backend;
 mod cmd;
 mod hub;
 mod models;
+mod onpolicy_stage;
 mod plot;
 mod progress;
 mod recipe;

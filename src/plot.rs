@@ -49,7 +49,8 @@ pub fn line_chart(out: &Path, panels: &[Panel], x_label: &str) -> anyhow::Result
         }
         let (x0, x1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
         let (y0, y1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
-        let pad = ((y1 - y0) * 0.08).max(1e-9);
+        // A flat series (a constant learning rate) still gets a readable range.
+        let pad = ((y1 - y0) * 0.08).max(y1.abs().max(y0.abs()) * 0.05).max(1e-9);
         let mut chart = ChartBuilder::on(area)
             .caption(&panel.title, ("sans-serif", 22))
             .margin(12)
@@ -76,7 +77,7 @@ pub fn line_chart(out: &Path, panels: &[Panel], x_label: &str) -> anyhow::Result
             .y_label_formatter(&y_fmt)
             .label_style(("sans-serif", 14))
             .draw()?;
-        for s in &panel.series {
+        for s in panel.series.iter().filter(|s| !s.points.is_empty()) {
             let color = s.color;
             if s.dots {
                 chart

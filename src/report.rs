@@ -49,6 +49,76 @@ fn pct(x: f64) -> String {
     format!("{:.1}%", 100.0 * x)
 }
 
+/// The on-policy stage: its curves, and the equal-time comparison when it ran one.
+fn on_policy_section(h: &mut String, run_dir: &Path, o: &Value) -> anyhow::Result<()> {
+    h.push_str("<h2>On-policy distillation</h2>");
+    let dir = o["on_policy_dir"].as_str().map(PathBuf::from);
+    if let Some(c) = read_json(&run_dir.join("eval/on-policy-comparison.json")) {
+        let arms = &c["arms"];
+        let _ = write!(
+            h,
+            "<p>From the SFT export, two arms with the same time in optimizer steps: <b>on-policy</b> ({} loss), {} steps in {:.1} s (the student's sampling and the teacher's scoring included), and <b>more SFT</b> on the same corpus, {} steps in {:.1} s. Each student then samples the same {} held-out prompts (prompts neither arm trained on) with the same seeds, and the teacher scores every sampled token; agreement is teacher-forced on the SFT stage's held-out teacher traces.</p>",
+            esc(c["loss"].as_str().unwrap_or("")),
+            arms["on_policy"]["steps"],
+            arms["on_policy"]["step_seconds"].as_f64().unwrap_or(0.0),
+            arms["sft"]["steps"],
+            arms["sft"]["step_seconds"].as_f64().unwrap_or(0.0),
+            c["held_out_prompts"],
+        );
+        h.push_str("<table><tr><th>student</th><th>reverse KL of its samples, nats/token</th><th>teacher NLL of its samples</th><th>samples ending in EOS</th><th>mean sample tokens</th><th>pass rate (prompts with answers)</th><th>agreement: next-token accuracy</th><th>agreement: KL(teacher ‖ student)</th></tr>");
+        let students: Vec<&Value> = c["students"].as_array().into_iter().flatten().collect();
+        // The best figure in each column is marked (lower is better except accuracy, EOS, pass).
+        let best = |key: &dyn Fn(&Value) -> Option<f64>, higher: bool| -> Option<usize> {
+            let vals: Vec<(usize, f64)> =
+                students.iter().enumerate().filter_map(|(i, s)| key(s).map(|v| (i, v))).collect();
+            let pick = vals
+                .iter()
+                .copied()
+                .reduce(|a, b| if (b.1 > a.1) == higher && b.1 != a.1 { b } else { a })?;
+            // A tie for the best marks nothing.
+            (vals.iter().filter(|v| v.1 == pick.1).count() == 1).then_some(pick.0)
+        };
+        type Col = (Box<dyn Fn(&Value) -> Option<f64>>, bool, fn(f64) -> String);
+        let cols: Vec<Col> = vec![
+            (Box::new(|s: &Value| s["held_out"]["reverse_kl"].as_f64()), false, |v| {
+                format!("{v:.3}")
+            }),
+            (Box::new(|s: &Value| s["held_out"]["teacher_nll"].as_f64()), false, |v| {
+                format!("{v:.3}")
+            }),
+            (Box::new(|s: &Value| s["held_out"]["eos_fraction"].as_f64()), true, pct),
+            (Box::new(|s: &Value| s["held_out"]["sample_tokens"].as_f64()), false, |v| {
+                format!("{v:.1}")
+            }),
+            (Box::new(|s: &Value| s["held_out"]["pass_rate"].as_f64()), true, pct),
+            (Box::new(|s: &Value| s["agreement"]["next_token_accuracy"].as_f64()), true, pct),
+            (Box::new(|s: &Value| s["agreement"]["kl"].as_f64()), false, |v| format!("{v:.4}")),
+        ];
+        let bests: Vec<Option<usize>> = cols
+            .iter()
+            .enumerate()
+            .map(|(i, (k, hi, _))| if i == 3 { None } else { best(k.as_ref(), *hi) })
+            .collect();
+        for (i, s) in students.iter().enumerate() {
+            let _ = write!(h, "<tr><td>{}</td>", esc(s["student"].as_str().unwrap_or("")));
+            for ((k, _, f), b) in cols.iter().zip(&bests) {
+                let cell = k(s).map_or("–".to_string(), *f);
+                let class = if *b == Some(i) { " class=\"better\"" } else { "" };
+                let _ = write!(h, "<td{class}>{cell}</td>");
+            }
+            h.push_str("</tr>");
+        }
+        h.push_str("</table>");
+    }
+    if let Some(d) = dir
+        && d.join("loss.png").exists()
+    {
+        h.push_str("<p>The on-policy run: loss, the reverse KL of each step's samples, their length and EOS share, and the held-out reverse KL.</p>");
+        h.push_str(&img(&d.join("loss.png"), "on-policy curves")?);
+    }
+    Ok(())
+}
+
 /// Write `RUN_DIR/report.html`; returns its path.
 pub fn write(run_dir: &Path) -> anyhow::Result<PathBuf> {
     anyhow::ensure!(run_dir.exists(), "run directory {} does not exist", run_dir.display());
@@ -147,6 +217,11 @@ pre {{ background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: .85em; m
             );
         }
         h.push_str(&img(&train_dir.join("loss.png"), "training curves")?);
+    }
+
+    // On-policy distillation, and SFT against SFT + on-policy at equal time.
+    if let Some(st) = read_json(&run_dir.join("stages/on-policy.json")) {
+        on_policy_section(&mut h, run_dir, &st["outputs"])?;
     }
 
     // Corpus.

@@ -363,3 +363,115 @@ fn an_endpoint_teacher_scores_as_the_local_engine_does() {
         assert!(lp.token_logprobs.iter().all(|l| l.is_finite() && *l <= 0.0));
     }
 }
+
+/// `recipes/quickstart-onpolicy.toml`, shrunk: SFT, then on-policy steps and an SFT arm given the
+/// same seconds of optimizer steps, then the three students measured on the same held-out
+/// prompts; the report shows the comparison; a rerun skips what is done; a changed arm is refused
+/// rather than silently reused.
+#[test]
+fn the_quickstart_onpolicy_recipe_compares_sft_and_on_policy_at_equal_time() {
+    smollm2();
+    let d = tempfile::tempdir().unwrap();
+    let run_dir = d.path().join("run");
+    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/quickstart-onpolicy.toml");
+    let sets = [
+        format!("recipe.run_dir=\"{}\"", run_dir.display()),
+        "generate.limit=24".into(),
+        "generate.sampling.max_tokens=48".into(),
+        "train.epochs=1".into(),
+        "train.micro_batch=2".into(),
+        "train.grad_accum=1".into(),
+        "on_policy.max_steps=2".into(),
+        "on_policy.micro_batch=4".into(),
+        "on_policy.max_traces=8".into(),
+        "on_policy.policy.prompts_per_step=4".into(),
+        "on_policy.policy.max_tokens=16".into(),
+        "on_policy.policy.eval_prompts=4".into(),
+    ];
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a = vec!["run".to_string(), recipe.display().to_string()];
+        for s in &sets {
+            a.push("--set".into());
+            a.push(s.clone());
+        }
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run = |extra: &[&str]| {
+        let a = args(extra);
+        distill(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let o = run(&[]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("[on-policy] done"), "{t}");
+
+    let c: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(run_dir.join("eval/on-policy-comparison.json")).unwrap(),
+    )
+    .unwrap();
+    let students = c["students"].as_array().unwrap();
+    let names: Vec<&str> = students.iter().map(|s| s["student"].as_str().unwrap()).collect();
+    assert_eq!(names, ["after SFT", "+ SFT (equal time)", "+ on-policy"], "{c}");
+    assert_eq!(c["held_out_prompts"], 4);
+    for s in students {
+        let h = &s["held_out"];
+        assert!(h["reverse_kl"].as_f64().unwrap().is_finite(), "{s}");
+        assert!(h["teacher_nll"].as_f64().unwrap() > 0.0, "{s}");
+        let eos = h["eos_fraction"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&eos), "{s}");
+        assert!(h["sample_tokens"].as_f64().unwrap() > 0.0, "{s}");
+        let a = &s["agreement"];
+        assert!(a["next_token_accuracy"].as_f64().unwrap() > 0.0, "{s}");
+        assert_eq!(a["traces"].as_u64(), students[0]["agreement"]["traces"].as_u64(), "{s}");
+    }
+    // Three different students: the arms moved their weights.
+    let rkl: Vec<f64> =
+        students.iter().map(|s| s["held_out"]["reverse_kl"].as_f64().unwrap()).collect();
+    assert!(rkl[0] != rkl[2] && rkl[0] != rkl[1], "{rkl:?}");
+
+    // Equal time: the SFT arm stopped at the step count nearest the on-policy steps' seconds.
+    let (on_s, sft_s) = (
+        c["arms"]["on_policy"]["step_seconds"].as_f64().unwrap(),
+        c["arms"]["sft"]["step_seconds"].as_f64().unwrap(),
+    );
+    assert_eq!(c["arms"]["on_policy"]["steps"], 2);
+    let sft_steps = c["arms"]["sft"]["steps"].as_f64().unwrap();
+    let mean = sft_s / sft_steps;
+    assert!((sft_s - on_s).abs() <= mean / 2.0 + 1e-6 || sft_steps == 1.0, "{c}");
+    // Each arm's metrics: per-step seconds, and for on-policy the sample figures.
+    let on_m = metrics(&run_dir.join("on-policy"));
+    let on_steps: Vec<&serde_json::Value> =
+        on_m.iter().filter(|v| v.get("loss").is_some()).collect();
+    assert_eq!(on_steps.len(), 2);
+    let summed: f64 = on_steps.iter().map(|v| v["step_s"].as_f64().unwrap()).sum();
+    assert!((summed - on_s).abs() < 1e-6, "{summed} vs {on_s}");
+    assert!(on_steps.iter().all(|v| v["sample_reverse_kl"].is_number()));
+    // The on-policy arm started from the SFT export, at the constant on-policy learning rate.
+    assert!(on_steps.iter().all(|v| (v["lr"].as_f64().unwrap() - 3e-5).abs() < 1e-12));
+    let sft_m = metrics(&run_dir.join("sft-arm"));
+    assert!(
+        sft_m
+            .iter()
+            .filter(|v| v.get("loss").is_some())
+            .all(|v| (v["lr"].as_f64().unwrap() - 3e-5).abs() < 1e-12)
+    );
+
+    // The report shows the comparison and the on-policy curves.
+    let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
+    assert!(html.contains("On-policy distillation"), "no section");
+    assert!(html.contains("+ SFT (equal time)") && html.contains("+ on-policy"));
+    assert!(html.contains("alt=\"on-policy curves\""));
+
+    // A rerun skips every stage; a changed on-policy arm is refused, not reused.
+    let o = run(&[]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("[on-policy] done earlier, skipped"), "{t}");
+    let mut changed = args(&["--from", "on-policy"]);
+    changed.extend(["--set".to_string(), "on_policy.max_steps=3".to_string()]);
+    let o = distill(&changed.iter().map(String::as_str).collect::<Vec<_>>());
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("trained with another configuration"), "{t}");
+}

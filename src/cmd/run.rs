@@ -1,5 +1,5 @@
 //! `distill run RECIPE.toml`: the stages a recipe names, in order —
-//! prepare → generate → filter → train (with export) → agreement → eval → report — each
+//! prepare → generate → filter → train (with export) → on-policy → agreement → eval → report — each
 //! writing under the run directory and skipped when its output is complete, so re-running after a
 //! crash resumes. `--from STAGE` redoes that stage and the ones after; `--only STAGE` runs one.
 
@@ -191,6 +191,7 @@ fn run_stage(stage: Stage, l: &Loaded) -> anyhow::Result<serde_json::Value> {
                 json!({"export": s.export_dir, "steps": s.steps, "first_eval_loss": s.first_eval_loss, "final_eval_loss": s.final_eval_loss, "data": s.data}),
             )
         }
+        Stage::OnPolicy => crate::onpolicy_stage::run(l),
         Stage::Agreement => {
             let a = crate::agreement::run(r, p)?;
             Ok(a)

@@ -36,12 +36,18 @@ pub struct Args {
 
 struct Bar {
     pb: ProgressBar,
+    /// What `eval` reports: the held-out loss, or an on-policy run's held-out reverse KL.
+    eval_name: &'static str,
 }
 
 impl Observer for Bar {
     fn started(&mut self, total: u64, start: u64, d: &DataReport) {
         self.pb.set_length(total);
         self.pb.set_position(start);
+        if d.traces == 0 {
+            // A purely on-policy run reads no corpus.
+            return;
+        }
         eprintln!(
             "data: {} traces → {} train / {} eval examples ({} failed, {} truncated, {} overlong dropped; {} truncated to fit); {} train tokens, {} on assistant turns; {} with aligned teacher log-probs",
             d.traces,
@@ -68,7 +74,7 @@ impl Observer for Bar {
         ));
     }
     fn eval(&mut self, step: u64, loss: f64) {
-        self.pb.println(format!("step {step}: eval loss {loss:.4}"));
+        self.pb.println(format!("step {step}: {} {loss:.4}", self.eval_name));
     }
     fn saved(&mut self, dir: &std::path::Path) {
         self.pb.println(format!("checkpoint {}", dir.display()));
@@ -139,7 +145,8 @@ pub fn run_train(
             cfg.parallel.shard.name()
         );
     }
-    let mut obs = Bar { pb: crate::progress::bar(Some(1), "steps") };
+    let eval_name = if cfg.on_policy.is_some() { "held-out reverse KL" } else { "eval loss" };
+    let mut obs = Bar { pb: crate::progress::bar(Some(1), "steps"), eval_name };
     if let Some(op) = &cfg.on_policy {
         anyhow::ensure!(
             kinds.len() * nodes == 1,
@@ -147,42 +154,14 @@ pub fn run_train(
             kinds.len() * nodes
         );
         same_vocabulary(&cfg.model, &op.teacher)?;
-        // Samples of prompts with a reference answer are judged as rejection sampling judges.
-        let math = distill_teacher::verify::math::MathConfig::default();
-        let judge = |gold: &str, text: &str| {
-            let (reasoning, answer, _) = distill_data::think::split_think(text);
-            distill_teacher::verify::math::judge(gold, &reasoning, &answer, &math)
-        };
+        let judge = math_judge();
         // The teacher behind an endpoint, or (built on the device below) the local engine.
-        let mut endpoint = match &op.endpoint {
-            Some(ep) => {
-                use distill_teacher::backend::openai::{OpenAiClient, OpenAiConfig};
-                let ocfg: OpenAiConfig = serde_json::from_value(ep.clone())
-                    .map_err(|e| anyhow::anyhow!("[train.on_policy.endpoint]: {e}"))?;
-                Some(distill_teacher::backend::score::EndpointScorer {
-                    client: OpenAiClient::new(ocfg, None)?,
-                    policy: Default::default(),
-                })
-            }
-            None => None,
-        };
+        let mut endpoint = endpoint_scorer(op)?;
         let summary = crate::backend::dispatch_many!(kinds, |B, devices| {
             let device = devices[0].clone();
             let scorer: Box<dyn distill_models::score::Scorer> = match endpoint.take() {
                 Some(e) => Box::new(e),
-                None => {
-                    let t = distill_models::hf::load_model::<B>(&op.teacher, &device)?;
-                    let name = op
-                        .teacher
-                        .file_name()
-                        .map_or_else(|| "teacher".into(), |n| n.to_string_lossy().to_string());
-                    Box::new(distill_models::score::LocalScorer::new(
-                        t.model,
-                        &t.config,
-                        device.clone(),
-                        name,
-                    ))
-                }
+                None => Box::new(local_scorer::<B>(op, &device)?),
             };
             distill_student::onpolicy::run::train_on_policy::<burn::backend::Autodiff<B>>(
                 cfg,
@@ -216,6 +195,43 @@ pub fn run_train(
     obs.pb.finish_and_clear();
     crate::plot::training_curves(&cfg.output.join("metrics.jsonl"), &cfg.output.join("loss.png"))?;
     Ok(summary)
+}
+
+/// How on-policy samples of prompts with a reference answer are judged: as rejection sampling
+/// judges (the answer after any `<think>` block, math equivalence).
+pub fn math_judge() -> impl Fn(&str, &str) -> (Option<String>, bool) {
+    let math = distill_teacher::verify::math::MathConfig::default();
+    move |gold: &str, text: &str| {
+        let (reasoning, answer, _) = distill_data::think::split_think(text);
+        distill_teacher::verify::math::judge(gold, &reasoning, &answer, &math)
+    }
+}
+
+/// The teacher behind a vLLM server, when `op` names an endpoint.
+pub fn endpoint_scorer(
+    op: &distill_student::onpolicy::OnPolicyConfig,
+) -> anyhow::Result<Option<distill_teacher::backend::score::EndpointScorer>> {
+    use distill_teacher::backend::openai::{OpenAiClient, OpenAiConfig};
+    let Some(ep) = &op.endpoint else { return Ok(None) };
+    let ocfg: OpenAiConfig = serde_json::from_value(ep.clone())
+        .map_err(|e| anyhow::anyhow!("[train.on_policy.endpoint]: {e}"))?;
+    Ok(Some(distill_teacher::backend::score::EndpointScorer {
+        client: OpenAiClient::new(ocfg, None)?,
+        policy: Default::default(),
+    }))
+}
+
+/// The teacher on `device`, scored by the local engine.
+pub fn local_scorer<B: burn::prelude::Backend>(
+    op: &distill_student::onpolicy::OnPolicyConfig,
+    device: &B::Device,
+) -> anyhow::Result<distill_models::score::LocalScorer<B>> {
+    let t = distill_models::hf::load_model::<B>(&op.teacher, device)?;
+    let name = op
+        .teacher
+        .file_name()
+        .map_or_else(|| "teacher".into(), |n| n.to_string_lossy().to_string());
+    Ok(distill_models::score::LocalScorer::new(t.model, &t.config, device.clone(), name))
 }
 
 /// On-policy distillation scores the student's token ids with the teacher: both must read them

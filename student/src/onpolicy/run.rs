@@ -278,6 +278,109 @@ fn held_out_reverse_kl<B: Backend>(
     Ok((n > 0).then(|| sum / n as f64))
 }
 
+/// The training prompts and the held-out ones (a seeded share, `eval_prompts` of them), rendered
+/// with the student's chat template; refuses a prompt that leaves no room within `seq` tokens.
+fn split_prompts(
+    op: &OnPolicyConfig,
+    tok: &TextTokenizer,
+    seq: usize,
+) -> Result<(Vec<Rendered>, Vec<Rendered>)> {
+    let dataset = dataset_name(&op.prompts);
+    let (prompts, _) = read_prompts(&op.prompts, &dataset, &op.fields, &ReadOptions::default())?;
+    if prompts.len() <= op.eval_prompts {
+        return Err(Error::Invalid(format!(
+            "[train.on_policy] {}: {} prompts, but eval_prompts = {} leaves none to train on",
+            op.prompts.display(),
+            prompts.len(),
+            op.eval_prompts
+        )));
+    }
+    let order = pack::shuffled(prompts.len(), op.seed, u64::MAX);
+    let mut prompts: Vec<Option<Prompt>> = prompts.into_iter().map(Some).collect();
+    let eval_p: Vec<Prompt> =
+        order[..op.eval_prompts].iter().map(|&i| prompts[i].take().expect("once")).collect();
+    let train_p: Vec<Prompt> = prompts.into_iter().flatten().collect();
+    let eval = render(eval_p, tok)?;
+    let train = render(train_p, tok)?;
+    if let Some(r) = train.iter().chain(&eval).find(|r| r.ids.len() >= seq) {
+        return Err(Error::Invalid(format!(
+            "[train.on_policy] prompt {} is {} tokens: no room for a completion within max_seq_len {seq}",
+            r.prompt.id,
+            r.ids.len()
+        )));
+    }
+    Ok((train, eval))
+}
+
+/// A student's samples of the held-out prompts, as the teacher sees them.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct HeldOut {
+    /// Held-out prompts sampled (one completion each, the seeds of `eval_reverse_kl`).
+    pub prompts: usize,
+    /// Mean over sampled tokens of log q(x) − log p(x): KL(student ‖ teacher) on its own paths.
+    pub reverse_kl: f64,
+    /// The teacher's mean NLL of the sampled tokens.
+    pub teacher_nll: f64,
+    /// Mean completion length, tokens.
+    pub sample_tokens: f64,
+    /// Share of samples that end with an end-of-sequence token.
+    pub eos_fraction: f64,
+    /// Share judged correct, over the prompts with a reference answer (none: `None`).
+    pub pass_rate: Option<f64>,
+}
+
+/// Measure the student in `model_dir` on the held-out prompts of `op` (the split and seeds the
+/// on-policy loop's `eval_reverse_kl` uses), so students from different runs are compared on the
+/// same prompts with the same sampling seeds.
+pub fn measure_held_out<B: Backend>(
+    model_dir: &Path,
+    op: &OnPolicyConfig,
+    max_seq_len: usize,
+    scorer: &dyn Scorer,
+    judge: Option<Judge<'_>>,
+    device: &B::Device,
+) -> Result<HeldOut> {
+    let tok = TextTokenizer::from_dir(model_dir)?;
+    let (_, eval) = split_prompts(op, &tok, max_seq_len)?;
+    if eval.is_empty() {
+        return Err(Error::Invalid(
+            "[train.on_policy] eval_prompts = 0: no held-out prompts to measure on".into(),
+        ));
+    }
+    let loaded = hf::load_model::<B>(model_dir, device)?;
+    let sm = Sampler::<B> { config: &loaded.config, tok: &tok, device, op, scorer, max_seq_len };
+    let refs: Vec<&Rendered> = eval.iter().collect();
+    let seeds: Vec<u64> =
+        eval.iter().map(|r| sample_seed(op.seed, u64::MAX, &r.prompt.id)).collect();
+    let got = sample_and_score(&sm, &loaded.model, &refs, &seeds)?;
+    let eos = tok.eos_ids(&loaded.config.eos_token_ids);
+    let samples: Vec<Sample> = got
+        .into_iter()
+        .enumerate()
+        .map(|(i, (scores, student))| {
+            let passed = match (judge, &eval[i].prompt.reference) {
+                (Some(j), Some(gold)) => {
+                    let text = tok.decode(&scores.tokens, true).unwrap_or_default();
+                    Some(j(gold, &text).1)
+                }
+                _ => None,
+            };
+            let ended = scores.tokens.last().is_some_and(|l| eos.contains(l));
+            Sample { prompt: i, scores, student, eos: ended, passed }
+        })
+        .collect();
+    let m = sample_metrics(&samples);
+    let f = |k: &str| m[k].as_f64().unwrap_or(f64::NAN);
+    Ok(HeldOut {
+        prompts: samples.len(),
+        reverse_kl: f("sample_reverse_kl"),
+        teacher_nll: f("teacher_nll"),
+        sample_tokens: f("sample_tokens"),
+        eos_fraction: f("eos_fraction"),
+        pass_rate: m["pass_rate"].as_f64(),
+    })
+}
+
 /// Train on-policy per `cfg.on_policy`, on one device. `scorer` is the teacher.
 pub fn train_on_policy<B: AutodiffBackend>(
     cfg: &TrainConfig,
@@ -297,31 +400,7 @@ pub fn train_on_policy<B: AutodiffBackend>(
     check_template_tokens(&tok)?;
     let seq = cfg.data.max_seq_len;
 
-    // Prompts: a seeded share held out for the reverse-KL metric.
-    let dataset = dataset_name(&op.prompts);
-    let (prompts, _) = read_prompts(&op.prompts, &dataset, &op.fields, &ReadOptions::default())?;
-    if prompts.len() <= op.eval_prompts {
-        return Err(Error::Invalid(format!(
-            "[train.on_policy] {}: {} prompts, but eval_prompts = {} leaves none to train on",
-            op.prompts.display(),
-            prompts.len(),
-            op.eval_prompts
-        )));
-    }
-    let order = pack::shuffled(prompts.len(), op.seed, u64::MAX);
-    let mut prompts: Vec<Option<Prompt>> = prompts.into_iter().map(Some).collect();
-    let eval_p: Vec<Prompt> =
-        order[..op.eval_prompts].iter().map(|&i| prompts[i].take().expect("once")).collect();
-    let train_p: Vec<Prompt> = prompts.into_iter().flatten().collect();
-    let eval = render(eval_p, &tok)?;
-    let train = render(train_p, &tok)?;
-    if let Some(r) = train.iter().chain(&eval).find(|r| r.ids.len() >= seq) {
-        return Err(Error::Invalid(format!(
-            "[train.on_policy] prompt {} is {} tokens: no room for a completion within max_seq_len {seq}",
-            r.prompt.id,
-            r.ids.len()
-        )));
-    }
+    let (train, eval) = split_prompts(op, &tok, seq)?;
 
     // The SFT share, when mixing.
     let (sft_ex, sft_rows, report) = if op.lambda < 1.0 {
@@ -558,6 +637,7 @@ pub fn train_on_policy<B: AutodiffBackend>(
             tokens_per_s: seen as f64 / secs,
             mfu: 0.0,
             elapsed_s: elapsed0 + t_run.elapsed().as_secs_f64(),
+            step_s: secs,
             world: 1,
             comm_s: 0.0,
             offload_s: None,

@@ -46,6 +46,11 @@ pub struct TrainConfig {
     /// Stop after this many optimizer steps (wins over epochs when set).
     #[serde(default)]
     pub max_steps: Option<u64>,
+    /// Stop once the optimizer steps have run this many seconds, at the step count nearest to it
+    /// (the steps' own time: loading, evaluation and export do not count; `max_steps`/`epochs`
+    /// still cap the run). The SFT arm of an equal-time comparison uses it (`[on_policy] compare`).
+    #[serde(default)]
+    pub max_step_seconds: Option<f64>,
     /// Rows per forward/backward. Memory grows with it; throughput too until the device is full.
     #[serde(default = "one_usize")]
     pub micro_batch: usize,
@@ -175,6 +180,12 @@ impl TrainConfig {
         if !(0.0..=1.0).contains(&self.kd_weight) {
             return bad("kd_weight must be in [0, 1]");
         }
+        if self.max_step_seconds.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
+            return bad("max_step_seconds must be a positive number of seconds");
+        }
+        if self.max_step_seconds.is_some() && self.on_policy.is_some() {
+            return bad("max_step_seconds applies to SFT runs; an on-policy run counts max_steps");
+        }
         Ok(())
     }
 
@@ -238,6 +249,8 @@ pub struct StepMetrics {
     pub tokens_per_s: f64,
     pub mfu: f64,
     pub elapsed_s: f64,
+    /// Wall-clock seconds of this step (for an on-policy step: sampling and scoring included).
+    pub step_s: f64,
     /// Ranks (devices) in the run.
     pub world: usize,
     /// Seconds of the step spent in collectives (gradient reduction, weight gathering).
@@ -562,7 +575,21 @@ fn run_rank<B: AutodiffBackend>(
     let elapsed0 = state.elapsed_s;
     let mut last_eval = None;
     let fault = injected_fault();
+    // Seconds spent in this invocation's optimizer steps, and how many ran (the time budget).
+    let (mut steps_s, mut steps_here) = (0.0f64, 0u64);
     while state.step < total {
+        if let Some(budget) = cfg.max_step_seconds
+            && steps_here > 0
+        {
+            // Run the next step only if that ends nearer the budget than stopping now. Ranks
+            // agree on rank 0's clock.
+            let mean = steps_s / steps_here as f64;
+            let spent = elapsed0 + steps_s;
+            let stop = rank == 0 && spent + mean / 2.0 > budget;
+            if par.comm.sum(&[if stop { 1.0 } else { 0.0 }], &device)?[0] > 0.0 {
+                break;
+            }
+        }
         if fault == Some((rank, state.step + 1)) {
             panic!(
                 "injected fault (DISTILL_FAULT_INJECT) on rank {rank} at step {}",
@@ -605,6 +632,8 @@ fn run_rank<B: AutodiffBackend>(
         state.step += 1;
         state.tokens_seen += seen;
         let secs = t0.elapsed().as_secs_f64();
+        steps_s += secs;
+        steps_here += 1;
         let m = StepMetrics {
             step: state.step,
             total_steps: total,
@@ -618,6 +647,7 @@ fn run_rank<B: AutodiffBackend>(
             tokens_per_s: seen as f64 / secs,
             mfu: 6.0 * n_params as f64 * seen as f64 / secs / peak,
             elapsed_s: elapsed0 + t_run.elapsed().as_secs_f64(),
+            step_s: secs,
             world,
             comm_s: out.comm_s,
             offload_s: offload.then_some(out.offload_s),
