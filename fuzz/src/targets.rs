@@ -40,6 +40,7 @@ pub const TARGETS: &[Target] = &[
     Target { name: "trace", run: trace, names: &[], max_len: 1 << 16 },
     Target { name: "prompts", run: prompts, names: &["prompts.jsonl"], max_len: 1 << 16 },
     Target { name: "chat-template", run: chat_template, names: &[], max_len: 1 << 14 },
+    Target { name: "math-verify", run: math_verify, names: &[], max_len: 1 << 14 },
 ];
 
 fn s<E: std::fmt::Display>(e: E) -> String {
@@ -130,4 +131,19 @@ fn chat_template(data: &[u8], _: &Path) -> Result<(), String> {
     ];
     t.render(&msgs, true).map_err(s)?;
     t.render_for_training(&msgs, "<think>\n2+2=4\n</think>\n\n4").map(drop).map_err(s)
+}
+
+/// The math verifier on a model's reply: untrusted text (a teacher's or a student's sample). The
+/// first line is the gold answer, the rest the reply; judged with every extraction target on, then
+/// with boxed answers only, and the gold read as a solution. A verdict, never a panic.
+fn math_verify(data: &[u8], _: &Path) -> Result<(), String> {
+    use distill_teacher::verify::math::{MathConfig, judge};
+    let text = String::from_utf8_lossy(data);
+    let (gold, reply) = text.split_once('\n').unwrap_or((&text, ""));
+    let (reasoning, answer) = reply.split_once("</think>").unwrap_or(("", reply));
+    for cfg in [MathConfig::default(), MathConfig { boxed_only: true, ..MathConfig::default() }] {
+        judge(gold, reasoning, answer, &cfg);
+        judge(reply, "", gold, &cfg);
+    }
+    Ok(())
 }

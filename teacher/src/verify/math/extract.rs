@@ -65,15 +65,17 @@ pub fn boxes(text: &str) -> Vec<(usize, usize, String)> {
                 }
             } else if rest.starts_with(' ') {
                 // `\boxed 5`
+                // Up to the end of the math, the line, or the next command (`\boxed 7 \quad`).
                 let v: String = rest_trim
-                    .split(['$', '\n'])
+                    .split(['$', '\n', '\\'])
                     .next()
                     .unwrap_or("")
                     .trim()
                     .trim_end_matches('.')
                     .to_string();
                 if !v.is_empty() {
-                    out.push((at, start + 1 + v.len(), v));
+                    // Ends where `v` ends in `text` (however many spaces came first).
+                    out.push((at, start + (rest.len() - rest_trim.len()) + v.len(), v));
                 }
             }
         }
@@ -90,7 +92,8 @@ fn boxed_answer(text: &str) -> Option<(String, usize)> {
     let spans = latex_spans(text);
     let span_of = |at: usize| spans.iter().position(|&(s, e, _)| s <= at && at < e);
     while first > 0 {
-        let between = &text[bs[first - 1].1..bs[first].0];
+        // Boxes do not overlap; should one ever run into the next, they count as adjacent.
+        let between = text.get(bs[first - 1].1..bs[first].0).unwrap_or("");
         let joiner = between
             .replace("\\text{and}", "")
             .replace("\\text{ and }", "")
@@ -163,7 +166,7 @@ pub fn latex_spans(text: &str) -> Vec<(usize, usize, String)> {
                     j += 2;
                     continue;
                 }
-                if text[j..].starts_with(close) {
+                if b[j..].starts_with(close.as_bytes()) {
                     found = Some(j);
                     break;
                 }
@@ -313,13 +316,10 @@ fn last_number(text: &str) -> Option<String> {
             {
                 start -= 1;
             }
-            // Inside a word (`AZYUK2A`, `x2`): skip it.
-            let glued = |i: Option<usize>| {
-                i.and_then(|i| text[i..].chars().next()).is_some_and(|c| c.is_alphabetic())
-            };
-            // A letter right before (`x2`, `AZYUK2A`); units after (`1,000.99m²`) are fine.
-            let before = start.checked_sub(1).filter(|_| start > 0);
-            if glued(before) {
+            // Inside a word (`AZYUK2A`, `x2`): skip it. A letter right before counts (the
+            // character ending there, however many bytes it has); units after (`1,000.99m²`)
+            // are fine.
+            if text[..start].chars().next_back().is_some_and(|c| c.is_alphabetic()) {
                 end = start;
                 continue;
             }
@@ -429,6 +429,25 @@ pub fn extract(text: &str, cfg: &MathConfig) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    /// Found by the on-policy comparison: a student's garbled sample with a backslash before a
+    /// two-byte character inside `$…$` sliced the text mid-character.
+    #[test]
+    fn escapes_before_multibyte_characters_do_not_panic() {
+        let cfg = MathConfig::default();
+        for t in [
+            "$\\akes zymopocr\u{627} uff",
+            "$\\\u{627}$ x",
+            "\\boxed  \u{e9}",
+            "\\boxed   7 and \\boxed{8}",
+        ] {
+            let _ = latex_spans(t);
+            let _ = boxes(t);
+            let _ = extract(t, &cfg);
+        }
+        // `\boxed   7`: the box ends where the 7 does.
+        assert_eq!(boxes("\\boxed   7"), vec![(0, 10, "7".to_string())]);
+    }
+
     use super::*;
 
     fn x(s: &str) -> Option<String> {
