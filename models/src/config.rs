@@ -18,6 +18,8 @@ pub enum Arch {
     Qwen2,
     /// Qwen3: q/k RMSNorm over the head dimension; biases only if `attention_bias`.
     Qwen3,
+    /// Qwen3-MoE: Qwen3's attention, and sparse Mixture-of-Experts MLPs ([`MoeDims`]).
+    Qwen3Moe,
 }
 
 impl Arch {
@@ -26,6 +28,7 @@ impl Arch {
             Arch::Llama => "LlamaForCausalLM",
             Arch::Qwen2 => "Qwen2ForCausalLM",
             Arch::Qwen3 => "Qwen3ForCausalLM",
+            Arch::Qwen3Moe => "Qwen3MoeForCausalLM",
         }
     }
     pub fn model_type(self) -> &'static str {
@@ -33,6 +36,7 @@ impl Arch {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
+            Arch::Qwen3Moe => "qwen3_moe",
         }
     }
     fn from_name(name: &str) -> Option<Arch> {
@@ -40,6 +44,7 @@ impl Arch {
             "LlamaForCausalLM" | "llama" => Some(Arch::Llama),
             "Qwen2ForCausalLM" | "qwen2" => Some(Arch::Qwen2),
             "Qwen3ForCausalLM" | "qwen3" => Some(Arch::Qwen3),
+            "Qwen3MoeForCausalLM" | "qwen3_moe" => Some(Arch::Qwen3Moe),
             _ => None,
         }
     }
@@ -70,6 +75,40 @@ pub enum RopeScaling {
     },
 }
 
+/// A Mixture-of-Experts feed-forward (Qwen3-MoE's `Qwen3MoeSparseMoeBlock`): a router
+/// (`mlp.gate`) scores every expert, each token goes to its `top_k` best, and their SwiGLU
+/// outputs are summed weighted by the router's (optionally renormalised) softmax.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MoeDims {
+    /// `num_experts`.
+    pub experts: usize,
+    /// `num_experts_per_tok`.
+    pub top_k: usize,
+    /// `moe_intermediate_size`: each expert's SwiGLU width.
+    pub intermediate: usize,
+    /// `norm_topk_prob`: the top-k weights renormalised to sum to 1.
+    pub norm_topk_prob: bool,
+    /// Bit `i` set: layer `i`'s MLP is sparse; the others are dense, `intermediate_size` wide
+    /// (from `decoder_sparse_step` and `mlp_only_layers`).
+    pub sparse: u128,
+}
+
+impl MoeDims {
+    /// Whether layer `i` has a sparse MLP.
+    pub fn is_sparse(&self, i: usize) -> bool {
+        i < 128 && self.sparse >> i & 1 == 1
+    }
+
+    /// The layers with a dense MLP, among `layers`.
+    pub fn dense_layers(&self, layers: usize) -> Vec<usize> {
+        (0..layers).filter(|&i| !self.is_sparse(i)).collect()
+    }
+}
+
+/// MoE configs name at most this many layers (the sparse-layer mask is 128 bits; the largest
+/// MoE models have 94 layers).
+pub const MAX_MOE_LAYERS: usize = 128;
+
 /// The resolved model configuration.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelConfig {
@@ -93,6 +132,8 @@ pub struct ModelConfig {
     pub mlp_bias: bool,
     /// Qwen3's per-head RMSNorm on q and k.
     pub qk_norm: bool,
+    /// Mixture-of-Experts MLPs (Qwen3-MoE); `None` for dense models.
+    pub moe: Option<MoeDims>,
     /// dtype of the stored weights (`bfloat16`, `float32`…), as the config said.
     pub dtype: Option<String>,
     pub bos_token_id: Option<u32>,
@@ -128,6 +169,14 @@ struct Raw {
     eos_token_id: Option<Value>,
     pad_token_id: Option<Value>,
     use_sliding_window: Option<bool>,
+    /// transformers 5 writes `num_local_experts` for Qwen3-MoE; checkpoints say `num_experts`.
+    #[serde(alias = "num_local_experts")]
+    num_experts: Option<usize>,
+    num_experts_per_tok: Option<usize>,
+    moe_intermediate_size: Option<usize>,
+    norm_topk_prob: Option<bool>,
+    decoder_sparse_step: Option<usize>,
+    mlp_only_layers: Option<Vec<usize>>,
 }
 
 fn ids(v: &Option<Value>) -> Vec<u32> {
@@ -171,7 +220,7 @@ impl ModelConfig {
             .or(raw.model_type.clone())
             .ok_or("missing required key `architectures` (or `model_type`)")?;
         let arch = Arch::from_name(&arch_name).ok_or_else(|| {
-            format!("unsupported architecture '{arch_name}' (supported: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)")
+            format!("unsupported architecture '{arch_name}' (supported: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM)")
         })?;
         if raw.hidden_act.as_deref().is_some_and(|a| a != "silu") {
             return Err(format!(
@@ -208,6 +257,10 @@ impl ModelConfig {
             Some(p) => parse_scaling(p, raw.max_position_embeddings)?,
         };
         let attention_bias = raw.attention_bias.unwrap_or(false);
+        let moe = match arch {
+            Arch::Qwen3Moe => Some(qwen3_moe(&raw)?),
+            _ => None,
+        };
         let c = ModelConfig {
             arch,
             vocab_size: raw.vocab_size,
@@ -224,14 +277,15 @@ impl ModelConfig {
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
             qkv_bias: match arch {
                 Arch::Qwen2 => true,
-                Arch::Llama | Arch::Qwen3 => attention_bias,
+                Arch::Llama | Arch::Qwen3 | Arch::Qwen3Moe => attention_bias,
             },
             o_bias: match arch {
                 Arch::Qwen2 => false,
-                Arch::Llama | Arch::Qwen3 => attention_bias,
+                Arch::Llama | Arch::Qwen3 | Arch::Qwen3Moe => attention_bias,
             },
             mlp_bias: raw.mlp_bias.unwrap_or(false),
-            qk_norm: arch == Arch::Qwen3,
+            qk_norm: matches!(arch, Arch::Qwen3 | Arch::Qwen3Moe),
+            moe,
             dtype: raw.dtype.or(raw.torch_dtype),
             bos_token_id: ids(&raw.bos_token_id).first().copied(),
             eos_token_ids: ids(&raw.eos_token_id),
@@ -291,6 +345,16 @@ impl ModelConfig {
         });
         if self.arch != Arch::Qwen2 {
             v["attention_bias"] = Value::Bool(self.qkv_bias);
+        }
+        if let Some(m) = &self.moe {
+            // Sparse layers as one rule transformers reads: every layer sparse except the listed.
+            v["num_experts"] = m.experts.into();
+            v["num_experts_per_tok"] = m.top_k.into();
+            v["moe_intermediate_size"] = m.intermediate.into();
+            v["norm_topk_prob"] = m.norm_topk_prob.into();
+            v["decoder_sparse_step"] = 1.into();
+            v["mlp_only_layers"] = m.dense_layers(self.num_hidden_layers).into();
+            v["output_router_logits"] = false.into();
         }
         if let Some(b) = self.bos_token_id {
             v["bos_token_id"] = b.into();
@@ -354,6 +418,54 @@ pub(crate) fn check_dims(c: &ModelConfig) -> std::result::Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Qwen3-MoE's feed-forward: which layers are sparse (`(i + 1) % decoder_sparse_step == 0` and
+/// not in `mlp_only_layers`, as transformers decides) and how tokens route.
+fn qwen3_moe(raw: &Raw) -> std::result::Result<MoeDims, String> {
+    let need = |v: Option<usize>, k: &str| v.ok_or(format!("missing required key `{k}`"));
+    let experts = need(raw.num_experts, "num_experts")?;
+    let top_k = need(raw.num_experts_per_tok, "num_experts_per_tok")?;
+    let intermediate = need(raw.moe_intermediate_size, "moe_intermediate_size")?;
+    let step = raw.decoder_sparse_step.unwrap_or(1);
+    let layers = raw.num_hidden_layers;
+    if experts == 0 || top_k == 0 || intermediate == 0 {
+        return Err(format!(
+            "num_experts ({experts}), num_experts_per_tok ({top_k}) and moe_intermediate_size ({intermediate}) must be positive"
+        ));
+    }
+    if top_k > experts {
+        return Err(format!(
+            "num_experts_per_tok ({top_k}) must not exceed num_experts ({experts})"
+        ));
+    }
+    if experts > 1 << 16 || intermediate > MAX_DIM {
+        return Err(format!(
+            "num_experts {experts} or moe_intermediate_size {intermediate} is beyond any real model"
+        ));
+    }
+    if step == 0 {
+        return Err("decoder_sparse_step must be at least 1".into());
+    }
+    if layers > MAX_MOE_LAYERS {
+        return Err(format!(
+            "num_hidden_layers {layers}: MoE models of more than {MAX_MOE_LAYERS} layers are not supported"
+        ));
+    }
+    let only = raw.mlp_only_layers.clone().unwrap_or_default();
+    if let Some(&bad) = only.iter().find(|&&i| i >= layers) {
+        return Err(format!("mlp_only_layers names layer {bad}, but the model has {layers}"));
+    }
+    let sparse = (0..layers)
+        .filter(|&i| !only.contains(&i) && (i + 1) % step == 0)
+        .fold(0u128, |m, i| m | 1 << i);
+    Ok(MoeDims {
+        experts,
+        top_k,
+        intermediate,
+        norm_topk_prob: raw.norm_topk_prob.unwrap_or(false),
+        sparse,
+    })
 }
 
 fn parse_scaling(p: &Value, max_pos: Option<usize>) -> std::result::Result<RopeScaling, String> {

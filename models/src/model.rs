@@ -1,7 +1,7 @@
-//! The decoder-only transformer shared by Llama, Qwen2 and Qwen3 (HF `modeling_llama.py`,
-//! `modeling_qwen2.py`, `modeling_qwen3.py`). They differ only in switches read from the config:
-//! q/k/v bias (Qwen2), q/k RMSNorm over the head dimension (Qwen3), tied embeddings, and RoPE
-//! scaling (Llama 3). Struct fields follow the Hugging Face module names; the tensor names and
+//! The decoder-only transformer shared by Llama, Qwen2, Qwen3 and Qwen3-MoE (HF
+//! `modeling_llama.py`, `modeling_qwen2.py`, `modeling_qwen3.py`, `modeling_qwen3_moe.py`). They
+//! differ only in switches read from the config: q/k/v bias (Qwen2), q/k RMSNorm over the head
+//! dimension (Qwen3), tied embeddings, RoPE scaling (Llama 3), and sparse MLPs (Qwen3-MoE). Struct fields follow the Hugging Face module names; the tensor names and
 //! shapes come from the parameter spec ([`crate::spec`]), which load, export and `params_mut`
 //! walk in the same order.
 
@@ -392,16 +392,183 @@ impl<B: Backend> Mlp<B> {
         }
     }
 
-    /// SwiGLU: `down(silu(gate(x)) * up(x))`.
-    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// SwiGLU: `down(silu(gate(x)) * up(x))`, `[.., hidden]` → `[.., hidden]`.
+    fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         self.down_proj.forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+    }
+}
+
+/// Qwen3-MoE's sparse MLP (`Qwen3MoeSparseMoeBlock`): the router `gate` scores the experts
+/// (softmax in f32), each token goes to its `top_k` best, optionally renormalised, and the
+/// experts' outputs are summed with those weights.
+///
+/// Experts run batched: the routing is read back to the host once per layer, the tokens are
+/// grouped per expert, and each expert with tokens runs one SwiGLU over its rows (a gather, three
+/// matmuls, a weighted scatter-add), so the work is `top_k` experts' worth per token whatever
+/// the expert count, at the cost of one device→host read of `[tokens, top_k]` ids per layer
+/// and a loop over the experts that have tokens. Gradients reach the router through the gathered
+/// weights and the experts through their rows; unrouted experts get none.
+#[derive(Module, Debug)]
+pub struct SparseMoe<B: Backend> {
+    /// The router: `[hidden, experts]` (HF `mlp.gate.weight` `[experts, hidden]`).
+    pub gate: Linear<B>,
+    pub experts: Vec<Mlp<B>>,
+    pub top_k: usize,
+    pub norm_topk_prob: bool,
+}
+
+impl<B: Backend> SparseMoe<B> {
+    fn load(
+        src: &mut dyn WeightSource,
+        at: &mut Cursor,
+        m: &crate::config::MoeDims,
+        device: &B::Device,
+    ) -> Result<Self> {
+        Ok(SparseMoe {
+            gate: Linear::load(src, at, device)?,
+            experts: (0..m.experts).map(|_| Mlp::load(src, at, device)).collect::<Result<_>>()?,
+            top_k: m.top_k,
+            norm_topk_prob: m.norm_topk_prob,
+        })
+    }
+
+    fn from_flat(
+        at: &mut Cursor,
+        m: &crate::config::MoeDims,
+        next: &mut dyn FnMut(&ParamSpec) -> Tensor<B, 1>,
+    ) -> Self {
+        SparseMoe {
+            gate: Linear::from_flat(at, next),
+            experts: (0..m.experts).map(|_| Mlp::from_flat(at, next)).collect(),
+            top_k: m.top_k,
+            norm_topk_prob: m.norm_topk_prob,
+        }
+    }
+
+    fn export(&self, at: &mut Cursor, sink: &mut dyn WeightSink) {
+        self.gate.export(at, sink);
+        for e in &self.experts {
+            e.export(at, sink);
+        }
+    }
+
+    /// The routing of `x` `[tokens, hidden]`: each token's experts `[tokens, top_k]` (host) and
+    /// their weights `[tokens, top_k]` (on the device, in `x`'s dtype, differentiable).
+    pub fn route(&self, x: Tensor<B, 2>) -> (Vec<usize>, Tensor<B, 2>) {
+        let dtype = x.dtype();
+        let logits = self.gate.forward(x).cast(DType::F32); // [n, E]
+        let probs = burn::tensor::activation::softmax(logits, 1);
+        let (_, idx) = probs.clone().topk_with_indices(self.top_k, 1); // [n, k]
+        let mut w = probs.gather(1, idx.clone());
+        if self.norm_topk_prob {
+            w = w.clone() / w.sum_dim(1);
+        }
+        let ids: Vec<usize> = idx
+            .into_data()
+            .convert::<i64>()
+            .to_vec::<i64>()
+            .expect("routing ids")
+            .into_iter()
+            .map(|e| e as usize)
+            .collect();
+        (ids, w.cast(dtype))
+    }
+
+    /// `[.., hidden]` → `[.., hidden]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dims = x.dims();
+        let d = dims[D - 1];
+        let n = dims[..D - 1].iter().product::<usize>();
+        let device = x.device();
+        let x = x.reshape([n, d]);
+        let (ids, w) = self.route(x.clone());
+        let k = self.top_k;
+        // Per expert: the tokens routed to it and the (token, slot) of each routing weight.
+        let mut rows: Vec<(Vec<i64>, Vec<i64>)> = vec![(vec![], vec![]); self.experts.len()];
+        for (j, &e) in ids.iter().enumerate() {
+            rows[e].0.push((j / k) as i64);
+            rows[e].1.push(j as i64);
+        }
+        let w = w.reshape([n * k, 1]);
+        let int = |v: &[i64]| {
+            Tensor::<B, 1, Int>::from_data(TensorData::new(v.to_vec(), [v.len()]), &device)
+        };
+        let mut out = Tensor::<B, 2>::zeros([n, d], &device).cast(x.dtype());
+        for (expert, (tokens, slots)) in self.experts.iter().zip(&rows) {
+            if tokens.is_empty() {
+                continue;
+            }
+            let tok = int(tokens);
+            let y = expert.forward(x.clone().select(0, tok.clone())); // [m, d]
+            let y = y * w.clone().select(0, int(slots)); // weighted by its routing weight
+            out = out.select_assign(0, tok, y, burn::tensor::IndexingUpdateOp::Add);
+        }
+        out.reshape(dims)
+    }
+}
+
+/// A layer's feed-forward: dense SwiGLU, or a sparse Mixture of Experts. (The dense MLP is held
+/// inline: layers are few and boxing it would cost every dense model an indirection.)
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum FeedForward<B: Backend> {
+    Dense(Mlp<B>),
+    Sparse(SparseMoe<B>),
+}
+
+impl<B: Backend> FeedForward<B> {
+    /// The dense MLP, if this layer has one.
+    pub fn dense(&self) -> Option<&Mlp<B>> {
+        match self {
+            FeedForward::Dense(m) => Some(m),
+            FeedForward::Sparse(_) => None,
+        }
+    }
+
+    fn load(
+        src: &mut dyn WeightSource,
+        at: &mut Cursor,
+        c: &ModelConfig,
+        device: &B::Device,
+    ) -> Result<Self> {
+        match c.moe.filter(|_| at.at_router()) {
+            Some(m) => Ok(FeedForward::Sparse(SparseMoe::load(src, at, &m, device)?)),
+            None => Ok(FeedForward::Dense(Mlp::load(src, at, device)?)),
+        }
+    }
+
+    fn from_flat(
+        at: &mut Cursor,
+        d: &Dims,
+        next: &mut dyn FnMut(&ParamSpec) -> Tensor<B, 1>,
+    ) -> Self {
+        match d.moe.filter(|_| at.at_router()) {
+            Some(m) => FeedForward::Sparse(SparseMoe::from_flat(at, &m, next)),
+            None => FeedForward::Dense(Mlp::from_flat(at, next)),
+        }
+    }
+
+    fn export(&self, at: &mut Cursor, sink: &mut dyn WeightSink) {
+        match self {
+            FeedForward::Dense(m) => m.export(at, sink),
+            FeedForward::Sparse(m) => m.export(at, sink),
+        }
+    }
+
+    /// `[.., hidden]` → `[.., hidden]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match self {
+            FeedForward::Dense(m) => m.forward(x),
+            FeedForward::Sparse(m) => m.forward(x),
+        }
     }
 }
 
 #[derive(Module, Debug)]
 pub struct DecoderLayer<B: Backend> {
     pub self_attn: Attention<B>,
-    pub mlp: Mlp<B>,
+    /// HF `mlp`: dense, or sparse in a Qwen3-MoE layer.
+    pub mlp: FeedForward<B>,
     pub input_layernorm: RmsNorm<B>,
     pub post_attention_layernorm: RmsNorm<B>,
 }
@@ -416,7 +583,7 @@ impl<B: Backend> DecoderLayer<B> {
         let eps = c.rms_norm_eps;
         Ok(DecoderLayer {
             self_attn: Attention::load(src, at, c, device)?,
-            mlp: Mlp::load(src, at, device)?,
+            mlp: FeedForward::load(src, at, c, device)?,
             input_layernorm: RmsNorm::load(src, at.next(Kind::Norm), eps, device)?,
             post_attention_layernorm: RmsNorm::load(src, at.next(Kind::Norm), eps, device)?,
         })
@@ -439,7 +606,7 @@ impl<B: Backend> DecoderLayer<B> {
     ) -> Self {
         DecoderLayer {
             self_attn: Attention::from_flat(at, d, eps, next),
-            mlp: Mlp::from_flat(at, next),
+            mlp: FeedForward::from_flat(at, d, next),
             input_layernorm: RmsNorm::from_flat(at, eps, next),
             post_attention_layernorm: RmsNorm::from_flat(at, eps, next),
         }
@@ -536,10 +703,22 @@ impl<B: Backend> CausalLm<B> {
     /// The dimensions that decide this model's parameters (its spec).
     pub fn dims(&self) -> Dims {
         let [vocab, hidden] = self.model.embed_tokens.dims();
-        let (attn, mlp) = match self.model.layers.first() {
-            Some(l) => (Some(&l.self_attn), Some(&l.mlp)),
-            None => (None, None),
-        };
+        let attn = self.model.layers.first().map(|l| &l.self_attn);
+        let mlp = self.model.layers.iter().find_map(|l| l.mlp.dense());
+        let moe = self.model.layers.iter().enumerate().fold(None, |acc, (i, l)| match &l.mlp {
+            FeedForward::Sparse(m) => {
+                let mut d = acc.unwrap_or(crate::config::MoeDims {
+                    experts: m.experts.len(),
+                    top_k: m.top_k,
+                    intermediate: m.experts.first().map_or(0, |e| e.gate_proj.weight.dims()[1]),
+                    norm_topk_prob: m.norm_topk_prob,
+                    sparse: 0,
+                });
+                d.sparse |= 1 << i;
+                Some(d)
+            }
+            FeedForward::Dense(_) => acc,
+        });
         Dims {
             vocab,
             hidden,
@@ -553,6 +732,7 @@ impl<B: Backend> CausalLm<B> {
             mlp_bias: mlp.is_some_and(|m| m.gate_proj.bias.is_some()),
             qk_norm: attn.is_some_and(|a| a.q_norm.is_some()),
             tied: self.lm_head.is_none(),
+            moe,
         }
     }
 
@@ -674,8 +854,17 @@ impl<B: Backend> CausalLm<B> {
             for n in [a.q_norm.as_mut(), a.k_norm.as_mut()].into_iter().flatten() {
                 norm(&mut out, &mut at, n);
             }
-            for p in [&mut l.mlp.gate_proj, &mut l.mlp.up_proj, &mut l.mlp.down_proj] {
-                lin(&mut out, &mut at, p);
+            let mlps: Vec<&mut Mlp<B>> = match &mut l.mlp {
+                FeedForward::Dense(m) => vec![m],
+                FeedForward::Sparse(m) => {
+                    lin(&mut out, &mut at, &mut m.gate);
+                    m.experts.iter_mut().collect()
+                }
+            };
+            for m in mlps {
+                for p in [&mut m.gate_proj, &mut m.up_proj, &mut m.down_proj] {
+                    lin(&mut out, &mut at, p);
+                }
             }
             norm(&mut out, &mut at, &mut l.input_layernorm);
             norm(&mut out, &mut at, &mut l.post_attention_layernorm);

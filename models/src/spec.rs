@@ -4,7 +4,7 @@
 //! (`CausalLm::load`, `export`, `params_mut`) walk it; the GGUF import checks names and shapes
 //! against it; the parameter count and the memory planner sum it.
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, MoeDims};
 
 /// What a tensor is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +61,8 @@ pub struct Dims {
     pub mlp_bias: bool,
     pub qk_norm: bool,
     pub tied: bool,
+    /// Sparse MLPs (Qwen3-MoE): which layers, how many experts of what width.
+    pub moe: Option<MoeDims>,
 }
 
 impl Dims {
@@ -78,6 +80,7 @@ impl Dims {
             mlp_bias: c.mlp_bias,
             qk_norm: c.qk_norm,
             tied: c.tie_word_embeddings,
+            moe: c.moe,
         }
     }
 }
@@ -114,9 +117,23 @@ pub fn specs(c: &Dims) -> Vec<ParamSpec> {
             push(format!("{p}.self_attn.q_norm.weight"), vec![hd], Kind::Norm);
             push(format!("{p}.self_attn.k_norm.weight"), vec![hd], Kind::Norm);
         }
-        linear(&mut push, format!("{p}.mlp.gate_proj"), d, f, c.mlp_bias);
-        linear(&mut push, format!("{p}.mlp.up_proj"), d, f, c.mlp_bias);
-        linear(&mut push, format!("{p}.mlp.down_proj"), f, d, c.mlp_bias);
+        match c.moe.filter(|m| m.is_sparse(i)) {
+            // The router, then each expert's SwiGLU (transformers' per-expert checkpoint names).
+            Some(m) => {
+                linear(&mut push, format!("{p}.mlp.gate"), d, m.experts, false);
+                for e in 0..m.experts {
+                    let x = format!("{p}.mlp.experts.{e}");
+                    linear(&mut push, format!("{x}.gate_proj"), d, m.intermediate, false);
+                    linear(&mut push, format!("{x}.up_proj"), d, m.intermediate, false);
+                    linear(&mut push, format!("{x}.down_proj"), m.intermediate, d, false);
+                }
+            }
+            None => {
+                linear(&mut push, format!("{p}.mlp.gate_proj"), d, f, c.mlp_bias);
+                linear(&mut push, format!("{p}.mlp.up_proj"), d, f, c.mlp_bias);
+                linear(&mut push, format!("{p}.mlp.down_proj"), f, d, c.mlp_bias);
+            }
+        }
         push(format!("{p}.input_layernorm.weight"), vec![d], Kind::Norm);
         push(format!("{p}.post_attention_layernorm.weight"), vec![d], Kind::Norm);
     }
@@ -130,6 +147,20 @@ pub fn specs(c: &Dims) -> Vec<ParamSpec> {
 /// The parameter count: the spec's elements summed.
 pub fn param_count(c: &ModelConfig) -> u64 {
     param_specs(c).iter().map(ParamSpec::numel).sum()
+}
+
+/// The parameters one token runs through: the count less the experts a token is not routed to
+/// (`experts − top_k` per sparse layer). Equal to [`param_count`] for dense models.
+pub fn active_param_count(c: &ModelConfig) -> u64 {
+    let total = param_count(c);
+    match c.moe {
+        None => total,
+        Some(m) => {
+            let per_expert = 3 * (c.hidden_size * m.intermediate) as u64;
+            let sparse = (0..c.num_hidden_layers).filter(|&i| m.is_sparse(i)).count() as u64;
+            total - sparse * (m.experts - m.top_k) as u64 * per_expert
+        }
+    }
 }
 
 /// Walks a spec in order while a model is built, exported or enumerated: each step takes the next
@@ -162,6 +193,16 @@ impl<'a> Cursor<'a> {
         let s = self.specs.get(self.at).filter(|s| s.kind == kind)?;
         self.at += 1;
         Some(s)
+    }
+
+    /// The next parameter, without taking it.
+    pub fn peek(&self) -> Option<&'a ParamSpec> {
+        self.specs.get(self.at)
+    }
+
+    /// Whether the next parameter is a sparse MLP's router (`….mlp.gate.weight`).
+    pub fn at_router(&self) -> bool {
+        self.peek().is_some_and(|s| s.name.ends_with(".mlp.gate.weight"))
     }
 
     /// Every parameter was walked.

@@ -220,6 +220,9 @@ fn config_from_metadata(
         o_bias: g.tensor("blk.0.attn_output.bias").is_some(),
         mlp_bias: g.tensor("blk.0.ffn_up.bias").is_some(),
         qk_norm: g.tensor("blk.0.attn_q_norm.weight").is_some(),
+        // llama.cpp's `qwen3moe` (expert tensors `ffn_*_exps`) is not imported yet: the
+        // architecture match above refuses it.
+        moe: None,
         dtype: Some("float32".into()),
         bos_token_id: tok("bos_token_id"),
         eos_token_ids: tok("eos_token_id").into_iter().collect(),
