@@ -20,6 +20,13 @@ pub enum Arch {
     Qwen3,
     /// Qwen3-MoE: Qwen3's attention, and sparse Mixture-of-Experts MLPs ([`MoeDims`]).
     Qwen3Moe,
+    /// DeepSeek-V2 (and V2-Lite): Multi-head Latent Attention ([`MlaDims`]) and an MoE with
+    /// softmax routing (greedy or group-limited), shared experts, dense first layers.
+    DeepseekV2,
+    /// DeepSeek-V3 / R1: MLA, and an MoE with sigmoid scoring, `e_score_correction_bias`,
+    /// group-limited top-k over the top-2 sum of each group, normalised weights scaled by
+    /// `routed_scaling_factor`.
+    DeepseekV3,
 }
 
 impl Arch {
@@ -29,6 +36,8 @@ impl Arch {
             Arch::Qwen2 => "Qwen2ForCausalLM",
             Arch::Qwen3 => "Qwen3ForCausalLM",
             Arch::Qwen3Moe => "Qwen3MoeForCausalLM",
+            Arch::DeepseekV2 => "DeepseekV2ForCausalLM",
+            Arch::DeepseekV3 => "DeepseekV3ForCausalLM",
         }
     }
     pub fn model_type(self) -> &'static str {
@@ -37,6 +46,8 @@ impl Arch {
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
             Arch::Qwen3Moe => "qwen3_moe",
+            Arch::DeepseekV2 => "deepseek_v2",
+            Arch::DeepseekV3 => "deepseek_v3",
         }
     }
     fn from_name(name: &str) -> Option<Arch> {
@@ -45,6 +56,8 @@ impl Arch {
             "Qwen2ForCausalLM" | "qwen2" => Some(Arch::Qwen2),
             "Qwen3ForCausalLM" | "qwen3" => Some(Arch::Qwen3),
             "Qwen3MoeForCausalLM" | "qwen3_moe" => Some(Arch::Qwen3Moe),
+            "DeepseekV2ForCausalLM" | "deepseek_v2" => Some(Arch::DeepseekV2),
+            "DeepseekV3ForCausalLM" | "deepseek_v3" => Some(Arch::DeepseekV3),
             _ => None,
         }
     }
@@ -72,15 +85,38 @@ pub enum RopeScaling {
         beta_fast: f64,
         beta_slow: f64,
         attention_factor: Option<f64>,
+        /// DeepSeek's `mscale` / `mscale_all_dim` (kept to write the config back; the attention
+        /// factor and MLA's softmax scale are derived from them).
+        mscale: Option<f64>,
+        mscale_all_dim: Option<f64>,
     },
 }
 
-/// A Mixture-of-Experts feed-forward (Qwen3-MoE's `Qwen3MoeSparseMoeBlock`): a router
-/// (`mlp.gate`) scores every expert, each token goes to its `top_k` best, and their SwiGLU
-/// outputs are summed weighted by the router's (optionally renormalised) softmax.
+/// How a router turns logits into expert scores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Scoring {
+    /// Softmax over all experts, in f32 (Qwen3-MoE, DeepSeek-V2).
+    Softmax,
+    /// An independent sigmoid per expert (DeepSeek-V3).
+    Sigmoid,
+}
+
+/// How group-limited routing scores a group of experts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum GroupScore {
+    /// The sum of the group's two best (biased) scores (DeepSeek-V3's `noaux_tc`).
+    Top2Sum,
+    /// The group's best score (DeepSeek-V2's `group_limited_greedy`).
+    Max,
+}
+
+/// A Mixture-of-Experts feed-forward: a router (`mlp.gate`) scores every expert, each token goes
+/// to its `top_k` best (within its `topk_groups` best groups when routing is group-limited), and
+/// their SwiGLU outputs are summed weighted by the router's (optionally renormalised, scaled)
+/// scores, plus the always-on shared experts (DeepSeek).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct MoeDims {
-    /// `num_experts`.
+    /// `num_experts` / `n_routed_experts`.
     pub experts: usize,
     /// `num_experts_per_tok`.
     pub top_k: usize,
@@ -89,8 +125,55 @@ pub struct MoeDims {
     /// `norm_topk_prob`: the top-k weights renormalised to sum to 1.
     pub norm_topk_prob: bool,
     /// Bit `i` set: layer `i`'s MLP is sparse; the others are dense, `intermediate_size` wide
-    /// (from `decoder_sparse_step` and `mlp_only_layers`).
+    /// (from `decoder_sparse_step`/`mlp_only_layers`, or `first_k_dense_replace`).
     pub sparse: u128,
+    pub scoring: Scoring,
+    /// Group-limited routing: experts in `groups` equal groups (1: not limited) …
+    pub groups: usize,
+    /// … of which each token may use its best `topk_groups`.
+    pub topk_groups: usize,
+    pub group_score: GroupScore,
+    /// `mlp.gate.e_score_correction_bias` (V3): added to the scores to choose experts, not to
+    /// weight them.
+    pub score_bias: bool,
+    /// `routed_scaling_factor`: the routed experts' weights are multiplied by it.
+    pub routed_scaling: f64,
+    /// The shared experts' width (`moe_intermediate_size · n_shared_experts`); 0: none.
+    pub shared_intermediate: usize,
+}
+
+/// Multi-head Latent Attention (DeepSeek-V2/V3): queries through an optional low-rank
+/// bottleneck, keys and values from one compressed latent per token plus a rotary key shared by
+/// all heads.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct MlaDims {
+    /// `q_lora_rank`: `None` projects queries directly (V2-Lite).
+    pub q_lora_rank: Option<usize>,
+    /// `kv_lora_rank`: the latent `c_kv` each token caches.
+    pub kv_lora_rank: usize,
+    /// `qk_nope_head_dim`: the part of each query/key head without rotary embedding.
+    pub qk_nope: usize,
+    /// `qk_rope_head_dim`: the rotary part; the key's is shared across heads.
+    pub qk_rope: usize,
+    /// `v_head_dim`.
+    pub v_head: usize,
+    /// Rotary pairs are adjacent elements (DeepSeek's layout) instead of the two halves.
+    pub interleave: bool,
+    /// `qk_head_dim^-0.5`, times YaRN's `mscale(factor, mscale_all_dim)²` under YaRN.
+    pub softmax_scale: f64,
+}
+
+impl MlaDims {
+    /// Query/key head width: `qk_nope + qk_rope`.
+    pub fn qk_head(&self) -> usize {
+        self.qk_nope + self.qk_rope
+    }
+
+    /// Cached values per token and layer: the latent and the rotary key (the full-KV equivalent
+    /// is `heads · (qk_head + v_head)`).
+    pub fn cache_per_token(&self) -> usize {
+        self.kv_lora_rank + self.qk_rope
+    }
 }
 
 impl MoeDims {
@@ -132,8 +215,10 @@ pub struct ModelConfig {
     pub mlp_bias: bool,
     /// Qwen3's per-head RMSNorm on q and k.
     pub qk_norm: bool,
-    /// Mixture-of-Experts MLPs (Qwen3-MoE); `None` for dense models.
+    /// Mixture-of-Experts MLPs (Qwen3-MoE, DeepSeek); `None` for dense models.
     pub moe: Option<MoeDims>,
+    /// Multi-head Latent Attention (DeepSeek); `None`: grouped-query attention.
+    pub mla: Option<MlaDims>,
     /// dtype of the stored weights (`bfloat16`, `float32`…), as the config said.
     pub dtype: Option<String>,
     pub bos_token_id: Option<u32>,
@@ -177,6 +262,22 @@ struct Raw {
     norm_topk_prob: Option<bool>,
     decoder_sparse_step: Option<usize>,
     mlp_only_layers: Option<Vec<usize>>,
+    // DeepSeek-V2/V3.
+    q_lora_rank: Option<usize>,
+    kv_lora_rank: Option<usize>,
+    qk_nope_head_dim: Option<usize>,
+    qk_rope_head_dim: Option<usize>,
+    v_head_dim: Option<usize>,
+    n_routed_experts: Option<usize>,
+    n_shared_experts: Option<usize>,
+    first_k_dense_replace: Option<usize>,
+    moe_layer_freq: Option<usize>,
+    n_group: Option<usize>,
+    topk_group: Option<usize>,
+    routed_scaling_factor: Option<f64>,
+    topk_method: Option<String>,
+    scoring_func: Option<String>,
+    rope_interleave: Option<bool>,
 }
 
 fn ids(v: &Option<Value>) -> Vec<u32> {
@@ -234,14 +335,25 @@ impl ModelConfig {
         if raw.num_attention_heads == 0 || raw.hidden_size == 0 {
             return Err("num_attention_heads and hidden_size must be positive".into());
         }
-        let kv = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
+        let deepseek = matches!(arch, Arch::DeepseekV2 | Arch::DeepseekV3);
+        // MLA has one latent for all heads: key/value heads are the query heads.
+        let kv = if deepseek {
+            raw.num_attention_heads
+        } else {
+            raw.num_key_value_heads.unwrap_or(raw.num_attention_heads)
+        };
         if kv == 0 || !raw.num_attention_heads.is_multiple_of(kv) {
             return Err(format!(
                 "num_attention_heads ({}) must be a multiple of num_key_value_heads ({kv})",
                 raw.num_attention_heads
             ));
         }
-        let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / raw.num_attention_heads);
+        // DeepSeek: `head_dim` is the rotary width (what RoPE tables are built for).
+        let head_dim = if deepseek {
+            raw.qk_rope_head_dim.ok_or("missing required key `qk_rope_head_dim`")?
+        } else {
+            raw.head_dim.unwrap_or(raw.hidden_size / raw.num_attention_heads)
+        };
         if !head_dim.is_multiple_of(2) {
             return Err(format!("head_dim {head_dim} must be even for RoPE"));
         }
@@ -257,9 +369,16 @@ impl ModelConfig {
             Some(p) => parse_scaling(p, raw.max_position_embeddings)?,
         };
         let attention_bias = raw.attention_bias.unwrap_or(false);
-        let moe = match arch {
-            Arch::Qwen3Moe => Some(qwen3_moe(&raw)?),
-            _ => None,
+        if deepseek && attention_bias {
+            return Err("attention_bias = true is not supported for DeepSeek's MLA".into());
+        }
+        let (moe, mla) = match arch {
+            Arch::Qwen3Moe => (Some(qwen3_moe(&raw)?), None),
+            Arch::DeepseekV2 | Arch::DeepseekV3 => {
+                let (moe, mla) = deepseek_parts(&raw, arch, params)?;
+                (Some(moe), Some(mla))
+            }
+            _ => (None, None),
         };
         let c = ModelConfig {
             arch,
@@ -277,15 +396,16 @@ impl ModelConfig {
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
             qkv_bias: match arch {
                 Arch::Qwen2 => true,
-                Arch::Llama | Arch::Qwen3 | Arch::Qwen3Moe => attention_bias,
+                _ => attention_bias,
             },
             o_bias: match arch {
                 Arch::Qwen2 => false,
-                Arch::Llama | Arch::Qwen3 | Arch::Qwen3Moe => attention_bias,
+                _ => attention_bias,
             },
             mlp_bias: raw.mlp_bias.unwrap_or(false),
             qk_norm: matches!(arch, Arch::Qwen3 | Arch::Qwen3Moe),
             moe,
+            mla,
             dtype: raw.dtype.or(raw.torch_dtype),
             bos_token_id: ids(&raw.bos_token_id).first().copied(),
             eos_token_ids: ids(&raw.eos_token_id),
@@ -317,10 +437,23 @@ impl ModelConfig {
                 beta_fast,
                 beta_slow,
                 attention_factor,
-            } => serde_json::json!({
-                "rope_type": "yarn", "factor": factor, "original_max_position_embeddings": original_max_position_embeddings,
-                "beta_fast": beta_fast, "beta_slow": beta_slow, "attention_factor": attention_factor,
-            }),
+                mscale,
+                mscale_all_dim,
+            } => {
+                let mut y = serde_json::json!({
+                    "rope_type": "yarn", "factor": factor, "original_max_position_embeddings": original_max_position_embeddings,
+                    "beta_fast": beta_fast, "beta_slow": beta_slow,
+                });
+                // With mscale/mscale_all_dim the attention factor is derived, as transformers does.
+                match (mscale, mscale_all_dim) {
+                    (Some(m), Some(a)) => {
+                        y["mscale"] = (*m).into();
+                        y["mscale_all_dim"] = (*a).into();
+                    }
+                    _ => y["attention_factor"] = (*attention_factor).into(),
+                }
+                y
+            }
         };
         let mut v = serde_json::json!({
             "architectures": [self.arch.hf_class()],
@@ -346,7 +479,35 @@ impl ModelConfig {
         if self.arch != Arch::Qwen2 {
             v["attention_bias"] = Value::Bool(self.qkv_bias);
         }
-        if let Some(m) = &self.moe {
+        if let (Some(m), Some(a)) = (&self.moe, &self.mla) {
+            let v3 = self.arch == Arch::DeepseekV3;
+            v["q_lora_rank"] = a.q_lora_rank.into();
+            v["kv_lora_rank"] = a.kv_lora_rank.into();
+            v["qk_nope_head_dim"] = a.qk_nope.into();
+            v["qk_rope_head_dim"] = a.qk_rope.into();
+            v["v_head_dim"] = a.v_head.into();
+            v["head_dim"] = a.qk_rope.into();
+            if v3 {
+                v["rope_interleave"] = a.interleave.into();
+                v["scoring_func"] = "sigmoid".into();
+                v["topk_method"] = "noaux_tc".into();
+            } else {
+                v["topk_method"] =
+                    if m.groups > 1 { "group_limited_greedy" } else { "greedy" }.into();
+            }
+            v["n_routed_experts"] = m.experts.into();
+            v["num_experts_per_tok"] = m.top_k.into();
+            v["moe_intermediate_size"] = m.intermediate.into();
+            v["n_shared_experts"] = (m.shared_intermediate / m.intermediate.max(1)).into();
+            v["norm_topk_prob"] = m.norm_topk_prob.into();
+            v["n_group"] = m.groups.into();
+            v["topk_group"] = m.topk_groups.into();
+            v["routed_scaling_factor"] = m.routed_scaling.into();
+            v["first_k_dense_replace"] =
+                (0..self.num_hidden_layers).find(|&i| m.is_sparse(i)).unwrap_or(0).into();
+            v["moe_layer_freq"] = 1.into();
+            v["num_nextn_predict_layers"] = 0.into();
+        } else if let Some(m) = &self.moe {
             // Sparse layers as one rule transformers reads: every layer sparse except the listed.
             v["num_experts"] = m.experts.into();
             v["num_experts_per_tok"] = m.top_k.into();
@@ -465,7 +626,156 @@ fn qwen3_moe(raw: &Raw) -> std::result::Result<MoeDims, String> {
         intermediate,
         norm_topk_prob: raw.norm_topk_prob.unwrap_or(false),
         sparse,
+        scoring: Scoring::Softmax,
+        groups: 1,
+        topk_groups: 1,
+        group_score: GroupScore::Max,
+        score_bias: false,
+        routed_scaling: 1.0,
+        shared_intermediate: 0,
     })
+}
+
+/// YaRN's magnitude correction, as transformers' `yarn_get_mscale`.
+fn yarn_mscale(factor: f64, mscale: f64) -> f64 {
+    if factor <= 1.0 { 1.0 } else { 0.1 * mscale * factor.ln() + 1.0 }
+}
+
+/// DeepSeek-V2/V3: the MoE (as `DeepseekV{2,3}MoE` routes) and the MLA dimensions.
+fn deepseek_parts(
+    raw: &Raw,
+    arch: Arch,
+    rope: Option<&Value>,
+) -> std::result::Result<(MoeDims, MlaDims), String> {
+    let need = |v: Option<usize>, k: &str| v.ok_or(format!("missing required key `{k}`"));
+    let v3 = arch == Arch::DeepseekV3;
+    let experts = need(raw.n_routed_experts, "n_routed_experts")?;
+    let top_k = need(raw.num_experts_per_tok, "num_experts_per_tok")?;
+    let intermediate = need(raw.moe_intermediate_size, "moe_intermediate_size")?;
+    let layers = raw.num_hidden_layers;
+    if experts == 0 || top_k == 0 || intermediate == 0 {
+        return Err(format!(
+            "n_routed_experts ({experts}), num_experts_per_tok ({top_k}) and moe_intermediate_size ({intermediate}) must be positive"
+        ));
+    }
+    if top_k > experts {
+        return Err(format!(
+            "num_experts_per_tok ({top_k}) must not exceed n_routed_experts ({experts})"
+        ));
+    }
+    if experts > 1 << 16 || intermediate > MAX_DIM {
+        return Err(format!(
+            "n_routed_experts {experts} or moe_intermediate_size {intermediate} is beyond any real model"
+        ));
+    }
+    if layers > MAX_MOE_LAYERS {
+        return Err(format!(
+            "num_hidden_layers {layers}: MoE models of more than {MAX_MOE_LAYERS} layers are not supported"
+        ));
+    }
+    let method = raw.topk_method.as_deref().unwrap_or(if v3 { "noaux_tc" } else { "greedy" });
+    let (groups, group_score, score_bias) = match (v3, method) {
+        (true, "noaux_tc") => (raw.n_group.unwrap_or(1), GroupScore::Top2Sum, true),
+        (false, "greedy") => (1, GroupScore::Max, false),
+        (false, "group_limited_greedy") => (raw.n_group.unwrap_or(1), GroupScore::Max, false),
+        (_, other) => {
+            return Err(format!(
+                "topk_method '{other}' is not supported for {} (supported: {})",
+                arch.model_type(),
+                if v3 { "noaux_tc" } else { "greedy, group_limited_greedy" }
+            ));
+        }
+    };
+    let topk_groups = if groups > 1 { raw.topk_group.unwrap_or(groups) } else { 1 };
+    if groups == 0 || !experts.is_multiple_of(groups) {
+        return Err(format!("n_group ({groups}) must divide n_routed_experts ({experts})"));
+    }
+    if topk_groups == 0 || topk_groups > groups {
+        return Err(format!("topk_group ({topk_groups}) must be in 1..=n_group ({groups})"));
+    }
+    if groups > 1 && top_k > topk_groups * (experts / groups) {
+        return Err(format!(
+            "num_experts_per_tok ({top_k}) is more than the {} experts of topk_group ({topk_groups}) groups",
+            topk_groups * (experts / groups)
+        ));
+    }
+    if groups > 1 && group_score == GroupScore::Top2Sum && experts / groups < 2 {
+        return Err(format!(
+            "n_group ({groups}) leaves fewer than 2 experts per group; V3 scores a group by its top 2"
+        ));
+    }
+    let scoring = match raw.scoring_func.as_deref() {
+        None if v3 => Scoring::Sigmoid,
+        None | Some("softmax") if !v3 => Scoring::Softmax,
+        Some("sigmoid") if v3 => Scoring::Sigmoid,
+        Some(other) => {
+            return Err(format!(
+                "scoring_func '{other}' is not supported for {}",
+                arch.model_type()
+            ));
+        }
+        None => unreachable!("handled above"),
+    };
+    let first_dense = raw.first_k_dense_replace.unwrap_or(0);
+    let freq = raw.moe_layer_freq.unwrap_or(1).max(1);
+    let sparse =
+        (0..layers).filter(|&i| i >= first_dense && i % freq == 0).fold(0u128, |m, i| m | 1 << i);
+    let moe = MoeDims {
+        experts,
+        top_k,
+        intermediate,
+        // DeepSeek-V2's model never renormalises, whatever its config says.
+        norm_topk_prob: v3 && raw.norm_topk_prob.unwrap_or(false),
+        sparse,
+        scoring,
+        groups,
+        topk_groups,
+        group_score,
+        score_bias,
+        routed_scaling: raw.routed_scaling_factor.unwrap_or(1.0),
+        shared_intermediate: intermediate * raw.n_shared_experts.unwrap_or(0),
+    };
+
+    let kv_lora_rank = need(raw.kv_lora_rank, "kv_lora_rank")?;
+    let qk_nope = need(raw.qk_nope_head_dim, "qk_nope_head_dim")?;
+    let qk_rope = need(raw.qk_rope_head_dim, "qk_rope_head_dim")?;
+    let v_head = need(raw.v_head_dim, "v_head_dim")?;
+    for (k, v) in [
+        ("kv_lora_rank", kv_lora_rank),
+        ("qk_rope_head_dim", qk_rope),
+        ("v_head_dim", v_head),
+        ("q_lora_rank", raw.q_lora_rank.unwrap_or(1)),
+    ] {
+        if v == 0 || v > MAX_DIM {
+            return Err(format!("{k} {v} must be positive and at most {MAX_DIM}"));
+        }
+    }
+    if qk_nope > MAX_DIM {
+        return Err(format!("qk_nope_head_dim {qk_nope} is beyond any real model"));
+    }
+    // The softmax scale: qk_head_dim^-0.5, times mscale(factor, mscale_all_dim)² under YaRN.
+    let mut softmax_scale = ((qk_nope + qk_rope) as f64).powf(-0.5);
+    if let Some(p) = rope {
+        let kind = p.get("rope_type").or_else(|| p.get("type")).and_then(Value::as_str);
+        let all_dim = p.get("mscale_all_dim").and_then(Value::as_f64).unwrap_or(0.0);
+        if kind.is_some_and(|k| k != "default") && all_dim != 0.0 {
+            let factor = p.get("factor").and_then(Value::as_f64).unwrap_or(1.0);
+            let m = yarn_mscale(factor, all_dim);
+            softmax_scale *= m * m;
+        }
+    }
+    let mla = MlaDims {
+        q_lora_rank: raw.q_lora_rank,
+        kv_lora_rank,
+        qk_nope,
+        qk_rope,
+        v_head,
+        // V2 rotates adjacent pairs (a complex multiply); V3 does unless `rope_interleave` is
+        // false.
+        interleave: !v3 || raw.rope_interleave.unwrap_or(true),
+        softmax_scale,
+    };
+    Ok((moe, mla))
 }
 
 fn parse_scaling(p: &Value, max_pos: Option<usize>) -> std::result::Result<RopeScaling, String> {
@@ -493,7 +803,21 @@ fn parse_scaling(p: &Value, max_pos: Option<usize>) -> std::result::Result<RopeS
                 )?,
             beta_fast: num("beta_fast").unwrap_or(32.0),
             beta_slow: num("beta_slow").unwrap_or(1.0),
-            attention_factor: num("attention_factor"),
+            // As transformers: with both `mscale` and `mscale_all_dim` (DeepSeek), their ratio.
+            attention_factor: num("attention_factor").or_else(|| {
+                match (
+                    num("mscale").filter(|m| *m != 0.0),
+                    num("mscale_all_dim").filter(|m| *m != 0.0),
+                ) {
+                    (Some(m), Some(all)) => {
+                        let f = num("factor").unwrap_or(1.0);
+                        Some(yarn_mscale(f, m) / yarn_mscale(f, all))
+                    }
+                    _ => None,
+                }
+            }),
+            mscale: num("mscale"),
+            mscale_all_dim: num("mscale_all_dim"),
         },
         other => {
             return Err(format!(

@@ -362,6 +362,255 @@ impl<B: Backend> Attention<B> {
     }
 }
 
+/// Multi-head Latent Attention (DeepSeek-V2/V3, HF `DeepseekV3Attention`). Queries go through a
+/// low-rank bottleneck (`q_a_proj` → `q_a_layernorm` → `q_b_proj`) or one `q_proj`; each token's
+/// keys and values come from one latent `c_kv` (`kv_a_proj_with_mqa` → `kv_a_layernorm`) expanded
+/// per head by `kv_b_proj`, plus a rotary key `k_rot` shared by all heads. Only `c_kv` and the
+/// rotated `k_rot` are cached: `kv_lora_rank + qk_rope_head_dim` values per token and layer
+/// instead of `heads · (qk_head_dim + v_head_dim)`. The cached latent is expanded by `kv_b_proj`
+/// at every step (the absorbed-projection decode path, which folds `kv_b_proj` into the query and
+/// output, is not implemented).
+#[derive(Module, Debug)]
+pub struct MlaAttention<B: Backend> {
+    pub q_a_proj: Option<Linear<B>>,
+    pub q_a_layernorm: Option<RmsNorm<B>>,
+    pub q_b_proj: Option<Linear<B>>,
+    /// Without `q_lora_rank` (V2-Lite).
+    pub q_proj: Option<Linear<B>>,
+    pub kv_a_proj_with_mqa: Linear<B>,
+    pub kv_a_layernorm: RmsNorm<B>,
+    pub kv_b_proj: Linear<B>,
+    pub o_proj: Linear<B>,
+    pub n_heads: usize,
+    #[module(skip)]
+    pub dims: crate::config::MlaDims,
+}
+
+/// transformers builds MLA's two RMSNorms without the config's epsilon: always 1e-6.
+const MLA_NORM_EPS: f64 = 1e-6;
+
+impl<B: Backend> MlaAttention<B> {
+    fn load(
+        src: &mut dyn WeightSource,
+        at: &mut Cursor,
+        c: &ModelConfig,
+        m: &crate::config::MlaDims,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let (q_a_proj, q_a_layernorm, q_b_proj, q_proj) = if m.q_lora_rank.is_some() {
+            let a = Linear::load(src, at, device)?;
+            let n = RmsNorm::load(src, at.next(Kind::Norm), MLA_NORM_EPS, device)?;
+            (Some(a), Some(n), Some(Linear::load(src, at, device)?), None)
+        } else {
+            (None, None, None, Some(Linear::load(src, at, device)?))
+        };
+        Ok(MlaAttention {
+            q_a_proj,
+            q_a_layernorm,
+            q_b_proj,
+            q_proj,
+            kv_a_proj_with_mqa: Linear::load(src, at, device)?,
+            kv_a_layernorm: RmsNorm::load(src, at.next(Kind::Norm), MLA_NORM_EPS, device)?,
+            kv_b_proj: Linear::load(src, at, device)?,
+            o_proj: Linear::load(src, at, device)?,
+            n_heads: c.num_attention_heads,
+            dims: *m,
+        })
+    }
+
+    fn from_flat(
+        at: &mut Cursor,
+        d: &Dims,
+        m: &crate::config::MlaDims,
+        next: &mut dyn FnMut(&ParamSpec) -> Tensor<B, 1>,
+    ) -> Self {
+        let (q_a_proj, q_a_layernorm, q_b_proj, q_proj) = if m.q_lora_rank.is_some() {
+            let a = Linear::from_flat(at, next);
+            let n = RmsNorm::from_flat(at, MLA_NORM_EPS, next);
+            (Some(a), Some(n), Some(Linear::from_flat(at, next)), None)
+        } else {
+            (None, None, None, Some(Linear::from_flat(at, next)))
+        };
+        MlaAttention {
+            q_a_proj,
+            q_a_layernorm,
+            q_b_proj,
+            q_proj,
+            kv_a_proj_with_mqa: Linear::from_flat(at, next),
+            kv_a_layernorm: RmsNorm::from_flat(at, MLA_NORM_EPS, next),
+            kv_b_proj: Linear::from_flat(at, next),
+            o_proj: Linear::from_flat(at, next),
+            n_heads: d.heads,
+            dims: *m,
+        }
+    }
+
+    fn export(&self, at: &mut Cursor, sink: &mut dyn WeightSink) {
+        if let (Some(a), Some(n), Some(b)) = (&self.q_a_proj, &self.q_a_layernorm, &self.q_b_proj) {
+            a.export(at, sink);
+            n.export(at, sink);
+            b.export(at, sink);
+        }
+        if let Some(q) = &self.q_proj {
+            q.export(at, sink);
+        }
+        self.kv_a_proj_with_mqa.export(at, sink);
+        self.kv_a_layernorm.export(at, sink);
+        self.kv_b_proj.export(at, sink);
+        self.o_proj.export(at, sink);
+    }
+
+    /// DeepSeek rotates adjacent pairs `(x0, x1), (x2, x3), …`: reordered evens-then-odds (in q
+    /// and k alike, so q·k is unchanged) they become the halves `rotate_half` rotates.
+    fn deinterleave(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        if !self.dims.interleave {
+            return x;
+        }
+        let r = self.dims.qk_rope;
+        let perm: Vec<i64> = (0..r as i64).step_by(2).chain((1..r as i64).step_by(2)).collect();
+        x.select(3, Tensor::from_data(TensorData::new(perm, [r]), &self.o_proj.weight.device()))
+    }
+
+    /// `x` `[batch, seq, hidden]` → `[batch, seq, hidden]`. The cache slot holds the latent
+    /// `[batch, 1, capacity, kv_lora_rank]` and the rotated key `[batch, 1, capacity, qk_rope]`.
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope_q: &(Tensor<B, 2>, Tensor<B, 2>),
+        rope_k: &(Tensor<B, 2>, Tensor<B, 2>),
+        mask: &AttnMask<B>,
+        cache: Option<(&mut LayerKv<B>, usize)>,
+    ) -> Tensor<B, 3> {
+        let [b, t, _] = x.dims();
+        let m = self.dims;
+        let (h, nope, rope, vd, r) = (self.n_heads, m.qk_nope, m.qk_rope, m.v_head, m.kv_lora_rank);
+        let q = match (&self.q_proj, &self.q_a_proj, &self.q_a_layernorm, &self.q_b_proj) {
+            (Some(p), ..) => p.forward(x.clone()),
+            (None, Some(a), Some(n), Some(bp)) => bp.forward(n.forward(a.forward(x.clone()))),
+            _ => unreachable!("MLA has q_proj or the q_a/q_b pair"),
+        }
+        .reshape([b, t, h, nope + rope]);
+        let q_pass = q.clone().narrow(3, 0, nope);
+        let q_rot = self.deinterleave(q.narrow(3, nope, rope));
+        let q_rot = rope::apply(q_rot, &rope_q.0, &rope_q.1);
+        let ckv = self.kv_a_proj_with_mqa.forward(x); // [b, t, r + rope]
+        let c = self.kv_a_layernorm.forward(ckv.clone().narrow(2, 0, r)).reshape([b, 1, t, r]);
+        let k_rot = self.deinterleave(ckv.narrow(2, r, rope).reshape([b, t, 1, rope]));
+        let k_rot = rope::apply(k_rot, &rope_k.0, &rope_k.1).reshape([b, 1, t, rope]);
+        let (c, k_rot) = match cache {
+            Some((slot, start)) => {
+                let (pc, pk) = slot.take().unzip();
+                let (cc, ck) =
+                    (cache_write(pc, c.clone(), start), cache_write(pk, k_rot.clone(), start));
+                *slot = Some((cc.clone(), ck.clone()));
+                if start == 0 { (c, k_rot) } else { (cc, ck) }
+            }
+            None => (c, k_rot),
+        };
+        let s = c.dims()[2];
+        let kv = self.kv_b_proj.forward(c.reshape([b, s, r])).reshape([b, s, h, nope + vd]);
+        let k_nope = kv.clone().narrow(3, 0, nope);
+        let v = kv.narrow(3, nope, vd).swap_dims(1, 2); // [b, h, s, vd]
+        let k_rot = k_rot.reshape([b, s, 1, rope]).expand([b, s, h, rope]);
+        let k = Tensor::cat(vec![k_nope, k_rot], 3).swap_dims(1, 2); // [b, h, s, dq]
+        let q = Tensor::cat(vec![q_pass, q_rot], 3).swap_dims(1, 2); // [b, h, t, dq]
+        // The attention kernels scale by 1/sqrt(width) and take one width for q, k and v: pad
+        // all three with zeros to the wider of qk and v (zeros change no score), fold the
+        // softmax scale into q, and keep v's part of the output.
+        let dq = nope + rope;
+        let wide = dq.max(vd);
+        let pad = |y: Tensor<B, 4>, from: usize| {
+            if from == wide {
+                return y;
+            }
+            let [a0, a1, a2, _] = y.dims();
+            let z = Tensor::<B, 4>::zeros([a0, a1, a2, wide - from], &y.device()).cast(y.dtype());
+            Tensor::cat(vec![y, z], 3)
+        };
+        let q = pad(q, dq).mul_scalar(m.softmax_scale * (wide as f64).sqrt());
+        let (k, v) = (pad(k, dq), pad(v, vd));
+        let opts = AttentionModuleOptions { scale: None, softcap: None, is_causal: false };
+        let out = match mask {
+            AttnMask::Causal if t > 1 => crate::attention::causal(q, k, v, None),
+            AttnMask::Custom(mk) => crate::attention::causal(q, k, v, Some(mk.clone())),
+            AttnMask::Causal | AttnMask::None => attention(q, k, v, None, None, opts),
+        }; // [b, h, t, wide]
+        let out = out.narrow(3, 0, vd).swap_dims(1, 2).reshape([b, t, h * vd]);
+        self.o_proj.forward(out)
+    }
+}
+
+/// A layer's attention: grouped-query (Llama, Qwen) or latent (DeepSeek).
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum SelfAttention<B: Backend> {
+    Gqa(Attention<B>),
+    Mla(MlaAttention<B>),
+}
+
+impl<B: Backend> SelfAttention<B> {
+    /// Query heads, and the heads the rotary key has (kv heads; MLA's one shared key).
+    pub fn rope_heads(&self) -> (usize, usize) {
+        match self {
+            SelfAttention::Gqa(a) => (a.n_heads, a.n_kv_heads),
+            SelfAttention::Mla(a) => (a.n_heads, 1),
+        }
+    }
+
+    /// The grouped-query attention, if this layer has it.
+    pub fn gqa(&self) -> Option<&Attention<B>> {
+        match self {
+            SelfAttention::Gqa(a) => Some(a),
+            SelfAttention::Mla(_) => None,
+        }
+    }
+
+    fn load(
+        src: &mut dyn WeightSource,
+        at: &mut Cursor,
+        c: &ModelConfig,
+        device: &B::Device,
+    ) -> Result<Self> {
+        match &c.mla {
+            Some(m) => Ok(SelfAttention::Mla(MlaAttention::load(src, at, c, m, device)?)),
+            None => Ok(SelfAttention::Gqa(Attention::load(src, at, c, device)?)),
+        }
+    }
+
+    fn from_flat(
+        at: &mut Cursor,
+        d: &Dims,
+        eps: f64,
+        next: &mut dyn FnMut(&ParamSpec) -> Tensor<B, 1>,
+    ) -> Self {
+        match &d.mla {
+            Some(m) => SelfAttention::Mla(MlaAttention::from_flat(at, d, m, next)),
+            None => SelfAttention::Gqa(Attention::from_flat(at, d, eps, next)),
+        }
+    }
+
+    fn export(&self, at: &mut Cursor, sink: &mut dyn WeightSink) {
+        match self {
+            SelfAttention::Gqa(a) => a.export(at, sink),
+            SelfAttention::Mla(a) => a.export(at, sink),
+        }
+    }
+
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope_q: &(Tensor<B, 2>, Tensor<B, 2>),
+        rope_k: &(Tensor<B, 2>, Tensor<B, 2>),
+        mask: &AttnMask<B>,
+        cache: Option<(&mut LayerKv<B>, usize)>,
+    ) -> Tensor<B, 3> {
+        match self {
+            SelfAttention::Gqa(a) => a.forward(x, rope_q, rope_k, mask, cache),
+            SelfAttention::Mla(a) => a.forward(x, rope_q, rope_k, mask, cache),
+        }
+    }
+}
+
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
     pub gate_proj: Linear<B>,
@@ -398,23 +647,30 @@ impl<B: Backend> Mlp<B> {
     }
 }
 
-/// Qwen3-MoE's sparse MLP (`Qwen3MoeSparseMoeBlock`): the router `gate` scores the experts
-/// (softmax in f32), each token goes to its `top_k` best, optionally renormalised, and the
-/// experts' outputs are summed with those weights.
+/// A sparse MLP: Qwen3-MoE's `Qwen3MoeSparseMoeBlock`, DeepSeek-V2/V3's `DeepseekV{2,3}MoE`.
+/// The router `gate` scores the experts in f32 (softmax, or V3's sigmoid), each token goes to its
+/// `top_k` best (V3: chosen by score + `e_score_correction_bias`, within its best `topk_group`
+/// groups), the chosen scores are optionally renormalised and scaled by `routed_scaling_factor`,
+/// the experts' outputs are summed with those weights, and the shared experts (DeepSeek) are added.
 ///
 /// Experts run batched: the routing is read back to the host once per layer, the tokens are
 /// grouped per expert, and each expert with tokens runs one SwiGLU over its rows (a gather, three
 /// matmuls, a weighted scatter-add), so the work is `top_k` experts' worth per token whatever
-/// the expert count, at the cost of one device→host read of `[tokens, top_k]` ids per layer
-/// and a loop over the experts that have tokens. Gradients reach the router through the gathered
-/// weights and the experts through their rows; unrouted experts get none.
+/// the expert count, at the cost of one device→host read per layer (the `[tokens, top_k]` ids;
+/// with group-limited routing the `[tokens, experts]` scores, grouped on the host) and a loop over
+/// the experts that have tokens. Gradients reach the router through the gathered weights and the
+/// experts through their rows; unrouted experts get none.
 #[derive(Module, Debug)]
 pub struct SparseMoe<B: Backend> {
     /// The router: `[hidden, experts]` (HF `mlp.gate.weight` `[experts, hidden]`).
     pub gate: Linear<B>,
+    /// V3's `mlp.gate.e_score_correction_bias` `[experts]`: for choosing only, never trained.
+    pub e_score_correction_bias: Option<Param<Tensor<B, 1>>>,
     pub experts: Vec<Mlp<B>>,
-    pub top_k: usize,
-    pub norm_topk_prob: bool,
+    /// DeepSeek's `mlp.shared_experts`: one SwiGLU every token runs.
+    pub shared_experts: Option<Mlp<B>>,
+    #[module(skip)]
+    pub routing: crate::config::MoeDims,
 }
 
 impl<B: Backend> SparseMoe<B> {
@@ -424,12 +680,15 @@ impl<B: Backend> SparseMoe<B> {
         m: &crate::config::MoeDims,
         device: &B::Device,
     ) -> Result<Self> {
-        Ok(SparseMoe {
-            gate: Linear::load(src, at, device)?,
-            experts: (0..m.experts).map(|_| Mlp::load(src, at, device)).collect::<Result<_>>()?,
-            top_k: m.top_k,
-            norm_topk_prob: m.norm_topk_prob,
-        })
+        let gate = Linear::load(src, at, device)?;
+        let bias = match at.next_if(Kind::Buffer) {
+            Some(b) => Some(Param::from_tensor(src.take(&b.name, &[b.shape[0]], device)?)),
+            None => None,
+        };
+        let experts = (0..m.experts).map(|_| Mlp::load(src, at, device)).collect::<Result<_>>()?;
+        let shared_experts =
+            if m.shared_intermediate > 0 { Some(Mlp::load(src, at, device)?) } else { None };
+        Ok(SparseMoe { gate, e_score_correction_bias: bias, experts, shared_experts, routing: *m })
     }
 
     fn from_flat(
@@ -437,40 +696,98 @@ impl<B: Backend> SparseMoe<B> {
         m: &crate::config::MoeDims,
         next: &mut dyn FnMut(&ParamSpec) -> Tensor<B, 1>,
     ) -> Self {
+        let gate = Linear::from_flat(at, next);
+        let bias = at.next_if(Kind::Buffer).map(|b| Param::initialized(ParamId::new(), next(b)));
         SparseMoe {
-            gate: Linear::from_flat(at, next),
+            gate,
+            e_score_correction_bias: bias,
             experts: (0..m.experts).map(|_| Mlp::from_flat(at, next)).collect(),
-            top_k: m.top_k,
-            norm_topk_prob: m.norm_topk_prob,
+            shared_experts: (m.shared_intermediate > 0).then(|| Mlp::from_flat(at, next)),
+            routing: *m,
         }
     }
 
     fn export(&self, at: &mut Cursor, sink: &mut dyn WeightSink) {
         self.gate.export(at, sink);
-        for e in &self.experts {
+        if let Some(b) = &self.e_score_correction_bias {
+            sink.put(&at.next(Kind::Buffer).name, b.val());
+        }
+        for e in self.experts.iter().chain(&self.shared_experts) {
             e.export(at, sink);
         }
     }
 
-    /// The routing of `x` `[tokens, hidden]`: each token's experts `[tokens, top_k]` (host) and
-    /// their weights `[tokens, top_k]` (on the device, in `x`'s dtype, differentiable).
+    /// The routing of `x` `[tokens, hidden]`: each token's experts `[tokens · top_k]` (host,
+    /// token-major) and their weights `[tokens, top_k]` (on the device, in `x`'s dtype,
+    /// differentiable).
     pub fn route(&self, x: Tensor<B, 2>) -> (Vec<usize>, Tensor<B, 2>) {
+        use crate::config::{GroupScore, Scoring};
+        let r = &self.routing;
         let dtype = x.dtype();
+        let device = x.device();
+        let n = x.dims()[0];
         let logits = self.gate.forward(x).cast(DType::F32); // [n, E]
-        let probs = burn::tensor::activation::softmax(logits, 1);
-        let (_, idx) = probs.clone().topk_with_indices(self.top_k, 1); // [n, k]
-        let mut w = probs.gather(1, idx.clone());
-        if self.norm_topk_prob {
-            w = w.clone() / w.sum_dim(1);
+        let scores = match r.scoring {
+            Scoring::Softmax => burn::tensor::activation::softmax(logits, 1),
+            Scoring::Sigmoid => burn::tensor::activation::sigmoid(logits),
+        };
+        // What chooses the experts: the scores, plus V3's correction bias.
+        let choice = match &self.e_score_correction_bias {
+            Some(b) => scores.clone() + b.val().cast(DType::F32).unsqueeze_dim(0),
+            None => scores.clone(),
+        };
+        let ids: Vec<usize> = if r.groups <= 1 {
+            let (_, idx) = choice.topk_with_indices(r.top_k, 1); // [n, k]
+            idx.into_data()
+                .convert::<i64>()
+                .to_vec::<i64>()
+                .expect("ids")
+                .into_iter()
+                .map(|e| e as usize)
+                .collect()
+        } else {
+            // Group-limited: each token keeps its `topk_groups` best groups, then its top_k
+            // experts among them (on the host: the choice is not differentiable).
+            let c: Vec<f32> = choice.into_data().convert::<f32>().to_vec().expect("scores");
+            let (e, g) = (r.experts, r.groups);
+            let per = e / g;
+            let desc = |v: &[f32], i: usize, j: usize| v[j].total_cmp(&v[i]).then(i.cmp(&j));
+            let mut out = Vec::with_capacity(n * r.top_k);
+            for row in c.chunks_exact(e) {
+                let group_score: Vec<f32> = row
+                    .chunks_exact(per)
+                    .map(|grp| match r.group_score {
+                        GroupScore::Max => grp.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+                        GroupScore::Top2Sum => {
+                            let mut v = grp.to_vec();
+                            v.sort_by(|a, b| b.total_cmp(a));
+                            v[0] + v[1]
+                        }
+                    })
+                    .collect();
+                let mut groups: Vec<usize> = (0..g).collect();
+                groups.sort_by(|&a, &b| desc(&group_score, a, b));
+                let mut allowed: Vec<usize> = groups[..r.topk_groups]
+                    .iter()
+                    .flat_map(|&gi| gi * per..(gi + 1) * per)
+                    .collect();
+                allowed.sort_by(|&a, &b| desc(row, a, b));
+                out.extend_from_slice(&allowed[..r.top_k]);
+            }
+            out
+        };
+        let idx = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(ids.iter().map(|&e| e as i64).collect::<Vec<_>>(), [n, r.top_k]),
+            &device,
+        );
+        // The weights come from the unbiased scores.
+        let mut w = scores.gather(1, idx);
+        if r.norm_topk_prob {
+            w = w.clone() / (w.sum_dim(1) + 1e-20);
         }
-        let ids: Vec<usize> = idx
-            .into_data()
-            .convert::<i64>()
-            .to_vec::<i64>()
-            .expect("routing ids")
-            .into_iter()
-            .map(|e| e as usize)
-            .collect();
+        if r.routed_scaling != 1.0 {
+            w = w.mul_scalar(r.routed_scaling);
+        }
         (ids, w.cast(dtype))
     }
 
@@ -482,7 +799,7 @@ impl<B: Backend> SparseMoe<B> {
         let device = x.device();
         let x = x.reshape([n, d]);
         let (ids, w) = self.route(x.clone());
-        let k = self.top_k;
+        let k = self.routing.top_k;
         // Per expert: the tokens routed to it and the (token, slot) of each routing weight.
         let mut rows: Vec<(Vec<i64>, Vec<i64>)> = vec![(vec![], vec![]); self.experts.len()];
         for (j, &e) in ids.iter().enumerate() {
@@ -502,6 +819,9 @@ impl<B: Backend> SparseMoe<B> {
             let y = expert.forward(x.clone().select(0, tok.clone())); // [m, d]
             let y = y * w.clone().select(0, int(slots)); // weighted by its routing weight
             out = out.select_assign(0, tok, y, burn::tensor::IndexingUpdateOp::Add);
+        }
+        if let Some(s) = &self.shared_experts {
+            out = out + s.forward(x);
         }
         out.reshape(dims)
     }
@@ -566,7 +886,7 @@ impl<B: Backend> FeedForward<B> {
 
 #[derive(Module, Debug)]
 pub struct DecoderLayer<B: Backend> {
-    pub self_attn: Attention<B>,
+    pub self_attn: SelfAttention<B>,
     /// HF `mlp`: dense, or sparse in a Qwen3-MoE layer.
     pub mlp: FeedForward<B>,
     pub input_layernorm: RmsNorm<B>,
@@ -582,7 +902,7 @@ impl<B: Backend> DecoderLayer<B> {
     ) -> Result<Self> {
         let eps = c.rms_norm_eps;
         Ok(DecoderLayer {
-            self_attn: Attention::load(src, at, c, device)?,
+            self_attn: SelfAttention::load(src, at, c, device)?,
             mlp: FeedForward::load(src, at, c, device)?,
             input_layernorm: RmsNorm::load(src, at.next(Kind::Norm), eps, device)?,
             post_attention_layernorm: RmsNorm::load(src, at.next(Kind::Norm), eps, device)?,
@@ -605,7 +925,7 @@ impl<B: Backend> DecoderLayer<B> {
         next: &mut dyn FnMut(&ParamSpec) -> Tensor<B, 1>,
     ) -> Self {
         DecoderLayer {
-            self_attn: Attention::from_flat(at, d, eps, next),
+            self_attn: SelfAttention::from_flat(at, d, eps, next),
             mlp: FeedForward::from_flat(at, d, next),
             input_layernorm: RmsNorm::from_flat(at, eps, next),
             post_attention_layernorm: RmsNorm::from_flat(at, eps, next),
@@ -703,17 +1023,16 @@ impl<B: Backend> CausalLm<B> {
     /// The dimensions that decide this model's parameters (its spec).
     pub fn dims(&self) -> Dims {
         let [vocab, hidden] = self.model.embed_tokens.dims();
-        let attn = self.model.layers.first().map(|l| &l.self_attn);
+        let first = self.model.layers.first().map(|l| &l.self_attn);
+        let attn = first.and_then(SelfAttention::gqa);
+        let mla = match first {
+            Some(SelfAttention::Mla(a)) => Some(a),
+            _ => None,
+        };
         let mlp = self.model.layers.iter().find_map(|l| l.mlp.dense());
         let moe = self.model.layers.iter().enumerate().fold(None, |acc, (i, l)| match &l.mlp {
             FeedForward::Sparse(m) => {
-                let mut d = acc.unwrap_or(crate::config::MoeDims {
-                    experts: m.experts.len(),
-                    top_k: m.top_k,
-                    intermediate: m.experts.first().map_or(0, |e| e.gate_proj.weight.dims()[1]),
-                    norm_topk_prob: m.norm_topk_prob,
-                    sparse: 0,
-                });
+                let mut d = acc.unwrap_or(crate::config::MoeDims { sparse: 0, ..m.routing });
                 d.sparse |= 1 << i;
                 Some(d)
             }
@@ -724,15 +1043,16 @@ impl<B: Backend> CausalLm<B> {
             hidden,
             intermediate: mlp.map_or(0, |m| m.gate_proj.weight.dims()[1]),
             layers: self.model.layers.len(),
-            heads: attn.map_or(0, |a| a.n_heads),
-            kv_heads: attn.map_or(0, |a| a.n_kv_heads),
-            head_dim: attn.map_or(0, |a| a.head_dim),
+            heads: attn.map_or(mla.map_or(0, |a| a.n_heads), |a| a.n_heads),
+            kv_heads: attn.map_or(mla.map_or(0, |a| a.n_heads), |a| a.n_kv_heads),
+            head_dim: attn.map_or(mla.map_or(0, |a| a.dims.qk_rope), |a| a.head_dim),
             qkv_bias: attn.is_some_and(|a| a.q_proj.bias.is_some()),
             o_bias: attn.is_some_and(|a| a.o_proj.bias.is_some()),
             mlp_bias: mlp.is_some_and(|m| m.gate_proj.bias.is_some()),
             qk_norm: attn.is_some_and(|a| a.q_norm.is_some()),
             tied: self.lm_head.is_none(),
             moe,
+            mla: mla.map(|a| a.dims),
         }
     }
 
@@ -764,11 +1084,7 @@ impl<B: Backend> CausalLm<B> {
     ) -> Tensor<B, 3> {
         let t = input_ids.dims()[1];
         let mut x = embed(self.model.embed_tokens.val(), input_ids);
-        let (h, kv) = self
-            .model
-            .layers
-            .first()
-            .map_or((1, 1), |l| (l.self_attn.n_heads, l.self_attn.n_kv_heads));
+        let (h, kv) = self.model.layers.first().map_or((1, 1), |l| l.self_attn.rope_heads());
         let ctx = LayerCtx::new(rope, &positions, h, kv, mask);
         let start = cache.as_deref().map_or(0, KvCache::len);
         for (i, layer) in self.model.layers.iter().enumerate() {
@@ -847,18 +1163,41 @@ impl<B: Backend> CausalLm<B> {
             ParamMut::Matrix(&mut self.model.embed_tokens),
         ));
         for l in self.model.layers.iter_mut() {
-            let a = &mut l.self_attn;
-            for p in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj] {
-                lin(&mut out, &mut at, p);
-            }
-            for n in [a.q_norm.as_mut(), a.k_norm.as_mut()].into_iter().flatten() {
-                norm(&mut out, &mut at, n);
+            match &mut l.self_attn {
+                SelfAttention::Gqa(a) => {
+                    for p in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj] {
+                        lin(&mut out, &mut at, p);
+                    }
+                    for n in [a.q_norm.as_mut(), a.k_norm.as_mut()].into_iter().flatten() {
+                        norm(&mut out, &mut at, n);
+                    }
+                }
+                SelfAttention::Mla(a) => {
+                    if let (Some(qa), Some(n), Some(qb)) =
+                        (a.q_a_proj.as_mut(), a.q_a_layernorm.as_mut(), a.q_b_proj.as_mut())
+                    {
+                        lin(&mut out, &mut at, qa);
+                        norm(&mut out, &mut at, n);
+                        lin(&mut out, &mut at, qb);
+                    }
+                    if let Some(q) = a.q_proj.as_mut() {
+                        lin(&mut out, &mut at, q);
+                    }
+                    lin(&mut out, &mut at, &mut a.kv_a_proj_with_mqa);
+                    norm(&mut out, &mut at, &mut a.kv_a_layernorm);
+                    lin(&mut out, &mut at, &mut a.kv_b_proj);
+                    lin(&mut out, &mut at, &mut a.o_proj);
+                }
             }
             let mlps: Vec<&mut Mlp<B>> = match &mut l.mlp {
                 FeedForward::Dense(m) => vec![m],
                 FeedForward::Sparse(m) => {
                     lin(&mut out, &mut at, &mut m.gate);
-                    m.experts.iter_mut().collect()
+                    if m.e_score_correction_bias.is_some() {
+                        // A buffer: exported, never trained.
+                        at.next(Kind::Buffer);
+                    }
+                    m.experts.iter_mut().chain(m.shared_experts.as_mut()).collect()
                 }
             };
             for m in mlps {

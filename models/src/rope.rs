@@ -49,6 +49,7 @@ pub fn inv_freq(cfg: &ModelConfig) -> (Vec<f32>, f32) {
             beta_fast,
             beta_slow,
             attention_factor,
+            ..
         } => {
             let correction = |rot: f64| {
                 (dim as f64 * (old / (rot * 2.0 * std::f64::consts::PI)).ln()) / (2.0 * base.ln())

@@ -4,7 +4,7 @@
 //! (`CausalLm::load`, `export`, `params_mut`) walk it; the GGUF import checks names and shapes
 //! against it; the parameter count and the memory planner sum it.
 
-use crate::config::{ModelConfig, MoeDims};
+use crate::config::{MlaDims, ModelConfig, MoeDims};
 
 /// What a tensor is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +17,9 @@ pub enum Kind {
     Bias,
     /// An RMSNorm's weight, `[dim]`.
     Norm,
+    /// A vector that is loaded and exported but not trained: DeepSeek-V3's
+    /// `mlp.gate.e_score_correction_bias` (a buffer in transformers, updated outside the loss).
+    Buffer,
 }
 
 /// One parameter.
@@ -47,7 +50,7 @@ pub fn tied(cfg: &ModelConfig) -> Vec<(&'static str, &'static str)> {
 
 /// The part of a config that decides the parameters. A built model reports its own
 /// (`CausalLm::dims`), so export and the optimizer walk the same spec the load did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Dims {
     pub vocab: usize,
     pub hidden: usize,
@@ -61,8 +64,10 @@ pub struct Dims {
     pub mlp_bias: bool,
     pub qk_norm: bool,
     pub tied: bool,
-    /// Sparse MLPs (Qwen3-MoE): which layers, how many experts of what width.
+    /// Sparse MLPs (Qwen3-MoE, DeepSeek): which layers, how many experts of what width.
     pub moe: Option<MoeDims>,
+    /// Multi-head Latent Attention (DeepSeek) instead of grouped-query attention.
+    pub mla: Option<MlaDims>,
 }
 
 impl Dims {
@@ -81,6 +86,7 @@ impl Dims {
             qk_norm: c.qk_norm,
             tied: c.tie_word_embeddings,
             moe: c.moe,
+            mla: c.mla,
         }
     }
 }
@@ -109,23 +115,58 @@ pub fn specs(c: &Dims) -> Vec<ParamSpec> {
     push("model.embed_tokens.weight".into(), vec![c.vocab, d], Kind::Embedding);
     for i in 0..c.layers {
         let p = format!("model.layers.{i}");
-        linear(&mut push, format!("{p}.self_attn.q_proj"), d, h * hd, c.qkv_bias);
-        linear(&mut push, format!("{p}.self_attn.k_proj"), d, kv * hd, c.qkv_bias);
-        linear(&mut push, format!("{p}.self_attn.v_proj"), d, kv * hd, c.qkv_bias);
-        linear(&mut push, format!("{p}.self_attn.o_proj"), h * hd, d, c.o_bias);
-        if c.qk_norm {
-            push(format!("{p}.self_attn.q_norm.weight"), vec![hd], Kind::Norm);
-            push(format!("{p}.self_attn.k_norm.weight"), vec![hd], Kind::Norm);
+        let a = format!("{p}.self_attn");
+        match &c.mla {
+            // MLA: the query path (through the q_lora_rank bottleneck, or direct), the latent and
+            // rotary key, the latent's up-projection to per-head keys and values, the output.
+            Some(m) => {
+                let q_out = h * m.qk_head();
+                match m.q_lora_rank {
+                    Some(r) => {
+                        linear(&mut push, format!("{a}.q_a_proj"), d, r, false);
+                        push(format!("{a}.q_a_layernorm.weight"), vec![r], Kind::Norm);
+                        linear(&mut push, format!("{a}.q_b_proj"), r, q_out, false);
+                    }
+                    None => linear(&mut push, format!("{a}.q_proj"), d, q_out, false),
+                }
+                let r = m.kv_lora_rank;
+                linear(&mut push, format!("{a}.kv_a_proj_with_mqa"), d, r + m.qk_rope, false);
+                push(format!("{a}.kv_a_layernorm.weight"), vec![r], Kind::Norm);
+                linear(&mut push, format!("{a}.kv_b_proj"), r, h * (m.qk_nope + m.v_head), false);
+                linear(&mut push, format!("{a}.o_proj"), h * m.v_head, d, false);
+            }
+            None => {
+                linear(&mut push, format!("{a}.q_proj"), d, h * hd, c.qkv_bias);
+                linear(&mut push, format!("{a}.k_proj"), d, kv * hd, c.qkv_bias);
+                linear(&mut push, format!("{a}.v_proj"), d, kv * hd, c.qkv_bias);
+                linear(&mut push, format!("{a}.o_proj"), h * hd, d, c.o_bias);
+                if c.qk_norm {
+                    push(format!("{a}.q_norm.weight"), vec![hd], Kind::Norm);
+                    push(format!("{a}.k_norm.weight"), vec![hd], Kind::Norm);
+                }
+            }
         }
         match c.moe.filter(|m| m.is_sparse(i)) {
             // The router, then each expert's SwiGLU (transformers' per-expert checkpoint names).
             Some(m) => {
                 linear(&mut push, format!("{p}.mlp.gate"), d, m.experts, false);
+                if m.score_bias {
+                    push(
+                        format!("{p}.mlp.gate.e_score_correction_bias"),
+                        vec![m.experts],
+                        Kind::Buffer,
+                    );
+                }
+                let mut swiglu = |x: String, w: usize| {
+                    linear(&mut push, format!("{x}.gate_proj"), d, w, false);
+                    linear(&mut push, format!("{x}.up_proj"), d, w, false);
+                    linear(&mut push, format!("{x}.down_proj"), w, d, false);
+                };
                 for e in 0..m.experts {
-                    let x = format!("{p}.mlp.experts.{e}");
-                    linear(&mut push, format!("{x}.gate_proj"), d, m.intermediate, false);
-                    linear(&mut push, format!("{x}.up_proj"), d, m.intermediate, false);
-                    linear(&mut push, format!("{x}.down_proj"), m.intermediate, d, false);
+                    swiglu(format!("{p}.mlp.experts.{e}"), m.intermediate);
+                }
+                if m.shared_intermediate > 0 {
+                    swiglu(format!("{p}.mlp.shared_experts"), m.shared_intermediate);
                 }
             }
             None => {

@@ -94,23 +94,27 @@ fn qwen3_moe_with_sparse_step_2_and_unnormalised_top3_matches_transformers() {
 }
 
 /// A checkpoint exported by distill reloads to the same spec, and its config.json says the same
-/// sparse layers and routing.
+/// sparse layers, routing, MLA dimensions and YaRN scaling (so the same softmax scale).
 #[test]
-fn qwen3_moe_exports_and_reloads_the_same_model() {
+fn moe_and_mla_models_export_and_reload_the_same_model() {
     let dev = CpuDevice::default();
-    let src = fixture("tiny-qwen3moe-a");
-    let a = hf::load_model::<Cpu>(&src, &dev).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("export");
-    let opts = hf::ExportOptions {
-        dtype: distill_models::checkpoint::SaveDtype::F32,
-        ..Default::default()
-    };
-    hf::export(&a.model, &a.config, &hf::Assets::default(), &out, &opts).unwrap();
-    let b = hf::load_model::<Cpu>(&out, &dev).unwrap();
-    assert_eq!(b.config.moe, a.config.moe);
-    assert_eq!(b.model.dims(), a.model.dims());
-    assert!(b.unused.is_empty());
+    for name in ["tiny-qwen3moe-a", "tiny-deepseek-v3-a", "tiny-deepseek-v2-group"] {
+        let a = hf::load_model::<Cpu>(&fixture(name), &dev).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("export");
+        let opts = hf::ExportOptions {
+            dtype: distill_models::checkpoint::SaveDtype::F32,
+            ..Default::default()
+        };
+        hf::export(&a.model, &a.config, &hf::Assets::default(), &out, &opts).unwrap();
+        let b = hf::load_model::<Cpu>(&out, &dev).unwrap();
+        assert_eq!(b.config.moe, a.config.moe, "{name}");
+        assert_eq!(b.config.mla, a.config.mla, "{name}");
+        assert_eq!(b.config.rope_scaling, a.config.rope_scaling, "{name}");
+        assert_eq!(b.model.dims(), a.model.dims(), "{name}");
+        assert!(b.unused.is_empty(), "{name}: {:?}", b.unused);
+    }
+    let a = hf::load_model::<Cpu>(&fixture("tiny-qwen3moe-a"), &dev).unwrap();
     let total = distill_models::spec::param_count(&a.config);
     let active = distill_models::spec::active_param_count(&a.config);
     // Two sparse layers of 8 experts, 2 active: 6 experts' SwiGLU (3·64·32) idle per layer.
@@ -129,4 +133,108 @@ fn impossible_routing_is_refused_naming_the_field() {
     v.as_object_mut().unwrap().remove("moe_intermediate_size");
     let e = distill_models::ModelConfig::from_json(&v.to_string()).unwrap_err();
     assert!(e.0.contains("moe_intermediate_size"), "{e}");
+}
+
+#[test]
+fn deepseek_v3_with_q_lora_yarn_group_limited_routing_and_a_dense_first_layer_matches_transformers()
+{
+    check("tiny-deepseek-v3-a", &[1, 2]);
+}
+
+#[test]
+fn deepseek_v3_without_q_lora_with_two_shared_experts_matches_transformers() {
+    check("tiny-deepseek-v3-b", &[0, 1, 2]);
+}
+
+#[test]
+fn deepseek_v2_softmax_greedy_routing_matches_transformers() {
+    check("tiny-deepseek-v2", &[1, 2]);
+}
+
+#[test]
+fn deepseek_v2_group_limited_greedy_with_yarn_mscale_matches_transformers() {
+    check("tiny-deepseek-v2-group", &[0, 1, 2]);
+}
+
+/// MLA's compressed cache: greedy decoding with the cache (the latent and the rotary key per
+/// token) gives the tokens a full forward over the whole sequence gives at every step, and the
+/// cache holds `kv_lora_rank + qk_rope_head_dim` values per token and layer.
+#[test]
+fn mla_compressed_cache_decodes_like_full_forwards_and_is_small() {
+    let dev = CpuDevice::default();
+    let m = hf::load_model::<Cpu>(&fixture("tiny-deepseek-v3-a"), &dev).unwrap();
+    let rope = Rope::<Cpu>::new(&m.config, &dev);
+    let prompt = vec![5u32, 17, 42, 8, 77, 3];
+    let engine = Engine::new(&m.model, &m.config, None, dev);
+    let out = engine
+        .generate(
+            std::slice::from_ref(&prompt),
+            &SamplingParams { max_tokens: 20, stop_ids: vec![], ..Default::default() },
+            |_| {},
+        )
+        .unwrap();
+    let mut seq = prompt.clone();
+    for &tok in &out[0].ids {
+        let n = seq.len();
+        let ids = Tensor::<Cpu, 2, Int>::from_data(
+            TensorData::new(seq.iter().map(|&x| x as i64).collect::<Vec<_>>(), [1, n]),
+            &dev,
+        );
+        let l: Vec<f32> = m
+            .model
+            .forward(ids, masks::positions(1, n, 0, &dev), &rope, &AttnMask::Causal)
+            .narrow(1, n - 1, 1)
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .unwrap();
+        let best = (0..l.len()).fold(0, |b, i| if l[i] > l[b] { i } else { b }) as u32;
+        assert_eq!(tok, best, "after {} tokens", n - prompt.len());
+        seq.push(tok);
+    }
+    let mla = m.config.mla.unwrap();
+    let full = m.config.num_attention_heads * (mla.qk_head() + mla.v_head);
+    eprintln!(
+        "MLA cache: {} values per token and layer, against {full} for full keys and values ({:.1}×)",
+        mla.cache_per_token(),
+        full as f64 / mla.cache_per_token() as f64
+    );
+    assert_eq!(mla.cache_per_token(), 16 + 8);
+    assert_eq!(full, 4 * (24 + 16));
+}
+
+/// Bad DeepSeek configs are refused naming the field.
+#[test]
+fn impossible_deepseek_routing_is_refused_naming_the_field() {
+    let base = std::fs::read_to_string(fixture("tiny-deepseek-v3-a").join("config.json")).unwrap();
+    let bad = |key: &str, v: serde_json::Value| {
+        let mut c: serde_json::Value = serde_json::from_str(&base).unwrap();
+        c[key] = v;
+        distill_models::ModelConfig::from_json(&c.to_string()).unwrap_err().0
+    };
+    assert!(bad("n_group", 3.into()).contains("n_group (3) must divide n_routed_experts (8)"));
+    assert!(bad("num_experts_per_tok", 9.into()).contains("num_experts_per_tok (9)"));
+    assert!(bad("topk_group", 5.into()).contains("topk_group (5)"));
+    let mut c: serde_json::Value = serde_json::from_str(&base).unwrap();
+    c.as_object_mut().unwrap().remove("kv_lora_rank");
+    let e = distill_models::ModelConfig::from_json(&c.to_string()).unwrap_err();
+    assert!(e.0.contains("missing required key `kv_lora_rank`"), "{e}");
+}
+
+/// A DeepSeek checkpoint without one expert's tensor names it.
+#[test]
+fn a_missing_expert_tensor_is_named() {
+    let src = fixture("tiny-deepseek-v3-a");
+    let d = tempfile::tempdir().unwrap();
+    for f in ["config.json", "generation_config.json"] {
+        std::fs::copy(src.join(f), d.path().join(f)).unwrap();
+    }
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let gone = "model.layers.2.mlp.experts.5.up_proj.weight";
+    let kept: Vec<(String, safetensors::tensor::TensorView)> =
+        st.tensors().into_iter().filter(|(n, _)| n != gone).collect();
+    safetensors::serialize_to_file(kept, None, &d.path().join("model.safetensors")).unwrap();
+    let e = hf::load_model::<Cpu>(d.path(), &CpuDevice::default()).err().unwrap().to_string();
+    assert!(e.contains(gone), "{e}");
 }

@@ -194,6 +194,8 @@ fn config_from_metadata(
             beta_fast: 32.0,
             beta_slow: 1.0,
             attention_factor: None,
+            mscale: None,
+            mscale_all_dim: None,
         },
         Some(other) => return Err(format!("rope scaling type '{other}' is not supported")),
     };
@@ -223,6 +225,7 @@ fn config_from_metadata(
         // llama.cpp's `qwen3moe` (expert tensors `ffn_*_exps`) is not imported yet: the
         // architecture match above refuses it.
         moe: None,
+        mla: None,
         dtype: Some("float32".into()),
         bos_token_id: tok("bos_token_id"),
         eos_token_ids: tok("eos_token_id").into_iter().collect(),
