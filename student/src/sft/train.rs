@@ -1034,14 +1034,21 @@ pub fn parallel_step<B: AutodiffBackend>(
             let loss = l.objective(w, n_tokens, n_kd, &mut ce_total, &mut kd_total);
             let grads = loss.backward();
             for (i, (_, p)) in model.params_mut().into_iter().enumerate() {
-                // The gradient of the parameter tensor itself (a reshaped view would be a new node).
-                g[i] = match &p {
-                    ParamMut::Vector(p) => p.val().grad(&grads),
-                    ParamMut::Matrix(p) => p.val().grad(&grads).map(|g| {
-                        let [a, b] = g.dims();
-                        g.reshape([a * b])
-                    }),
-                };
+                // The gradient of the parameter tensor itself (a reshaped view would be a new
+                // node). A parameter the step did not reach (an expert no token was routed to)
+                // has a zero gradient, as in PyTorch: AdamW still decays it and ages its moments.
+                g[i] = Some(match &p {
+                    ParamMut::Vector(p) => p
+                        .val()
+                        .grad(&grads)
+                        .unwrap_or_else(|| Tensor::zeros([p.val().dims()[0]], device)),
+                    ParamMut::Matrix(p) => {
+                        let [a, b] = p.val().dims();
+                        p.val()
+                            .grad(&grads)
+                            .map_or_else(|| Tensor::zeros([a * b], device), |g| g.reshape([a * b]))
+                    }
+                });
             }
         }
         if par.replicated() || par.mode == ShardMode::Optimizer {
