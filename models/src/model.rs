@@ -671,6 +671,47 @@ pub struct SparseMoe<B: Backend> {
     pub shared_experts: Option<Mlp<B>>,
     #[module(skip)]
     pub routing: crate::config::MoeDims,
+    /// The decoder layer this block belongs to (for [`routing_load`]).
+    pub layer: usize,
+}
+
+/// The layer index in a parameter name `model.layers.{i}.…`.
+fn layer_of(name: &str) -> usize {
+    name.strip_prefix("model.layers.")
+        .and_then(|r| r.split('.').next())
+        .and_then(|i| i.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Tokens routed to each expert, per sparse layer, while recording on this thread
+/// ([`routing_load::start`]): training reads it to report expert load balance and to update
+/// DeepSeek-V3's score-correction bias.
+pub mod routing_load {
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    thread_local! {
+        static LOAD: RefCell<Option<BTreeMap<usize, Vec<u64>>>> = const { RefCell::new(None) };
+    }
+
+    /// Start recording (and forget anything recorded before).
+    pub fn start() {
+        LOAD.with(|l| *l.borrow_mut() = Some(BTreeMap::new()));
+    }
+
+    /// Stop recording; the counts per layer since [`start`] (`None` if not recording).
+    pub fn take() -> Option<BTreeMap<usize, Vec<u64>>> {
+        LOAD.with(|l| l.borrow_mut().take())
+    }
+
+    pub(crate) fn record(layer: usize, counts: &[u64]) {
+        LOAD.with(|l| {
+            if let Some(m) = l.borrow_mut().as_mut() {
+                let v = m.entry(layer).or_insert_with(|| vec![0; counts.len()]);
+                v.iter_mut().zip(counts).for_each(|(a, b)| *a += b);
+            }
+        });
+    }
 }
 
 impl<B: Backend> SparseMoe<B> {
@@ -680,6 +721,7 @@ impl<B: Backend> SparseMoe<B> {
         m: &crate::config::MoeDims,
         device: &B::Device,
     ) -> Result<Self> {
+        let layer = at.peek().map_or(0, |p| layer_of(&p.name));
         let gate = Linear::load(src, at, device)?;
         let bias = match at.next_if(Kind::Buffer) {
             Some(b) => Some(Param::from_tensor(src.take(&b.name, &[b.shape[0]], device)?)),
@@ -688,7 +730,14 @@ impl<B: Backend> SparseMoe<B> {
         let experts = (0..m.experts).map(|_| Mlp::load(src, at, device)).collect::<Result<_>>()?;
         let shared_experts =
             if m.shared_intermediate > 0 { Some(Mlp::load(src, at, device)?) } else { None };
-        Ok(SparseMoe { gate, e_score_correction_bias: bias, experts, shared_experts, routing: *m })
+        Ok(SparseMoe {
+            gate,
+            e_score_correction_bias: bias,
+            experts,
+            shared_experts,
+            routing: *m,
+            layer,
+        })
     }
 
     fn from_flat(
@@ -696,9 +745,11 @@ impl<B: Backend> SparseMoe<B> {
         m: &crate::config::MoeDims,
         next: &mut dyn FnMut(&ParamSpec) -> Tensor<B, 1>,
     ) -> Self {
+        let layer = at.peek().map_or(0, |p| layer_of(&p.name));
         let gate = Linear::from_flat(at, next);
         let bias = at.next_if(Kind::Buffer).map(|b| Param::initialized(ParamId::new(), next(b)));
         SparseMoe {
+            layer,
             gate,
             e_score_correction_bias: bias,
             experts: (0..m.experts).map(|_| Mlp::from_flat(at, next)).collect(),
@@ -791,6 +842,21 @@ impl<B: Backend> SparseMoe<B> {
         (ids, w.cast(dtype))
     }
 
+    /// DeepSeek-V3's auxiliary-loss-free balancing: each expert's score-correction bias moves by
+    /// `rate` toward balance, `b_e += rate · sign(mean load − load_e)`. No-op without a bias.
+    pub fn update_bias(&mut self, load: &[f64], rate: f64) {
+        let Some(b) = self.e_score_correction_bias.as_mut() else { return };
+        let mean = load.iter().sum::<f64>() / load.len().max(1) as f64;
+        let step: Vec<f32> = load
+            .iter()
+            .map(|&l| (rate * (mean - l).signum() * f64::from(u8::from(l != mean))) as f32)
+            .collect();
+        let device = b.val().device();
+        let delta = Tensor::<B, 1>::from_data(TensorData::new(step, [load.len()]), &device);
+        let new = (b.val() + delta.cast(b.val().dtype())).detach();
+        *b = Param::initialized(b.id, new);
+    }
+
     /// `[.., hidden]` → `[.., hidden]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let dims = x.dims();
@@ -806,6 +872,10 @@ impl<B: Backend> SparseMoe<B> {
             rows[e].0.push((j / k) as i64);
             rows[e].1.push(j as i64);
         }
+        routing_load::record(
+            self.layer,
+            &rows.iter().map(|r| r.0.len() as u64).collect::<Vec<_>>(),
+        );
         let w = w.reshape([n * k, 1]);
         let int = |v: &[i64]| {
             Tensor::<B, 1, Int>::from_data(TensorData::new(v.to_vec(), [v.len()]), &device)

@@ -238,3 +238,48 @@ fn a_missing_expert_tensor_is_named() {
     let e = hf::load_model::<Cpu>(d.path(), &CpuDevice::default()).err().unwrap().to_string();
     assert!(e.contains(gone), "{e}");
 }
+
+/// Expert load is recorded per sparse layer while asked for (every token counted `top_k` times),
+/// and DeepSeek-V3's bias update moves each expert's score-correction bias by the rate toward
+/// balance: down for the overloaded, up for the idle.
+#[test]
+fn routing_load_is_recorded_and_the_v3_bias_moves_toward_balance() {
+    let dev = CpuDevice::default();
+    let mut m = hf::load_model::<Cpu>(&fixture("tiny-deepseek-v3-a"), &dev).unwrap();
+    let rope = Rope::<Cpu>::new(&m.config, &dev);
+    let (b, t) = (2, 9);
+    let ids: Vec<i64> = (0..(b * t) as i64).map(|i| 3 + (i * 7) % 90).collect();
+    let x = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(ids, [b, t]), &dev);
+    distill_models::model::routing_load::start();
+    m.model.forward(x, masks::positions(b, t, 0, &dev), &rope, &AttnMask::Causal);
+    let load = distill_models::model::routing_load::take().unwrap();
+    assert_eq!(load.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
+    for counts in load.values() {
+        assert_eq!(counts.len(), 8);
+        assert_eq!(counts.iter().sum::<u64>(), (b * t * 2) as u64);
+    }
+    // Not recording: nothing is kept.
+    assert!(distill_models::model::routing_load::take().is_none());
+    let FeedForward::Sparse(moe) = &mut m.model.model.layers[1].mlp else { panic!("sparse") };
+    let before: Vec<f32> =
+        moe.e_score_correction_bias.as_ref().unwrap().val().into_data().to_vec().unwrap();
+    let l: Vec<f64> = load[&1].iter().map(|&c| c as f64).collect();
+    moe.update_bias(&l, 0.01);
+    let after: Vec<f32> =
+        moe.e_score_correction_bias.as_ref().unwrap().val().into_data().to_vec().unwrap();
+    let mean = l.iter().sum::<f64>() / 8.0;
+    for e in 0..8 {
+        let want = if l[e] > mean {
+            -0.01
+        } else if l[e] < mean {
+            0.01
+        } else {
+            0.0
+        };
+        assert!(
+            (after[e] - before[e] - want).abs() < 1e-6,
+            "expert {e}: load {} mean {mean}",
+            l[e]
+        );
+    }
+}

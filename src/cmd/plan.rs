@@ -88,7 +88,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "model": source, "params": plans[0].params, "devices": gpus, "device_memory_gb": gb, "modes": rows,
+                "model": source, "params": plans[0].params,
+                "active_params": distill_models::spec::active_param_count(&config), "devices": gpus, "device_memory_gb": gb, "modes": rows,
                 "offload": {"host_gb_per_rank": off.host_gb(), "host_gb_per_node": off.host_gb() * per_node as f64,
                     "host_memory_gb": host_gb, "fits_host": off.host_gb() * per_node as f64 <= host_gb,
                     "cost_per_step": cost, "seconds_per_step": offload_s, "pcie_gbs": pcie_gbs, "host_bandwidth_gbs": host_bw_gbs}
@@ -96,7 +97,18 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    println!("model: {source}: {:.2}B parameters", plans[0].params as f64 / 1e9);
+    let active = distill_models::spec::active_param_count(&config) as f64;
+    if config.moe.is_some() {
+        // Every expert is trained, so weights, gradients and moments count them all; a token's
+        // compute and activations follow the active ones.
+        println!(
+            "model: {source}: {:.2}B parameters, {:.2}B active per token (Mixture of Experts)",
+            plans[0].params as f64 / 1e9,
+            active / 1e9
+        );
+    } else {
+        println!("model: {source}: {:.2}B parameters", plans[0].params as f64 / 1e9);
+    }
     println!(
         "run: micro_batch {} × {} tokens, grad_accum {}, activation checkpointing {}, compute {}",
         shape.micro_batch,

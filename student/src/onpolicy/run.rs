@@ -641,6 +641,7 @@ pub fn train_on_policy<B: AutodiffBackend>(
             world: 1,
             comm_s: 0.0,
             offload_s: None,
+            moe_load: None,
         };
         let mut line = serde_json::to_value(&m).expect("json");
         line["objective"] = json!(if on { op.loss_name() } else { "sft" });

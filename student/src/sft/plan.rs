@@ -37,9 +37,23 @@ use super::parallel::ShardMode;
 use super::train::TrainConfig;
 use distill_models::config::ModelConfig;
 
-/// Exact trainable parameter count of a Llama / Qwen2 / Qwen3 config (weights, biases, norms).
+/// Exact parameter count of a config (weights, biases, norms; every expert of an MoE).
 pub fn param_count(c: &ModelConfig) -> usize {
     distill_models::spec::param_count(c) as usize
+}
+
+/// The MLP width one token's activations span, averaged over layers: a dense layer's
+/// `intermediate_size`; a sparse layer's `top_k` experts plus its shared experts.
+pub fn token_intermediate(c: &ModelConfig) -> usize {
+    match &c.moe {
+        None => c.intermediate_size,
+        Some(m) => {
+            let layers = c.num_hidden_layers.max(1);
+            let sparse = (0..layers).filter(|&i| m.is_sparse(i)).count();
+            let width = m.top_k * m.intermediate + m.shared_intermediate;
+            (sparse * width + (layers - sparse) * c.intermediate_size) / layers
+        }
+    }
 }
 
 /// Parameters of the largest unit FSDP gathers at once: one decoder layer, or the embedding (or
@@ -55,6 +69,33 @@ pub fn largest_unit(c: &ModelConfig) -> usize {
 /// The published architecture of the base models the shipped recipes name (their `config.json`),
 /// so a plan needs no download.
 pub fn known_config(base_model: &str) -> Option<ModelConfig> {
+    // Mixture-of-Experts bases, as their config.json says.
+    let moe = match base_model {
+        "Qwen/Qwen3-30B-A3B" | "Qwen/Qwen3-30B-A3B-Base" => Some(serde_json::json!({
+            "architectures": ["Qwen3MoeForCausalLM"], "hidden_size": 2048, "intermediate_size": 6144,
+            "moe_intermediate_size": 768, "num_hidden_layers": 48, "num_attention_heads": 32,
+            "num_key_value_heads": 4, "head_dim": 128, "num_experts": 128, "num_experts_per_tok": 8,
+            "norm_topk_prob": true, "decoder_sparse_step": 1, "mlp_only_layers": [], "vocab_size": 151936,
+            "tie_word_embeddings": false, "rope_theta": 1e6, "max_position_embeddings": 40960, "rms_norm_eps": 1e-6,
+        })),
+        "deepseek-ai/DeepSeek-V2-Lite" | "deepseek-ai/DeepSeek-V2-Lite-Chat" => {
+            Some(serde_json::json!({
+                "architectures": ["DeepseekV2ForCausalLM"], "hidden_size": 2048, "intermediate_size": 10944,
+                "moe_intermediate_size": 1408, "num_hidden_layers": 27, "num_attention_heads": 16,
+                "num_key_value_heads": 16, "n_routed_experts": 64, "n_shared_experts": 2, "num_experts_per_tok": 6,
+                "first_k_dense_replace": 1, "moe_layer_freq": 1, "kv_lora_rank": 512, "q_lora_rank": null,
+                "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128, "vocab_size": 102400,
+                "topk_method": "greedy", "routed_scaling_factor": 1.0, "norm_topk_prob": false,
+                "tie_word_embeddings": false, "rope_theta": 10000, "max_position_embeddings": 163840, "rms_norm_eps": 1e-6,
+                "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
+                    "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707},
+            }))
+        }
+        _ => None,
+    };
+    if let Some(json) = moe {
+        return ModelConfig::from_json(&json.to_string()).ok();
+    }
     let (arch, h, i, layers, heads, kv, vocab, tied) = match base_model {
         "Qwen/Qwen2.5-Math-1.5B" | "Qwen/Qwen2.5-1.5B" => {
             ("Qwen2ForCausalLM", 1536, 8960, 28, 12, 2, 151936, true)
@@ -183,7 +224,7 @@ impl MemoryPlan {
         let tokens = (s.micro_batch * s.seq) as f64;
         // Per layer and token: ~ (hidden·10 + intermediate·3) floats kept for the backward pass.
         // Attention keeps no score matrix (`distill_models::attention` recomputes it per chunk).
-        let per_layer = tokens * (c.hidden_size * 10 + c.intermediate_size * 3) as f64 * 4.0;
+        let per_layer = tokens * (c.hidden_size * 10 + token_intermediate(c) * 3) as f64 * 4.0;
         let layers = c.num_hidden_layers as f64;
         // Layer-level recomputation (each layer's input kept, the layer re-run in the backward)
         // is what the unit-by-unit schedule does: under `parameters`, and on one device. The
@@ -328,6 +369,29 @@ pub fn min_ranks(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The spec counts what the MoE model cards publish: Qwen3-30B-A3B "30.5B total, 3.3B
+    /// activated" (counting every weight a token touches, its embedding row's matrix included),
+    /// DeepSeek-V2-Lite "15.7B total, 2.4B activated" (DeepSeek does not count the input
+    /// embedding, a lookup).
+    #[test]
+    fn moe_counts_match_the_model_cards() {
+        for (name, total, active, embed_counted) in [
+            ("Qwen/Qwen3-30B-A3B", 30.5, 3.3, true),
+            ("deepseek-ai/DeepSeek-V2-Lite", 15.7, 2.4, false),
+        ] {
+            let c = known_config(name).unwrap();
+            let t = distill_models::spec::param_count(&c) as f64 / 1e9;
+            let mut a = distill_models::spec::active_param_count(&c) as f64 / 1e9;
+            if !embed_counted {
+                a -= (c.vocab_size * c.hidden_size) as f64 / 1e9;
+            }
+            eprintln!("{name}: {t:.3}B total, {a:.3}B active");
+            assert!((t - total).abs() < 0.05, "{name}: {t:.3}B total");
+            // The cards truncate: 3.35B is "3.3B", 2.45B is "2.4B".
+            assert!(a >= active && a < active + 0.06, "{name}: {a:.3}B active");
+        }
+    }
 
     fn qwen25_1_5b() -> ModelConfig {
         let json = r#"{"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2","vocab_size":151936,"hidden_size":1536,

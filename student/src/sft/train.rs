@@ -92,6 +92,12 @@ pub struct TrainConfig {
     /// Data parallelism over several devices, and how state is sharded across them.
     #[serde(default)]
     pub parallel: ParallelConfig,
+    /// DeepSeek-V3's auxiliary-loss-free load balancing: after each step every expert's
+    /// `e_score_correction_bias` moves by this much toward balance (V3's pre-training used
+    /// 0.001). 0 (the default) keeps the router's bias as the checkpoint has it, which is what
+    /// fine-tuning a released model wants. Models without the bias ignore it.
+    #[serde(default)]
+    pub moe_bias_update: f64,
     /// On-policy distillation instead of SFT (`crate::onpolicy`): the student samples, the
     /// teacher scores, a divergence is minimised; `[train.data]` feeds the SFT share.
     #[serde(default)]
@@ -180,6 +186,16 @@ impl TrainConfig {
         if !(0.0..=1.0).contains(&self.kd_weight) {
             return bad("kd_weight must be in [0, 1]");
         }
+        if !(self.moe_bias_update.is_finite() && self.moe_bias_update >= 0.0) {
+            return bad("moe_bias_update must be a non-negative number");
+        }
+        if self.moe_bias_update > 0.0
+            && self.parallel.shard == super::parallel::ShardMode::Parameters
+        {
+            return bad(
+                "moe_bias_update is not supported with parameter sharding yet (shard = \"parameters\")",
+            );
+        }
         if self.max_step_seconds.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
             return bad("max_step_seconds must be a positive number of seconds");
         }
@@ -259,6 +275,39 @@ pub struct StepMetrics {
     /// AdamW.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offload_s: Option<f64>,
+    /// Mixture of Experts: how evenly the step's tokens spread over the experts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moe_load: Option<MoeLoad>,
+}
+
+/// Expert load balance of one step, over every sparse layer (all ranks' tokens).
+#[derive(Debug, Clone, Serialize)]
+pub struct MoeLoad {
+    /// The busiest expert's tokens over the mean, worst layer (1 = perfectly even).
+    pub max_over_mean: f64,
+    /// The coefficient of variation of tokens per expert, averaged over layers.
+    pub cv: f64,
+    /// Experts that got no token, summed over layers.
+    pub idle_experts: usize,
+}
+
+impl MoeLoad {
+    /// From the tokens per expert of each sparse layer.
+    pub fn of(layers: &[Vec<f64>]) -> MoeLoad {
+        let (mut max_over_mean, mut cv, mut idle) = (0.0f64, 0.0, 0);
+        for l in layers {
+            let n = l.len().max(1) as f64;
+            let mean = l.iter().sum::<f64>() / n;
+            if mean > 0.0 {
+                let max = l.iter().copied().fold(0.0, f64::max);
+                max_over_mean = max_over_mean.max(max / mean);
+                let var = l.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+                cv += var.sqrt() / mean;
+            }
+            idle += l.iter().filter(|&&x| x == 0.0).count();
+        }
+        MoeLoad { max_over_mean, cv: cv / layers.len().max(1) as f64, idle_experts: idle }
+    }
 }
 
 pub struct Summary {
@@ -609,9 +658,20 @@ fn run_rank<B: AutodiffBackend>(
             compute: cfg.compute(),
             objective: None,
         };
+        let mut moe_load = None;
         let out = match &mut student {
             Student::Whole(model) => {
-                parallel_step(model, &rope, &mut opt, &micro, &spec, &device, &par, false)?
+                let sparse = sparse_layers(model);
+                if !sparse.is_empty() {
+                    distill_models::model::routing_load::start();
+                }
+                let out =
+                    parallel_step(model, &rope, &mut opt, &micro, &spec, &device, &par, false)?;
+                if !sparse.is_empty() {
+                    moe_load =
+                        Some(balance_experts(model, &sparse, cfg.moe_bias_update, &par, &device)?);
+                }
+                out
             }
             Student::Sharded(f) => {
                 super::fsdp::fsdp_step(f, &rope, &mut opt, &micro, &spec, &device, &par)?
@@ -651,6 +711,7 @@ fn run_rank<B: AutodiffBackend>(
             world,
             comm_s: out.comm_s,
             offload_s: offload.then_some(out.offload_s),
+            moe_load,
         };
         log(&mut metrics, &metrics_path, serde_json::to_value(&m).expect("json"))?;
         if lead {
@@ -732,6 +793,56 @@ fn run_rank<B: AutodiffBackend>(
         export_dir,
         data: sh.report.clone(),
     })
+}
+
+/// The sparse layers of a model and their expert counts.
+fn sparse_layers<B: Backend>(model: &CausalLm<B>) -> Vec<(usize, usize)> {
+    model
+        .model
+        .layers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| match &l.mlp {
+            distill_models::model::FeedForward::Sparse(m) => Some((i, m.experts.len())),
+            distill_models::model::FeedForward::Dense(_) => None,
+        })
+        .collect()
+}
+
+/// The step's expert load (this rank's routing, summed over ranks in a fixed layout so every
+/// rank agrees), and with `rate > 0` DeepSeek-V3's bias update on every rank alike.
+fn balance_experts<B: AutodiffBackend>(
+    model: &mut CausalLm<B>,
+    sparse: &[(usize, usize)],
+    rate: f64,
+    par: &Parallel<B::InnerBackend>,
+    device: &B::Device,
+) -> Result<MoeLoad> {
+    let recorded = distill_models::model::routing_load::take().unwrap_or_default();
+    let mut flat = Vec::new();
+    for &(layer, experts) in sparse {
+        let l = recorded.get(&layer);
+        flat.extend((0..experts).map(|e| l.and_then(|v| v.get(e)).copied().unwrap_or(0) as f64));
+    }
+    let flat = if par.world() > 1 { par.comm.sum(&flat, device)? } else { flat };
+    let mut at = 0;
+    let per_layer: Vec<Vec<f64>> = sparse
+        .iter()
+        .map(|&(_, experts)| {
+            at += experts;
+            flat[at - experts..at].to_vec()
+        })
+        .collect();
+    if rate > 0.0 {
+        for (&(layer, _), load) in sparse.iter().zip(&per_layer) {
+            if let distill_models::model::FeedForward::Sparse(m) =
+                &mut model.model.layers[layer].mlp
+            {
+                m.update_bias(load, rate);
+            }
+        }
+    }
+    Ok(MoeLoad::of(&per_layer))
 }
 
 /// The id that pads batches: the tokenizer's pad token, else its EOS, else 0.
