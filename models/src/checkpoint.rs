@@ -225,6 +225,69 @@ fn describe(e: &safetensors::SafeTensorError, len: usize) -> String {
     }
 }
 
+/// An FP8 E4M3 byte as f32 (1 sign, 4 exponent bits biased by 7, 3 mantissa bits; no
+/// infinities; `S.1111.111` is NaN).
+pub fn e4m3_to_f32(b: u8) -> f32 {
+    let sign = if b & 0x80 != 0 { -1.0f32 } else { 1.0 };
+    let (e, m) = ((b >> 3) & 0xF, b & 0x7);
+    if e == 0xF && m == 0x7 {
+        return f32::NAN;
+    }
+    let mag = if e == 0 {
+        (m as f32 / 8.0) * 2f32.powi(-6)
+    } else {
+        (1.0 + m as f32 / 8.0) * 2f32.powi(e as i32 - 7)
+    };
+    sign * mag
+}
+
+impl Checkpoint {
+    /// A block-quantised FP8 weight (DeepSeek-V3's checkpoints) dequantised: `name` holds
+    /// `float8_e4m3fn` values and `{name}_scale_inv` one f32 scale per `block` = `[rows, cols]`
+    /// tile, `W[i, j] = fp8[i, j] · scale_inv[i / rows, j / cols]`. `None` when `name` is not FP8.
+    pub fn read_fp8_block(
+        &self,
+        name: &str,
+        expected: &[usize],
+        block: [usize; 2],
+    ) -> Result<Option<Vec<f32>>> {
+        let (e, shard) = self.entry(name, expected)?;
+        if e.dtype != Dtype::F8_E4M3 {
+            return Ok(None);
+        }
+        let scale_name = format!("{name}_scale_inv");
+        let [rows, cols] = match expected {
+            [r, c] => [*r, *c],
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "tensor '{name}' is FP8 but not 2-D ({expected:?})"
+                )));
+            }
+        };
+        let (br, bc) = (block[0].max(1), block[1].max(1));
+        let grid = [rows.div_ceil(br), cols.div_ceil(bc)];
+        let scale = self.read_f32(&scale_name, &grid).map_err(|err| match err {
+            Error::MissingTensor { where_, .. } => Error::MissingTensor {
+                name: format!("{scale_name} (the scales of FP8 weight {name})"),
+                where_,
+            },
+            other => other,
+        })?;
+        let bytes = &shard.mmap[e.range.clone()];
+        let mut out = Vec::with_capacity(rows * cols);
+        for i in 0..rows {
+            let srow = &scale[(i / br) * grid[1]..(i / br + 1) * grid[1]];
+            out.extend(
+                bytes[i * cols..(i + 1) * cols]
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &b)| e4m3_to_f32(b) * srow[j / bc]),
+            );
+        }
+        Ok(Some(out))
+    }
+}
+
 fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     Some(match dtype {
         Dtype::F32 => {
@@ -336,4 +399,23 @@ pub fn write_sharded(
         files.push(path);
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod fp8_tests {
+    use super::e4m3_to_f32;
+
+    /// The E4M3 values the OCP FP8 spec tabulates: 1, the largest normal 448, the smallest
+    /// subnormal 2⁻⁹, the smallest normal 2⁻⁶, signs, and NaN.
+    #[test]
+    fn e4m3_decodes_as_the_spec_says() {
+        assert_eq!(e4m3_to_f32(0x38), 1.0);
+        assert_eq!(e4m3_to_f32(0x7E), 448.0);
+        assert_eq!(e4m3_to_f32(0xFE), -448.0);
+        assert_eq!(e4m3_to_f32(0x01), 2f32.powi(-9));
+        assert_eq!(e4m3_to_f32(0x08), 2f32.powi(-6));
+        assert_eq!(e4m3_to_f32(0x00), 0.0);
+        assert!(e4m3_to_f32(0x7F).is_nan() && e4m3_to_f32(0xFF).is_nan());
+        assert_eq!(e4m3_to_f32(0x3C), 1.5);
+    }
 }

@@ -29,10 +29,44 @@ pub struct Loaded<B: Backend> {
 pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<Loaded<B>> {
     let config = ModelConfig::from_file(&dir.join("config.json"))?;
     let ckpt = Checkpoint::open(dir)?;
-    let mut src = CheckpointSource::new(&ckpt);
+    let mut src = CheckpointSource::new(&ckpt).with_fp8_block(fp8_block(dir)?);
     let model = CausalLm::load(&config, &mut src, device)?;
     let unused = src.unused();
     Ok(Loaded { config, model, unused })
+}
+
+/// `quantization_config` of a block-quantised FP8 checkpoint (DeepSeek-V3/R1's release format):
+/// its `weight_block_size`. Other quantisation methods are refused by name.
+pub fn fp8_block(dir: &Path) -> Result<Option<[usize; 2]>> {
+    let p = dir.join("config.json");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&p).at(&p)?)
+        .map_err(|e| Error::Config { path: p.clone(), msg: e.to_string() })?;
+    let Some(q) = v.get("quantization_config").filter(|q| !q.is_null()) else { return Ok(None) };
+    let bad = |msg: String| Err(Error::Config { path: p.clone(), msg });
+    match q.get("quant_method").and_then(Value::as_str) {
+        Some("fp8") => {}
+        other => {
+            return bad(format!(
+                "quantization_config.quant_method {other:?} is not supported (only DeepSeek's block-wise \"fp8\")"
+            ));
+        }
+    }
+    if q.get("fmt").and_then(Value::as_str).is_some_and(|f| f != "e4m3") {
+        return bad(format!("quantization_config.fmt {} is not supported (only e4m3)", q["fmt"]));
+    }
+    match q
+        .get("weight_block_size")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().map(|x| x.as_u64().unwrap_or(0) as usize).collect::<Vec<_>>())
+    {
+        Some(b) if b.len() == 2 && b.iter().all(|&x| (1..=1 << 16).contains(&x)) => {
+            Ok(Some([b[0], b[1]]))
+        }
+        _ => bad(format!(
+            "quantization_config.weight_block_size must be two positive sizes, found {}",
+            q.get("weight_block_size").unwrap_or(&Value::Null)
+        )),
+    }
 }
 
 /// Tokenizer and generation files that travel with a model.

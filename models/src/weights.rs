@@ -82,11 +82,19 @@ impl WeightSink for Collect {
 pub struct CheckpointSource<'a> {
     pub ckpt: &'a Checkpoint,
     taken: BTreeSet<String>,
+    fp8_block: Option<[usize; 2]>,
 }
 
 impl<'a> CheckpointSource<'a> {
     pub fn new(ckpt: &'a Checkpoint) -> Self {
-        CheckpointSource { ckpt, taken: BTreeSet::new() }
+        CheckpointSource { ckpt, taken: BTreeSet::new(), fp8_block: None }
+    }
+
+    /// FP8 weights with per-block scales (`quantization_config.weight_block_size`) are
+    /// dequantised on read.
+    pub fn with_fp8_block(mut self, block: Option<[usize; 2]>) -> Self {
+        self.fp8_block = block;
+        self
     }
 
     /// Tensors in the checkpoint the model did not use.
@@ -97,6 +105,13 @@ impl<'a> CheckpointSource<'a> {
 
 impl WeightSource for CheckpointSource<'_> {
     fn read(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        if let Some(block) = self.fp8_block
+            && let Some(v) = self.ckpt.read_fp8_block(name, shape, block)?
+        {
+            self.taken.insert(name.to_string());
+            self.taken.insert(format!("{name}_scale_inv"));
+            return Ok(v);
+        }
         let v = self.ckpt.read_f32(name, shape)?;
         self.taken.insert(name.to_string());
         Ok(v)
@@ -109,6 +124,18 @@ impl WeightSource for CheckpointSource<'_> {
         range: std::ops::Range<usize>,
         transposed: bool,
     ) -> Result<Vec<f32>> {
+        if let Some(block) = self.fp8_block
+            && let Some(whole) = self.ckpt.read_fp8_block(name, shape, block)?
+        {
+            // FP8 checkpoints are read whole and sliced (scales are per tile).
+            self.taken.insert(name.to_string());
+            self.taken.insert(format!("{name}_scale_inv"));
+            if !transposed {
+                return Ok(whole[range].to_vec());
+            }
+            let (d_out, d_in) = (shape[0], shape[1]);
+            return Ok(range.map(|el| whole[(el % d_out) * d_in + el / d_out]).collect());
+        }
         let v = self.ckpt.read_part_f32(name, shape, range, transposed)?;
         self.taken.insert(name.to_string());
         Ok(v)
