@@ -283,3 +283,154 @@ fn routing_load_is_recorded_and_the_v3_bias_moves_toward_balance() {
         );
     }
 }
+
+#[test]
+fn qwen3_moe_with_every_layer_sparse_matches_transformers() {
+    check("tiny-qwen3moe-c", &[0, 1, 2]);
+}
+
+/// The HF checkpoint's tensors, by name.
+fn hf_tensors(dir: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
+    let ckpt = distill_models::checkpoint::Checkpoint::open(dir).unwrap();
+    let names: Vec<String> = ckpt.names().map(str::to_string).collect();
+    names
+        .into_iter()
+        .map(|n| {
+            let shape = ckpt.shape(&n).unwrap().to_vec();
+            let v = ckpt.read_f32(&n, &shape).unwrap();
+            (n, v)
+        })
+        .collect()
+}
+
+/// GGUFs written by llama.cpp's own converter (`scripts/reference/moe_gguf.py`, llama.cpp b11434)
+/// from the tiny Qwen3-MoE and DeepSeek-V3/V2 checkpoints import to the same tensors — stacked
+/// experts split, `exp_probs_b` back to the correction bias, `attn_k_b`/`attn_v_b` back into
+/// `kv_b_proj` — and the same logits: F32 within 1e-4 of transformers, F16 within f16 rounding,
+/// Q8_0's tensors within one quantisation step.
+#[test]
+fn llama_cpp_moe_ggufs_import_to_the_same_tensors_and_logits() {
+    let dev = CpuDevice::default();
+    for name in ["tiny-qwen3moe-c", "tiny-deepseek-v3-a", "tiny-deepseek-v2"] {
+        let dir = fixture(name);
+        let want = hf_tensors(&dir);
+        let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let want_logits = floats(&st, "logits_batch");
+        let (ids, shape) = ints(&st, "ids_batch");
+        for (file, tensor_tol, logit_tol) in
+            // Q8_0's logits are printed, not bounded: the tiny models' random weights (std 0.15)
+            // turn one quantisation step into logit changes of order 1.
+            [
+                ("model-f32.gguf", 0.0, 1e-4),
+                ("model-f16.gguf", 1.0, 2e-2),
+                ("model-q8_0.gguf", 2.0, f32::INFINITY),
+            ]
+        {
+            let tmp = tempfile::tempdir().unwrap();
+            let out = tmp.path().join("hf");
+            let report = distill_models::gguf::import::import(
+                &dir.join(file),
+                &out,
+                &hf::ExportOptions {
+                    dtype: distill_models::checkpoint::SaveDtype::F32,
+                    ..Default::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("{name}/{file}: {e}"));
+            let got = hf_tensors(&out);
+            assert_eq!(
+                got.keys().collect::<Vec<_>>(),
+                want.keys().collect::<Vec<_>>(),
+                "{name}/{file}: tensor names"
+            );
+            // Per tensor: exact (f32); within f16's rounding of each value (f16: half an ulp,
+            // 2⁻¹¹ relative); within Q8_0's step (a block's absmax / 127) — `tensor_tol` steps.
+            for (n, w) in &want {
+                let g = &got[n];
+                let absmax = w.iter().fold(0f32, |m, x| m.max(x.abs()));
+                for (a, b) in g.iter().zip(w) {
+                    let bound = match tensor_tol {
+                        0.0 => 1e-6,
+                        1.0 => b.abs() * 2f32.powi(-11) + 1e-7,
+                        _ => absmax / 127.0 + b.abs() * 2f32.powi(-11),
+                    };
+                    assert!((a - b).abs() <= bound, "{name}/{file}: {n}: {a} vs {b}");
+                }
+            }
+            let m = hf::load_model::<Cpu>(&out, &dev).unwrap();
+            let rope = Rope::<Cpu>::new(&m.config, &dev);
+            let (b, t) = (shape[0], shape[1]);
+            let x = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(ids.clone(), [b, t]), &dev);
+            let logits: Vec<f32> = m
+                .model
+                .forward(x, masks::positions(b, t, 0, &dev), &rope, &AttnMask::Causal)
+                .into_data()
+                .convert::<f32>()
+                .into_vec()
+                .unwrap();
+            let err =
+                logits.iter().zip(&want_logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            eprintln!(
+                "{name}/{file}: {} tensors, max |logit − transformers| {err:.2e}; {:?}",
+                got.len(),
+                report.warnings
+            );
+            assert!(err <= logit_tol, "{name}/{file}: logits differ by {err}");
+        }
+    }
+}
+
+/// DeepSeek-V3's release format: FP8 E4M3 weights with one f32 scale per 16×16 tile (some edge
+/// tiles partial: 24-wide projections), dequantised on load to exactly what PyTorch computes
+/// (`scripts/reference/fp8_dequant.py`, DeepSeek's `weight_dequant`), and the logits of the
+/// dequantised model.
+#[test]
+fn fp8_block_quantised_weights_dequantise_like_pytorch() {
+    let dir = fixture("tiny-deepseek-v3-fp8");
+    let dev = CpuDevice::default();
+    let m = hf::load_model::<Cpu>(&dir, &dev).unwrap();
+    assert!(m.unused.is_empty(), "unused: {:?}", m.unused);
+    let mut sink = distill_models::weights::Collect::default();
+    m.model.export(&mut sink as &mut dyn distill_models::weights::WeightSink);
+    let want =
+        distill_models::checkpoint::Checkpoint::open_files(&[dir.join("dequant.safetensors")])
+            .unwrap();
+    let mut fp8 = 0;
+    let raw = distill_models::checkpoint::Checkpoint::open(&dir).unwrap();
+    for (n, shape, ours) in &sink.0 {
+        let theirs = want.read_f32(n, shape).unwrap();
+        let err = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(err <= 1e-6, "{n}: dequantised weights differ from PyTorch's by {err}");
+        fp8 += usize::from(raw.contains(&format!("{n}_scale_inv")));
+    }
+    assert_eq!(fp8, 72, "FP8 tensors");
+    let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let (ids, shape) = ints(&st, "ids_batch");
+    let rope = Rope::<Cpu>::new(&m.config, &dev);
+    let x = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(ids, [shape[0], shape[1]]), &dev);
+    let got: Vec<f32> = m
+        .model
+        .forward(x, masks::positions(shape[0], shape[1], 0, &dev), &rope, &AttnMask::Causal)
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .unwrap();
+    let want = floats(&st, "logits_batch");
+    let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    eprintln!("fp8: max |logit − transformers (dequantised)| = {err:.2e}");
+    assert!(err <= 1e-4, "fp8 logits differ by {err}");
+    // A missing scale is named.
+    let d = tempfile::tempdir().unwrap();
+    for f in ["config.json", "generation_config.json"] {
+        std::fs::copy(dir.join(f), d.path().join(f)).unwrap();
+    }
+    let b = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&b).unwrap();
+    let gone = "model.layers.1.self_attn.o_proj.weight_scale_inv";
+    let kept: Vec<_> = st.tensors().into_iter().filter(|(n, _)| n != gone).collect();
+    safetensors::serialize_to_file(kept, None, &d.path().join("model.safetensors")).unwrap();
+    let e = hf::load_model::<Cpu>(d.path(), &dev).err().unwrap().to_string();
+    assert!(e.contains(gone) && e.contains("FP8"), "{e}");
+}

@@ -29,6 +29,20 @@ const LAYER_NAMES: &[(&str, &str)] = &[
     ("ffn_gate", "mlp.gate_proj"),
     ("ffn_up", "mlp.up_proj"),
     ("ffn_down", "mlp.down_proj"),
+    // Mixture of Experts (qwen3moe, deepseek2): the router and the shared experts. The routed
+    // experts (`ffn_*_exps`, stacked) and DeepSeek's split `attn_k_b`/`attn_v_b` are rebuilt in
+    // `import`.
+    ("ffn_gate_inp", "mlp.gate"),
+    ("ffn_gate_shexp", "mlp.shared_experts.gate_proj"),
+    ("ffn_up_shexp", "mlp.shared_experts.up_proj"),
+    ("ffn_down_shexp", "mlp.shared_experts.down_proj"),
+    // Multi-head Latent Attention (deepseek2).
+    ("attn_q_a", "self_attn.q_a_proj"),
+    ("attn_q_a_norm", "self_attn.q_a_layernorm"),
+    ("attn_q_b", "self_attn.q_b_proj"),
+    ("attn_kv_a_mqa", "self_attn.kv_a_proj_with_mqa"),
+    ("attn_kv_a_norm", "self_attn.kv_a_layernorm"),
+    ("attn_kv_b", "self_attn.kv_b_proj"),
 ];
 const GLOBAL_NAMES: &[(&str, &str)] =
     &[("token_embd", "model.embed_tokens"), ("output_norm", "model.norm"), ("output", "lm_head")];
@@ -44,6 +58,9 @@ pub fn hf_name(gguf: &str) -> Option<String> {
     }
     GLOBAL_NAMES.iter().find(|(g, _)| *g == stem).map(|(_, h)| format!("{h}.{suffix}"))
 }
+
+/// A tensor's shape and values.
+type ShapedF32 = (Vec<usize>, Vec<f32>);
 
 /// What the import did, for the user.
 #[derive(Debug, Default)]
@@ -67,8 +84,56 @@ pub fn import(path: &Path, out: &Path, opts: &ExportOptions) -> Result<ImportRep
 
     // Tensors, in HF naming, dequantized.
     let mut tensors = Vec::with_capacity(g.tensors.len());
+    // DeepSeek's kv_b_proj, split by the converter into per-head k_b and v_b: (layer → parts).
+    let mut kv_b: BTreeMap<usize, [Option<ShapedF32>; 2]> = BTreeMap::new();
     for t in &g.tensors {
         *report.types.entry(dequant::type_name(t.ggml_type)).or_default() += 1;
+        if let Some((layer, part)) = t.name.strip_prefix("blk.").and_then(|r| r.split_once('.')) {
+            let layer: Option<usize> = layer.parse().ok();
+            let expert_part = match part {
+                "ffn_gate_exps.weight" => Some("gate_proj"),
+                "ffn_up_exps.weight" => Some("up_proj"),
+                "ffn_down_exps.weight" => Some("down_proj"),
+                _ => None,
+            };
+            match (layer, part, expert_part) {
+                // Routed experts stacked on the first axis: [experts, out, in].
+                (Some(l), _, Some(proj)) => {
+                    let shape = t.shape();
+                    let data = g.read_f32(t)?;
+                    if shape.len() != 3 {
+                        return Err(err(format!(
+                            "tensor '{}' is {shape:?}, not [experts, out, in]",
+                            t.name
+                        )));
+                    }
+                    let per = shape[1] * shape[2];
+                    for (e, chunk) in data.chunks_exact(per).enumerate() {
+                        tensors.push((
+                            format!("model.layers.{l}.mlp.experts.{e}.{proj}.weight"),
+                            vec![shape[1], shape[2]],
+                            chunk.to_vec(),
+                        ));
+                    }
+                    continue;
+                }
+                // DeepSeek-V3's score-correction bias.
+                (Some(l), "exp_probs_b.bias", _) => {
+                    tensors.push((
+                        format!("model.layers.{l}.mlp.gate.e_score_correction_bias"),
+                        t.shape(),
+                        g.read_f32(t)?,
+                    ));
+                    continue;
+                }
+                (Some(l), "attn_k_b.weight" | "attn_v_b.weight", _) => {
+                    let slot = usize::from(part == "attn_v_b.weight");
+                    kv_b.entry(l).or_default()[slot] = Some((t.shape(), g.read_f32(t)?));
+                    continue;
+                }
+                _ => {}
+            }
+        }
         let Some(name) = hf_name(&t.name) else {
             report
                 .warnings
@@ -85,6 +150,36 @@ pub fn import(path: &Path, out: &Path, opts: &ExportOptions) -> Result<ImportRep
             }
         }
         tensors.push((name, shape, data));
+    }
+    // k_b [heads, kv_lora_rank, nope] (transposed by the converter) and v_b [heads, v, rank]
+    // back into kv_b_proj [heads · (nope + v), rank].
+    for (l, parts) in kv_b {
+        let [Some((ks, k)), Some((vs, v))] = parts else {
+            return Err(err(format!("layer {l} has only one of attn_k_b and attn_v_b")));
+        };
+        if ks.len() != 3 || vs.len() != 3 || ks[0] != vs[0] || ks[1] != vs[2] {
+            return Err(err(format!(
+                "layer {l}: attn_k_b {ks:?} and attn_v_b {vs:?} are not [heads, rank, nope] and [heads, v, rank]"
+            )));
+        }
+        let (h, r, nope, vd) = (ks[0], ks[1], ks[2], vs[1]);
+        let mut w = vec![0f32; h * (nope + vd) * r];
+        for hh in 0..h {
+            for i in 0..nope {
+                for j in 0..r {
+                    w[(hh * (nope + vd) + i) * r + j] = k[(hh * r + j) * nope + i];
+                }
+            }
+            for i in 0..vd {
+                let row = (hh * (nope + vd) + nope + i) * r;
+                w[row..row + r].copy_from_slice(&v[(hh * vd + i) * r..(hh * vd + i + 1) * r]);
+            }
+        }
+        tensors.push((
+            format!("model.layers.{l}.self_attn.kv_b_proj.weight"),
+            vec![h * (nope + vd), r],
+            w,
+        ));
     }
     report.tensors = tensors.len();
 
@@ -162,9 +257,13 @@ fn config_from_metadata(
         "llama" => Arch::Llama,
         "qwen2" => Arch::Qwen2,
         "qwen3" => Arch::Qwen3,
+        "qwen3moe" | "deepseek2" => {
+            report.arch = arch_name.to_string();
+            return moe_config(g, arch_name, report);
+        }
         other => {
             return Err(format!(
-                "architecture '{other}' is not supported (llama, qwen2, qwen3 are)"
+                "architecture '{other}' is not supported (llama, qwen2, qwen3, qwen3moe, deepseek2 are)"
             ));
         }
     };
@@ -242,6 +341,119 @@ fn config_from_metadata(
     }
     crate::config::check_dims(&c)?;
     Ok(c)
+}
+
+/// `qwen3moe` and `deepseek2`: the config.json transformers would read, built from the metadata
+/// and parsed as config.json is (the same checks and derived values).
+fn moe_config(
+    g: &GgufFile,
+    arch_name: &str,
+    report: &mut ImportReport,
+) -> std::result::Result<ModelConfig, String> {
+    let key = |k: &str| format!("{arch_name}.{k}");
+    let num = |k: &str| g.get(&key(k)).and_then(Value::as_u64).map(|v| v as usize);
+    let need = |k: &str| num(k).ok_or_else(|| format!("missing metadata `{}`", key(k)));
+    let float = |k: &str| g.get(&key(k)).and_then(Value::as_f64);
+    let flag = |k: &str| g.get(&key(k)).and_then(Value::as_bool);
+    let tokens = g.get("tokenizer.ggml.tokens").and_then(Value::as_array).map_or(0, |a| a.len());
+    let tok =
+        |k: &str| g.get(&format!("tokenizer.ggml.{k}")).and_then(Value::as_u64).map(|v| v as u32);
+    let hidden = need("embedding_length")?;
+    let heads = need("attention.head_count")?;
+    let layers = need("block_count")?;
+    if heads == 0 || layers > g.tensors.len() {
+        return Err(format!(
+            "metadata `{}` = {heads} or `{}` = {layers} does not fit a file of {} tensors",
+            key("attention.head_count"),
+            key("block_count"),
+            g.tensors.len()
+        ));
+    }
+    let mut c = json!({
+        "vocab_size": num("vocab_size").unwrap_or(tokens),
+        "hidden_size": hidden,
+        "intermediate_size": need("feed_forward_length")?,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "max_position_embeddings": num("context_length").unwrap_or(4096),
+        "rms_norm_eps": float("attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
+        "rope_theta": float("rope.freq_base").unwrap_or(10_000.0),
+        "tie_word_embeddings": g.tensor("output.weight").is_none(),
+        "n_routed_experts": need("expert_count")?,
+        "num_experts": need("expert_count")?,
+        "num_experts_per_tok": need("expert_used_count")?,
+        "moe_intermediate_size": need("expert_feed_forward_length")?,
+        "bos_token_id": tok("bos_token_id"),
+        "eos_token_id": tok("eos_token_id"),
+        "pad_token_id": tok("padding_token_id"),
+        "dtype": "float32",
+    });
+    if arch_name == "qwen3moe" {
+        // llama.cpp always renormalises Qwen3-MoE's top-k and makes every layer sparse.
+        c["architectures"] = json!(["Qwen3MoeForCausalLM"]);
+        c["num_key_value_heads"] = num("attention.head_count_kv").unwrap_or(heads).into();
+        c["head_dim"] = num("attention.key_length").unwrap_or(hidden / heads).into();
+        c["norm_topk_prob"] = true.into();
+        c["decoder_sparse_step"] = 1.into();
+        c["mlp_only_layers"] = json!([]);
+    } else {
+        // MLA is written as MQA: `key_length_mla`/`value_length_mla` are the per-head widths
+        // (older files: `key_length`/`value_length`).
+        let rope = need("rope.dimension_count")?;
+        let qk = num("attention.key_length_mla")
+            .or(num("attention.key_length"))
+            .ok_or(format!("missing metadata `{}`", key("attention.key_length_mla")))?;
+        let sigmoid = num("expert_gating_func") == Some(2);
+        let groups = num("expert_group_count").unwrap_or(1);
+        c["architectures"] =
+            json!([if sigmoid { "DeepseekV3ForCausalLM" } else { "DeepseekV2ForCausalLM" }]);
+        c["q_lora_rank"] = num("attention.q_lora_rank").filter(|&r| r > 0).into();
+        c["kv_lora_rank"] = need("attention.kv_lora_rank")?.into();
+        c["qk_rope_head_dim"] = rope.into();
+        c["qk_nope_head_dim"] =
+            qk.checked_sub(rope).ok_or("key length below the rope width")?.into();
+        c["v_head_dim"] =
+            num("attention.value_length_mla").or(num("attention.value_length")).into();
+        c["n_shared_experts"] = num("expert_shared_count").unwrap_or(0).into();
+        c["first_k_dense_replace"] = num("leading_dense_block_count").unwrap_or(0).into();
+        c["routed_scaling_factor"] = float("expert_weights_scale").unwrap_or(1.0).into();
+        c["norm_topk_prob"] = flag("expert_weights_norm").unwrap_or(false).into();
+        c["n_group"] = groups.into();
+        c["topk_group"] = num("expert_group_used_count").unwrap_or(groups).into();
+        c["scoring_func"] = if sigmoid { "sigmoid" } else { "softmax" }.into();
+        c["topk_method"] = match (sigmoid, groups > 1) {
+            (true, _) => "noaux_tc",
+            (false, true) => "group_limited_greedy",
+            (false, false) => "greedy",
+        }
+        .into();
+    }
+    match g.get(&key("rope.scaling.type")).and_then(Value::as_str) {
+        None | Some("none") => {}
+        Some("yarn") => {
+            let mut y = json!({
+                "type": "yarn",
+                "factor": float("rope.scaling.factor").ok_or("yarn rope scaling without a factor")?,
+                "original_max_position_embeddings": float("rope.scaling.original_context_length")
+                    .ok_or("yarn without original_context_length")?,
+                "beta_fast": float("rope.scaling.yarn_beta_fast").unwrap_or(32.0),
+                "beta_slow": float("rope.scaling.yarn_beta_slow").unwrap_or(1.0),
+            });
+            // The converter writes 0.1 · mscale_all_dim; mscale itself is not written (llama.cpp
+            // takes it equal, as every released DeepSeek config has it).
+            if let Some(m) = float("rope.scaling.yarn_log_multiplier").filter(|m| *m != 0.0) {
+                y["mscale"] = (m / 0.1).into();
+                y["mscale_all_dim"] = (m / 0.1).into();
+                report.warnings.push(
+                    "YaRN mscale is taken equal to mscale_all_dim (GGUF keeps only the latter)"
+                        .into(),
+                );
+            }
+            c["rope_scaling"] = y;
+        }
+        Some(other) => return Err(format!("rope scaling type '{other}' is not supported")),
+    }
+    ModelConfig::from_json(&c.to_string()).map_err(|e| e.0)
 }
 
 /// The split regex of a llama.cpp pre-tokenizer type, or `None` for GPT-2's ByteLevel regex.
