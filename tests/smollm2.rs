@@ -3,6 +3,8 @@
 //! prompt ids exactly, the top-20 last-position logits within 1e-3, the 32-token greedy
 //! continuations exactly; and our tokenizer.json against transformers' on varied text.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -260,4 +262,46 @@ fn generate_text_takes_a_chat_file_and_prints_ids_and_logprobs() {
     let steps: Vec<&str> = out.lines().filter(|l| l.contains(" | ")).collect();
     assert_eq!(steps.len(), want.len(), "{out}");
     assert!(steps.iter().all(|l| l.split(" | ").nth(1).unwrap().split(", ").count() == 5), "{out}");
+}
+
+/// The seed's own architecture through the user's commands: a DeepSeek-V3 GGUF written by
+/// llama.cpp's converter (MLA + MoE, tiny) is imported by `distill import gguf`, and `distill eval`
+/// runs it with the local engine (chat template, sampling, MLA's compressed cache, the verifier).
+#[test]
+fn a_deepseek_gguf_imports_and_runs_under_distill_eval() {
+    let d = tempfile::tempdir().unwrap();
+    let gguf = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/tests/fixtures/tiny-deepseek-v3-a/model-f32.gguf");
+    let model = d.path().join("hf");
+    let o = common::distill(&["import", "gguf", gguf.to_str().unwrap(), model.to_str().unwrap()]);
+    let t = common::text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("(deepseek2): 91 tensors"), "{t}");
+    let bench = d.path().join("tiny-math.jsonl");
+    std::fs::write(
+        &bench,
+        "{\"problem\": \"What is 2 + 3?\", \"answer\": \"5\"}\n{\"problem\": \"What is 4 * 4?\", \"answer\": \"16\"}\n",
+    )
+    .unwrap();
+    let out = d.path().join("eval");
+    let o = common::distill(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--bench",
+        &format!("tiny={}", bench.display()),
+        "--k",
+        "2",
+        "--max-tokens",
+        "24",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let t = common::text(&o);
+    assert!(o.status.success(), "{t}");
+    let s: Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
+        .unwrap();
+    let b = &s["benchmarks"][0];
+    assert_eq!(b["problems"], 2, "{s}");
+    assert!(b["mean_completion_tokens"].as_f64().unwrap() > 0.0, "{s}");
 }
