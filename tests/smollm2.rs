@@ -299,8 +299,8 @@ fn a_deepseek_gguf_imports_and_runs_under_distill_eval() {
     ]);
     let t = common::text(&o);
     assert!(o.status.success(), "{t}");
-    let s: Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
-        .unwrap();
+    let s: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     let b = &s["benchmarks"][0];
     assert_eq!(b["problems"], 2, "{s}");
     assert!(b["mean_completion_tokens"].as_f64().unwrap() > 0.0, "{s}");
