@@ -217,6 +217,26 @@ fn cache_write<B: Backend>(
     buf.slice_assign([0..b, 0..kv, start..need, 0..hd], new)
 }
 
+/// A layer's pair of cached tensors (keys and values; MLA's latent and rotary key), each
+/// `[batch, heads, t, width]`, through its cache slot: with a cache, `start` positions precede
+/// these `t`. The first call (the prefill) attends to its own pair; later calls attend to the
+/// whole buffers, whose unfilled tail the caller's mask hides.
+fn through_cache<B: Backend>(
+    cache: Option<(&mut LayerKv<B>, usize)>,
+    a: Tensor<B, 4>,
+    b: Tensor<B, 4>,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    match cache {
+        Some((slot, start)) => {
+            let (pa, pb) = slot.take().unzip();
+            let (ca, cb) = (cache_write(pa, a.clone(), start), cache_write(pb, b.clone(), start));
+            *slot = Some((ca.clone(), cb.clone()));
+            if start == 0 { (a, b) } else { (ca, cb) }
+        }
+        None => (a, b),
+    }
+}
+
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
     pub q_proj: Linear<B>,
@@ -317,19 +337,7 @@ impl<B: Backend> Attention<B> {
         }
         let q = rope::apply(q, &rope_q.0, &rope_q.1).swap_dims(1, 2); // [b, h, t, hd]
         let k = rope::apply(k, &rope_k.0, &rope_k.1).swap_dims(1, 2); // [b, kv, t, hd]
-        // With a cache, `start` positions precede these `t`. The first call (the prefill) attends
-        // to its own keys; later calls attend to the whole buffer, whose unfilled tail the
-        // caller's mask hides.
-        let (k, v) = match cache {
-            Some((slot, start)) => {
-                let (pk, pv) = slot.take().unzip();
-                let (ck, cv) =
-                    (cache_write(pk, k.clone(), start), cache_write(pv, v.clone(), start));
-                *slot = Some((ck.clone(), cv.clone()));
-                if start == 0 { (k, v) } else { (ck, cv) }
-            }
-            None => (k, v),
-        };
+        let (k, v) = through_cache(cache, k, v);
         let s = k.dims()[2];
         let g = h / kv;
         let scale = AttentionModuleOptions { scale: None, softcap: None, is_causal: false };
@@ -497,16 +505,7 @@ impl<B: Backend> MlaAttention<B> {
         let c = self.kv_a_layernorm.forward(ckv.clone().narrow(2, 0, r)).reshape([b, 1, t, r]);
         let k_rot = self.deinterleave(ckv.narrow(2, r, rope).reshape([b, t, 1, rope]));
         let k_rot = rope::apply(k_rot, &rope_k.0, &rope_k.1).reshape([b, 1, t, rope]);
-        let (c, k_rot) = match cache {
-            Some((slot, start)) => {
-                let (pc, pk) = slot.take().unzip();
-                let (cc, ck) =
-                    (cache_write(pc, c.clone(), start), cache_write(pk, k_rot.clone(), start));
-                *slot = Some((cc.clone(), ck.clone()));
-                if start == 0 { (c, k_rot) } else { (cc, ck) }
-            }
-            None => (c, k_rot),
-        };
+        let (c, k_rot) = through_cache(cache, c, k_rot);
         let s = c.dims()[2];
         let kv = self.kv_b_proj.forward(c.reshape([b, s, r])).reshape([b, s, h, nope + vd]);
         let k_nope = kv.clone().narrow(3, 0, nope);
