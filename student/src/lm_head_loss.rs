@@ -193,6 +193,163 @@ fn backward<I: Backend>(st: Saved<I>, g: Tensor<I, 1>) -> (Tensor<I, 2>, Tensor<
     (dh, dw.cast(dtype))
 }
 
+/// The logits at given ids only, `out[i][j] = hidden_i · weight[:, ids[i][j]]`: `hidden` `[n, d]`,
+/// `weight` `[d, vocab]`, `ids` n·m ids (row-major) → `[n, m]`, without the `[n, vocab]` logits.
+/// Logit distillation needs only these (the student renormalised over the teacher's top-k), so
+/// with [`cross_entropy_sum`] a KD step never holds the full logits either. Its backward keeps
+/// nothing but `hidden`, `weight` and the ids: each chunk's `weight` columns are gathered again.
+pub fn gathered_logits<B: Backend>(
+    hidden: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    ids: &[u32],
+    m: usize,
+) -> Tensor<B, 2> {
+    macro_rules! fused_on {
+        ($inner:ty, $ckpt:ty) => {
+            if TypeId::of::<B>() == TypeId::of::<Autodiff<$inner, $ckpt>>() {
+                return same_type(fused_gather::<$inner, $ckpt>(
+                    same_type(hidden),
+                    same_type(weight),
+                    ids,
+                    m,
+                ));
+            }
+        };
+    }
+    fused_on!(distill_models::device::Flex, NoCheckpointing);
+    fused_on!(distill_models::device::Flex, BalancedCheckpointing);
+    fused_on!(distill_models::device::NdArray, NoCheckpointing);
+    fused_on!(distill_models::device::NdArray, BalancedCheckpointing);
+    #[cfg(feature = "cuda")]
+    {
+        fused_on!(distill_models::device::Cuda, NoCheckpointing);
+        fused_on!(distill_models::device::Cuda, BalancedCheckpointing);
+    }
+    plain_gathered(hidden, weight, ids, m)
+}
+
+/// The whole logits, then the ids gathered (the reference the op is tested against).
+pub fn plain_gathered<B: Backend>(
+    hidden: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    ids: &[u32],
+    m: usize,
+) -> Tensor<B, 2> {
+    let n = hidden.dims()[0];
+    let device = hidden.device();
+    let idx = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(ids.iter().map(|&t| t as i64).collect::<Vec<_>>(), [n, m]),
+        &device,
+    );
+    hidden.matmul(weight).gather(1, idx)
+}
+
+/// Rows per chunk of the gathered op: `rows × m × d` elements of gathered columns at a time.
+fn gather_rows(m: usize, d: usize) -> usize {
+    (CHUNK_ELEMS / (m * d).max(1)).max(1)
+}
+
+/// `weight`'s columns at `ids` as rows `[ids.len(), d]`.
+fn columns<I: Backend>(weight_t: &Tensor<I, 2>, ids: &[u32]) -> Tensor<I, 2> {
+    let device = weight_t.device();
+    let idx = Tensor::<I, 1, Int>::from_data(
+        TensorData::new(ids.iter().map(|&t| t as i64).collect::<Vec<_>>(), [ids.len()]),
+        &device,
+    );
+    weight_t.clone().select(0, idx)
+}
+
+fn gather_forward<I: Backend>(
+    hidden: &Tensor<I, 2>,
+    weight: &Tensor<I, 2>,
+    ids: &[u32],
+    m: usize,
+) -> Tensor<I, 2> {
+    let [n, d] = hidden.dims();
+    let wt = weight.clone().transpose(); // [vocab, d]
+    let rows = gather_rows(m, d);
+    let mut out = Vec::new();
+    for r0 in (0..n).step_by(rows) {
+        let r1 = (r0 + rows).min(n);
+        let c = r1 - r0;
+        let cols = columns(&wt, &ids[r0 * m..r1 * m]).reshape([c, m, d]);
+        let h = hidden.clone().slice([r0..r1, 0..d]).reshape([c, 1, d]);
+        out.push((cols * h).sum_dim(2).reshape([c, m]));
+    }
+    if out.is_empty() { Tensor::zeros([0, m], &hidden.device()) } else { Tensor::cat(out, 0) }
+}
+
+#[derive(Debug, Clone)]
+struct SavedGather<I: Backend> {
+    hidden: Tensor<I, 2>,
+    weight: Tensor<I, 2>,
+    ids: Vec<u32>,
+    m: usize,
+}
+
+#[derive(Debug)]
+struct FusedGather;
+
+impl<I: Backend> Backward<I, 2> for FusedGather {
+    type State = SavedGather<I>;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = wrap::<I, 2>(grads.consume::<I>(&ops.node));
+        let st = ops.state;
+        let [n, d] = st.hidden.dims();
+        let vocab = st.weight.dims()[1];
+        let device = st.hidden.device();
+        let wt = st.weight.clone().transpose();
+        let rows = gather_rows(st.m, d);
+        let m = st.m;
+        let mut dhs = Vec::new();
+        let mut dwt = Tensor::<I, 2>::zeros([vocab, d], &device).cast(st.weight.dtype());
+        for r0 in (0..n).step_by(rows) {
+            let r1 = (r0 + rows).min(n);
+            let c = r1 - r0;
+            let ids = &st.ids[r0 * m..r1 * m];
+            let gc = g.clone().slice([r0..r1, 0..m]).reshape([c, m, 1]);
+            let cols = columns(&wt, ids).reshape([c, m, d]);
+            dhs.push((cols * gc.clone()).sum_dim(1).reshape([c, d]));
+            let h = st.hidden.clone().slice([r0..r1, 0..d]).reshape([c, 1, d]);
+            let contrib = (h * gc).reshape([c * m, d]);
+            let idx = Tensor::<I, 1, Int>::from_data(
+                TensorData::new(ids.iter().map(|&t| t as i64).collect::<Vec<_>>(), [c * m]),
+                &device,
+            );
+            dwt = dwt.select_assign(0, idx, contrib, burn::tensor::IndexingUpdateOp::Add);
+        }
+        let dh = if dhs.is_empty() { Tensor::zeros([0, d], &device) } else { Tensor::cat(dhs, 0) };
+        let [ph, pw] = ops.parents;
+        if let Some(node) = ph {
+            grads.register::<I>(node.id, prim(dh));
+        }
+        if let Some(node) = pw {
+            grads.register::<I>(node.id, prim(dwt.transpose()));
+        }
+    }
+}
+
+fn fused_gather<I: Backend, C: CheckpointStrategy>(
+    hidden: Tensor<Autodiff<I, C>, 2>,
+    weight: Tensor<Autodiff<I, C>, 2>,
+    ids: &[u32],
+    m: usize,
+) -> Tensor<Autodiff<I, C>, 2> {
+    let (h, w) = (prim(hidden), prim(weight));
+    let (ih, iw) = (wrap::<I, 2>(h.primitive.clone()), wrap::<I, 2>(w.primitive.clone()));
+    let out =
+        match FusedGather.prepare::<C>([h.node.clone(), w.node.clone()]).compute_bound().stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = gather_forward(&ih, &iw, ids, m);
+                prep.finish(SavedGather { hidden: ih, weight: iw, ids: ids.to_vec(), m }, prim(y))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(prim(gather_forward(&ih, &iw, ids, m))),
+        };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +395,43 @@ mod tests {
                 let err = a.iter().zip(e).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max) / scale;
                 assert!(err < 1e-5, "{name}: relative error {err} (chunk {elems} elements)");
             }
+        }
+    }
+
+    /// The gathered logits equal the whole logits' entries, in value and in both gradients.
+    #[test]
+    fn gathered_logits_match_the_plain_ones_in_value_and_gradients() {
+        let dev = FlexDevice;
+        let (n, d, v, m) = (37, 24, 301, 5);
+        let h = Tensor::<Flex, 2>::random([n, d], Distribution::Normal(0.0, 1.0), &dev);
+        let w = Tensor::<Flex, 2>::random([d, v], Distribution::Normal(0.0, 0.3), &dev);
+        let ids: Vec<u32> = (0..n * m).map(|i| ((i * 7919 + 13) % v) as u32).collect();
+        let run2 = |f: &dyn Fn(Tensor<Ad, 2>, Tensor<Ad, 2>) -> Tensor<Ad, 2>| {
+            let (h, w) = (
+                Tensor::<Ad, 2>::from_inner(h.clone()).require_grad(),
+                Tensor::<Ad, 2>::from_inner(w.clone()).require_grad(),
+            );
+            let y = f(h.clone(), w.clone());
+            // A non-uniform upstream gradient.
+            let weights = Tensor::<Ad, 2>::from_inner(Tensor::<Flex, 2>::random(
+                [n, m],
+                Distribution::Normal(0.0, 1.0),
+                &FlexDevice,
+            ));
+            let grads = (y.clone() * weights).sum().backward();
+            let flat = |x: Tensor<Flex, 2>| x.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+            vec![flat(y.inner()), flat(h.grad(&grads).unwrap()), flat(w.grad(&grads).unwrap())]
+        };
+        // The same upstream weights for both: seed the RNG identically.
+        <Flex as Backend>::seed(&dev, 7);
+        let plain = run2(&|h, w| plain_gathered(h, w, &ids, m));
+        <Flex as Backend>::seed(&dev, 7);
+        let fused = run2(&|h, w| gathered_logits(h, w, &ids, m));
+        for (what, (a, b)) in ["value", "d hidden", "d weight"].iter().zip(plain.iter().zip(&fused))
+        {
+            let scale = a.iter().fold(0f32, |x, y| x.max(y.abs())).max(1e-6);
+            let err = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max) / scale;
+            assert!(err < 1e-5, "{what}: relative error {err}");
         }
     }
 }

@@ -59,6 +59,10 @@ pub struct Args {
     /// Peak TFLOP/s of one device for the MFU (default: a CPU estimate; 989 for an H100/H200 in bf16).
     #[arg(long)]
     peak_tflops: Option<f64>,
+    /// Teacher alternatives per position for logit distillation (0: cross-entropy only): each
+    /// target position gets a synthetic top-K, and the step's loss is half CE, half KD.
+    #[arg(long, default_value_t = 0)]
+    kd: usize,
     /// Append the result as one JSON line to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -90,7 +94,14 @@ pub fn model_config(name: &str) -> anyhow::Result<ModelConfig> {
 }
 
 /// Deterministic micro-batches: `rows × seq` token ids, every position a target, one document per row.
-fn batches(cfg: &ModelConfig, rows: usize, seq: usize, n: usize, step: usize) -> Vec<Batch> {
+fn batches(
+    cfg: &ModelConfig,
+    rows: usize,
+    seq: usize,
+    n: usize,
+    step: usize,
+    kd_k: usize,
+) -> Vec<Batch> {
     (0..n)
         .map(|m| {
             let mut s = 0x2545_F491_4F6C_DD1Du64
@@ -102,16 +113,30 @@ fn batches(cfg: &ModelConfig, rows: usize, seq: usize, n: usize, step: usize) ->
                 (s % cfg.vocab_size as u64) as u32
             };
             let ids: Vec<u32> = (0..rows * seq).map(|_| next()).collect();
-            let targets =
+            let targets: Vec<Option<u32>> =
                 (0..rows * seq).map(|i| (i % seq + 1 < seq).then(|| ids[i + 1])).collect();
+            // Synthetic teacher top-k at every target position: the target first, then others.
+            let kd = if kd_k == 0 {
+                vec![]
+            } else {
+                (0..rows * seq)
+                    .filter_map(|i| targets[i].map(|t| (i, t)))
+                    .map(|(i, t)| {
+                        let mut top = vec![t];
+                        top.extend((1..kd_k).map(|_| next()));
+                        let lps = (0..kd_k).map(|j| -0.2 - 0.9 * j as f32).collect();
+                        (i, top, lps)
+                    })
+                    .collect()
+            };
             Batch {
                 rows,
                 len: seq,
                 ids,
                 docs: vec![0; rows * seq],
                 targets,
-                kd: vec![],
-                kd_k: 0,
+                kd,
+                kd_k,
                 kd_token: vec![],
                 real_tokens: rows * seq,
             }
@@ -174,10 +199,11 @@ fn run_rank<B: AutodiffBackend>(
         model = Some(CausalLm::<B>::load(cfg, &mut RandomSource::new(11), &device)?);
     }
     let mut opt = AdamW::<B::InnerBackend>::new(optim);
-    let spec = StepSpec { kd_weight: 0.0, max_grad_norm: 1.0, lr: 1e-3, compute, objective: None };
+    let kd_weight = if a.kd > 0 { 0.5 } else { 0.0 };
+    let spec = StepSpec { kd_weight, max_grad_norm: 1.0, lr: 1e-3, compute, objective: None };
     let mut steps = Vec::new();
     for step in 0..a.steps {
-        let micro = batches(cfg, rows, seq, a.grad_accum, step);
+        let micro = batches(cfg, rows, seq, a.grad_accum, step, a.kd);
         let t0 = Instant::now();
         let out = match (&mut model, &mut fsdp) {
             (Some(model), _) => {
@@ -290,7 +316,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         checkpointing: a.checkpointing,
         bf16: a.dtype == "bf16",
         bucket_mb: 25.0,
-        kd: false,
+        kd: a.kd > 0,
         offload: a.offload,
         prefetch: a.prefetch,
     };

@@ -3,8 +3,8 @@
 //! batch, which makes the loss a token mean across micro-batches (as TRL computes it).
 
 use burn::prelude::*;
-use burn::tensor::TensorData;
 use burn::tensor::activation::log_softmax;
+use burn::tensor::{DType, TensorData};
 
 use super::pack::Batch;
 use distill_models::masks;
@@ -101,6 +101,21 @@ pub fn losses_from_hidden<B: Backend>(
     batch: &Batch,
     device: &B::Device,
 ) -> LossSums<B> {
+    // DISTILL_PLAIN_CE=1 computes the whole logits (to measure the difference).
+    let chunked = std::env::var_os("DISTILL_PLAIN_CE").is_none() && head.bias.is_none();
+    losses_with(head, hidden, batch, device, chunked)
+}
+
+/// [`losses_from_hidden`], through the chunked LM head (`chunked`, needs a head without bias) or
+/// the whole logits.
+pub fn losses_with<B: Backend>(
+    head: &Head<B>,
+    hidden: Tensor<B, 3>,
+    batch: &Batch,
+    device: &B::Device,
+    chunked: bool,
+) -> LossSums<B> {
+    let chunked = chunked && head.bias.is_none();
     let (r, t) = (batch.rows, batch.len);
     let d = hidden.dims()[2];
     let flat = hidden.reshape([r * t, d]);
@@ -115,20 +130,21 @@ pub fn losses_from_hidden<B: Backend>(
         device,
     );
     let selected = flat.select(0, idx); // [tokens, d]
-    if batch.kd.is_empty() && std::env::var_os("DISTILL_PLAIN_CE").is_none() && head.bias.is_none()
-    {
-        let w = head.weight.clone();
-        // Cross-entropy alone: through the LM head chunk by chunk, never the [tokens, vocab]
-        // logits (crate::lm_head_loss). DISTILL_PLAIN_CE=1 computes them whole (to measure).
-        let targets: Vec<u32> = rows.iter().map(|&i| batch.targets[i].unwrap()).collect();
-        let ce = crate::lm_head_loss::cross_entropy_sum(selected, w, &targets);
-        return LossSums { ce, kd: None, tokens, kd_positions: 0 };
-    }
-    let logits = head.logits(selected).cast(burn::tensor::DType::F32); // [tokens, vocab], f32 under bf16 compute too
-    let logp = log_softmax(logits.clone(), 1);
-    let targets: Vec<i64> = rows.iter().map(|&i| batch.targets[i].unwrap() as i64).collect();
-    let tgt = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [tokens, 1]), device);
-    let ce = logp.gather(1, tgt).sum().neg();
+    let targets: Vec<u32> = rows.iter().map(|&i| batch.targets[i].unwrap()).collect();
+    // The LM head chunk by chunk, never the [tokens, vocab] logits (crate::lm_head_loss): the
+    // cross-entropy, and for KD only the student's logits at the teacher's top-k ids.
+    let full_logits = (!chunked).then(|| head.logits(selected.clone()).cast(DType::F32)); // [tokens, vocab]
+    let ce = match &full_logits {
+        None => {
+            crate::lm_head_loss::cross_entropy_sum(selected.clone(), head.weight.clone(), &targets)
+        }
+        Some(logits) => {
+            let logp = log_softmax(logits.clone(), 1);
+            let t: Vec<i64> = targets.iter().map(|&x| x as i64).collect();
+            let tgt = Tensor::<B, 2, Int>::from_data(TensorData::new(t, [tokens, 1]), device);
+            logp.gather(1, tgt).sum().neg()
+        }
+    };
 
     let kd = (!batch.kd.is_empty()).then(|| {
         let k = batch.kd_k;
@@ -137,12 +153,11 @@ pub fn losses_from_hidden<B: Backend>(
         let at: Vec<i64> = batch.kd.iter().map(|(p, _, _)| pos_of[p] as i64).collect();
         let n = at.len();
         let sel = Tensor::<B, 1, Int>::from_data(TensorData::new(at, [n]), device);
-        let student = logits.select(0, sel); // [n, vocab]
         // Padded alternatives (id u32::MAX, logprob -inf) point at token 0 with zero teacher mass.
-        let ids: Vec<i64> = batch
+        let ids: Vec<u32> = batch
             .kd
             .iter()
-            .flat_map(|(_, ids, _)| ids.iter().map(|&i| if i == u32::MAX { 0 } else { i as i64 }))
+            .flat_map(|(_, ids, _)| ids.iter().map(|&i| if i == u32::MAX { 0 } else { i }))
             .collect();
         let mut tp: Vec<f32> = Vec::with_capacity(n * k);
         let mut valid: Vec<f32> = Vec::with_capacity(n * k);
@@ -155,9 +170,21 @@ pub fn losses_from_hidden<B: Backend>(
                 valid.push(if ok { 0.0 } else { f32::NEG_INFINITY });
             }
         }
-        let gather = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, k]), device);
-        let s_top = student.gather(1, gather)
-            + Tensor::<B, 2>::from_data(TensorData::new(valid, [n, k]), device);
+        let picked = match &full_logits {
+            None => crate::lm_head_loss::gathered_logits(
+                selected.clone().select(0, sel),
+                head.weight.clone(),
+                &ids,
+                k,
+            )
+            .cast(DType::F32),
+            Some(logits) => {
+                let g: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+                let gather = Tensor::<B, 2, Int>::from_data(TensorData::new(g, [n, k]), device);
+                logits.clone().select(0, sel).gather(1, gather)
+            }
+        }; // [n, k]
+        let s_top = picked + Tensor::<B, 2>::from_data(TensorData::new(valid, [n, k]), device);
         let log_q = log_softmax(s_top, 1); // student renormalised over the teacher's top-k
         let p = Tensor::<B, 2>::from_data(TensorData::new(tp.clone(), [n, k]), device);
         let log_p: Vec<f32> = tp.iter().map(|&x| if x > 0.0 { x.ln() } else { 0.0 }).collect();
@@ -167,4 +194,79 @@ pub fn losses_from_hidden<B: Backend>(
         (p * (log_p - safe_log_q)).sum()
     });
     LossSums { ce, kd, tokens, kd_positions: batch.kd.len() }
+}
+
+#[cfg(test)]
+mod chunked_tests {
+    use super::*;
+    use burn::backend::Autodiff;
+    use burn::tensor::Distribution;
+    use distill_models::device::{Flex, FlexDevice};
+
+    type Ad = Autodiff<Flex>;
+
+    /// Cross-entropy plus logit distillation through the chunked LM head equals the whole-logits
+    /// computation: both sums and the gradients of the hidden states and the head, within 1e-5
+    /// relative (padded top-k alternatives and positions without KD included).
+    #[test]
+    fn chunked_ce_and_kd_equal_the_whole_logits() {
+        let dev = FlexDevice;
+        let (rows, len, d, v, k) = (2, 9, 16, 211, 4);
+        let h0 = Tensor::<Flex, 3>::random([rows, len, d], Distribution::Normal(0.0, 1.0), &dev);
+        let w0 = Tensor::<Flex, 2>::random([d, v], Distribution::Normal(0.0, 0.3), &dev);
+        let targets: Vec<Option<u32>> =
+            (0..rows * len).map(|i| (i % 5 != 0).then_some(((i * 31 + 7) % v) as u32)).collect();
+        let kd: Vec<(usize, Vec<u32>, Vec<f32>)> = (0..rows * len)
+            .filter(|i| targets[*i].is_some() && i % 3 != 0)
+            .map(|i| {
+                let mut ids: Vec<u32> = (0..k).map(|j| ((i * 13 + j * 57) % v) as u32).collect();
+                let mut lps: Vec<f32> = (0..k).map(|j| -0.3 - j as f32 * 0.7).collect();
+                if i % 4 == 1 {
+                    ids[k - 1] = u32::MAX;
+                    lps[k - 1] = f32::NEG_INFINITY;
+                }
+                (i, ids, lps)
+            })
+            .collect();
+        let batch = Batch {
+            rows,
+            len,
+            ids: vec![3; rows * len],
+            docs: vec![0; rows * len],
+            targets,
+            kd,
+            kd_k: k,
+            kd_token: vec![],
+            real_tokens: rows * len,
+        };
+        let run = |chunked: bool| {
+            let h = Tensor::<Ad, 3>::from_inner(h0.clone()).require_grad();
+            let w = Tensor::<Ad, 2>::from_inner(w0.clone()).require_grad();
+            let l = losses_with(
+                &Head { weight: w.clone(), bias: None },
+                h.clone(),
+                &batch,
+                &dev,
+                chunked,
+            );
+            let kd = l.kd.unwrap();
+            let total = l.ce.clone().mul_scalar(0.6) + kd.clone().mul_scalar(0.4);
+            let grads = total.backward();
+            let f = |x: Vec<f32>| x;
+            vec![
+                f(l.ce.inner().into_data().to_vec().unwrap()),
+                f(kd.inner().into_data().to_vec().unwrap()),
+                h.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap(),
+                w.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap(),
+            ]
+        };
+        let (plain, chunked) = (run(false), run(true));
+        for (what, (a, b)) in
+            ["ce", "kd", "d hidden", "d head"].iter().zip(plain.iter().zip(&chunked))
+        {
+            let scale = a.iter().fold(0f32, |x, y| x.max(y.abs())).max(1e-6);
+            let err = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max) / scale;
+            assert!(err < 1e-5, "{what}: relative error {err}");
+        }
+    }
 }

@@ -152,8 +152,8 @@ pub struct RunShape {
     pub checkpointing: bool,
     pub bf16: bool,
     pub bucket_mb: f64,
-    /// Logit distillation (`kd_weight > 0`) needs the full logits; cross-entropy alone runs the
-    /// LM head in chunks (`crate::lm_head_loss`).
+    /// Logit distillation (`kd_weight > 0`): the chunked LM head also gathers the student's
+    /// logits at the teacher's top-k ids (`crate::lm_head_loss`).
     pub kd: bool,
     /// `offload = "cpu"` (applies to `parameters` only).
     pub offload: bool,
@@ -239,13 +239,11 @@ impl MemoryPlan {
         // Under bf16 compute the saved activations are bf16 (norms and attention statistics stay
         // f32, a small share): half the f32 figure. An assumption until measured on a GPU.
         let activations = activations * compute_bytes / 4.0;
-        // Logits and their gradient, f32, over the vocabulary — or, for cross-entropy alone, the
-        // chunked LM head's temporaries (logits, probabilities, their gradient: one chunk each).
-        let logits = if s.kd {
-            tokens * c.vocab_size as f64 * 4.0 * 2.0
-        } else {
-            3.0 * (crate::lm_head_loss::CHUNK_ELEMS as f64).min(tokens * c.vocab_size as f64) * 4.0
-        };
+        // Never the logits themselves: the chunked LM head's temporaries (logits, probabilities,
+        // their gradient: one chunk each), and with KD the gathered top-k columns of the head
+        // (two chunk-sized temporaries, `crate::lm_head_loss::gathered_logits`).
+        let chunk = (crate::lm_head_loss::CHUNK_ELEMS as f64).min(tokens * c.vocab_size as f64);
+        let logits = (3.0 + if s.kd { 2.0 } else { 0.0 }) * chunk * 4.0;
         let comm_buffers = if world > 1 { 2.0 * (s.bucket_mb * 1e6).min(4.0 * pf) } else { 0.0 };
         MemoryPlan {
             world: world.max(1),
@@ -338,7 +336,7 @@ impl MemoryPlan {
             ("gradients", self.gradients),
             ("AdamW moments", self.moments),
             ("activations", self.activations),
-            ("logits (chunked w/o KD)", self.logits),
+            ("logits (chunked LM head)", self.logits),
             ("communication buffers", self.comm_buffers),
         ]
     }
