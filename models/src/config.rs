@@ -581,6 +581,38 @@ pub(crate) fn check_dims(c: &ModelConfig) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// The expert counts every MoE config must satisfy; `experts_key` is the config's name for the
+/// expert count (`num_experts`, `n_routed_experts`).
+fn check_experts(
+    experts_key: &str,
+    experts: usize,
+    top_k: usize,
+    intermediate: usize,
+    layers: usize,
+) -> std::result::Result<(), String> {
+    if experts == 0 || top_k == 0 || intermediate == 0 {
+        return Err(format!(
+            "{experts_key} ({experts}), num_experts_per_tok ({top_k}) and moe_intermediate_size ({intermediate}) must be positive"
+        ));
+    }
+    if top_k > experts {
+        return Err(format!(
+            "num_experts_per_tok ({top_k}) must not exceed {experts_key} ({experts})"
+        ));
+    }
+    if experts > 1 << 16 || intermediate > MAX_DIM {
+        return Err(format!(
+            "{experts_key} {experts} or moe_intermediate_size {intermediate} is beyond any real model"
+        ));
+    }
+    if layers > MAX_MOE_LAYERS {
+        return Err(format!(
+            "num_hidden_layers {layers}: MoE models of more than {MAX_MOE_LAYERS} layers are not supported"
+        ));
+    }
+    Ok(())
+}
+
 /// Qwen3-MoE's feed-forward: which layers are sparse (`(i + 1) % decoder_sparse_step == 0` and
 /// not in `mlp_only_layers`, as transformers decides) and how tokens route.
 fn qwen3_moe(raw: &Raw) -> std::result::Result<MoeDims, String> {
@@ -590,28 +622,9 @@ fn qwen3_moe(raw: &Raw) -> std::result::Result<MoeDims, String> {
     let intermediate = need(raw.moe_intermediate_size, "moe_intermediate_size")?;
     let step = raw.decoder_sparse_step.unwrap_or(1);
     let layers = raw.num_hidden_layers;
-    if experts == 0 || top_k == 0 || intermediate == 0 {
-        return Err(format!(
-            "num_experts ({experts}), num_experts_per_tok ({top_k}) and moe_intermediate_size ({intermediate}) must be positive"
-        ));
-    }
-    if top_k > experts {
-        return Err(format!(
-            "num_experts_per_tok ({top_k}) must not exceed num_experts ({experts})"
-        ));
-    }
-    if experts > 1 << 16 || intermediate > MAX_DIM {
-        return Err(format!(
-            "num_experts {experts} or moe_intermediate_size {intermediate} is beyond any real model"
-        ));
-    }
+    check_experts("num_experts", experts, top_k, intermediate, layers)?;
     if step == 0 {
         return Err("decoder_sparse_step must be at least 1".into());
-    }
-    if layers > MAX_MOE_LAYERS {
-        return Err(format!(
-            "num_hidden_layers {layers}: MoE models of more than {MAX_MOE_LAYERS} layers are not supported"
-        ));
     }
     let only = raw.mlp_only_layers.clone().unwrap_or_default();
     if let Some(&bad) = only.iter().find(|&&i| i >= layers) {
@@ -653,26 +666,7 @@ fn deepseek_parts(
     let top_k = need(raw.num_experts_per_tok, "num_experts_per_tok")?;
     let intermediate = need(raw.moe_intermediate_size, "moe_intermediate_size")?;
     let layers = raw.num_hidden_layers;
-    if experts == 0 || top_k == 0 || intermediate == 0 {
-        return Err(format!(
-            "n_routed_experts ({experts}), num_experts_per_tok ({top_k}) and moe_intermediate_size ({intermediate}) must be positive"
-        ));
-    }
-    if top_k > experts {
-        return Err(format!(
-            "num_experts_per_tok ({top_k}) must not exceed n_routed_experts ({experts})"
-        ));
-    }
-    if experts > 1 << 16 || intermediate > MAX_DIM {
-        return Err(format!(
-            "n_routed_experts {experts} or moe_intermediate_size {intermediate} is beyond any real model"
-        ));
-    }
-    if layers > MAX_MOE_LAYERS {
-        return Err(format!(
-            "num_hidden_layers {layers}: MoE models of more than {MAX_MOE_LAYERS} layers are not supported"
-        ));
-    }
+    check_experts("n_routed_experts", experts, top_k, intermediate, layers)?;
     let method = raw.topk_method.as_deref().unwrap_or(if v3 { "noaux_tc" } else { "greedy" });
     let (groups, group_score, score_bias) = match (v3, method) {
         (true, "noaux_tc") => (raw.n_group.unwrap_or(1), GroupScore::Top2Sum, true),

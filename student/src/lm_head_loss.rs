@@ -29,6 +29,22 @@ use burn::tensor::{DType, TensorData, TensorPrimitive};
 
 use distill_models::attention::{prim, same_type, wrap};
 
+/// Calls `$m!(inner backend, checkpoint strategy)` for every autodiff backend the fused ops
+/// (this module's, and the training attention's) have a backward for.
+macro_rules! for_each_fused_backend {
+    ($m:ident) => {
+        $m!(distill_models::device::Flex, NoCheckpointing);
+        $m!(distill_models::device::Flex, BalancedCheckpointing);
+        $m!(distill_models::device::NdArray, NoCheckpointing);
+        $m!(distill_models::device::NdArray, BalancedCheckpointing);
+        #[cfg(feature = "cuda")]
+        {
+            $m!(distill_models::device::Cuda, NoCheckpointing);
+            $m!(distill_models::device::Cuda, BalancedCheckpointing);
+        }
+    };
+}
+
 /// Logit elements per chunk (`rows × vocab`): 32M f32 = 128 MB per temporary.
 pub const CHUNK_ELEMS: usize = 1 << 25;
 
@@ -51,15 +67,7 @@ pub fn cross_entropy_sum<B: Backend>(
             }
         };
     }
-    fused_on!(distill_models::device::Flex, NoCheckpointing);
-    fused_on!(distill_models::device::Flex, BalancedCheckpointing);
-    fused_on!(distill_models::device::NdArray, NoCheckpointing);
-    fused_on!(distill_models::device::NdArray, BalancedCheckpointing);
-    #[cfg(feature = "cuda")]
-    {
-        fused_on!(distill_models::device::Cuda, NoCheckpointing);
-        fused_on!(distill_models::device::Cuda, BalancedCheckpointing);
-    }
+    for_each_fused_backend!(fused_on);
     plain(hidden, weight, targets)
 }
 
@@ -216,15 +224,7 @@ pub fn gathered_logits<B: Backend>(
             }
         };
     }
-    fused_on!(distill_models::device::Flex, NoCheckpointing);
-    fused_on!(distill_models::device::Flex, BalancedCheckpointing);
-    fused_on!(distill_models::device::NdArray, NoCheckpointing);
-    fused_on!(distill_models::device::NdArray, BalancedCheckpointing);
-    #[cfg(feature = "cuda")]
-    {
-        fused_on!(distill_models::device::Cuda, NoCheckpointing);
-        fused_on!(distill_models::device::Cuda, BalancedCheckpointing);
-    }
+    for_each_fused_backend!(fused_on);
     plain_gathered(hidden, weight, ids, m)
 }
 
@@ -406,26 +406,21 @@ mod tests {
         let h = Tensor::<Flex, 2>::random([n, d], Distribution::Normal(0.0, 1.0), &dev);
         let w = Tensor::<Flex, 2>::random([d, v], Distribution::Normal(0.0, 0.3), &dev);
         let ids: Vec<u32> = (0..n * m).map(|i| ((i * 7919 + 13) % v) as u32).collect();
+        // One non-uniform upstream gradient for both (made once: the backend's RNG is shared with
+        // tests running in parallel).
+        let upstream = Tensor::<Flex, 2>::random([n, m], Distribution::Normal(0.0, 1.0), &dev);
         let run2 = |f: &dyn Fn(Tensor<Ad, 2>, Tensor<Ad, 2>) -> Tensor<Ad, 2>| {
             let (h, w) = (
                 Tensor::<Ad, 2>::from_inner(h.clone()).require_grad(),
                 Tensor::<Ad, 2>::from_inner(w.clone()).require_grad(),
             );
             let y = f(h.clone(), w.clone());
-            // A non-uniform upstream gradient.
-            let weights = Tensor::<Ad, 2>::from_inner(Tensor::<Flex, 2>::random(
-                [n, m],
-                Distribution::Normal(0.0, 1.0),
-                &FlexDevice,
-            ));
-            let grads = (y.clone() * weights).sum().backward();
+            let grads =
+                (y.clone() * Tensor::<Ad, 2>::from_inner(upstream.clone())).sum().backward();
             let flat = |x: Tensor<Flex, 2>| x.into_data().convert::<f32>().to_vec::<f32>().unwrap();
             vec![flat(y.inner()), flat(h.grad(&grads).unwrap()), flat(w.grad(&grads).unwrap())]
         };
-        // The same upstream weights for both: seed the RNG identically.
-        <Flex as Backend>::seed(&dev, 7);
         let plain = run2(&|h, w| plain_gathered(h, w, &ids, m));
-        <Flex as Backend>::seed(&dev, 7);
         let fused = run2(&|h, w| gathered_logits(h, w, &ids, m));
         for (what, (a, b)) in ["value", "d hidden", "d weight"].iter().zip(plain.iter().zip(&fused))
         {
