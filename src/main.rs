@@ -25,6 +25,7 @@ fn keep_freed_memory() {
 mod agreement;
 mod backend;
 mod cmd;
+mod cpu_kernel;
 mod hub;
 mod models;
 mod onpolicy_stage;
@@ -40,6 +41,10 @@ mod report;
     about = "Knowledge distillation for LLMs: teacher traces -> compressed corpus -> SFT -> HF export"
 )]
 struct Cli {
+    /// The CPU backend's gemm kernel: auto (a cached calibration, else chosen by CPU model),
+    /// calibrate (measure once and cache), avx512 or avx2. Default: $DISTILL_GEMM_KERNEL, else auto.
+    #[arg(long, global = true, value_name = "KERNEL")]
+    gemm_kernel: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -92,6 +97,10 @@ fn main() -> ExitCode {
     keep_freed_memory();
     default_sigpipe();
     let cli = Cli::parse();
+    if let Err(e) = cpu_kernel::init(cli.gemm_kernel.as_deref()) {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Corpus(c) => cmd::corpus::run(c),
         Command::Bench(c) => cmd::bench::run(c),

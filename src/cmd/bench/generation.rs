@@ -117,6 +117,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         "dtype": a.dtype, "batch": a.batch, "prompt_len": a.prompt_len, "max_tokens": a.max_tokens,
         "generated": generated, "secs": out.secs, "prefill_s": out.prefill_s, "decode_tokens_per_s": decode_tps,
         "tokens_per_s": generated as f64 / out.secs,
+        "machine": super::machine(), "cpu": crate::cpu_kernel::json(),
     });
     let mut ok = true;
     let mut verdict = "—".to_string();

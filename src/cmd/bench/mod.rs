@@ -6,6 +6,7 @@ use clap::Subcommand;
 
 mod client;
 mod corpus;
+mod gemm;
 mod generation;
 mod load;
 mod logprobs;
@@ -20,6 +21,9 @@ pub enum BenchCommand {
     Corpus(corpus::Args),
     /// The teacher client's overhead against an instant local stub server.
     Client(client::Args),
+    /// f32 matrix products at the model's shapes on every gemm path (flex AVX-512 / AVX2, ndarray,
+    /// PyTorch, NumPy) in GFLOP/s; `--save` makes it this CPU's kernel calibration.
+    Gemm(gemm::Args),
     /// Forward and generation tokens/s, a training step, peak memory; PyTorch beside it.
     Model(model::Args),
     /// A training step at growing sequence lengths, with peak memory, beside PyTorch.
@@ -40,7 +44,9 @@ pub enum BenchCommand {
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
+    eprintln!("machine: {}", machine());
     match cmd {
+        BenchCommand::Gemm(a) => gemm::run(a),
         BenchCommand::Corpus(a) => corpus::run(a),
         BenchCommand::Model(a) => model::run(a),
         BenchCommand::Client(a) => client::run(a),
@@ -53,24 +59,21 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// One line describing this machine, for the benchmark tables.
+/// One line describing this machine, for the benchmark tables: the CPU's vendor, family, model,
+/// brand and vector flags, the thread count, the gemm kernel in use, and the memory.
 pub fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| {
             s.lines().next().and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         })
         .map_or("? GiB".into(), |kb| format!("{:.0} GiB", kb as f64 / 1048576.0));
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cpu}, {cores} cores, {mem} RAM")
+    format!(
+        "{}, {} rayon threads, {mem} RAM, gemm kernel {}",
+        crate::cpu_kernel::identity().describe(),
+        rayon::current_num_threads(),
+        crate::cpu_kernel::describe()
+    )
 }
 
 /// The process's peak resident memory (VmHWM), MB.

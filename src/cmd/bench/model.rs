@@ -63,7 +63,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         Some(d) => d.clone(),
         None => crate::models::smollm2_hf()?,
     };
-    let mut r = json!({"machine": super::machine(), "model": dir.display().to_string(), "backend": format!("{} (f32)", a.backend)});
+    let mut r = json!({"machine": super::machine(), "cpu": crate::cpu_kernel::json(), "model": dir.display().to_string(), "backend": format!("{} (f32)", a.backend)});
     if a.backend == "ndarray" {
         measure::<NdArray>(&a, &dir, &NdArrayDevice::default(), &mut r)?;
     } else {

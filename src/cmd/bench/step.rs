@@ -326,6 +326,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         "grad_accum": a.grad_accum, "shard": a.shard, "checkpointing": a.checkpointing, "offload": a.offload, "prefetch": a.prefetch,
         "steps": out.steps, "step_s": step_s, "comm_s": comm_s, "offload_s": offload_s, "tokens_per_s": tokens / step_s, "mfu": mfu,
         "planner_gb_per_rank": planned, "host_peak_rss_gb": super::peak_rss_mb() / 1024.0, "wall_s": wall, "cuda": on_cuda,
+        "machine": super::machine(), "cpu": crate::cpu_kernel::json(),
     });
     let mut ok = true;
     if compare {

@@ -31,6 +31,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let dir = crate::models::smollm2_hf()?;
     let script = super::model::torch_script();
     let mut rows = Vec::new();
+    println!("machine: {}\n", super::machine());
     println!(
         "| shape (batch × seq) | distill step | distill tokens/s | distill peak RSS | PyTorch step | PyTorch tokens/s | PyTorch peak RSS | distill / PyTorch time | memory ratio |"
     );
@@ -61,7 +62,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             s1 / s2,
             m1 / m2
         );
-        rows.push(json!({"shape": shape, "distill": ours, "torch": theirs}));
+        rows.push(json!({"shape": shape, "distill": ours, "torch": theirs, "machine": super::machine(), "cpu": crate::cpu_kernel::json()}));
     }
     if let Some(p) = &a.json {
         std::fs::write(p, serde_json::to_string_pretty(&rows)?)?;
