@@ -642,6 +642,7 @@ pub fn train_on_policy<B: AutodiffBackend>(
             comm_s: 0.0,
             offload_s: None,
             moe_load: None,
+            host_peak_rss_mb: crate::sft::train::host_peak_rss_mb(),
         };
         let mut line = serde_json::to_value(&m).expect("json");
         line["objective"] = json!(if on { op.loss_name() } else { "sft" });

@@ -278,6 +278,17 @@ pub struct StepMetrics {
     /// Mixture of Experts: how evenly the step's tokens spread over the experts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub moe_load: Option<MoeLoad>,
+    /// The process's peak resident memory so far (Linux VmHWM), MB: host memory on CPU, the
+    /// host's share under CUDA.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_peak_rss_mb: Option<f64>,
+}
+
+/// The process's peak resident memory so far (`VmHWM` in /proc/self/status), MB; None off Linux.
+pub fn host_peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 /// Expert load balance of one step, over every sparse layer (all ranks' tokens).
@@ -712,6 +723,7 @@ fn run_rank<B: AutodiffBackend>(
             comm_s: out.comm_s,
             offload_s: offload.then_some(out.offload_s),
             moe_load,
+            host_peak_rss_mb: host_peak_rss_mb(),
         };
         log(&mut metrics, &metrics_path, serde_json::to_value(&m).expect("json"))?;
         if lead {
