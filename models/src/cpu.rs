@@ -403,6 +403,42 @@ pub fn last_taken() -> Option<GemmKernel> {
     }
 }
 
+/// The kernel gemm's dispatch takes now: the preference set by [`apply`] on this CPU.
+pub fn active_kernel(id: &CpuIdentity) -> GemmKernel {
+    let avail = available(id);
+    if gemm_common::x86_kernel::preference() == gemm_common::x86_kernel::AVX2
+        && avail.contains(&GemmKernel::Avx2)
+    {
+        GemmKernel::Avx2
+    } else {
+        avail[0]
+    }
+}
+
+/// f32 FLOP per cycle per core of a kernel family on a CPU of this AVX-512 width: two FMA pipes ×
+/// lanes × 2 (a Zen 4's 512-bit ops have the 256-bit peak).
+pub fn flop_per_cycle(kernel: GemmKernel, width: Avx512Width) -> f64 {
+    match (kernel, width) {
+        (GemmKernel::Avx512, Avx512Width::Full | Avx512Width::Unknown) => 64.0,
+        (GemmKernel::Avx512, _) | (GemmKernel::Avx2, _) => 32.0,
+        (GemmKernel::Scalar, _) => 4.0,
+    }
+}
+
+/// The clock /proc/cpuinfo reports, MHz (in a VM often the nominal clock; boost runs above it).
+pub fn reported_mhz() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let l = s.lines().find(|l| l.starts_with("cpu MHz"))?;
+    l.split(':').nth(1)?.trim().parse().ok()
+}
+
+/// A nominal f32 peak of this CPU with the kernel in use, GFLOP/s: `threads` × the reported clock
+/// (2.5 GHz when unknown) × [`flop_per_cycle`]. Boost clocks run above it.
+pub fn nominal_peak_gflops(id: &CpuIdentity, threads: usize) -> f64 {
+    let mhz = reported_mhz().unwrap_or(2500.0);
+    threads as f64 * mhz * 1e-3 * flop_per_cycle(active_kernel(id), id.avx512_width())
+}
+
 /// One timed product.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ShapeTiming {

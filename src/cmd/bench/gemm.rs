@@ -6,7 +6,7 @@
 
 use std::process::{Command, ExitCode};
 
-use distill_models::cpu::{self, Avx512Width, GemmKernel};
+use distill_models::cpu;
 use serde_json::{Value, json};
 
 #[derive(clap::Args)]
@@ -53,29 +53,13 @@ fn parse(s: &str) -> anyhow::Result<Vec<(usize, usize, usize)>> {
         .collect()
 }
 
-/// The clock in MHz /proc/cpuinfo reports (in a VM, often the nominal clock).
-fn mhz() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let l = s.lines().find(|l| l.starts_with("cpu MHz"))?;
-    l.split(':').nth(1)?.trim().parse().ok()
-}
-
-/// f32 FLOP per cycle per core of a kernel family: two FMA pipes × lanes × 2.
-fn flop_per_cycle(kernel: GemmKernel, width: Avx512Width) -> f64 {
-    match (kernel, width) {
-        (GemmKernel::Avx512, Avx512Width::Full | Avx512Width::Unknown) => 64.0,
-        (GemmKernel::Avx512, _) | (GemmKernel::Avx2, _) => 32.0,
-        (GemmKernel::Scalar, _) => 4.0,
-    }
-}
-
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let shapes = parse(&a.shapes)?;
     let id = crate::cpu_kernel::identity().clone();
     let threads = rayon::current_num_threads();
     let before = crate::cpu_kernel::current();
     println!("machine: {}", super::machine());
-    let clock = mhz();
+    let clock = cpu::reported_mhz();
     let mut columns: Vec<(String, Vec<f64>)> = Vec::new();
     let mut kernels = Vec::new();
     for kernel in cpu::available(&id) {
@@ -162,8 +146,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let peaks: Vec<Value> = cpu::available(&id)
         .into_iter()
         .map(|k| {
-            let p = clock.map(|c| c * 1e-3 * threads as f64 * flop_per_cycle(k, width));
-            json!({"kernel": k.name(), "flop_per_cycle": flop_per_cycle(k, width), "peak_gflops": p})
+            let p = clock.map(|c| c * 1e-3 * threads as f64 * cpu::flop_per_cycle(k, width));
+            json!({"kernel": k.name(), "flop_per_cycle": cpu::flop_per_cycle(k, width), "peak_gflops": p})
         })
         .collect();
     if let Some(c) = clock {

@@ -287,7 +287,8 @@ pub struct StepMetrics {
 /// The process's peak resident memory so far (`VmHWM` in /proc/self/status), MB; None off Linux.
 pub fn host_peak_rss_mb() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let kb: f64 =
+        s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
 }
 
@@ -1318,8 +1319,12 @@ pub fn machine_memory_gb() -> f64 {
         .map_or(f64::INFINITY, |kb| kb * 1024.0 / 1e9)
 }
 
-/// A rough f32 peak for this CPU: cores × 2.5 GHz × 32 FLOP/cycle (AVX2 FMA; AVX-512 doubles it).
+/// A nominal f32 peak for this CPU with the gemm kernel in use: threads × the clock /proc/cpuinfo
+/// reports × the kernel's FLOP/cycle (64 for AVX-512 on 512-bit datapaths, 32 for AVX2 and for
+/// AVX-512 on 256-bit units; `distill_models::cpu::nominal_peak_gflops`). Boost clocks run above
+/// the reported clock, so MFU against it can exceed what the hardware's true peak would give.
 pub fn cpu_peak_tflops() -> f64 {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    cores * 2.5e9 * 32.0 / 1e12
+    use distill_models::cpu;
+    let id = cpu::CpuIdentity::detect();
+    cpu::nominal_peak_gflops(&id, rayon::current_num_threads()) / 1e3
 }
