@@ -356,9 +356,10 @@ impl<B: Backend> Attention<B> {
         let (k, v) = if g == 1 {
             (k, v)
         } else {
-            let rep = |y: Tensor<B, 4>| {
-                y.unsqueeze_dim::<5>(2).expand([b, kv, g, s, hd]).reshape([b, h, s, hd])
-            };
+            // `repeat_dim` copies whole `[s, hd]` blocks; a reshaped `expand` would be made
+            // contiguous one element at a time by flex.
+            let rep =
+                |y: Tensor<B, 4>| y.unsqueeze_dim::<5>(2).repeat_dim(2, g).reshape([b, h, s, hd]);
             (rep(k), rep(v))
         };
         let out = match mask {
