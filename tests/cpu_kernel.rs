@@ -1,5 +1,6 @@
 //! The gemm kernel through the user's commands: the `--gemm-kernel` / `DISTILL_GEMM_KERNEL`
 //! override, calibration saved and reused, every benchmark naming the CPU and the kernel.
+#![cfg(target_arch = "x86_64")]
 
 use std::process::{Command, Output};
 

@@ -1,6 +1,7 @@
 //! The run-time gemm kernel choice reaches gemm's dispatch (vendor/gemm-common's patch), both
 //! kernels give the same products, and calibrations round-trip through their cache. One test
-//! function: the kernel preference is process-wide.
+//! function: the kernel preference is process-wide. x86_64 only: elsewhere gemm has one kernel.
+#![cfg(target_arch = "x86_64")]
 
 use burn::tensor::{Distribution, Tensor};
 use distill_models::cpu::{self, Calibration, CalibrationCache, CpuIdentity, GemmKernel};

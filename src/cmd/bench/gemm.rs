@@ -72,6 +72,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 t
             })
             .collect();
+        #[cfg(target_arch = "x86_64")]
         anyhow::ensure!(
             cpu::last_taken() == Some(kernel),
             "gemm ran {:?}, not {kernel}",
