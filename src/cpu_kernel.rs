@@ -43,7 +43,6 @@ pub fn init(flag: Option<&str>) -> anyhow::Result<KernelChoice> {
         eprintln!("calibrating the gemm kernel on this CPU ({})…", id.describe());
         let c = cpu::calibrate(id, &cpu::CALIBRATION_SHAPES, 3);
         eprintln!("gemm kernel: {} ({})", c.chosen, c.summary());
-        cache.version = cpu::CALIBRATION_CACHE_VERSION;
         cache.insert(c);
         if let Err(e) = cache.write(&path) {
             eprintln!("warning: {e}");

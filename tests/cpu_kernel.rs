@@ -17,6 +17,18 @@ fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
+const CALIBRATE: [&str; 9] = [
+    "--gemm-kernel",
+    "calibrate",
+    "bench",
+    "gemm",
+    "--shapes",
+    "8x8x8",
+    "--reps",
+    "1",
+    "--no-ndarray",
+];
+
 const TINY: [&str; 8] =
     ["bench", "gemm", "--shapes", "96x80x112", "--reps", "1", "--no-ndarray", "--json"];
 
@@ -30,23 +42,10 @@ fn override_calibration_and_machine_line() {
     // The override, by flag and by environment, is what the machine line reports.
     if has_fma {
         let json = dir.path().join("a.jsonl");
-        let o = distill(
-            &cache,
-            &[],
-            &[
-                "--gemm-kernel",
-                "avx2",
-                TINY[0],
-                TINY[1],
-                TINY[2],
-                TINY[3],
-                TINY[4],
-                TINY[5],
-                TINY[6],
-                TINY[7],
-                json.to_str().unwrap(),
-            ],
-        );
+        let mut args = vec!["--gemm-kernel", "avx2"];
+        args.extend(TINY);
+        args.push(json.to_str().unwrap());
+        let o = distill(&cache, &[], &args);
         assert!(o.status.success(), "{}", text(&o));
         let t = text(&o);
         assert!(t.contains("gemm kernel avx2 (override"), "{t}");
@@ -109,21 +108,7 @@ fn override_calibration_and_machine_line() {
 
     // `calibrate` measures once when nothing is cached, then reuses.
     let fresh = dir.path().join("fresh");
-    let o = distill(
-        &fresh,
-        &[],
-        &[
-            "--gemm-kernel",
-            "calibrate",
-            "bench",
-            "gemm",
-            "--shapes",
-            "8x8x8",
-            "--reps",
-            "1",
-            "--no-ndarray",
-        ],
-    );
+    let o = distill(&fresh, &[], &CALIBRATE);
     assert!(o.status.success(), "{}", text(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("calibrating the gemm kernel"),
@@ -131,21 +116,7 @@ fn override_calibration_and_machine_line() {
         text(&o)
     );
     assert!(fresh.join("gemm-kernel.json").exists());
-    let o = distill(
-        &fresh,
-        &[],
-        &[
-            "--gemm-kernel",
-            "calibrate",
-            "bench",
-            "gemm",
-            "--shapes",
-            "8x8x8",
-            "--reps",
-            "1",
-            "--no-ndarray",
-        ],
-    );
+    let o = distill(&fresh, &[], &CALIBRATE);
     assert!(!String::from_utf8_lossy(&o.stderr).contains("calibrating"), "{}", text(&o));
     assert!(text(&o).contains("(calibrated: "), "{}", text(&o));
 }

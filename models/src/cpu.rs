@@ -472,6 +472,23 @@ pub struct Calibration {
 }
 
 impl Calibration {
+    /// A calibration from measured timings: the fastest kernel, unless the table's choice is
+    /// within [`CALIBRATION_MARGIN`] of it (timing noise must not flip the kernel).
+    pub fn from_timings(id: &CpuIdentity, threads: usize, kernels: Vec<KernelTimings>) -> Self {
+        let (table, _) = table_choice(id);
+        let table_time =
+            kernels.iter().find(|k| k.kernel == table).map_or(f64::INFINITY, |k| k.total_seconds);
+        let chosen = match kernels.iter().min_by(|a, b| a.total_seconds.total_cmp(&b.total_seconds))
+        {
+            Some(f) if f.total_seconds < table_time * (1.0 - CALIBRATION_MARGIN) => f.kernel,
+            _ => table,
+        };
+        let measured_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Calibration { cpu: id.clone(), threads, kernels, chosen, measured_at }
+    }
+
     pub fn summary(&self) -> String {
         let times: Vec<String> = self
             .kernels
@@ -504,25 +521,9 @@ pub fn calibrate(id: &CpuIdentity, shapes: &[(usize, usize, usize)], reps: usize
         let total_seconds = shapes.iter().map(|s| s.seconds).sum();
         kernels.push(KernelTimings { kernel, shapes, total_seconds });
     }
-    let (table, _) = table_choice(id);
-    let table_time = kernels
-        .iter()
-        .find(|k| k.kernel == table)
-        .map(|k| k.total_seconds)
-        .unwrap_or(f64::INFINITY);
-    let fastest = kernels
-        .iter()
-        .min_by(|a, b| a.total_seconds.total_cmp(&b.total_seconds))
-        .map(|k| (k.kernel, k.total_seconds))
-        .unwrap_or((table, table_time));
-    let chosen =
-        if fastest.1 < table_time * (1.0 - CALIBRATION_MARGIN) { fastest.0 } else { table };
-    apply(chosen);
-    let measured_at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    Calibration { cpu: id.clone(), threads, kernels, chosen, measured_at }
+    let c = Calibration::from_timings(id, threads, kernels);
+    apply(c.chosen);
+    c
 }
 
 /// Best-of-`reps` time of one `[m, k] × [k, n]` f32 product on the CPU backend, after one warm-up.
@@ -556,7 +557,7 @@ pub fn time_matmul_on<B: burn::tensor::backend::Backend>(
 }
 
 /// The calibration cache: one JSON file of calibrations keyed by [`CpuIdentity::calibration_key`].
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CalibrationCache {
     pub version: u32,
     pub entries: std::collections::BTreeMap<String, Calibration>,
@@ -564,13 +565,19 @@ pub struct CalibrationCache {
 
 pub const CALIBRATION_CACHE_VERSION: u32 = 1;
 
+impl Default for CalibrationCache {
+    fn default() -> Self {
+        CalibrationCache { version: CALIBRATION_CACHE_VERSION, entries: Default::default() }
+    }
+}
+
 impl CalibrationCache {
     /// Reads the cache; a missing file is an empty cache. A file of another version is ignored
     /// (and replaced on the next save), a corrupt one is an error naming it.
     pub fn read(path: &Path) -> Result<Self, CpuError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::empty()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(e) => {
                 return Err(CpuError::Cache {
                     path: path.display().to_string(),
@@ -583,16 +590,12 @@ impl CalibrationCache {
             message: format!("not JSON: {e}"),
         })?;
         if v.get("version").and_then(|x| x.as_u64()) != Some(CALIBRATION_CACHE_VERSION as u64) {
-            return Ok(Self::empty());
+            return Ok(Self::default());
         }
         serde_json::from_value(v).map_err(|e| CpuError::Cache {
             path: path.display().to_string(),
             message: e.to_string(),
         })
-    }
-
-    fn empty() -> Self {
-        CalibrationCache { version: CALIBRATION_CACHE_VERSION, entries: Default::default() }
     }
 
     pub fn get(&self, id: &CpuIdentity, threads: usize) -> Option<&Calibration> {
@@ -647,26 +650,26 @@ mod tests {
 
     #[test]
     fn table_per_cpu() {
-        let zen4 = cpu("AuthenticAMD", 0x19, 0x11, AVX512);
-        assert_eq!(zen4.avx512_width(), Avx512Width::Half);
-        assert_eq!(table_choice(&zen4).0, GemmKernel::Avx2);
-        let zen4_desktop = cpu("AuthenticAMD", 0x19, 0x61, AVX512);
-        assert_eq!(table_choice(&zen4_desktop).0, GemmKernel::Avx2);
-        let zen3 = cpu("AuthenticAMD", 0x19, 0x01, AVX2);
-        assert_eq!(table_choice(&zen3).0, GemmKernel::Avx2);
-        assert_eq!(zen3.microarchitecture(), Some("Zen 3"));
-        let turin = cpu("AuthenticAMD", 0x1a, 0x02, AVX512);
-        assert_eq!(turin.avx512_width(), Avx512Width::Full);
-        assert_eq!(table_choice(&turin).0, GemmKernel::Avx512);
-        let strix = cpu("AuthenticAMD", 0x1a, 0x24, AVX512);
-        assert_eq!(table_choice(&strix).0, GemmKernel::Avx2);
-        let spr = cpu("GenuineIntel", 6, 0x8f, AVX512);
-        assert_eq!(spr.avx512_width(), Avx512Width::Unknown);
-        assert_eq!(table_choice(&spr).0, GemmKernel::Avx512);
-        let skylake_client = cpu("GenuineIntel", 6, 0x5e, AVX2);
-        assert_eq!(table_choice(&skylake_client).0, GemmKernel::Avx2);
-        let old = cpu("GenuineIntel", 6, 0x2a, &["avx"]);
-        assert_eq!(table_choice(&old).0, GemmKernel::Scalar);
+        use Avx512Width::{Full, Half, None as No, Unknown};
+        use GemmKernel::{Avx2, Avx512, Scalar};
+        let cases: [(&str, &str, u32, u32, &[&str], Avx512Width, GemmKernel); 8] = [
+            ("Zen 4 Genoa", "AuthenticAMD", 0x19, 0x11, AVX512, Half, Avx2),
+            ("Zen 4 Raphael", "AuthenticAMD", 0x19, 0x61, AVX512, Half, Avx2),
+            ("Zen 3", "AuthenticAMD", 0x19, 0x01, AVX2, No, Avx2),
+            ("Zen 5 Turin", "AuthenticAMD", 0x1a, 0x02, AVX512, Full, Avx512),
+            ("Zen 5 Strix Point", "AuthenticAMD", 0x1a, 0x24, AVX512, Half, Avx2),
+            ("Sapphire Rapids", "GenuineIntel", 6, 0x8f, AVX512, Unknown, Avx512),
+            ("Skylake client", "GenuineIntel", 6, 0x5e, AVX2, No, Avx2),
+            ("Sandy Bridge", "GenuineIntel", 6, 0x2a, &["avx"], No, Scalar),
+        ];
+        for (name, vendor, family, model, flags, width, kernel) in cases {
+            let id = cpu(vendor, family, model, flags);
+            assert_eq!(id.avx512_width(), width, "{name}");
+            assert_eq!(table_choice(&id).0, kernel, "{name}");
+            assert!(available(&id).contains(&kernel), "{name}");
+        }
+        assert_eq!(cpu("AuthenticAMD", 0x19, 0x01, AVX2).microarchitecture(), Some("Zen 3"));
+        assert_eq!(cpu("AuthenticAMD", 0x19, 0x11, AVX512).microarchitecture(), Some("Zen 4"));
     }
 
     #[test]

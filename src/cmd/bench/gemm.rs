@@ -169,33 +169,15 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 
     // Leave gemm as the process found it, or on the new calibration.
     let (table, _) = cpu::table_choice(&id);
-    let table_time =
-        kernels.iter().find(|k| k.kernel == table).map_or(f64::INFINITY, |k| k.total_seconds);
-    let fastest = kernels
-        .iter()
-        .min_by(|x, y| x.total_seconds.total_cmp(&y.total_seconds))
-        .map(|k| (k.kernel, k.total_seconds));
-    let chosen = match fastest {
-        Some((k, t)) if t < table_time * (1.0 - cpu::CALIBRATION_MARGIN) => k,
-        _ => table,
-    };
+    let calibration = cpu::Calibration::from_timings(&id, threads, kernels);
+    let chosen = calibration.chosen;
     println!(
         "fastest flex kernel here: {chosen} (the CPU table says {table}; a kernel replaces the table's when {:.0}% faster)",
         100.0 * cpu::CALIBRATION_MARGIN
     );
-    let calibration = cpu::Calibration {
-        cpu: id.clone(),
-        threads,
-        kernels,
-        chosen,
-        measured_at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    };
     if a.save {
         let path = crate::cpu_kernel::cache_path();
         let mut cache = cpu::CalibrationCache::read(&path).unwrap_or_default();
-        cache.version = cpu::CALIBRATION_CACHE_VERSION;
         cache.insert(calibration.clone());
         cache.write(&path)?;
         println!("saved as this CPU's calibration in {}", path.display());

@@ -78,14 +78,7 @@ pub fn machine() -> String {
 
 /// The process's peak resident memory (VmHWM), MB.
 pub fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    distill_student::sft::train::host_peak_rss_mb().unwrap_or(0.0)
 }
 
 /// Append one JSON result line to `path` (the benchmark's `--json`).
