@@ -652,7 +652,17 @@ mod tests {
     fn table_per_cpu() {
         use Avx512Width::{Full, Half, None as No, Unknown};
         use GemmKernel::{Avx2, Avx512, Scalar};
-        let cases: [(&str, &str, u32, u32, &[&str], Avx512Width, GemmKernel); 8] = [
+        // (name, vendor, family, model, flags, AVX-512 width, the table's kernel)
+        type Case = (
+            &'static str,
+            &'static str,
+            u32,
+            u32,
+            &'static [&'static str],
+            Avx512Width,
+            GemmKernel,
+        );
+        let cases: [Case; 8] = [
             ("Zen 4 Genoa", "AuthenticAMD", 0x19, 0x11, AVX512, Half, Avx2),
             ("Zen 4 Raphael", "AuthenticAMD", 0x19, 0x61, AVX512, Half, Avx2),
             ("Zen 3", "AuthenticAMD", 0x19, 0x01, AVX2, No, Avx2),
