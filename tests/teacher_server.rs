@@ -294,3 +294,28 @@ fn llama_server_is_detected_and_cannot_score_given_tokens() {
     let e = client.score_tokens(&prompt[..4], &prompt[4..], 5).unwrap_err().to_string();
     assert!(e.contains("cannot score") && e.contains("llama-server"), "{e}");
 }
+
+/// A server that dies before it is healthy fails the test at once, naming the signal and the
+/// log's last lines, instead of waiting out the health check (as a llama-server built for a CPU
+/// with AVX-512 does on one without: SIGILL while "initializing").
+#[test]
+fn a_server_that_dies_while_starting_is_reported_with_its_signal_and_log() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let bin = d.path().join("llama-server");
+    std::fs::write(
+        &bin,
+        "#!/bin/sh\necho 'main: loading model'\necho 'initializing slots' >&2\nkill -ILL $$\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let t0 = std::time::Instant::now();
+    let panic =
+        std::panic::catch_unwind(|| LlamaServer::start_in(d.path(), Path::new("m.gguf"), 1))
+            .err()
+            .expect("a dying server must fail the start");
+    let msg = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(t0.elapsed() < Duration::from_secs(30), "waited {:?}", t0.elapsed());
+    assert!(msg.contains("signal 4 (SIGILL"), "{msg}");
+    assert!(msg.contains("main: loading model") && msg.contains("initializing slots"), "{msg}");
+}

@@ -45,14 +45,24 @@ pub fn free_port() -> u16 {
 pub struct LlamaServer {
     child: Child,
     pub port: u16,
+    /// Its stdout and stderr, kept for the message when it dies.
+    log: tempfile::NamedTempFile,
 }
 
 impl LlamaServer {
-    /// `None` when `DISTILL_LLAMA_SERVER_DIR` is unset (scripts/test sets it after building the
-    /// server); the caller skips with a message.
+    /// `None` when `DISTILL_LLAMA_SERVER_DIR` is unset (scripts/test builds the server and sets
+    /// it); the caller skips with a message. Panics, naming the exit signal or status and the
+    /// log's last lines, when the server exits before it is healthy (a binary built for another
+    /// CPU dies with SIGILL while "initializing").
     pub fn start(gguf: &Path, slots: usize) -> Option<LlamaServer> {
         let dir = PathBuf::from(std::env::var_os("DISTILL_LLAMA_SERVER_DIR")?);
+        Some(Self::start_in(&dir, gguf, slots))
+    }
+
+    /// The server in `dir` (the binary `dir/llama-server`).
+    pub fn start_in(dir: &Path, gguf: &Path, slots: usize) -> LlamaServer {
         let port = free_port();
+        let log = tempfile::NamedTempFile::new().expect("llama-server log file");
         let child = Command::new(dir.join("llama-server"))
             .env("LD_LIBRARY_PATH", &dir)
             .args(["-m"])
@@ -69,23 +79,35 @@ impl LlamaServer {
                 "-np",
                 &slots.to_string(),
             ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.reopen().expect("llama-server log"))
+            .stderr(log.reopen().expect("llama-server log"))
             .spawn()
-            .expect("start llama-server");
-        let s = LlamaServer { child, port };
+            .unwrap_or_else(|e| panic!("start {}: {e}", dir.join("llama-server").display()));
+        let mut s = LlamaServer { child, port, log };
         let t0 = Instant::now();
         loop {
+            if let Some(status) = s.child.try_wait().expect("llama-server status") {
+                panic!(
+                    "llama-server ({}) exited before it was healthy: {}\nits last log lines:\n{}",
+                    dir.display(),
+                    exit_description(status),
+                    log_tail(s.log.path(), 15)
+                );
+            }
             if let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) {
                 let _ =
                     c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
                 let mut r = String::new();
                 let _ = c.read_to_string(&mut r);
                 if r.contains("\"ok\"") {
-                    return Some(s);
+                    return s;
                 }
             }
-            assert!(t0.elapsed() < Duration::from_secs(120), "llama-server did not become healthy");
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "llama-server did not become healthy in 120 s; its last log lines:\n{}",
+                log_tail(s.log.path(), 15)
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -100,6 +122,39 @@ impl Drop for LlamaServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// "killed by signal 4 (SIGILL: an instruction this CPU lacks)" or "exit status 1".
+pub fn exit_description(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status.signal() {
+        Some(sig) => {
+            let name = match sig {
+                4 => "SIGILL: an instruction this CPU lacks; was it built for another CPU?",
+                6 => "SIGABRT",
+                7 => "SIGBUS",
+                9 => "SIGKILL",
+                11 => "SIGSEGV",
+                _ => "",
+            };
+            if name.is_empty() {
+                format!("killed by signal {sig}")
+            } else {
+                format!("killed by signal {sig} ({name})")
+            }
+        }
+        None => format!("exit status {}", status.code().unwrap_or(-1)),
+    }
+}
+
+/// The last `n` lines of a log file, or a note that it is empty.
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.is_empty() {
+        return "  (nothing)".into();
+    }
+    lines[lines.len().saturating_sub(n)..].iter().map(|l| format!("  {l}\n")).collect()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
