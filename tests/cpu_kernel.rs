@@ -120,3 +120,86 @@ fn override_calibration_and_machine_line() {
     assert!(!String::from_utf8_lossy(&o.stderr).contains("calibrating"), "{}", text(&o));
     assert!(text(&o).contains("(calibrated: "), "{}", text(&o));
 }
+
+/// distill on a CPU without AVX-512, for real: the binary runs under QEMU's user-mode emulator
+/// as an AMD EPYC Milan (Zen 3: AVX2 and FMA, no AVX-512), where any AVX-512 instruction is an
+/// illegal instruction (QEMU's TCG implements none). Two optimizer steps of a tiny model there
+/// must pick the AVX2 kernel by the CPU table and give the losses and gradient norms of the same
+/// steps run natively (within 1e-4: the kernels round differently).
+///
+/// `scripts/test` installs qemu-user and sets DISTILL_REQUIRE_QEMU=1, so there this test cannot
+/// skip; elsewhere it skips when `qemu-x86_64` is missing.
+#[test]
+fn trains_on_an_emulated_zen3_without_avx512() {
+    let qemu_ok =
+        Command::new("qemu-x86_64").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !qemu_ok {
+        assert!(
+            std::env::var_os("DISTILL_REQUIRE_QEMU").is_none_or(|v| v != "1"),
+            "qemu-x86_64 is missing (DISTILL_REQUIRE_QEMU=1; scripts/test installs qemu-user)"
+        );
+        eprintln!("skipping: qemu-x86_64 is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let step = |json: &std::path::Path, emulate: bool| {
+        let args = [
+            "bench",
+            "step",
+            "--model",
+            "tiny-llama",
+            "--shape",
+            "2x64",
+            "--steps",
+            "2",
+            "--json",
+            json.to_str().unwrap(),
+        ];
+        let mut c = if emulate {
+            let mut c = Command::new("qemu-x86_64");
+            c.args(["-cpu", "EPYC-Milan-v1", env!("CARGO_BIN_EXE_distill")]);
+            c
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_distill"))
+        };
+        let o = c
+            .args(args)
+            .env("DISTILL_CACHE", dir.path().join("cache"))
+            .env_remove("DISTILL_GEMM_KERNEL")
+            .output()
+            .expect("run distill");
+        let t = text(&o);
+        // QEMU warns about CPUID bits TCG does not implement; they are not errors.
+        assert!(o.status.success(), "emulated: {emulate}, {:?}:\n{t}", o.status);
+        let line = std::fs::read_to_string(json).unwrap();
+        serde_json::from_str::<serde_json::Value>(line.lines().last().unwrap()).unwrap()
+    };
+    let native = step(&dir.path().join("native.jsonl"), false);
+    let zen3 = step(&dir.path().join("zen3.jsonl"), true);
+
+    let cpu = &zen3["cpu"];
+    assert_eq!(
+        (cpu["vendor"].as_str(), cpu["family"].as_str()),
+        (Some("AuthenticAMD"), Some("0x19")),
+        "{cpu}"
+    );
+    assert_eq!(cpu["model"], "0x1", "an EPYC Milan is family 0x19 model 0x1: {cpu}");
+    let flags: Vec<&str> =
+        cpu["flags"].as_array().unwrap().iter().filter_map(|f| f.as_str()).collect();
+    assert!(flags.contains(&"avx2") && flags.contains(&"fma"), "{cpu}");
+    assert!(!flags.iter().any(|f| f.starts_with("avx512")), "{cpu}");
+    assert_eq!(cpu["gemm_kernel"], "avx2", "{cpu}");
+
+    let (a, b) = (native["steps"].as_array().unwrap(), zen3["steps"].as_array().unwrap());
+    assert_eq!(a.len(), 2);
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        for key in ["loss", "grad_norm"] {
+            let (p, q) = (x[key].as_f64().unwrap(), y[key].as_f64().unwrap());
+            assert!(
+                p.is_finite() && (p - q).abs() <= 1e-4 * p.abs().max(1.0),
+                "{key}: native {p}, Zen 3 {q}"
+            );
+        }
+    }
+}

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -63,8 +63,9 @@ impl LlamaServer {
     pub fn start_in(dir: &Path, gguf: &Path, slots: usize) -> LlamaServer {
         let port = free_port();
         let log = tempfile::NamedTempFile::new().expect("llama-server log file");
+        // One open file for both streams (a dup shares the offset: neither overwrites the other).
+        let out = log.reopen().expect("llama-server log");
         let child = Command::new(dir.join("llama-server"))
-            .env("LD_LIBRARY_PATH", &dir)
             .args(["-m"])
             .arg(gguf)
             .args([
@@ -79,8 +80,8 @@ impl LlamaServer {
                 "-np",
                 &slots.to_string(),
             ])
-            .stdout(log.reopen().expect("llama-server log"))
-            .stderr(log.reopen().expect("llama-server log"))
+            .stdout(out.try_clone().expect("llama-server log"))
+            .stderr(out)
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", dir.join("llama-server").display()));
         let mut s = LlamaServer { child, port, log };
