@@ -1,5 +1,5 @@
-//! Choosing the backend from `--device`: CPU (flex) always, CUDA only in `cuda` builds. Never
-//! implicit.
+//! Choosing the backend from `--device`: CPU (flex) always, CUDA only in `cuda` builds, wgpu only
+//! in `wgpu` builds. Never implicit.
 
 /// `dispatch!(kind, |B, device| expr)` runs `expr` with `B` bound to the backend type and
 /// `device` to its device for the `DeviceKind` `kind`.
@@ -19,7 +19,15 @@ macro_rules! dispatch {
                 $body
             }
             #[cfg(not(feature = "cuda"))]
-            DeviceKind::Cuda(_) => anyhow::bail!("this distill was built without CUDA; rebuild with `cargo build --release --features cuda`"),
+            DeviceKind::Cuda(_) => anyhow::bail!(distill_models::device::NO_CUDA),
+            #[cfg(feature = "wgpu")]
+            DeviceKind::Wgpu(target) => {
+                type $b = distill_models::device::Wgpu;
+                let $dev = distill_models::device::wgpu_device(target);
+                $body
+            }
+            #[cfg(not(feature = "wgpu"))]
+            DeviceKind::Wgpu(_) => anyhow::bail!(distill_models::device::NO_WGPU),
         }
     }};
 }
@@ -35,7 +43,8 @@ macro_rules! dispatch_many {
         match kinds.first().copied().unwrap_or(DeviceKind::Cpu) {
             DeviceKind::Cpu => {
                 type $b = distill_models::device::Cpu;
-                let $devs: Vec<distill_models::device::CpuDevice> = kinds.iter().map(|_| distill_models::device::CpuDevice::default()).collect();
+                let $devs: Vec<distill_models::device::CpuDevice> =
+                    kinds.iter().map(|_| distill_models::device::CpuDevice::default()).collect();
                 $body
             }
             #[cfg(feature = "cuda")]
@@ -44,14 +53,30 @@ macro_rules! dispatch_many {
                 let $devs: Vec<distill_models::device::CudaDevice> = kinds
                     .iter()
                     .map(|k| match k {
-                        DeviceKind::Cuda(index) => distill_models::device::CudaDevice { index: *index },
-                        DeviceKind::Cpu => unreachable!("parse_devices keeps one kind"),
+                        DeviceKind::Cuda(index) => {
+                            distill_models::device::CudaDevice { index: *index }
+                        }
+                        _ => unreachable!("parse_devices keeps one kind"),
                     })
                     .collect();
                 $body
             }
             #[cfg(not(feature = "cuda"))]
-            DeviceKind::Cuda(_) => anyhow::bail!("this distill was built without CUDA; rebuild with `cargo build --release --features cuda`"),
+            DeviceKind::Cuda(_) => anyhow::bail!(distill_models::device::NO_CUDA),
+            #[cfg(feature = "wgpu")]
+            DeviceKind::Wgpu(_) => {
+                type $b = distill_models::device::Wgpu;
+                let $devs: Vec<distill_models::device::WgpuDevice> = kinds
+                    .iter()
+                    .map(|k| match k {
+                        DeviceKind::Wgpu(target) => distill_models::device::wgpu_device(*target),
+                        _ => unreachable!("parse_devices keeps one kind"),
+                    })
+                    .collect();
+                $body
+            }
+            #[cfg(not(feature = "wgpu"))]
+            DeviceKind::Wgpu(_) => anyhow::bail!(distill_models::device::NO_WGPU),
         }
     }};
 }

@@ -97,6 +97,9 @@ fn main() -> ExitCode {
     keep_freed_memory();
     default_sigpipe();
     let cli = Cli::parse();
+    // Before any cubecl device is touched: count kernel compilations and launches, keep cubecl's
+    // caches under ~/.cache/distill/cubecl (a no-op without a cubecl backend).
+    distill_models::kernels::install();
     if let Err(e) = cpu_kernel::init(cli.gemm_kernel.as_deref()) {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;

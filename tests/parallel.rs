@@ -746,3 +746,20 @@ fn offload_without_the_host_memory_for_it_is_refused_with_the_figures() {
     let err = run(&config(&model, &corpus, &out, 10, extra), 2, false).unwrap_err();
     assert!(err.contains("offload = \"cpu\" needs shard = \"parameters\""), "{err}");
 }
+
+/// The unit-by-unit schedule (layer recomputation, parameter sharding) on the architectures with
+/// experts and MLA: it once built DeepSeek-V3's rotary tables for every key head where MLA rotates
+/// one shared key, and crashed on the first step.
+#[test]
+fn experts_and_mla_train_sharded_and_recomputed_as_on_one_device() {
+    for model in ["tiny-qwen3-moe", "tiny-deepseek-v3"] {
+        for extra in [&["--checkpointing"][..], &["--devices", "cpu:2", "--shard", "parameters"]] {
+            let mut args =
+                vec!["bench", "step", "--model", model, "--shape", "2x40", "--steps", "2"];
+            args.extend(["--against", "cpu"]);
+            args.extend(extra);
+            let o = distill(&args);
+            assert!(o.status.success(), "{model} {extra:?}: {}", text(&o));
+        }
+    }
+}

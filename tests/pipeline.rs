@@ -264,7 +264,7 @@ fn eval_runs_on_aime_and_math500_locally_and_through_llama_server() {
     let mut common_args: Vec<String> = vec![
         "eval".into(),
         "--limit".into(),
-        "50".into(),
+        "8".into(),
         "--k".into(),
         "1".into(),
         "--max-tokens".into(),
@@ -278,14 +278,14 @@ fn eval_runs_on_aime_and_math500_locally_and_through_llama_server() {
             serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
                 .unwrap();
         let b = s["benchmarks"].as_array().unwrap();
-        assert_eq!((b[0]["name"].as_str(), b[0]["problems"].as_u64()), (Some("aime24"), Some(30)));
-        assert_eq!((b[1]["name"].as_str(), b[1]["problems"].as_u64()), (Some("math500"), Some(50)));
+        assert_eq!((b[0]["name"].as_str(), b[0]["problems"].as_u64()), (Some("aime24"), Some(8)));
+        assert_eq!((b[1]["name"].as_str(), b[1]["problems"].as_u64()), (Some("math500"), Some(8)));
         for x in b {
             let p = x["pass_at_1"].as_f64().unwrap();
             assert!((0.0..=1.0).contains(&p));
         }
         let lines = std::fs::read_to_string(out.join("math500.jsonl")).unwrap();
-        assert_eq!(lines.lines().count(), 50);
+        assert_eq!(lines.lines().count(), 8);
         for l in lines.lines() {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
             assert_eq!(v["samples"].as_array().unwrap().len(), 1);

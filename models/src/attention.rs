@@ -67,6 +67,11 @@ pub fn causal<B: Backend>(
         fused_on!(crate::device::Cuda, NoCheckpointing);
         fused_on!(crate::device::Cuda, BalancedCheckpointing);
     }
+    #[cfg(feature = "wgpu")]
+    {
+        fused_on!(crate::device::Wgpu, NoCheckpointing);
+        fused_on!(crate::device::Wgpu, BalancedCheckpointing);
+    }
     // burn's attention: the explicit masks are causal already, so causal masking is only asked
     // for without one (the same calls the model made before this op existed).
     let [b, h, t, s] = [q.dims()[0], q.dims()[1], q.dims()[2], k.dims()[2]];
@@ -153,6 +158,16 @@ fn fused<I: Backend, C: CheckpointStrategy>(
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
+/// Whether each consumer of a reduction (`max_dim`, `sum_dim`) must get its own: burn-fusion 0.21
+/// (wgpu and CUDA builds) fuses a reduction whose output feeds two consumers into a kernel that
+/// computes wrong values at some shapes. Found on the CPU Vulkan device (tests/cubecl.rs): the
+/// row max and sum of `[2, 4, 40, 40]` scores, each used twice, gave outputs off by 3–5; at 48
+/// keys, or with each reduction used once, the results match flex to 1e-6 (docs/backends.md). A
+/// second reduction costs one more pass over the scores, against a wrong result.
+pub fn reductions_feed_one_consumer<B: Backend>() -> bool {
+    std::any::type_name::<B>().starts_with("burn_fusion::")
+}
+
 /// Query-row chunks and, for each, the keys it can see (`0..end`, causal).
 fn chunks(b: usize, h: usize, t: usize, s: usize, elems: usize) -> Vec<(Range<usize>, usize)> {
     let rows = (elems / (b * h * s).max(1)).clamp(1, t.max(1));
@@ -211,14 +226,17 @@ fn forward<I: Backend>(
     let [b, h, t, d] = q.dims();
     let s = k.dims()[2];
     let (mut outs, mut lses) = (Vec::new(), Vec::new());
+    let once = reductions_feed_one_consumer::<I>();
     for (rows, end) in chunks(b, h, t, s, elems) {
         let (sc, _) = scores(q, k, mask, rows, end, s); // [b, h, n, end]
         let m = sc.clone().max_dim(3).clamp_min(f32::MIN);
-        let p = (sc - m.clone()).exp();
+        let m2 = if once { sc.clone().max_dim(3).clamp_min(f32::MIN) } else { m.clone() };
+        let p = (sc - m).exp();
         let l = p.clone().sum_dim(3).clamp_min(f32::MIN_POSITIVE);
+        let l2 = if once { p.clone().sum_dim(3).clamp_min(f32::MIN_POSITIVE) } else { l.clone() };
         let vc = v.clone().slice([0..b, 0..h, 0..end, 0..d]).cast(DType::F32);
-        outs.push(p.matmul(vc).div(l.clone()));
-        lses.push(m + l.log());
+        outs.push(p.matmul(vc).div(l));
+        lses.push(m2 + l2.log());
     }
     (Tensor::cat(outs, 2).cast(q.dtype()), lses)
 }

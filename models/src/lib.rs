@@ -16,6 +16,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod hf;
+pub mod kernels;
 pub mod masks;
 pub mod model;
 pub mod prune;

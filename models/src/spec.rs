@@ -71,6 +71,12 @@ pub struct Dims {
 }
 
 impl Dims {
+    /// The heads the RoPE tables are repeated for, queries and keys, as
+    /// [`crate::model::SelfAttention::rope_heads`] gives them: MLA rotates one shared key head.
+    pub fn rope_heads(&self) -> (usize, usize) {
+        if self.mla.is_some() { (self.heads, 1) } else { (self.heads, self.kv_heads) }
+    }
+
     pub fn of(c: &ModelConfig) -> Dims {
         Dims {
             vocab: c.vocab_size,

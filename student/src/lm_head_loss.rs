@@ -42,6 +42,11 @@ macro_rules! for_each_fused_backend {
             $m!(distill_models::device::Cuda, NoCheckpointing);
             $m!(distill_models::device::Cuda, BalancedCheckpointing);
         }
+        #[cfg(feature = "wgpu")]
+        {
+            $m!(distill_models::device::Wgpu, NoCheckpointing);
+            $m!(distill_models::device::Wgpu, BalancedCheckpointing);
+        }
     };
 }
 
@@ -162,7 +167,13 @@ fn forward<I: Backend>(
         let r1 = (r0 + rows).min(n);
         let logits = hidden.clone().slice([r0..r1, 0..d]).matmul(weight.clone()).cast(DType::F32); // [c, vocab]
         let m = logits.clone().max_dim(1); // [c, 1]
-        let lse = (logits.clone() - m.clone()).exp().sum_dim(1).log() + m;
+        // Under burn-fusion a reduction may feed one consumer only (see the attention op).
+        let m2 = if distill_models::attention::reductions_feed_one_consumer::<I>() {
+            logits.clone().max_dim(1)
+        } else {
+            m.clone()
+        };
+        let lse = (logits.clone() - m).exp().sum_dim(1).log() + m2;
         let picked = logits.gather(1, target_ids::<I>(&targets[r0..r1], &device)); // [c, 1]
         sum = sum + (lse.clone() - picked).sum();
         lses.push(lse);

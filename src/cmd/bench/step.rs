@@ -13,6 +13,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use distill_models::CausalLm;
 use distill_models::ModelConfig;
 use distill_models::device::{Autodiff, Cpu, CpuDevice, parse_devices};
+use distill_models::kernels::{self, KernelCounts};
 use distill_models::rope::Rope;
 use distill_models::weights::{Collect, RandomSource, WeightSink};
 use distill_student::sft::fsdp::{Fsdp, FsdpOptions, fsdp_step};
@@ -25,11 +26,13 @@ use serde_json::json;
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
-    /// `tiny-llama`, `tiny-qwen2`, `tiny-qwen3`, or a base model whose published config distill
-    /// knows (`Qwen/Qwen2.5-1.5B`, `meta-llama/Llama-3.1-8B`, …). Weights are random.
+    /// `tiny-llama`, `tiny-qwen2`, `tiny-qwen3`, `tiny-qwen3-moe`, `tiny-deepseek-v3`, or a base
+    /// model whose published config distill knows (`Qwen/Qwen2.5-1.5B`, `meta-llama/Llama-3.1-8B`,
+    /// …). Weights are random. Several, comma-separated, run one after the other in this process
+    /// (on a cubecl device the later ones reuse the kernels the earlier ones compiled).
     #[arg(long, default_value = "tiny-llama")]
     model: String,
-    /// One rank per device: `cpu`, `cpu:2`, `cuda`, `cuda:0,cuda:1`.
+    /// One rank per device: `cpu`, `cpu:2`, `cuda`, `cuda:0,cuda:1`, `wgpu`.
     #[arg(long, default_value = "cpu")]
     devices: String,
     /// Compute dtype: f32, or bf16 (f32 master weights).
@@ -40,7 +43,9 @@ pub struct Args {
     shape: String,
     #[arg(long, default_value_t = 2)]
     grad_accum: usize,
-    #[arg(long, default_value_t = 2)]
+    /// Optimizer steps. On cubecl devices the first two are the warm-up (the first with AdamW's
+    /// moments still empty, the second with them in place); kernels compiled after them should be 0.
+    #[arg(long, default_value_t = 3)]
     steps: usize,
     /// none | optimizer | gradients | parameters
     #[arg(long, default_value = "none")]
@@ -74,6 +79,24 @@ fn tiny(arch: &str) -> anyhow::Result<ModelConfig> {
         "llama" => ("LlamaForCausalLM", json!({})),
         "qwen2" => ("Qwen2ForCausalLM", json!({})),
         "qwen3" => ("Qwen3ForCausalLM", json!({})),
+        // Sparse from the second layer, 8 experts, top 2 (the fixture tiny-qwen3moe-a's shape).
+        "qwen3-moe" => (
+            "Qwen3MoeForCausalLM",
+            json!({"num_hidden_layers": 3, "num_experts": 8, "num_experts_per_tok": 2,
+                   "moe_intermediate_size": 33, "norm_topk_prob": true, "decoder_sparse_step": 1,
+                   "mlp_only_layers": [0]}),
+        ),
+        // MLA (q and kv LoRA ranks, rope and nope widths) with sigmoid routing in groups, one
+        // shared expert, the first layer dense (the fixture tiny-deepseek-v3-a's shape).
+        "deepseek-v3" => (
+            "DeepseekV3ForCausalLM",
+            json!({"num_hidden_layers": 3, "num_key_value_heads": 4, "q_lora_rank": 24,
+                   "kv_lora_rank": 16, "qk_rope_head_dim": 8, "qk_nope_head_dim": 16, "v_head_dim": 16,
+                   "n_routed_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 33,
+                   "n_shared_experts": 1, "first_k_dense_replace": 1, "n_group": 4, "topk_group": 2,
+                   "norm_topk_prob": true, "routed_scaling_factor": 2.5, "scoring_func": "sigmoid",
+                   "topk_method": "noaux_tc", "rope_interleave": true}),
+        ),
         other => anyhow::bail!("unknown tiny architecture {other}"),
     };
     let mut v = json!({
@@ -151,6 +174,8 @@ struct StepRec {
     secs: f64,
     comm_s: f64,
     offload_s: f64,
+    /// Kernels compiled and launched during the step (cubecl devices; `None` elsewhere).
+    kernels: Option<KernelCounts>,
 }
 
 struct RunOut {
@@ -202,6 +227,8 @@ fn run_rank<B: AutodiffBackend>(
     let kd_weight = if a.kd > 0 { 0.5 } else { 0.0 };
     let spec = StepSpec { kd_weight, max_grad_norm: 1.0, lr: 1e-3, compute, objective: None };
     let mut steps = Vec::new();
+    let cubecl = kinds_are_cubecl(a);
+    let mut before = if cubecl { kernels::settle() } else { None };
     for step in 0..a.steps {
         let micro = batches(cfg, rows, seq, a.grad_accum, step, a.kd);
         let t0 = Instant::now();
@@ -223,12 +250,22 @@ fn run_rank<B: AutodiffBackend>(
                 out.grad_norm
             );
         }
+        let secs = t0.elapsed().as_secs_f64();
+        let mut step_kernels = None;
+        if let Some(b) = before {
+            B::sync(&device)
+                .map_err(|e| distill_student::Error::Invalid(format!("sync: {e:?}")))?;
+            let now = kernels::settle().unwrap_or(b);
+            step_kernels = Some(now - b);
+            before = Some(now);
+        }
         steps.push(StepRec {
             loss: out.loss,
             grad_norm: out.grad_norm,
-            secs: t0.elapsed().as_secs_f64(),
+            secs,
             comm_s: out.comm_s,
             offload_s: out.offload_s,
+            kernels: step_kernels,
         });
     }
     let mut sink = Collect::default();
@@ -243,6 +280,14 @@ fn run_rank<B: AutodiffBackend>(
         model.valid().export(&mut sink as &mut dyn WeightSink);
     }
     Ok(RunOut { steps, weights: sink.0 })
+}
+
+/// Steps that may compile kernels: the first (AdamW's moments empty) and the second (in place).
+const WARMUP_STEPS: usize = 2;
+
+/// Whether the run's devices are cubecl ones (kernels compiled and launched one by one).
+fn kinds_are_cubecl(a: &Args) -> bool {
+    parse_devices(&a.devices).is_ok_and(|k| k.iter().all(|k| k.is_cubecl()))
 }
 
 fn run_on<B: Backend>(
@@ -275,6 +320,16 @@ fn rel(a: f64, b: f64) -> f64 {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let mut code = ExitCode::SUCCESS;
+    for model in a.model.split(',').map(str::trim) {
+        if run_one(Args { model: model.to_string(), ..a.clone() })? != ExitCode::SUCCESS {
+            code = ExitCode::from(1);
+        }
+    }
+    Ok(code)
+}
+
+fn run_one(a: Args) -> anyhow::Result<ExitCode> {
     let cfg = model_config(&a.model)?;
     let kinds = parse_devices(&a.devices)?;
     let world = kinds.len();
@@ -304,6 +359,22 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let comm_s = median(timed.iter().map(|s| s.comm_s).collect());
     let offload_s = median(timed.iter().map(|s| s.offload_s).collect());
     let on_cuda = a.devices.starts_with("cuda");
+    // Compile once, launch few: kernels compiled after the first step (the warm-up; goal 0) and
+    // launched per step (the median after it), on cubecl devices.
+    let kernels_json = if out.steps.iter().all(|s| s.kernels.is_some()) && !out.steps.is_empty() {
+        let k: Vec<KernelCounts> = out.steps.iter().filter_map(|s| s.kernels).collect();
+        let warm = k.len().min(WARMUP_STEPS);
+        let after = &k[warm..];
+        json!({
+            "compiled_warmup": k[..warm].iter().map(|x| x.compiled).sum::<u64>(),
+            // null with no step after the warm-up (`--steps` ≤ 2): nothing to say.
+            "compiled_after_warmup": (!after.is_empty()).then(|| after.iter().map(|x| x.compiled).sum::<u64>()),
+            "launches_per_step": median(k.iter().skip(1).map(|x| x.launched as f64).collect()),
+            "per_step": k,
+        })
+    } else {
+        serde_json::Value::Null
+    };
     let peak = a.peak_tflops.unwrap_or_else(distill_student::sft::train::cpu_peak_tflops)
         * 1e12
         * world as f64;
@@ -326,8 +397,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         "grad_accum": a.grad_accum, "shard": a.shard, "checkpointing": a.checkpointing, "offload": a.offload, "prefetch": a.prefetch,
         "steps": out.steps, "step_s": step_s, "comm_s": comm_s, "offload_s": offload_s, "tokens_per_s": tokens / step_s, "mfu": mfu,
         "planner_gb_per_rank": planned, "host_peak_rss_gb": super::peak_rss_mb() / 1024.0, "wall_s": wall, "cuda": on_cuda,
-        "machine": super::machine(), "cpu": crate::cpu_kernel::json(),
+        "machine": super::machine(), "cpu": crate::cpu_kernel::json(), "kernels": kernels_json,
     });
+    if let Some(k) = result["kernels"].as_object() {
+        eprintln!(
+            "kernels: {} compiled in the {WARMUP_STEPS} warm-up steps, {} after them; {} launches per step",
+            k["compiled_warmup"], k["compiled_after_warmup"], k["launches_per_step"]
+        );
+    }
     let mut ok = true;
     if compare {
         let reference = run_on::<Cpu>(

@@ -596,7 +596,8 @@ fn rounds<B: AutodiffBackend>(
         // recomputation, its graph).
         // The rotary tables and the mask every layer shares, built once per round.
         let ctx = prepared.as_ref().map(|(_, _, mask, positions)| {
-            LayerCtx::new(rope, positions, f.dims.heads, f.dims.kv_heads, mask)
+            let (h, kv) = f.dims.rope_heads();
+            LayerCtx::new(rope, positions, h, kv, mask)
         });
         let w0 = comms.gather(&units.embed)?;
         comms.prefetch(units.layers.first().unwrap_or(&units.head));
@@ -732,7 +733,8 @@ pub fn eval_sums<I: Backend>(
         let b = chunks.get(round * world + rank);
         let prepared = b.map(|b| (b, inputs::<I>(b, device)));
         let ctx = prepared.as_ref().map(|(_, (_, mask, positions))| {
-            LayerCtx::new(rope, positions, f.dims.heads, f.dims.kv_heads, mask)
+            let (h, kv) = f.dims.rope_heads();
+            LayerCtx::new(rope, positions, h, kv, mask)
         });
         let w0 = f.gather_f32(par, f.units.embed.clone(), device)?;
         let mut x = prepared.as_ref().map(|(_, (ids, _, _))| {

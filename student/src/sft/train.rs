@@ -223,6 +223,7 @@ impl TrainConfig {
         }
     }
 
+    /// CUDA (bf16 by default); wgpu has no bf16 (WGSL), so `auto` stays f32 there.
     pub fn on_cuda(&self) -> bool {
         self.device_kinds()
             .is_ok_and(|k| matches!(k.first(), Some(distill_models::device::DeviceKind::Cuda(_))))
