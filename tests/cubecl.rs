@@ -134,25 +134,15 @@ fn the_gpu_check_script_passes_its_wgpu_dry_run() {
         return;
     }
     let d = tempfile::tempdir().unwrap();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let o = std::process::Command::new("bash")
-        .arg(root.join("scripts/gpu-check"))
-        .arg("--wgpu")
-        .env("DISTILL_BIN", env!("CARGO_BIN_EXE_distill"))
-        .env("OUT", d.path())
-        .output()
-        .unwrap();
-    let t = text(&o);
-    assert!(o.status.success(), "{t}");
+    let (t, ok, rows, generated) = gpu_check("--wgpu", d.path());
+    assert!(ok, "{t}");
     assert!(t.contains("== section 1 done in"), "{t}");
-    let rows = json_lines(&d.path().join("gpu-check.jsonl"));
     assert_eq!(rows.len(), 5, "{t}");
     let compared: Vec<&serde_json::Value> =
         rows.iter().filter(|r| r.get("against_cpu_f32").is_some()).collect();
     assert_eq!(compared.len(), 4, "{t}");
     assert!(compared.iter().all(|r| r["against_cpu_f32"]["ok"] == true), "{t}");
     assert!(rows.iter().all(|r| r["dtype"] == "f32" && r["kernels"].is_object()), "{t}");
-    let generated = json_lines(&d.path().join("gpu-check-gen.jsonl"));
     assert_eq!(generated.len(), 3, "{t}");
     assert!(
         generated

@@ -670,21 +670,8 @@ fn multi_node_mistakes_fail_at_start_with_a_clear_message() {
 #[test]
 fn the_gpu_check_script_passes_its_cpu_dry_run() {
     let d = tempfile::tempdir().unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let o = std::process::Command::new("bash")
-        .arg(root.join("scripts/gpu-check"))
-        .arg("--cpu")
-        .env("DISTILL_BIN", env!("CARGO_BIN_EXE_distill"))
-        .env("OUT", d.path())
-        .output()
-        .unwrap();
-    let t = text(&o);
-    assert!(o.status.success(), "{t}");
-    let rows: Vec<serde_json::Value> = std::fs::read_to_string(d.path().join("gpu-check.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (t, ok, rows, generated) = gpu_check("--cpu", d.path());
+    assert!(ok, "{t}");
     assert_eq!(rows.len(), 12, "{t}");
     let compared: Vec<&serde_json::Value> =
         rows.iter().filter(|r| r.get("against_cpu_f32").is_some()).collect();
@@ -696,12 +683,6 @@ fn the_gpu_check_script_passes_its_cpu_dry_run() {
     assert!(rows.iter().any(|r| r["prefetch"] == true && r["devices"] == "cpu:2"));
     assert!(t.contains("| tiny-llama | cpu | bf16 |"), "{t}");
     // Generation: 4 rows against the CPU (tokens equal, log-probabilities close) and one timing row.
-    let generated: Vec<serde_json::Value> =
-        std::fs::read_to_string(d.path().join("gpu-check-gen.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
     assert_eq!(generated.len(), 5, "{t}");
     let compared: Vec<&serde_json::Value> =
         generated.iter().filter(|r| r.get("against_cpu_f32").is_some()).collect();

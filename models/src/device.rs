@@ -140,11 +140,6 @@ impl DeviceKind {
             DeviceKind::Wgpu(_) => Err(Error::Device(NO_WGPU.into())),
         }
     }
-
-    /// A cubecl device (CUDA, wgpu): kernels compiled at run time, launched one by one.
-    pub fn is_cubecl(self) -> bool {
-        matches!(self, DeviceKind::Cuda(_) | DeviceKind::Wgpu(_))
-    }
 }
 
 /// The wgpu device of a target.

@@ -76,6 +76,13 @@ impl log::Log for Counter {
     fn flush(&self) {}
 }
 
+/// Whether `B` runs cubecl kernels (CUDA, wgpu; under autodiff or fusion or not): the backends
+/// whose kernels [`counts`] counts.
+pub fn is_cubecl<B: 'static>() -> bool {
+    let name = std::any::type_name::<B>();
+    name.contains("burn_cubecl::") || name.contains("burn_fusion::")
+}
+
 /// The directory for cubecl's caches: `$DISTILL_CUBECL_CACHE`, else `~/.cache/distill/cubecl`.
 pub fn cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("DISTILL_CUBECL_CACHE") {

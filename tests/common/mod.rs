@@ -562,3 +562,27 @@ fn chat_answer(conn: TcpStream, echo: bool) {
         }
     }
 }
+
+/// `scripts/gpu-check MODE` (`--cpu`, `--wgpu`) with this build's distill, writing into `out`:
+/// (its output, as text; success; the step rows; the generation rows).
+pub fn gpu_check(
+    mode: &str,
+    out: &Path,
+) -> (String, bool, Vec<serde_json::Value>, Vec<serde_json::Value>) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = Command::new("bash")
+        .arg(root.join("scripts/gpu-check"))
+        .arg(mode)
+        .env("DISTILL_BIN", env!("CARGO_BIN_EXE_distill"))
+        .env("OUT", out)
+        .output()
+        .unwrap();
+    let rows = |name: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(out.join(name))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    (text(&o), o.status.success(), rows("gpu-check.jsonl"), rows("gpu-check-gen.jsonl"))
+}

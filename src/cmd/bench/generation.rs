@@ -88,9 +88,11 @@ fn run_on<B: Backend>(
     // Never stop early: every row generates max_tokens, so the token counts are equal.
     let params = SamplingParams { max_tokens: a.max_tokens, logprobs: 2, ..Default::default() };
     engine.generate(&ps, &SamplingParams { max_tokens: 2, ..params.clone() }, |_| {})?;
-    let cubecl =
-        a.device.is_cubecl() && std::any::TypeId::of::<B>() != std::any::TypeId::of::<Cpu>();
-    let before = if cubecl { distill_models::kernels::settle() } else { None };
+    let before = if distill_models::kernels::is_cubecl::<B>() {
+        distill_models::kernels::settle()
+    } else {
+        None
+    };
     let t0 = Instant::now();
     let mut first = None;
     let mut done = 0;

@@ -227,8 +227,7 @@ fn run_rank<B: AutodiffBackend>(
     let kd_weight = if a.kd > 0 { 0.5 } else { 0.0 };
     let spec = StepSpec { kd_weight, max_grad_norm: 1.0, lr: 1e-3, compute, objective: None };
     let mut steps = Vec::new();
-    let cubecl = kinds_are_cubecl(a);
-    let mut before = if cubecl { kernels::settle() } else { None };
+    let mut before = if kernels::is_cubecl::<B>() { kernels::settle() } else { None };
     for step in 0..a.steps {
         let micro = batches(cfg, rows, seq, a.grad_accum, step, a.kd);
         let t0 = Instant::now();
@@ -284,11 +283,6 @@ fn run_rank<B: AutodiffBackend>(
 
 /// Steps that may compile kernels: the first (AdamW's moments empty) and the second (in place).
 const WARMUP_STEPS: usize = 2;
-
-/// Whether the run's devices are cubecl ones (kernels compiled and launched one by one).
-fn kinds_are_cubecl(a: &Args) -> bool {
-    parse_devices(&a.devices).is_ok_and(|k| k.iter().all(|k| k.is_cubecl()))
-}
 
 fn run_on<B: Backend>(
     a: &Args,
