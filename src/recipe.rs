@@ -277,6 +277,90 @@ impl std::fmt::Display for Stage {
     }
 }
 
+/// The file that marks a directory as a distill run directory (made when distill creates it).
+pub const RUN_MARKER: &str = ".distill-run.json";
+
+/// `path` made absolute (against the working directory) with `.` and `..` resolved lexically,
+/// then through the file system where it exists (symlinks).
+fn absolute(path: &Path) -> std::path::PathBuf {
+    let joined = std::env::current_dir().unwrap_or_default().join(path);
+    let mut out = std::path::PathBuf::new();
+    for c in joined.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    std::fs::canonicalize(&out).unwrap_or(out)
+}
+
+/// A run directory is never the file system's root, the home directory, or a folder above it:
+/// every stage writes, and some delete, under it. Checked when a recipe is read, so
+/// `check-recipe` says so too.
+fn check_run_dir_place(run_dir: &Path) -> anyhow::Result<()> {
+    let abs = absolute(run_dir);
+    if abs.parent().is_none() {
+        bail!(
+            "run_dir {} is the file system's root; name a directory of its own",
+            run_dir.display()
+        );
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        let home = absolute(Path::new(&home));
+        if home.starts_with(&abs) {
+            bail!(
+                "run_dir {} is {} home directory; name a directory of its own (default: runs/<name>)",
+                run_dir.display(),
+                if home == abs { "the" } else { "a folder above the" }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Before a run writes anything: the run directory must be new, empty, or one distill made
+/// (it holds [`RUN_MARKER`], or `stages/` and `recipe.toml` from a distill before the marker).
+/// A directory that holds anything else is someone else's, and is refused. With `create`, makes
+/// the directory and its marker.
+pub fn claim_run_dir(run_dir: &Path, create: bool) -> anyhow::Result<()> {
+    check_run_dir_place(run_dir)?;
+    let marker = run_dir.join(RUN_MARKER);
+    if marker.exists() {
+        return Ok(());
+    }
+    if run_dir.exists() {
+        let entries: Vec<String> = std::fs::read_dir(run_dir)
+            .with_context(|| format!("reading run_dir {}", run_dir.display()))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect();
+        let earlier_distill =
+            run_dir.join("stages").is_dir() && run_dir.join("recipe.toml").is_file();
+        if !entries.is_empty() && !earlier_distill {
+            let mut shown: Vec<&str> = entries.iter().map(String::as_str).collect();
+            shown.sort();
+            shown.truncate(3);
+            bail!(
+                "run_dir {} already holds files ({}{}) and is not a distill run directory (no {RUN_MARKER}): refusing to write or delete anything in it; name a new or empty directory",
+                run_dir.display(),
+                shown.join(", "),
+                if entries.len() > 3 { ", …" } else { "" }
+            );
+        }
+    }
+    if !create {
+        return Ok(());
+    }
+    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    let body = serde_json::json!({"format": 1, "made_by": format!("distill {}", env!("CARGO_PKG_VERSION"))});
+    distill_data::fsutil::atomic_write(&marker, body.to_string().as_bytes())
+        .with_context(|| format!("writing {}", marker.display()))?;
+    Ok(())
+}
+
 /// Where a recipe's placeholders point.
 #[derive(Debug, Clone)]
 pub struct Paths {
@@ -402,6 +486,7 @@ impl Loaded {
             export: run_dir.join("train/export"),
             run_dir,
         };
+        check_run_dir_place(&paths.run_dir).with_context(|| format!("{}", path.display()))?;
         let shown = |p: &Path| p.display().to_string();
         let subs = [
             ("{run_dir}", shown(&paths.run_dir)),
@@ -787,10 +872,14 @@ impl Recipe {
                 "[on_policy] compare measures the students on held-out prompts: set [on_policy.policy] eval_prompts ≥ 1"
             );
         }
-        if let Some(e) = &self.eval
-            && (e.k == 0 || e.benchmarks.is_empty())
-        {
-            anyhow::bail!("[eval] needs k ≥ 1 and at least one benchmark");
+        if let Some(e) = &self.eval {
+            if e.k == 0 || e.benchmarks.is_empty() {
+                anyhow::bail!("[eval] needs k ≥ 1 and at least one benchmark");
+            }
+            for b in &e.benchmarks {
+                distill_teacher::eval::BenchSpec::check_name(&b.name)
+                    .context("[[eval.benchmarks]]")?;
+            }
         }
         if let Some(p) = &self.prepare
             && p.student_layers.as_ref().is_some_and(|l| l.is_empty())

@@ -385,6 +385,26 @@ fn a_bad_id_in_an_import_names_its_file_and_line() {
     let t = text(&o);
     assert!(!o.status.success(), "{t}");
     assert!(t.contains(&format!("{}:2", src.display())) && t.contains("newline"), "{t}");
+
+    // With --skip-bad the row is skipped and named, not the end of the import (it stopped it);
+    // an id over 255 bytes likewise (it imported, then `verify` called the fresh corpus DAMAGED:
+    // the writer and the reader disagreed on the limit).
+    let long = "x".repeat(300);
+    let mut rows = std::fs::read_to_string(&src).unwrap();
+    rows.push_str(&format!(
+        "{{\"id\": \"{long}\", \"messages\": [{{\"role\": \"user\", \"content\": \"hi\"}}, {{\"role\": \"assistant\", \"content\": \"yo\"}}]}}\n"
+    ));
+    std::fs::write(&src, rows).unwrap();
+    let out = d.path().join("c2");
+    let args = ["corpus", "import", "--format", "chat", "--skip-bad", src.to_str().unwrap()];
+    let o = distill(&[&args[..], &["--out", out.to_str().unwrap()]].concat());
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("2 bad lines") && t.contains(":2") && t.contains(":3"), "{t}");
+    assert!(t.contains("at most 255 bytes"), "{t}");
+    assert_eq!(Corpus::open(&out).unwrap().len(), 1);
+    let v = distill(&["corpus", "verify", out.to_str().unwrap()]);
+    assert!(v.status.success(), "{}", text(&v));
 }
 
 /// Issue 11's salvage promise, with a fixed seed: a 2-shard corpus gets one random truncation,
@@ -625,4 +645,51 @@ fn a_truncated_shard_leaves_the_rest_readable() {
         let t = t.unwrap();
         assert!(traces.contains(&t), "{}", t.id);
     }
+}
+
+/// `corpus export` never replaces a file without `--force`, and never writes inside a corpus
+/// (`--out CORPUS/manifest.json` left the corpus unreadable; `--out CORPUS/shard-00000.jsonl.zst`
+/// destroyed its records). `corpus import --out DIR` never starts a corpus in someone else's
+/// directory, nor deletes its `*.tmp` files.
+#[test]
+fn exports_and_imports_never_replace_or_delete_what_is_not_theirs() {
+    let d = tempfile::tempdir().unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let input = d.path().join("t.jsonl");
+    let traces: Vec<Trace> = synth::traces(5, 5, 1).collect();
+    write_jsonl(&input, &traces);
+    let c = d.path().join("c");
+    assert!(distill(&["corpus", "import", &s(&input), "--out", &s(&c)]).status.success());
+
+    let mine = d.path().join("mine.jsonl");
+    std::fs::write(&mine, "the user's own file").unwrap();
+    let o = distill(&["corpus", "export", &s(&c), "--out", &s(&mine)]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("--force"), "{}", text(&o));
+    assert_eq!(std::fs::read_to_string(&mine).unwrap(), "the user's own file");
+    let o = distill(&["corpus", "export", &s(&c), "--out", &s(&mine), "--force"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read_to_string(&mine).unwrap().lines().count(), 5);
+
+    for inside in ["manifest.json", "shard-00000.jsonl.zst", "new.jsonl"] {
+        for fmt in ["jsonl", "parquet"] {
+            let out = c.join(inside);
+            let args = ["corpus", "export", &s(&c), "--out", &s(&out), "--format", fmt, "--force"];
+            let o = distill(&args);
+            assert_eq!(o.status.code(), Some(1), "{inside}: {}", text(&o));
+            assert!(text(&o).contains("is a corpus"), "{}", text(&o));
+        }
+    }
+    assert!(!c.join("new.jsonl").exists());
+    let v = distill(&["corpus", "verify", &s(&c)]);
+    assert!(v.status.success(), "the corpus is intact: {}", text(&v));
+    assert_eq!(Corpus::open(&c).unwrap().len(), 5);
+
+    let theirs = d.path().join("theirs");
+    std::fs::create_dir_all(&theirs).unwrap();
+    std::fs::write(theirs.join("thesis.tmp"), "chapter 1").unwrap();
+    let o = distill(&["corpus", "import", &s(&input), "--out", &s(&theirs)]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("not a distill corpus"), "{}", text(&o));
+    assert_eq!(std::fs::read_to_string(theirs.join("thesis.tmp")).unwrap(), "chapter 1");
 }

@@ -40,7 +40,10 @@ fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
 
 const MODELS: &str = "tiny-llama,tiny-qwen2,tiny-qwen3,tiny-qwen3-moe,tiny-deepseek-v3";
 
-fn steps_match_cpu(checkpointing: bool) {
+/// Every architecture, without and then with layer recomputation, in one process (the second
+/// run of each model reuses the first's kernels: lavapipe compiles each kernel for ~0.25 s).
+#[test]
+fn every_architecture_trains_on_the_cubecl_device_as_on_cpu_with_and_without_recomputation() {
     if !wgpu_build() {
         return;
     }
@@ -48,16 +51,15 @@ fn steps_match_cpu(checkpointing: bool) {
     let out = d.path().join("steps.jsonl");
     let mut args = vec!["bench", "step", "--model", MODELS, "--devices", "wgpu"];
     args.extend(["--against", "cpu", "--steps", "3", "--grad-accum", "2", "--shape", "2x40"]);
-    args.extend(["--json", out.to_str().unwrap()]);
-    if checkpointing {
-        args.push("--checkpointing");
-    }
+    args.extend(["--and-checkpointing", "--json", out.to_str().unwrap()]);
     // The exit status says whether every model agreed; the per-model checks below say which.
     let o = distill(&args);
     let lines = json_lines(&out);
-    assert_eq!(lines.len(), 5, "{}", text(&o));
-    for (v, model) in lines.iter().zip(MODELS.split(',')) {
+    assert_eq!(lines.len(), 10, "{}", text(&o));
+    let expected = MODELS.split(',').flat_map(|m| [(m, false), (m, true)]);
+    for (v, (model, checkpointing)) in lines.iter().zip(expected) {
         assert_eq!(v["model"], model);
+        assert_eq!(v["checkpointing"], checkpointing, "{v}");
         let c = &v["against_cpu_f32"];
         eprintln!("{model} (recompute {checkpointing}): {c} kernels {}", v["kernels"]);
         // f32 on lavapipe is IEEE f32: a step agrees with flex to rounding, far inside 1e-4.
@@ -78,16 +80,6 @@ fn steps_match_cpu(checkpointing: bool) {
         assert!(after <= bound, "{model}: {after} kernels compiled in step 3: {k}");
         assert!(k["launches_per_step"].as_f64().unwrap() > 0.0, "{model}: {k}");
     }
-}
-
-#[test]
-fn training_steps_on_the_cubecl_device_match_cpu_for_every_architecture() {
-    steps_match_cpu(false);
-}
-
-#[test]
-fn training_steps_with_recomputation_on_the_cubecl_device_match_cpu() {
-    steps_match_cpu(true);
 }
 
 #[test]

@@ -134,8 +134,10 @@ fn parquet_export_equals_the_jsonl_export_and_reads_in_pyarrow() {
     let r1 = tmp.path().join("openr1");
     import(&tmp.path().join("openr1-math.parquet"), "openr1", &r1);
     for corpus in [&c, &r1] {
-        let jsonl = tmp.path().join("chat.jsonl");
-        let pq = tmp.path().join("chat.parquet");
+        // Each corpus's exports under their own names (export never replaces a file).
+        let name = corpus.file_name().unwrap().to_str().unwrap();
+        let jsonl = tmp.path().join(format!("{name}-chat.jsonl"));
+        let pq = tmp.path().join(format!("{name}-chat.parquet"));
         for (f, out) in [("chat", &jsonl), ("parquet", &pq)] {
             let o = distill(&[
                 "corpus",
@@ -163,7 +165,7 @@ fn parquet_export_equals_the_jsonl_export_and_reads_in_pyarrow() {
         }
 
         // TRL's prompt-completion layout: the same turns, split before the reply.
-        let pc = tmp.path().join("pc.parquet");
+        let pc = tmp.path().join(format!("{name}-pc.parquet"));
         let o = distill(&[
             "corpus",
             "export",

@@ -251,6 +251,73 @@ fn bad_recipes_fail_before_any_long_work() {
     check("unreachable-endpoint", openai, "unreachable");
 }
 
+/// A run directory that distill did not make, and that holds files, is refused before anything
+/// is written or deleted (a run there deleted `models/student/*` and overwrote `recipe.toml`);
+/// `/` and the home directory are refused by `check-recipe` too.
+#[test]
+fn a_run_dir_that_is_not_distills_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let mine = d.path().join("mine");
+    std::fs::create_dir_all(mine.join("models/student")).unwrap();
+    std::fs::write(mine.join("models/student/weights.bin"), "the user's weights").unwrap();
+    std::fs::write(mine.join("recipe.toml"), "the user's recipe").unwrap();
+    let o = run_in_repo(&[
+        "run".into(),
+        "recipes/tiny.toml".into(),
+        "--set".into(),
+        format!("recipe.run_dir=\"{}\"", mine.display()),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("not a distill run directory"), "{}", text(&o));
+    let read = |p: &str| std::fs::read_to_string(mine.join(p)).unwrap();
+    assert_eq!(read("models/student/weights.bin"), "the user's weights");
+    assert_eq!(read("recipe.toml"), "the user's recipe");
+    assert!(!mine.join("stages").exists() && !mine.join(".distill-run.json").exists());
+
+    let base =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/tiny.toml"))
+            .unwrap();
+    let home = std::env::var("HOME").unwrap();
+    for (rd, want) in [("/", "root"), (home.as_str(), "home directory")] {
+        let r = d.path().join("r.toml");
+        std::fs::write(
+            &r,
+            base.replacen("run_dir = \"runs/tiny\"", &format!("run_dir = \"{rd}\""), 1),
+        )
+        .unwrap();
+        let o = distill(&["check-recipe", r.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(1), "{rd}: {}", text(&o));
+        assert!(text(&o).contains(want), "{rd}: {}", text(&o));
+    }
+}
+
+/// `eval --bench NAME=FILE` writes `OUT/NAME.jsonl`: a NAME with `/` or `..` is refused, so it
+/// cannot replace a file outside `--out` (it replaced the user's file before).
+#[test]
+fn an_eval_benchmark_name_never_writes_outside_out() {
+    let d = tempfile::tempdir().unwrap();
+    let bench = d.path().join("b.jsonl");
+    std::fs::write(&bench, "{\"problem\": \"1+1\", \"answer\": \"2\"}\n").unwrap();
+    let victim = d.path().join("victim.jsonl");
+    std::fs::write(&victim, "the user's own file").unwrap();
+    let out = d.path().join("out");
+    for name in ["../victim", "sub/x", "/tmp/x"] {
+        let o = distill(&[
+            "eval",
+            "--endpoint",
+            "http://127.0.0.1:9/v1",
+            "--bench",
+            &format!("{name}={}", bench.display()),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(text(&o).contains("benchmark name"), "{}", text(&o));
+    }
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "the user's own file");
+    assert!(!out.exists());
+}
+
 #[test]
 fn eval_runs_on_aime_and_math500_locally_and_through_llama_server() {
     let _turn = SERVER_LOCK.lock().unwrap_or_else(|p| p.into_inner());

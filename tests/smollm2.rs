@@ -305,3 +305,22 @@ fn a_deepseek_gguf_imports_and_runs_under_distill_eval() {
     assert_eq!(b["problems"], 2, "{s}");
     assert!(b["mean_completion_tokens"].as_f64().unwrap() > 0.0, "{s}");
 }
+
+/// A tokenizer whose ids go past the model's `vocab_size` panicked in the embedding gather
+/// (`generate-text`, `train`) and let `eval` exit 0 with no problems scored; it is refused when
+/// it is loaded, naming both files.
+#[test]
+fn a_tokenizer_with_ids_past_vocab_size_is_refused_at_load() {
+    let src = model_dir();
+    TextTokenizer::from_dir(src).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), d.path().join(f)).unwrap();
+    }
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    cfg["vocab_size"] = 1000.into();
+    std::fs::write(d.path().join("config.json"), cfg.to_string()).unwrap();
+    let e = TextTokenizer::from_dir(d.path()).unwrap_err().to_string();
+    assert!(e.contains("past the model's vocab_size 1000") && e.contains("config.json"), "{e}");
+}

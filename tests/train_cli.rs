@@ -109,6 +109,13 @@ fn bad_input_fails_clearly() {
         let e = run(&r4, &["--set", set]);
         assert!(e.contains("[train.optim]") && e.contains("out-of-range"), "{set}: {e}");
     }
+    // Counts no run can hold: refused at once (4294967296 reserved 652 GB before).
+    for set in
+        ["train.grad_accum=4294967296", "train.grad_accum=1000000", "train.micro_batch=100000"]
+    {
+        let e = run(&r4, &["--set", set]);
+        assert!(e.contains("beyond any run"), "{set}: {e}");
+    }
     let e = run(&r4, &["--set", "train.max_steps=0"]);
     assert!(e.contains("max_steps = 0"), "{e}");
     let e = run(&r4, &["--set", "trian.optim.lr=5"]);

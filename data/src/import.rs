@@ -160,6 +160,26 @@ pub fn parse_row(
                 .ok_or("missing 'generations' array")?;
             let correct = obj.get("correctness_math_verify").and_then(Value::as_array);
             let finishes = obj.get("finish_reasons").and_then(Value::as_array);
+            // One verdict (and finish reason) per generation: with fewer, a generation would
+            // import with no verdict and count as passed.
+            for (key, list) in [("correctness_math_verify", correct), ("finish_reasons", finishes)]
+            {
+                if let Some(l) = list
+                    && l.len() != gens.len()
+                {
+                    return Err(format!(
+                        "'{key}' has {} entries for {} generations",
+                        l.len(),
+                        gens.len()
+                    )
+                    .into());
+                }
+            }
+            if let Some(c) = correct
+                && let Some(k) = c.iter().position(|v| !v.is_boolean())
+            {
+                return Err(format!("correctness_math_verify[{k}] is not true or false").into());
+            }
             let mut out = Vec::with_capacity(gens.len());
             for (k, g) in gens.iter().enumerate() {
                 let text = g.as_str().ok_or_else(|| format!("generations[{k}] is not a string"))?;
@@ -182,6 +202,38 @@ pub fn parse_row(
                 out.push(t);
             }
             Ok(out)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn openr1(correct: &str, finishes: &str) -> Result<Vec<Trace>, ImportError> {
+        let row = format!(
+            r#"{{"problem": "1+1?", "answer": "2", "uuid": "u1", "generations": ["<think>a</think>2", "<think>b</think>3"], "correctness_math_verify": {correct}, "finish_reasons": {finishes}}}"#
+        );
+        parse_line(ImportFormat::OpenR1, "openr1", "m", 0, &row)
+    }
+
+    /// A generation without its verdict imported as passed; now each list must match the
+    /// generations one for one.
+    #[test]
+    fn openr1_verdicts_and_finish_reasons_match_the_generations_one_for_one() {
+        let ts = openr1("[true, false]", r#"["stop", "length"]"#).unwrap();
+        assert_eq!(ts.iter().map(|t| t.passed()).collect::<Vec<_>>(), [true, false]);
+        for (c, f, want) in [
+            ("[true]", r#"["stop", "stop"]"#, "'correctness_math_verify' has 1 entries for 2"),
+            ("[true, false]", r#"["stop"]"#, "'finish_reasons' has 1 entries for 2"),
+            (
+                "[true, \"no\"]",
+                r#"["stop", "stop"]"#,
+                "correctness_math_verify[1] is not true or false",
+            ),
+        ] {
+            let e = openr1(c, f).unwrap_err().0;
+            assert!(e.contains(want), "{c} {f}: {e}");
         }
     }
 }

@@ -14,6 +14,21 @@ use crate::logprobs::TokenLogprobs;
 /// The trace schema this build writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// The longest record id, in bytes. One limit for the writer (which refuses longer ids) and the
+/// shard reader (which sizes the id block by it).
+pub const MAX_ID_BYTES: usize = 255;
+
+/// A record id as the corpus stores it: non-empty, at most [`MAX_ID_BYTES`], no newline.
+pub fn check_id(id: &str) -> std::result::Result<(), String> {
+    if id.is_empty() || id.contains('\n') || id.len() > MAX_ID_BYTES {
+        return Err(format!(
+            "ids must be non-empty, at most {MAX_ID_BYTES} bytes ({} here) and hold no newline",
+            id.len()
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Trace {

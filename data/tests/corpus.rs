@@ -83,6 +83,26 @@ fn crash_leftovers_are_removed_on_reopen_and_ignored_by_readers() {
     assert!(!dir.path().join("shard-00099.jsonl.zst").exists());
 }
 
+/// A corpus starts only in a new or empty directory, and only distill's own temp files are
+/// leftovers: a user's `thesis.tmp` was deleted as a "crash leftover" before.
+#[test]
+fn a_users_files_are_never_leftovers() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("thesis.tmp"), b"chapter 1").unwrap();
+    let err = CorpusWriter::open(dir.path(), small_opts()).err().unwrap().to_string();
+    assert!(err.contains("not a distill corpus") && err.contains("thesis.tmp"), "{err}");
+    assert_eq!(fs::read(dir.path().join("thesis.tmp")).unwrap(), b"chapter 1");
+    assert!(!dir.path().join("manifest.json").exists(), "no corpus started among them");
+    // Inside a real corpus, a `.tmp` that is not one of distill's names stays too.
+    let c = tempfile::tempdir().unwrap();
+    write_synthetic(c.path(), 5, small_opts());
+    fs::write(c.path().join("notes.tmp"), b"mine").unwrap();
+    let w = CorpusWriter::open(c.path(), small_opts()).unwrap();
+    assert!(w.removed_leftovers().is_empty());
+    assert_eq!(fs::read(c.path().join("notes.tmp")).unwrap(), b"mine");
+    assert!(verify(c.path()).unwrap().strays.is_empty());
+}
+
 #[test]
 fn a_second_writer_is_refused() {
     let dir = tempfile::tempdir().unwrap();

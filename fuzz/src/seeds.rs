@@ -62,6 +62,16 @@ pub fn make(seeds: &Path, templates: &Path) -> anyhow::Result<()> {
         "prompts/01-chat.jsonl",
         b"{\"id\": \"a\", \"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, {\"role\": \"user\", \"content\": \"Hi\"}]}\n",
     )?;
+    put(
+        "import-row/00-openr1.jsonl",
+        br#"{"problem": "What is 6*7?", "answer": "42", "uuid": "u-1", "generations": ["<think>6*7=42</think>\boxed{42}", "<think>guess</think>\boxed{41}"], "correctness_math_verify": [true, false], "finish_reasons": ["stop", "length"], "solution": "42"}"#,
+    )?;
+    put(
+        "import-row/01-chat.jsonl",
+        br#"{"id": "c1", "answer": "4", "messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "<think>2+2=4</think>
+
+4", "reasoning_content": "adding"}]}"#,
+    )?;
     for e in std::fs::read_dir(templates)? {
         let p = e?.path();
         if p.extension().is_some_and(|x| x == "jinja") {

@@ -41,7 +41,30 @@ pub const TARGETS: &[Target] = &[
     Target { name: "prompts", run: prompts, names: &["prompts.jsonl"], max_len: 1 << 16 },
     Target { name: "chat-template", run: chat_template, names: &[], max_len: 1 << 14 },
     Target { name: "math-verify", run: math_verify, names: &[], max_len: 1 << 14 },
+    Target { name: "import-row", run: import_row, names: &[], max_len: 1 << 16 },
 ];
+
+/// `distill corpus import`'s row parsers (chat and Open-R1 rows, as JSONL lines): every row
+/// either becomes traces the corpus can hold or is a clean error.
+fn import_row(data: &[u8], _: &Path) -> Result<(), String> {
+    use distill_data::import::{ImportFormat, parse_line};
+    let line = String::from_utf8_lossy(data);
+    let mut last = Ok(());
+    for f in [ImportFormat::Chat, ImportFormat::OpenR1, ImportFormat::Native] {
+        match parse_line(f, "fz", "m", 0, &line) {
+            Ok(traces) => {
+                for t in traces {
+                    // What the importer then checks before the writer sees it.
+                    if distill_data::record::check_id(&t.id).is_ok() {
+                        let _ = t.to_json();
+                    }
+                }
+            }
+            Err(e) => last = Err(e.0),
+        }
+    }
+    last
+}
 
 fn s<E: std::fmt::Display>(e: E) -> String {
     e.to_string()

@@ -578,6 +578,14 @@ pub(crate) fn check_dims(c: &ModelConfig) -> std::result::Result<(), String> {
             c.vocab_size
         ));
     }
+    // Values that make every logit NaN (RMSNorm's sqrt of a negative, RoPE's 0^x) with a
+    // successful exit.
+    if !(c.rms_norm_eps.is_finite() && c.rms_norm_eps > 0.0 && c.rms_norm_eps < 1.0) {
+        return Err(format!("rms_norm_eps {} must be a positive number below 1", c.rms_norm_eps));
+    }
+    if !(c.rope_theta.is_finite() && c.rope_theta > 1.0) {
+        return Err(format!("rope_theta {} must be a finite number above 1", c.rope_theta));
+    }
     Ok(())
 }
 
@@ -885,5 +893,12 @@ mod tests {
         assert!(ModelConfig::from_json(&vocab).unwrap_err().0.contains("must be positive"));
         let kv = SMOL.replace("\"num_key_value_heads\": 3", "\"num_key_value_heads\": 0");
         assert!(ModelConfig::from_json(&kv).unwrap_err().0.contains("must be a multiple"));
+        // Values that gave NaN logits with exit 0.
+        for eps in ["-1", "0", "0.0", "2.5"] {
+            let bad = SMOL.replace("\"rms_norm_eps\": 1e-5", &format!("\"rms_norm_eps\": {eps}"));
+            assert_ne!(bad, SMOL);
+            let e = ModelConfig::from_json(&bad).unwrap_err();
+            assert!(e.0.contains("rms_norm_eps"), "{eps}: {e}");
+        }
     }
 }

@@ -40,8 +40,36 @@ fn token_str(v: Option<&Value>) -> Option<String> {
 }
 
 impl TextTokenizer {
+    /// The tokenizer of a model directory, checked against its `config.json` (when there is
+    /// one): every token id must have a row in the embedding.
     pub fn from_dir(dir: &Path) -> Result<TextTokenizer> {
-        Self::from_assets(&Assets::read(dir)?, dir)
+        let tok = Self::from_assets(&Assets::read(dir)?, dir)?;
+        tok.check_vocab_size(dir)?;
+        Ok(tok)
+    }
+
+    /// A token id at or past the model's `vocab_size` would index past the embedding (a panic
+    /// in the gather, or a wrong row): refused when the tokenizer is loaded. A missing or
+    /// unreadable config is the config loader's to report.
+    fn check_vocab_size(&self, dir: &Path) -> Result<()> {
+        let path = dir.join("config.json");
+        let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+        let Ok(v) = serde_json::from_str::<Value>(&text) else { return Ok(()) };
+        let vocab = v
+            .get("vocab_size")
+            .or_else(|| v.get("text_config").and_then(|t| t.get("vocab_size")))
+            .and_then(Value::as_u64);
+        let Some(vocab) = vocab else { return Ok(()) };
+        if let Some((token, id)) = self.inner.get_vocab(true).into_iter().max_by_key(|(_, id)| *id)
+            && u64::from(id) >= vocab
+        {
+            return Err(Error::Tokenizer(format!(
+                "{}: token {token:?} has id {id}, past the model's vocab_size {vocab} in {}: the embedding has no row for it",
+                dir.join("tokenizer.json").display(),
+                path.display()
+            )));
+        }
+        Ok(())
     }
 
     pub fn from_assets(assets: &Assets, dir: &Path) -> Result<TextTokenizer> {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use distill_teacher::backend::SamplingSpec;
 use distill_teacher::backend::local::LocalConfig;
 use distill_teacher::backend::openai::OpenAiConfig;
@@ -99,6 +99,7 @@ fn flags(a: &Args) -> anyhow::Result<EvalConfig> {
         .iter()
         .map(|b| match b.split_once('=') {
             Some((n, f)) => {
+                BenchSpec::check_name(n).with_context(|| format!("--bench {b}"))?;
                 Ok(BenchSpec { name: n.into(), file: f.into(), fields: None, limit: a.limit })
             }
             None => bail!("--bench takes NAME=FILE, got {b}"),

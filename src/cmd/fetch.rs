@@ -3,9 +3,7 @@
 
 use std::process::ExitCode;
 
-use hf_hub::RepoType;
-
-use crate::hub::{RepoSpec, fetch_repo};
+use crate::hub::{RepoKind, RepoSpec, fetch_repo};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -37,7 +35,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             "--gguf is for `distill fetch smollm2`; fetch a Hub GGUF with --include '*.gguf'"
         );
     }
-    let kind = if a.dataset { RepoType::Dataset } else { RepoType::Model };
+    let kind = if a.dataset { RepoKind::Dataset } else { RepoKind::Model };
     let spec = RepoSpec::parse(&a.model, kind)?;
     let include = if a.dataset && a.include.is_empty() { vec!["*".to_string()] } else { a.include };
     let dir = fetch_repo(&spec, &include)?;

@@ -55,8 +55,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     let to_run: Vec<Stage> =
         stages.iter().copied().filter(|s| a.only.is_none_or(|o| o == *s)).collect();
+    crate::recipe::claim_run_dir(&loaded.paths.run_dir, false)?;
     loaded.preflight(&to_run, true, true)?;
     let (recipe, paths) = (&loaded.recipe, &loaded.paths);
+    crate::recipe::claim_run_dir(&paths.run_dir, true)?;
     std::fs::create_dir_all(paths.run_dir.join("stages"))?;
     atomic_write(
         &paths.run_dir.join("recipe.toml"),
@@ -102,6 +104,7 @@ pub fn ensure_prepared(l: &Loaded, stage: Stage) -> anyhow::Result<()> {
     if !needed {
         return Ok(());
     }
+    crate::recipe::claim_run_dir(&l.paths.run_dir, true)?;
     eprintln!(
         "[prepare] this recipe's prepare stage makes a model [{stage}] reads; running it first"
     );

@@ -35,6 +35,24 @@ pub struct BenchSpec {
     pub limit: Option<usize>,
 }
 
+impl BenchSpec {
+    /// The name becomes `OUT/NAME.jsonl`: one plain file-name part (letters, digits, `.`, `_`,
+    /// `-`; not starting with `.`), so no benchmark writes outside the eval's output folder.
+    pub fn check_name(name: &str) -> Result<()> {
+        let ok = !name.is_empty()
+            && name.len() <= 100
+            && !name.starts_with('.')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::Config(format!(
+                "benchmark name {name:?}: use letters, digits, '.', '_' and '-' only (it names NAME.jsonl in the output folder)"
+            )))
+        }
+    }
+}
+
 /// `[eval]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -197,6 +215,9 @@ pub fn evaluate(
     if cfg.k == 0 || cfg.benchmarks.is_empty() {
         return Err(Error::Config("[eval] needs k ≥ 1 and at least one benchmark".into()));
     }
+    for spec in &cfg.benchmarks {
+        BenchSpec::check_name(&spec.name)?;
+    }
     std::fs::create_dir_all(&cfg.output)
         .map_err(|e| Error::Io { path: cfg.output.clone(), err: e })?;
     let policy = cfg.retry.policy();
@@ -232,6 +253,7 @@ pub fn evaluate(
             .open(&out_path)
             .map_err(|e| Error::Io { path: out_path.clone(), err: e })?;
         let mut failed = 0u64;
+        let mut fatal: Option<crate::error::BackendError> = None;
         let total = problems.len();
         let mut finished = results.len();
         let mut io_err = None;
@@ -239,7 +261,14 @@ pub fn evaluate(
             finished += 1;
             progress(&spec.name, finished, total);
             match res {
-                Err(_) => failed += 1,
+                Err(e) => {
+                    failed += 1;
+                    // A request that failed for good (not a busy or flaky endpoint): the scores
+                    // would silently leave it out.
+                    if !e.retryable() && matches!(e, crate::error::BackendError::Fatal(_)) {
+                        fatal.get_or_insert(e);
+                    }
+                }
                 Ok(c) => {
                     let n = c.choices.len().max(1) as u64;
                     let texts: Vec<(String, FinishReason, u64)> = c
@@ -269,6 +298,12 @@ pub fn evaluate(
         if let Some(e) = io_err {
             return Err(Error::Io { path: out_path, err: e });
         }
+        if let Some(e) = fatal {
+            return Err(Error::Config(format!(
+                "benchmark {}: a request failed for good ({failed} failed in all): {e}",
+                spec.name
+            )));
+        }
         let samples: Vec<&SampleResult> = results.iter().flat_map(|r| r.samples.iter()).collect();
         let m = results.len().max(1) as f64;
         summaries.push(BenchSummary {
@@ -295,4 +330,20 @@ pub fn evaluate(
         &serde_json::to_vec_pretty(&summary).expect("json"),
     )?;
     Ok(summaries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_benchmark_name_never_leaves_the_output_folder() {
+        for ok in ["aime24", "math500", "gsm8k.test", "AMC_23-v2"] {
+            BenchSpec::check_name(ok).unwrap();
+        }
+        for bad in ["", "../x", "a/b", "/tmp/x", ".hidden", "a b", "..", "a\0b", &"x".repeat(101)] {
+            let e = BenchSpec::check_name(bad).unwrap_err().to_string();
+            assert!(e.contains("benchmark name"), "{bad:?}: {e}");
+        }
+    }
 }

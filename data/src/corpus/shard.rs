@@ -229,9 +229,10 @@ impl ShardIndex {
         let ids_len = r.u32()? as usize;
         let ids_z = r.take(ids_len)?;
         // The buffer is sized by what the compressed ids declare, checked against the record
-        // count (an id is at most 255 bytes and a newline), never by the count alone.
+        // count (an id is at most MAX_ID_BYTES and a newline), never by the count alone.
+        let per_id = crate::record::MAX_ID_BYTES as u64 + 1;
         let declared = match zstd::zstd_safe::get_frame_content_size(ids_z) {
-            Ok(Some(n)) if n <= n_records.saturating_mul(256) => n as usize,
+            Ok(Some(n)) if n <= n_records.saturating_mul(per_id) => n as usize,
             Ok(Some(n)) => {
                 return Err(format!("record ids declare {n} bytes for {n_records} records"));
             }

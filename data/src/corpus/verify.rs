@@ -57,7 +57,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().to_string();
-            if (n.ends_with(".tmp") || manifest::shard_number(&n).is_some())
+            if (super::writer::is_own_tmp(&n) || manifest::shard_number(&n).is_some())
                 && !named.contains(n.as_str())
             {
                 report.strays.push(n);

@@ -108,12 +108,28 @@ impl CorpusWriter {
         let manifest = if Manifest::path(dir).exists() {
             Manifest::load(dir)?.0
         } else {
-            let strays = list_dir(dir)?.into_iter().filter(|n| n.ends_with(".zst")).count();
-            if strays > 0 {
+            // A new corpus starts only in an empty (or new) directory: one that holds anything
+            // but distill's lock is someone else's, and nothing in it is ours to clean up.
+            let mut others: Vec<String> =
+                list_dir(dir)?.into_iter().filter(|n| n != ".lock").collect();
+            if !others.is_empty() {
+                others.sort();
+                let shards = others.iter().filter(|n| n.ends_with(".zst")).count();
+                let shown: Vec<&str> = others.iter().take(3).map(String::as_str).collect();
                 return Err(Error::Manifest {
                     path: Manifest::path(dir),
                     msg: format!(
-                        "missing, but the directory holds {strays} shard files; refusing to start a new corpus over them"
+                        "missing, and the directory holds {} other file(s) ({}{}){}: it is not a distill corpus; refusing to start one among them (name a new or empty directory)",
+                        others.len(),
+                        shown.join(", "),
+                        if others.len() > 3 { ", …" } else { "" },
+                        if shards > 0 {
+                            format!(
+                                ", {shards} of them shard files (`distill corpus repair` reads them)"
+                            )
+                        } else {
+                            String::new()
+                        }
                     ),
                 });
             }
@@ -137,7 +153,7 @@ impl CorpusWriter {
         for name in list_dir(dir)? {
             let stray_shard =
                 manifest::shard_number(&name).is_some() && !named.contains(name.as_str());
-            if name.ends_with(".tmp") || stray_shard {
+            if is_own_tmp(&name) || stray_shard {
                 let p = dir.join(&name);
                 fs::remove_file(&p).at(&p)?;
                 removed.push(p);
@@ -254,11 +270,8 @@ impl CorpusWriter {
                 ),
             });
         }
-        if trace.id.is_empty() || trace.id.contains('\n') {
-            return Err(Error::Record {
-                id: trace.id,
-                msg: "ids must be non-empty and hold no newline".into(),
-            });
+        if let Err(msg) = crate::record::check_id(&trace.id) {
+            return Err(Error::Record { id: trace.id, msg });
         }
         if self.committed.contains(&trace.id) {
             return Err(Error::DuplicateId { id: trace.id, where_: "committed" });
@@ -410,6 +423,13 @@ impl CorpusWriter {
         }
         Ok(())
     }
+}
+
+/// A temp file this writer makes: `manifest.json.tmp` or `shard-NNNNN.jsonl.zst.tmp`. Any other
+/// `*.tmp` in the directory is not distill's and is left alone.
+pub(crate) fn is_own_tmp(name: &str) -> bool {
+    name.strip_suffix(".tmp")
+        .is_some_and(|b| b == MANIFEST_FILE || manifest::shard_number(b).is_some())
 }
 
 fn list_dir(dir: &Path) -> Result<Vec<String>> {

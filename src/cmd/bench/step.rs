@@ -52,6 +52,10 @@ pub struct Args {
     shard: String,
     #[arg(long)]
     checkpointing: bool,
+    /// Run each model twice in this process, without and then with layer recomputation (one
+    /// JSON row each): on a cubecl device the second reuses the first's kernels.
+    #[arg(long, conflicts_with = "checkpointing")]
+    and_checkpointing: bool,
     /// Under `--shard parameters`: keep the f32 master and AdamW's moments in host memory.
     #[arg(long)]
     offload: bool,
@@ -315,9 +319,14 @@ fn rel(a: f64, b: f64) -> f64 {
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let mut code = ExitCode::SUCCESS;
+    let variants: &[bool] =
+        if a.and_checkpointing { &[false, true] } else { std::slice::from_ref(&a.checkpointing) };
     for model in a.model.split(',').map(str::trim) {
-        if run_one(Args { model: model.to_string(), ..a.clone() })? != ExitCode::SUCCESS {
-            code = ExitCode::from(1);
+        for &checkpointing in variants {
+            let one = Args { model: model.to_string(), checkpointing, ..a.clone() };
+            if run_one(one)? != ExitCode::SUCCESS {
+                code = ExitCode::from(1);
+            }
         }
     }
     Ok(code)

@@ -1,6 +1,6 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -34,9 +34,13 @@ enum Columns {
 pub struct Args {
     /// Corpus directory.
     dir: PathBuf,
-    /// Output file (written to a temp name, then renamed).
+    /// Output file (written to a temp name, then renamed). An existing file is refused unless
+    /// `--force`; a path inside a corpus always is.
     #[arg(long)]
     out: PathBuf,
+    /// Replace an existing output file.
+    #[arg(long)]
+    force: bool,
     #[arg(long, value_enum, default_value = "jsonl")]
     format: Format,
     /// Parquet only: the chat columns to write.
@@ -74,7 +78,31 @@ fn parquet_schema(columns: Columns) -> Schema {
     Schema::new(fields)
 }
 
+/// The output never lands inside a corpus (it would replace a shard or the manifest, or sit
+/// among the shards) and never replaces a file unless `--force` says so.
+fn check_out(a: &Args) -> anyhow::Result<()> {
+    let folder = a.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if folder.join(distill_data::corpus::manifest::MANIFEST_FILE).exists() {
+        anyhow::bail!(
+            "--out {}: that folder is a corpus ({}); write the export outside it",
+            a.out.display(),
+            folder.display()
+        );
+    }
+    if a.out.is_dir() {
+        anyhow::bail!("--out {} is a directory; name a file", a.out.display());
+    }
+    let tmp = fsutil::tmp_path(&a.out);
+    for p in [&a.out, &tmp] {
+        if p.exists() && !a.force {
+            anyhow::bail!("--out: {} exists; pass --force to replace it", p.display());
+        }
+    }
+    Ok(())
+}
+
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    check_out(&a)?;
     if a.format == Format::Parquet {
         return run_parquet(a);
     }

@@ -93,6 +93,15 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 Err(msg) => bail!("{at}: {msg}"),
             };
             for t in traces {
+                // An id the corpus cannot hold (a newline, over 255 bytes) is a bad row too.
+                if let Err(msg) = distill_data::record::check_id(&t.id) {
+                    let msg = format!("record id {:?}: {msg}", t.id);
+                    if a.skip_bad {
+                        bad.push(format!("{at}: {msg}"));
+                        continue;
+                    }
+                    bail!("{at}: {msg}");
+                }
                 match w.same_content(&t)? {
                     Some(true) => {
                         skipped += 1;

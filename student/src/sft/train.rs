@@ -159,6 +159,11 @@ fn two() -> usize {
     2
 }
 
+/// The largest micro-batch, accumulation and sequences per optimizer step a recipe may ask for.
+pub const MAX_MICRO_BATCH: usize = 1 << 16;
+pub const MAX_GRAD_ACCUM: usize = 1 << 16;
+pub const MAX_STEP_SEQUENCES: usize = 1 << 20;
+
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         // A purely on-policy run (lambda = 1) reads no corpus.
@@ -176,6 +181,17 @@ impl TrainConfig {
         let bad = |m: &str| Err(Error::Invalid(format!("[train] {m}")));
         if self.micro_batch == 0 || self.grad_accum == 0 {
             return bad("micro_batch and grad_accum must be at least 1");
+        }
+        // Bounds no run comes near (R1's distillation used 128 sequences a step), so a mistyped
+        // `--set` cannot reserve memory for billions of sequences or stall on one step.
+        if self.micro_batch > MAX_MICRO_BATCH
+            || self.grad_accum > MAX_GRAD_ACCUM
+            || self.micro_batch.saturating_mul(self.grad_accum) > MAX_STEP_SEQUENCES
+        {
+            return Err(Error::Invalid(format!(
+                "[train] micro_batch {} × grad_accum {} is beyond any run (micro_batch ≤ {MAX_MICRO_BATCH}, grad_accum ≤ {MAX_GRAD_ACCUM}, their product ≤ {MAX_STEP_SEQUENCES} sequences a step)",
+                self.micro_batch, self.grad_accum
+            )));
         }
         if self.epochs == 0 && self.max_steps.is_none() {
             return bad("set epochs ≥ 1 or max_steps");
@@ -917,9 +933,9 @@ pub fn next_global_batch(
     pad: u32,
 ) -> Vec<Batch> {
     let seq = cfg.data.max_seq_len;
-    let mut micro = Vec::with_capacity(cfg.grad_accum);
+    let mut micro = Vec::with_capacity(cfg.grad_accum.min(1024));
     for _ in 0..cfg.grad_accum {
-        let mut chosen = Vec::with_capacity(cfg.micro_batch);
+        let mut chosen = Vec::with_capacity(cfg.micro_batch.min(1024));
         while chosen.len() < cfg.micro_batch {
             if state.epoch_row as usize >= order.len() {
                 state.epoch += 1;

@@ -546,6 +546,13 @@ impl OpenAiClient {
     }
 }
 
+/// The most bytes a reply about `tokens` tokens with `k` alternatives each can need: 1 MiB, plus
+/// 1 KiB per token and 256 bytes per alternative (vLLM's entries are about 100), at most 1 GiB.
+pub fn reply_limit(tokens: u64, k: u64) -> u64 {
+    let per_token = 1024 + 256 * k;
+    (1u64 << 20).saturating_add(tokens.saturating_mul(per_token)).min(1 << 30)
+}
+
 impl OpenAiClient {
     /// POST a JSON body; a non-200 answer is an [`BackendError::Http`] (its body redacted).
     fn post(
@@ -579,15 +586,18 @@ impl OpenAiClient {
         Ok(resp)
     }
 
-    /// A whole JSON response body (at most 1 GiB).
+    /// A whole JSON response body, at most `limit` bytes (what the request can give back, from
+    /// [`reply_limit`]): parsed into JSON values a body costs about 10× its bytes, and that again
+    /// per concurrent request, so the bound is the request's, not a flat gigabyte.
     fn json_body(
         &self,
         resp: &mut ureq::http::Response<ureq::Body>,
+        limit: u64,
     ) -> Result<Value, BackendError> {
         let text = resp
             .body_mut()
             .with_config()
-            .limit(1 << 30)
+            .limit(limit)
             .read_to_string()
             .map_err(|e| self.transport(format!("reading body: {e}")))?;
         serde_json::from_str(&text).map_err(|e| self.malformed(e))
@@ -627,7 +637,7 @@ impl OpenAiClient {
         }
         let url = format!("{}/completions", self.cfg.base_url.trim_end_matches('/'));
         let mut resp = self.post(&url, &b)?;
-        let v = self.json_body(&mut resp)?;
+        let v = self.json_body(&mut resp, reply_limit(ids.len() as u64 + 1, k as u64))?;
         let entries = v
             .pointer("/choices/0/prompt_logprobs")
             .and_then(Value::as_array)
@@ -706,7 +716,9 @@ impl Teacher for OpenAiClient {
         let out = if self.cfg.stream {
             self.read_stream(resp.body_mut().as_reader(), req)?
         } else {
-            let v = self.json_body(&mut resp)?;
+            let tokens = u64::from(req.n.max(1)) * u64::from(req.sampling.max_tokens);
+            let v = self
+                .json_body(&mut resp, reply_limit(tokens, u64::from(req.logprobs.unwrap_or(0))))?;
             self.parse_full(&v, req)?
         };
         if out.choices.len() != req.n as usize {
@@ -733,5 +745,63 @@ impl Teacher for OpenAiClient {
 
     fn describe(&self) -> String {
         redact(&self.cfg.base_url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+
+    /// A vLLM-like scorer whose valid reply is far larger than the request can need (a 300 MB
+    /// one reached 6.8 GB RSS, parsed, under the old flat 1 GiB cap) is refused while it is read,
+    /// at the request's own bound (about 1 MiB here).
+    #[test]
+    fn a_scoring_reply_larger_than_the_request_needs_is_refused() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let pad = 64usize << 20;
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut len = 0usize;
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let h = h.trim_end().to_ascii_lowercase();
+                    if h.is_empty() {
+                        break;
+                    }
+                    if let Some(v) = h.strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0u8; len];
+                r.read_exact(&mut body).unwrap();
+                let (open, close) = (b"{\"pad\": \"", b"\"}");
+                let mut w = s;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    open.len() + pad + close.len()
+                );
+                let _ = w.write_all(head.as_bytes()).and_then(|_| w.write_all(open));
+                let chunk = vec![b'x'; 1 << 20];
+                for _ in 0..pad >> 20 {
+                    if w.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+                let _ = w.write_all(close);
+            }
+        });
+        let mut cfg = OpenAiConfig::new(format!("http://127.0.0.1:{port}/v1"), "t");
+        cfg.engine = Some(Engine::Vllm);
+        let client = OpenAiClient::new(cfg, None).unwrap();
+        let limit = reply_limit(6, 5);
+        assert!(limit < 16 << 20, "{limit}");
+        let e = client.score_tokens(&[1, 2], &[3, 4, 5], 5).unwrap_err().to_string();
+        assert!(e.contains("reading body"), "{e}");
     }
 }

@@ -36,6 +36,23 @@ pub struct Pool<T> {
     handles: Vec<JoinHandle<()>>,
 }
 
+/// A teacher that panics (a local engine's bug, an id past the embedding) fails its requests
+/// for good, instead of taking its worker down and leaving the caller with fewer answers.
+fn panicked(p: Box<dyn std::any::Any + Send>) -> BackendError {
+    let msg = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into());
+    BackendError::Fatal(format!("the teacher panicked: {msg}"))
+}
+
+fn no_panic(
+    f: impl FnOnce() -> Result<Completion, BackendError>,
+) -> Result<Completion, BackendError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| Err(panicked(p)))
+}
+
 impl<T: Send + 'static> Pool<T> {
     pub fn start(teachers: &[Arc<dyn Teacher>], policy: &RetryPolicy) -> Self {
         let queue: Queue<T> = Arc::new(Mutex::new(VecDeque::new()));
@@ -60,14 +77,22 @@ impl<T: Send + 'static> Pool<T> {
                         if jobs.len() == 1 {
                             let (tag, req) = jobs.into_iter().next().expect("one job");
                             let jitter = req.seed.unwrap_or(0) ^ ((w as u64) << 32);
-                            let (result, attempts) = policy.run(jitter, || t.complete(&req));
+                            let (result, attempts) =
+                                policy.run(jitter, || no_panic(|| t.complete(&req)));
                             let done = Done { tag, result, tries: attempts.tries, teacher: ti };
                             if tx.send(done).is_err() {
                                 return;
                             }
                         } else {
                             let (tags, reqs): (Vec<T>, Vec<ChatRequest>) = jobs.into_iter().unzip();
-                            for (tag, result) in tags.into_iter().zip(t.complete_many(&reqs)) {
+                            let results =
+                                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                    t.complete_many(&reqs)
+                                })) {
+                                    Ok(r) => r,
+                                    Err(p) => vec![Err(panicked(p)); reqs.len()],
+                                };
+                            for (tag, result) in tags.into_iter().zip(results) {
                                 if tx.send(Done { tag, result, tries: 1, teacher: ti }).is_err() {
                                     return;
                                 }
@@ -133,4 +158,57 @@ pub fn dispatch(
         }
     }
     pool.shutdown();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use distill_data::{EndpointKind, Message, Role};
+
+    /// A teacher whose engine panics on every request.
+    struct Panics {
+        batch: usize,
+    }
+
+    impl Teacher for Panics {
+        fn complete(&self, _: &ChatRequest) -> Result<Completion, BackendError> {
+            panic!("index 49152 out of bounds")
+        }
+        fn batch_size(&self) -> usize {
+            self.batch
+        }
+        fn kind(&self) -> EndpointKind {
+            EndpointKind::Synthetic
+        }
+        fn model(&self) -> String {
+            "panics".into()
+        }
+        fn describe(&self) -> String {
+            "panics".into()
+        }
+    }
+
+    /// A panicking teacher fails each request for good, one at a time or batched, and every
+    /// request is still answered (a panic took the worker down and the caller saw fewer answers).
+    #[test]
+    fn a_panicking_teacher_fails_its_requests_and_answers_every_one() {
+        for batch in [1, 4] {
+            let teachers: Vec<Arc<dyn Teacher>> = vec![Arc::new(Panics { batch })];
+            let req = ChatRequest {
+                messages: vec![Message::new(Role::User, "1+1?")],
+                n: 1,
+                sampling: Default::default(),
+                seed: None,
+                logprobs: None,
+            };
+            let mut answers = Vec::new();
+            dispatch(&teachers, vec![req; 6], &RetryPolicy::default(), |i, r| answers.push((i, r)));
+            assert_eq!(answers.len(), 6, "batch {batch}");
+            for (_, r) in answers {
+                let e = r.expect_err("an error");
+                assert!(!e.retryable());
+                assert!(e.to_string().contains("panicked: index 49152 out of bounds"), "{e}");
+            }
+        }
+    }
 }
