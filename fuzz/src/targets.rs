@@ -49,10 +49,12 @@ pub const TARGETS: &[Target] = &[
 fn import_row(data: &[u8], _: &Path) -> Result<(), String> {
     use distill_data::import::{ImportFormat, parse_line};
     let line = String::from_utf8_lossy(data);
-    let mut last = Ok(());
+    // Parsed if any layout takes it; a clean error (the last) if none does.
+    let (mut parsed, mut last) = (false, Ok(()));
     for f in [ImportFormat::Chat, ImportFormat::OpenR1, ImportFormat::Native] {
         match parse_line(f, "fz", "m", 0, &line) {
             Ok(traces) => {
+                parsed = true;
                 for t in traces {
                     // What the importer then checks before the writer sees it.
                     if distill_data::record::check_id(&t.id).is_ok() {
@@ -63,7 +65,7 @@ fn import_row(data: &[u8], _: &Path) -> Result<(), String> {
             Err(e) => last = Err(e.0),
         }
     }
-    last
+    if parsed { Ok(()) } else { last }
 }
 
 fn s<E: std::fmt::Display>(e: E) -> String {

@@ -35,6 +35,10 @@ pub enum BackendError {
     /// Not worth retrying (bad request, unsupported option, local engine failure).
     #[error("{0}")]
     Fatal(String),
+    /// The teacher panicked (a bug, or an input it cannot take): never retried, and a run or an
+    /// eval that meets one fails instead of reporting on fewer answers.
+    #[error("the teacher panicked: {0}")]
+    Panicked(String),
 }
 
 impl BackendError {
@@ -43,7 +47,7 @@ impl BackendError {
         match self {
             BackendError::Http { status, .. } => *status == 408 || *status == 429 || *status >= 500,
             BackendError::Transport { .. } | BackendError::Malformed { .. } => true,
-            BackendError::Fatal(_) => false,
+            BackendError::Fatal(_) | BackendError::Panicked(_) => false,
         }
     }
 

@@ -263,9 +263,9 @@ pub fn evaluate(
             match res {
                 Err(e) => {
                     failed += 1;
-                    // A request that failed for good (not a busy or flaky endpoint): the scores
-                    // would silently leave it out.
-                    if !e.retryable() && matches!(e, crate::error::BackendError::Fatal(_)) {
+                    // A panicking teacher: the scores would silently leave its problems out
+                    // (and with every request failed, "problems 0" exited 0).
+                    if matches!(e, crate::error::BackendError::Panicked(_)) {
                         fatal.get_or_insert(e);
                     }
                 }
@@ -300,7 +300,7 @@ pub fn evaluate(
         }
         if let Some(e) = fatal {
             return Err(Error::Config(format!(
-                "benchmark {}: a request failed for good ({failed} failed in all): {e}",
+                "benchmark {}: a request failed ({failed} failed in all): {e}",
                 spec.name
             )));
         }

@@ -182,3 +182,36 @@ fn majority_votes_by_equivalence() {
     assert_eq!(majority(&v(&["1/2", "0.5", "3", "\\frac{1}{2}"])).as_deref(), Some("1/2"));
     assert_eq!(majority(&[None, None]), None);
 }
+
+/// A teacher that panics on every request (a token id past the embedding did this): eval fails
+/// with the panic's message instead of exiting 0 with "problems 0, pass@1 -0.0%".
+#[test]
+fn a_panicking_teacher_fails_the_eval() {
+    struct Panics;
+    impl Teacher for Panics {
+        fn complete(&self, _: &ChatRequest) -> Result<Completion, BackendError> {
+            panic!("index out of bounds: the len is 49152 but the index is 50000")
+        }
+        fn kind(&self) -> EndpointKind {
+            EndpointKind::Synthetic
+        }
+        fn model(&self) -> String {
+            "panics".into()
+        }
+        fn describe(&self) -> String {
+            "panics".into()
+        }
+    }
+    let d = tempfile::tempdir().unwrap();
+    let bench = d.path().join("b.jsonl");
+    std::fs::write(&bench, "{\"problem\": \"1+1?\", \"answer\": \"2\"}\n").unwrap();
+    let b = vec![BenchSpec { name: "b".into(), file: bench, fields: None, limit: None }];
+    let e = evaluate(
+        &cfg(d.path().join("out"), b),
+        &[Arc::new(Panics) as Arc<dyn Teacher>],
+        |_, _, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("the teacher panicked: index out of bounds"), "{e}");
+}

@@ -44,7 +44,7 @@ fn panicked(p: Box<dyn std::any::Any + Send>) -> BackendError {
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(no message)".into());
-    BackendError::Fatal(format!("the teacher panicked: {msg}"))
+    BackendError::Panicked(msg)
 }
 
 fn no_panic(
