@@ -395,6 +395,20 @@ fn fetch(hub: &Hub, home: &Path, args: &[&str], token: Option<&str>) -> Output {
     c.output().unwrap()
 }
 
+/// `distill plan` on a training recipe whose model is `hf:SPEC` (the loader resolves it).
+fn plan_hf(hub: &Hub, dir: &Path, spec: &str, home: &Path) -> Output {
+    let model = format!("hf:{spec}");
+    let recipe =
+        common::train_recipe(dir, Path::new(&model), &dir.join("no-corpus"), &dir.join("out"), "");
+    Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(["plan", "--recipe"])
+        .arg(&recipe)
+        .env("HF_ENDPOINT", hub.url())
+        .env("HF_HOME", home)
+        .output()
+        .unwrap()
+}
+
 fn snapshot(o: &Output) -> PathBuf {
     assert!(o.status.success(), "{}", text(o));
     PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
@@ -449,20 +463,7 @@ fn fetch_verifies_resumes_and_lands_in_the_hub_cache_layout() {
     assert_eq!(before, after, "cached files were downloaded again");
 
     // A recipe names the model as hf:ORG/NAME and the loader reads the cached snapshot.
-    let recipe = common::train_recipe(
-        tmp.path(),
-        Path::new("hf:test-org/tiny"),
-        &tmp.path().join("no-corpus"),
-        &tmp.path().join("out"),
-        "",
-    );
-    let plan = Command::new(env!("CARGO_BIN_EXE_distill"))
-        .args(["plan", "--recipe"])
-        .arg(&recipe)
-        .env("HF_ENDPOINT", hub.url())
-        .env("HF_HOME", &home)
-        .output()
-        .unwrap();
+    let plan = plan_hf(&hub, tmp.path(), "test-org/tiny", &home);
     assert!(plan.status.success(), "{}", text(&plan));
     assert!(text(&plan).contains("parameters"), "{}", text(&plan));
 }
@@ -738,20 +739,7 @@ fn a_revision_is_a_git_ref_name_never_a_path() {
     let t = refused(&hub, tmp.path(), &[&rev], &["not a commit or a git ref name"]);
     assert!(hub.log().is_empty(), "refused before asking the server: {:?} {t}", hub.log());
     // Through a recipe's model (`distill plan` resolves it) too.
-    let recipe = common::train_recipe(
-        tmp.path(),
-        Path::new(&format!("hf:{rev}")),
-        &tmp.path().join("no-corpus"),
-        &tmp.path().join("out"),
-        "",
-    );
-    let plan = Command::new(env!("CARGO_BIN_EXE_distill"))
-        .args(["plan", "--recipe"])
-        .arg(&recipe)
-        .env("HF_ENDPOINT", hub.url())
-        .env("HF_HOME", tmp.path().join("hf-home"))
-        .output()
-        .unwrap();
+    let plan = plan_hf(&hub, tmp.path(), &rev, &tmp.path().join("hf-home"));
     assert_eq!(plan.status.code(), Some(1), "{}", text(&plan));
     assert!(text(&plan).contains("git ref name"), "{}", text(&plan));
     assert!(!target.exists());
