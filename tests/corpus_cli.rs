@@ -692,4 +692,15 @@ fn exports_and_imports_never_replace_or_delete_what_is_not_theirs() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("not a distill corpus"), "{}", text(&o));
     assert_eq!(std::fs::read_to_string(theirs.join("thesis.tmp")).unwrap(), "chapter 1");
+
+    // A kill between the first manifest's write and its rename leaves only
+    // `manifest.json.tmp` (and the lock): that directory is distill's own new corpus.
+    let cut = d.path().join("cut");
+    std::fs::create_dir_all(&cut).unwrap();
+    std::fs::write(cut.join(".lock"), "").unwrap();
+    std::fs::write(cut.join("manifest.json.tmp"), "{\"sch").unwrap();
+    let o = distill(&["corpus", "import", &s(&input), "--out", &s(&cut)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!cut.join("manifest.json.tmp").exists());
+    assert_eq!(Corpus::open(&cut).unwrap().len(), 5);
 }

@@ -110,8 +110,13 @@ impl CorpusWriter {
         } else {
             // A new corpus starts only in an empty (or new) directory: one that holds anything
             // but distill's lock is someone else's, and nothing in it is ours to clean up.
-            let mut others: Vec<String> =
-                list_dir(dir)?.into_iter().filter(|n| n != ".lock").collect();
+            // The one exception: a `manifest.json.tmp` alone is this writer's own first
+            // manifest, cut off by a kill before its rename; it is removed below.
+            let first_tmp = format!("{MANIFEST_FILE}.tmp");
+            let mut others: Vec<String> = list_dir(dir)?
+                .into_iter()
+                .filter(|n| n != ".lock" && *n != first_tmp)
+                .collect();
             if !others.is_empty() {
                 others.sort();
                 let shards = others.iter().filter(|n| n.ends_with(".zst")).count();
