@@ -11,7 +11,7 @@ use serde_json::json;
 
 use std::path::Path;
 
-use distill_student::sft::train::TrainConfig;
+use distill_student::train::TrainConfig;
 
 use crate::recipe::{Paths, Recipe};
 
@@ -60,12 +60,12 @@ pub fn measure(
         tok.vocab_size(),
         student_tok.vocab_size()
     );
-    let data = distill_student::sft::data::DataConfig {
+    let data = distill_student::train::data::DataConfig {
         only_passed: false,
         drop_truncated: false,
         ..train.data.clone()
     };
-    let (train_ex, mut held_out, _) = distill_student::sft::data::load(&data, &student_tok)?;
+    let (train_ex, mut held_out, _) = distill_student::train::data::load(&data, &student_tok)?;
     ensure!(
         !held_out.is_empty(),
         "the held-out split is empty ({} training examples, train.data.eval_fraction = {}); add prompts or raise eval_fraction",

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use distill_data::fsutil::atomic_write;
-use distill_student::onpolicy::run::{HeldOut, measure_held_out};
-use distill_student::sft::train::TrainConfig;
+use distill_student::onpolicy::{HeldOut, measure_held_out};
+use distill_student::train::TrainConfig;
 use serde_json::json;
 
 use crate::recipe::Loaded;
@@ -58,7 +58,7 @@ fn arm(cfg: &TrainConfig, recipe: &serde_json::Value, what: &str) -> anyhow::Res
         return Ok(a);
     }
     let resume =
-        !distill_student::sft::checkpoint::list(&cfg.output.join("checkpoints"))?.is_empty();
+        !distill_student::train::checkpoint::list(&cfg.output.join("checkpoints"))?.is_empty();
     let s = crate::cmd::train::run_train(cfg, recipe.clone(), resume)
         .with_context(|| format!("the {what} arm"))?;
     let a = Arm {

@@ -77,7 +77,7 @@ pub struct Recipe {
     #[serde(default)]
     pub filter: Option<FilterConfig>,
     #[serde(default)]
-    pub train: Option<distill_student::sft::train::TrainConfig>,
+    pub train: Option<distill_student::train::TrainConfig>,
     #[serde(default)]
     pub on_policy: Option<OnPolicyStage>,
     #[serde(default)]
@@ -176,17 +176,17 @@ pub struct OnPolicyStage {
     /// few steps' update is smaller than bf16's spacing and rounds away (measured on the
     /// quickstart: held-out reverse KL 1.33 in f32, 1.86 after a bf16 export, 2.33 before).
     #[serde(default = "f32_export")]
-    pub export_dtype: distill_student::sft::train::ExportDtype,
+    pub export_dtype: distill_student::train::ExportDtype,
     /// `[train.on_policy]`'s fields: prompts, teacher, loss, sampling, held-out prompts.
     pub policy: distill_student::onpolicy::OnPolicyConfig,
 }
 
 /// `optim` with a constant learning rate `lr` (no warmup, no decay).
 fn constant_lr(
-    optim: &distill_student::sft::optim::OptimConfig,
+    optim: &distill_student::train::optim::OptimConfig,
     lr: f64,
-) -> distill_student::sft::optim::OptimConfig {
-    distill_student::sft::optim::OptimConfig {
+) -> distill_student::train::optim::OptimConfig {
+    distill_student::train::optim::OptimConfig {
         lr,
         warmup_ratio: 0.0,
         warmup_steps: Some(0),
@@ -205,8 +205,8 @@ pub struct AgreementConfig {
     pub max_traces: usize,
 }
 
-fn f32_export() -> distill_student::sft::train::ExportDtype {
-    distill_student::sft::train::ExportDtype::F32
+fn f32_export() -> distill_student::train::ExportDtype {
+    distill_student::train::ExportDtype::F32
 }
 
 fn sixty_four() -> usize {
@@ -551,7 +551,7 @@ impl Loaded {
     pub fn filter(&self) -> anyhow::Result<&FilterConfig> {
         self.recipe.filter.as_ref().ok_or_else(|| self.missing("filter"))
     }
-    pub fn train(&self) -> anyhow::Result<&distill_student::sft::train::TrainConfig> {
+    pub fn train(&self) -> anyhow::Result<&distill_student::train::TrainConfig> {
         self.recipe.train.as_ref().ok_or_else(|| self.missing("train"))
     }
     pub fn eval(&self) -> anyhow::Result<&distill_teacher::eval::EvalConfig> {
@@ -562,7 +562,7 @@ impl Loaded {
     }
 
     /// The on-policy run `[on_policy]` makes: `[train]` continued from its export.
-    pub fn on_policy_train(&self) -> anyhow::Result<distill_student::sft::train::TrainConfig> {
+    pub fn on_policy_train(&self) -> anyhow::Result<distill_student::train::TrainConfig> {
         let (t, o) = (self.train()?, self.on_policy()?);
         let mut c = t.clone();
         c.model = t.output.join("export");
@@ -583,7 +583,7 @@ impl Loaded {
     pub fn sft_arm(
         &self,
         seconds: f64,
-    ) -> anyhow::Result<distill_student::sft::train::TrainConfig> {
+    ) -> anyhow::Result<distill_student::train::TrainConfig> {
         let (t, o) = (self.train()?, self.on_policy()?);
         let mut c = t.clone();
         c.model = t.output.join("export");

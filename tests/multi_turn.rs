@@ -8,7 +8,7 @@ mod common;
 use distill_data::{FinishReason, Message, Role};
 use distill_models::chat::ChatTemplate;
 use distill_models::tokenizer::TextTokenizer;
-use distill_student::sft::data::{DataConfig, TrainOn, example};
+use distill_student::train::data::{DataConfig, TrainOn, example};
 use serde_json::Value;
 
 const TEMPLATES: &[(&str, Option<&str>, &str)] = &[

@@ -13,8 +13,8 @@ use common::*;
 use distill_models::Arch;
 use distill_models::checkpoint::Checkpoint;
 use distill_models::device::{Autodiff, Cpu, CpuDevice};
-use distill_student::sft::parallel::ShardMode;
-use distill_student::sft::train::{Observer, TrainConfig, train};
+use distill_student::train::parallel::ShardMode;
+use distill_student::train::{Observer, TrainConfig};
 
 /// A tiny Llama or Qwen2 with SmolLM2's tokenizer, sized so that its parameter count divides by
 /// none of 2, 3, 4.
@@ -27,7 +27,7 @@ fn tiny(dir: &Path, arch: Arch) -> PathBuf {
         cfg.tie_word_embeddings = arch != Arch::Qwen3;
         cfg.hidden_size = 65;
         cfg.intermediate_size = 97;
-        let n = distill_student::sft::plan::param_count(cfg);
+        let n = distill_student::train::plan::param_count(cfg);
         assert!(
             [2, 3, 4].iter().all(|w| !n.is_multiple_of(*w)),
             "{n} parameters divide by a world size"
@@ -81,7 +81,7 @@ impl Observer for Quiet {}
 
 fn run(cfg: &TrainConfig, world: usize, resume: bool) -> Result<(), String> {
     let devices = vec![CpuDevice::default(); world];
-    train::<Autodiff<Cpu>>(cfg, serde_json::Value::Null, devices, resume, &mut Quiet)
+    distill_student::sft::train::<Autodiff<Cpu>>(cfg, serde_json::Value::Null, devices, resume, &mut Quiet)
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
@@ -204,12 +204,12 @@ fn every_world_size_and_shard_mode_gives_the_single_device_run() {
 fn kd_corpus(dir: &Path, model: &Path, corpus: &Path) -> PathBuf {
     use distill_data::{Corpus, CorpusWriter, TokenLogprobs, WriterOptions};
     let tok = distill_models::tokenizer::TextTokenizer::from_dir(model).unwrap();
-    let cfg: distill_student::sft::data::DataConfig = toml::from_str(&format!(
+    let cfg: distill_student::train::data::DataConfig = toml::from_str(&format!(
         "corpus = [\"{}\"]\nmax_seq_len = 96\neval_fraction = 0.0\n",
         corpus.display()
     ))
     .unwrap();
-    let (examples, _, _) = distill_student::sft::data::load(&cfg, &tok).unwrap();
+    let (examples, _, _) = distill_student::train::data::load(&cfg, &tok).unwrap();
     let by_id: BTreeMap<String, Vec<u32>> = examples
         .into_iter()
         .map(|e| {
@@ -596,7 +596,7 @@ fn multi_node_mistakes_fail_at_start_with_a_clear_message() {
     ]);
     assert!(!o.status.success() && text(&o).contains("tracel-ai/burn#4549"), "{}", text(&o));
     // SAFETY: set before any thread of this test reads it; the value only gates multi-node runs.
-    unsafe { std::env::set_var(distill_student::sft::parallel::MULTINODE_ENV, "1") };
+    unsafe { std::env::set_var(distill_student::train::parallel::MULTINODE_ENV, "1") };
     // Nobody at the coordinator: a bounded wait, then an error that says what to check.
     let t0 = Instant::now();
     let o = distill(&[

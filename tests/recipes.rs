@@ -6,9 +6,9 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{distill, text};
-use distill_student::sft::parallel::{Offload, ShardMode};
-use distill_student::sft::plan::{MemoryPlan, RunShape, known_config, min_ranks};
-use distill_student::sft::train::TrainConfig;
+use distill_student::train::parallel::{Offload, ShardMode};
+use distill_student::train::plan::{MemoryPlan, RunShape, known_config, min_ranks};
+use distill_student::train::TrainConfig;
 
 fn shipped() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");

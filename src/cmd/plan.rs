@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use distill_models::ModelConfig;
-use distill_student::sft::parallel::ShardMode;
-use distill_student::sft::plan::{MemoryPlan, RunShape, known_config, min_ranks};
-use distill_student::sft::train::{TrainConfig, machine_memory_gb};
+use distill_student::train::parallel::ShardMode;
+use distill_student::train::plan::{MemoryPlan, RunShape, known_config, min_ranks};
+use distill_student::train::{TrainConfig, machine_memory_gb};
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -182,7 +182,7 @@ fn run_stage(stage: Stage, l: &Loaded) -> anyhow::Result<serde_json::Value> {
         Stage::Train => {
             let t = l.train()?;
             let resume =
-                !distill_student::sft::checkpoint::list(&t.output.join("checkpoints"))?.is_empty();
+                !distill_student::train::checkpoint::list(&t.output.join("checkpoints"))?.is_empty();
             let s = crate::cmd::train::run_train(t, serde_json::to_value(&l.resolved)?, resume)?;
             println!(
                 "  {} steps; held-out loss {}; export {}",

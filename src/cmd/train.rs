@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use distill_student::sft::data::DataReport;
-use distill_student::sft::train::{Observer, StepMetrics, Summary, TrainConfig, train};
+use distill_student::train::data::DataReport;
+use distill_student::train::{Observer, StepMetrics, Summary, TrainConfig};
 use indicatif::ProgressBar;
 
 use crate::recipe::{RecipeArgs, Stage};
@@ -148,27 +148,21 @@ pub fn run_train(
     let eval_name = if cfg.on_policy.is_some() { "held-out reverse KL" } else { "eval loss" };
     let mut obs = Bar { pb: crate::progress::bar(Some(1), "steps"), eval_name };
     if let Some(op) = &cfg.on_policy {
-        anyhow::ensure!(
-            kinds.len() * nodes == 1,
-            "[train.on_policy] runs on one device for now ([train.parallel] devices names {})",
-            kinds.len() * nodes
-        );
         same_vocabulary(&cfg.model, &op.teacher)?;
         let judge = math_judge();
-        // The teacher behind an endpoint, or (built on the device below) the local engine.
+        // The teacher behind an endpoint, or (built on the first device below) the local engine.
         let mut endpoint = endpoint_scorer(op)?;
         let summary = crate::backend::dispatch_many!(kinds, |B, devices| {
-            let device = devices[0].clone();
-            let scorer: Box<dyn distill_models::score::Scorer> = match endpoint.take() {
+            let mut scorer: Box<dyn distill_models::score::Scorer + Send> = match endpoint.take() {
                 Some(e) => Box::new(e),
-                None => Box::new(local_scorer::<B>(op, &device)?),
+                None => Box::new(local_scorer::<B>(op, &devices[0])?),
             };
-            distill_student::onpolicy::run::train_on_policy::<burn::backend::Autodiff<B>>(
+            distill_student::onpolicy::train_on_policy::<burn::backend::Autodiff<B>>(
                 cfg,
-                scorer.as_ref(),
+                scorer.as_mut(),
                 Some(&judge),
                 recipe,
-                device,
+                devices,
                 resume,
                 &mut obs,
             )
@@ -182,14 +176,14 @@ pub fn run_train(
     }
     let summary = crate::backend::dispatch_many!(kinds, |B, devices| {
         if cfg.activation_checkpointing {
-            train::<
+            distill_student::sft::train::<
                 burn::backend::Autodiff<
                     B,
                     burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing,
                 >,
             >(cfg, recipe, devices, resume, &mut obs)
         } else {
-            train::<burn::backend::Autodiff<B>>(cfg, recipe, devices, resume, &mut obs)
+            distill_student::sft::train::<burn::backend::Autodiff<B>>(cfg, recipe, devices, resume, &mut obs)
         }
     })?;
     obs.pb.finish_and_clear();

@@ -7,7 +7,7 @@ use burn::tensor::TensorData;
 use burn::tensor::activation::{log_softmax, softmax};
 use serde::Serialize;
 
-use crate::sft::data::Example;
+use crate::train::data::Example;
 use distill_models::masks;
 use distill_models::model::{AttnMask, CausalLm};
 use distill_models::rope::Rope;

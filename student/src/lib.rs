@@ -1,7 +1,9 @@
-//! `distill-student`: the SFT stage. Trace data → packed batches ([`sft::data`], [`sft::pack`]) →
-//! cross-entropy and logit distillation ([`sft::loss`], [`lm_head_loss`]) → AdamW ([`sft::optim`])
-//! → the trainer ([`sft::train`]) with data parallelism ([`sft::parallel`]), checkpoints
-//! ([`sft::checkpoint`]) and the memory planner ([`sft::plan`]); and the student-teacher
+//! `distill-student`: the student's training. One loop ([`train::run`]) for every objective:
+//! SFT and offline logit distillation on a trace corpus ([`sft`]), and on-policy distillation
+//! ([`onpolicy`]), each a [`train::BatchSource`]; packed batches ([`train::pack`]), the losses
+//! ([`train::loss`], [`train::divergence`], [`lm_head_loss`]), AdamW ([`train::optim`]), data
+//! parallelism and sharding ([`train::parallel`], [`train::fsdp`]), checkpoints
+//! ([`train::checkpoint`]) and the memory planner ([`train::plan`]); and the student-teacher
 //! agreement score ([`agreement`]). The models themselves live in `distill-models`.
 
 pub mod agreement;
@@ -9,5 +11,6 @@ pub mod error;
 pub mod lm_head_loss;
 pub mod onpolicy;
 pub mod sft;
+pub mod train;
 
 pub use error::{Error, Result};

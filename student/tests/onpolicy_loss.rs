@@ -9,11 +9,11 @@ use burn::tensor::DType;
 use distill_models::device::{Autodiff, Cpu, CpuDevice};
 use distill_models::hf;
 use distill_models::rope::Rope;
-use distill_student::onpolicy::loss::Divergence;
-use distill_student::sft::data::{Example, KdTargets};
-use distill_student::sft::optim::{AdamW, OptimConfig};
-use distill_student::sft::pack;
-use distill_student::sft::train::{StepSpec, single_step};
+use distill_student::train::divergence::Divergence;
+use distill_student::train::data::{Example, KdTargets};
+use distill_student::train::optim::{AdamW, OptimConfig};
+use distill_student::train::pack;
+use distill_student::train::{StepSpec, single_step};
 use serde_json::Value;
 
 type B = Autodiff<Cpu>;

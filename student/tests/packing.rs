@@ -7,9 +7,9 @@ use burn::prelude::*;
 use distill_models::device::{Cpu, CpuDevice};
 use distill_models::hf;
 use distill_models::rope::Rope;
-use distill_student::sft::data::Example;
-use distill_student::sft::loss::losses;
-use distill_student::sft::pack;
+use distill_student::train::data::Example;
+use distill_student::train::loss::losses;
+use distill_student::train::pack;
 
 #[test]
 fn packed_documents_lose_what_they_lose_alone() {

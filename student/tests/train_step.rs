@@ -13,10 +13,10 @@ use distill_models::device::{Autodiff, Cpu, CpuDevice};
 use distill_models::hf;
 use distill_models::rope::Rope;
 use distill_models::weights::{Collect, WeightSink};
-use distill_student::sft::data::Example;
-use distill_student::sft::optim::{AdamW, OptimConfig};
-use distill_student::sft::pack;
-use distill_student::sft::train::optimizer_step;
+use distill_student::train::data::Example;
+use distill_student::train::optim::{AdamW, OptimConfig};
+use distill_student::train::pack;
+use distill_student::train::optimizer_step;
 use serde_json::Value;
 
 type B = Autodiff<Cpu>;

@@ -16,7 +16,7 @@ use distill_models::ModelConfig;
 use distill_models::device::{Cpu, CpuDevice, DeviceKind};
 use distill_models::generate::{Completion, Engine, SamplingParams};
 use distill_models::weights::RandomSource;
-use distill_student::sft::train::CastParams;
+use distill_student::train::CastParams;
 use serde_json::json;
 
 #[derive(clap::Args, Clone)]
@@ -128,7 +128,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let decode_tps =
         generated.saturating_sub(a.batch) as f64 / (out.secs - out.prefill_s).max(1e-9);
     let mut result = json!({
-        "model": a.model, "params": distill_student::sft::plan::param_count(&cfg), "device": format!("{:?}", a.device),
+        "model": a.model, "params": distill_student::train::plan::param_count(&cfg), "device": format!("{:?}", a.device),
         "dtype": a.dtype, "batch": a.batch, "prompt_len": a.prompt_len, "max_tokens": a.max_tokens,
         "generated": generated, "secs": out.secs, "prefill_s": out.prefill_s, "decode_tokens_per_s": decode_tps,
         "tokens_per_s": generated as f64 / out.secs,

@@ -9,8 +9,8 @@ use distill_models::ModelConfig;
 use distill_models::checkpoint::Checkpoint;
 use distill_models::device::{Cpu, CpuDevice};
 use distill_models::weights::CheckpointSource;
-use distill_student::sft::fsdp::{Fsdp, FsdpOptions};
-use distill_student::sft::parallel::{Comm, Layout, Parallel, ShardMode, launch};
+use distill_student::train::fsdp::{Fsdp, FsdpOptions};
+use distill_student::train::parallel::{Comm, Layout, Parallel, ShardMode, launch};
 use serde_json::json;
 
 #[derive(clap::Args)]

@@ -78,7 +78,7 @@ pub fn machine() -> String {
 
 /// The process's peak resident memory (VmHWM), MB.
 pub fn peak_rss_mb() -> f64 {
-    distill_student::sft::train::host_peak_rss_mb().unwrap_or(0.0)
+    distill_student::train::host_peak_rss_mb().unwrap_or(0.0)
 }
 
 /// Append one JSON result line to `path` (the benchmark's `--json`).

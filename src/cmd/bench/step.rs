@@ -16,12 +16,12 @@ use distill_models::device::{Autodiff, Cpu, CpuDevice, parse_devices};
 use distill_models::kernels::{self, KernelCounts};
 use distill_models::rope::Rope;
 use distill_models::weights::{Collect, RandomSource, WeightSink};
-use distill_student::sft::fsdp::{Fsdp, FsdpOptions, fsdp_step};
-use distill_student::sft::optim::{AdamW, OptimConfig};
-use distill_student::sft::pack::Batch;
-use distill_student::sft::parallel::{Comm, Layout, Offload, Parallel, ShardMode, launch};
-use distill_student::sft::plan::{MemoryPlan, RunShape, known_config};
-use distill_student::sft::train::{StepSpec, parallel_step};
+use distill_student::train::fsdp::{Fsdp, FsdpOptions, fsdp_step};
+use distill_student::train::optim::{AdamW, OptimConfig};
+use distill_student::train::pack::Batch;
+use distill_student::train::parallel::{Comm, Layout, Offload, Parallel, ShardMode, launch};
+use distill_student::train::plan::{MemoryPlan, RunShape, known_config};
+use distill_student::train::{StepSpec, parallel_step};
 use serde_json::json;
 
 #[derive(clap::Args, Clone)]
@@ -212,7 +212,7 @@ fn run_rank<B: AutodiffBackend>(
     let offload = if a.offload { Offload::Cpu } else { Offload::None };
     let optim =
         OptimConfig { lr: 1e-3, warmup_steps: Some(0), weight_decay: 0.01, ..Default::default() };
-    if distill_student::sft::train::uses_units(mode, world, a.checkpointing, offload) {
+    if distill_student::train::uses_units(mode, world, a.checkpointing, offload) {
         let opts = FsdpOptions {
             recompute: a.checkpointing,
             prefetch: a.prefetch,
@@ -347,7 +347,7 @@ fn run_one(a: Args) -> anyhow::Result<ExitCode> {
         &a, &cfg, devices, compare
     ))?;
     let wall = t0.elapsed().as_secs_f64();
-    let params = distill_student::sft::plan::param_count(&cfg);
+    let params = distill_student::train::plan::param_count(&cfg);
     let tokens = (rows * seq * a.grad_accum) as f64;
     // Steady state: the steps after the first (which compiles kernels on a GPU).
     // Steady state: the median of the steps after the first. On a GPU the first steps compile and
@@ -378,7 +378,7 @@ fn run_one(a: Args) -> anyhow::Result<ExitCode> {
     } else {
         serde_json::Value::Null
     };
-    let peak = a.peak_tflops.unwrap_or_else(distill_student::sft::train::cpu_peak_tflops)
+    let peak = a.peak_tflops.unwrap_or_else(distill_student::train::cpu_peak_tflops)
         * 1e12
         * world as f64;
     let mfu = 6.0 * params as f64 * tokens / step_s / peak;

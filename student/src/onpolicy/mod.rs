@@ -1,9 +1,9 @@
 //! On-policy distillation: the student samples, the teacher scores every sampled token, and the
-//! student minimises a per-token divergence to the teacher on its own samples ([`loss`]); the
-//! loop is [`run`]. Recipe section `[train.on_policy]` ([`OnPolicyConfig`]).
+//! student minimises a per-token divergence to the teacher on its own samples
+//! ([`crate::train::divergence`]); the
+//! loop is the one training loop, fed by [`source`]. Recipe section `[train.on_policy]` ([`OnPolicyConfig`]).
 
-pub mod loss;
-pub mod run;
+pub mod source;
 
 use std::path::PathBuf;
 
@@ -11,7 +11,8 @@ use distill_data::FieldMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use loss::Divergence;
+use crate::train::divergence::Divergence;
+pub use source::{HeldOut, Judge, measure_held_out, samples_dir, train_on_policy};
 
 /// `loss = …` in `[train.on_policy]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -330,3 +330,43 @@ pub fn load(
     }
     Ok((train, eval, report))
 }
+
+
+/// Check that the student's tokenizer has every special token its chat template writes.
+pub fn check_template_tokens(tok: &TextTokenizer) -> Result<()> {
+    let chat = tok
+        .chat
+        .as_ref()
+        .ok_or_else(|| Error::Tokenizer("the student has no chat template".into()))?;
+    let probe = [distill_data::Message::new(distill_data::Role::User, "hi")];
+    let (text, _) = chat.render_for_training(&probe, "ok")?;
+    let mut missing = Vec::new();
+    for (open, close) in [("<|", "|>"), ("<｜", "｜>")] {
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find(open) {
+            let Some(j) = rest[i..].find(close) else { break };
+            let token = &rest[i..i + j + close.len()];
+            if tok.token_id(token).is_none() && !missing.contains(&token.to_string()) {
+                missing.push(token.to_string());
+            }
+            rest = &rest[i + j + close.len()..];
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Tokenizer(format!(
+            "the chat template writes special tokens the tokenizer does not have: {}",
+            missing.join(", ")
+        )))
+    }
+}
+
+/// The id that pads batches: the tokenizer's pad token, else its EOS, else 0.
+pub fn pad_id(tok: &TextTokenizer) -> u32 {
+    tok.pad_token
+        .as_deref()
+        .and_then(|p| tok.token_id(p))
+        .or_else(|| tok.eos_token.as_deref().and_then(|e| tok.token_id(e)))
+        .unwrap_or(0)
+}

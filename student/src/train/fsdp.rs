@@ -60,7 +60,8 @@ use super::loss::{Head, LossSums, inputs, losses_from_hidden};
 use super::optim::AdamW;
 use super::pack::Batch;
 use super::parallel::Parallel;
-use super::train::{StepOutcome, StepSpec, mean_losses, sums_of_squares};
+use super::divergence::Divergence;
+use super::step::{StepOutcome, StepSpec, mean_losses, sums_of_squares};
 use crate::error::{Error, Result};
 use distill_models::ModelConfig;
 use distill_models::device::{Cpu, CpuDevice};
@@ -222,13 +223,32 @@ impl<I: Backend> Fsdp<I> {
     /// spec order) for a checkpoint or an export; the other ranks get an empty list. One unit is
     /// gathered at a time.
     pub fn consolidate(&self, par: &Parallel<I>, device: &I::Device) -> Result<Vec<NamedTensor>> {
+        self.gather_whole(par, device, par.rank() == 0)
+    }
+
+    /// [`Self::consolidate`] on every rank: each gets the whole model (an on-policy rank samples
+    /// from it).
+    pub fn whole_on_every_rank(
+        &self,
+        par: &Parallel<I>,
+        device: &I::Device,
+    ) -> Result<Vec<NamedTensor>> {
+        self.gather_whole(par, device, true)
+    }
+
+    fn gather_whole(
+        &self,
+        par: &Parallel<I>,
+        device: &I::Device,
+        keep: bool,
+    ) -> Result<Vec<NamedTensor>> {
         let mut out = Vec::new();
         let mut all: Vec<Range<usize>> = vec![self.units.embed.clone()];
         all.extend(self.units.layers.iter().cloned());
         all.push(self.units.head.clone());
         for unit in all {
             let full = self.gather_f32(par, unit.clone(), device)?;
-            if par.rank() != 0 {
+            if !keep {
                 continue;
             }
             for (i, t) in unit.zip(full) {
@@ -469,7 +489,7 @@ struct Rounds<I: Backend> {
 }
 
 /// One optimizer step under parameter sharding; the same contract as
-/// [`parallel_step`](super::train::parallel_step) (every rank passes the same `micro`; micro-batch
+/// [`parallel_step`](super::step::parallel_step) (every rank passes the same `micro`; micro-batch
 /// i runs on rank i mod world).
 pub fn fsdp_step<B: AutodiffBackend>(
     f: &mut Fsdp<B::InnerBackend>,
@@ -494,7 +514,7 @@ pub fn fsdp_step<B: AutodiffBackend>(
             pending: Pending::Idle,
             waited: 0.0,
         };
-        rounds::<B>(f, rope, micro, w, n_tokens, n_kd, device, &mut comms)
+        rounds::<B>(f, rope, micro, (w, spec.objective), n_tokens, n_kd, device, &mut comms)
     })?;
     let Rounds { acc, ce_total, kd_total, mut comm_s } = r;
 
@@ -563,7 +583,7 @@ fn rounds<B: AutodiffBackend>(
     f: &Fsdp<B::InnerBackend>,
     rope: &Rope<B>,
     micro: &[Batch],
-    w: f64,
+    (w, objective): (f64, Option<Divergence>),
     n_tokens: usize,
     n_kd: usize,
     device: &B::Device,
@@ -649,7 +669,11 @@ fn rounds<B: AutodiffBackend>(
             let wsh = leaves::<B>(wh.take().expect("gathered above"), true);
             let wse = we.take().map(|we| leaves::<B>(we, true));
             let (norm, head) = build_head::<B>(&view, &wsh, wse.as_ref().map(|v| v[0].clone()));
-            let l: LossSums<B> = losses_from_hidden(&head, norm.forward(xl.clone()), b, device);
+            let hidden = norm.forward(xl.clone());
+            let l: LossSums<B> = match objective {
+                None => losses_from_hidden(&head, hidden, b, device),
+                Some(d) => super::divergence::losses_from_hidden(&head, hidden, b, device, d),
+            };
             let loss = l.objective(w, n_tokens, n_kd, &mut ce_total, &mut kd_total);
             let grads = loss.backward();
             gh = leaf_grads::<B>(&wsh, &grads);

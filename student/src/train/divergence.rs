@@ -26,8 +26,8 @@ use burn::tensor::TensorData;
 use burn::tensor::activation::log_softmax;
 use serde::{Deserialize, Serialize};
 
-use crate::sft::loss::{Head, LossSums, inputs};
-use crate::sft::pack::Batch;
+use super::loss::{Head, LossSums, inputs};
+use super::pack::Batch;
 use distill_models::model::CausalLm;
 use distill_models::rope::Rope;
 

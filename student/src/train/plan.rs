@@ -34,7 +34,7 @@
 use serde::Serialize;
 
 use super::parallel::ShardMode;
-use super::train::TrainConfig;
+use super::config::TrainConfig;
 use distill_models::config::ModelConfig;
 
 /// Exact parameter count of a config (weights, biases, norms; every expert of an MoE).
