@@ -22,17 +22,17 @@ fn keep_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
 }
 
-mod agreement;
 mod backend;
+mod chat;
 mod cmd;
 mod cpu_kernel;
 mod hub;
 mod models;
-mod onpolicy_stage;
 mod plot;
 mod progress;
 mod recipe;
 mod report;
+mod stages;
 
 #[derive(Parser)]
 #[command(

@@ -580,10 +580,7 @@ impl Loaded {
 
     /// The SFT arm of `[on_policy] compare`: `[train]` continued from the same export, at the
     /// on-policy learning rate, for `seconds` of optimizer steps.
-    pub fn sft_arm(
-        &self,
-        seconds: f64,
-    ) -> anyhow::Result<distill_student::train::TrainConfig> {
+    pub fn sft_arm(&self, seconds: f64) -> anyhow::Result<distill_student::train::TrainConfig> {
         let (t, o) = (self.train()?, self.on_policy()?);
         let mut c = t.clone();
         c.model = t.output.join("export");
@@ -830,19 +827,17 @@ impl Input {
 }
 
 fn backend_inputs(what: &str, b: &distill_teacher::run::BackendConfig) -> Vec<Input> {
-    match b.kind {
-        distill_teacher::run::BackendKind::Openai => b
-            .endpoints
+    match b {
+        distill_teacher::run::BackendConfig::Openai { endpoints } => endpoints
             .iter()
             .map(|e| Input {
                 what: format!("{what} endpoint"),
                 kind: InputKind::Endpoint(e.base_url.clone()),
             })
             .collect(),
-        distill_teacher::run::BackendKind::Local => match &b.local {
-            Some(l) => vec![Input::model(&format!("{what} local model_dir"), &l.model_dir)],
-            None => vec![],
-        },
+        distill_teacher::run::BackendConfig::Local { local, .. } => {
+            vec![Input::model(&format!("{what} local model_dir"), &local.model_dir)]
+        }
     }
 }
 

@@ -148,7 +148,7 @@ fn the_students_reverse_kl_falls_on_its_own_samples() {
 /// Issue 28: on-policy distillation runs in the one training loop, so it runs data parallel with
 /// its sampling split over the ranks: 2 and 3 CPU peers, with whole (`none`) or sharded
 /// (`parameters`) weights, give the one-device run's step losses, sample figures and held-out
-/// reverse KL within 1e-6. The prompts are sampled in groups of `batch` = 2, group g on rank
+/// reverse KL within 1e-6 (gradient norms within 1e-5). The prompts are sampled in groups of `batch` = 2, group g on rank
 /// g mod world, and the 6 samples of a step make 3 micro-batches of 2.
 #[test]
 fn on_policy_on_two_and_three_peers_gives_the_one_device_run() {
@@ -163,16 +163,18 @@ fn on_policy_on_two_and_three_peers_gives_the_one_device_run() {
     let (teacher, student) = (cut(&[0, 1, 28, 29], "teacher"), cut(&[0, 29], "student"));
     let run = |name: &str, devices: &str, shard: &str| -> Vec<serde_json::Value> {
         let out = d.path().join(name);
-        let r = recipe_steps(d.path(), &student, &teacher, &out, "", 3);
+        let r = recipe_steps(d.path(), &student, &teacher, &out, "", 2);
         let mut args: Vec<String> =
-            ["train", "--recipe", r.to_str().unwrap(), "--devices", devices].map(String::from).into();
+            ["train", "--recipe", r.to_str().unwrap(), "--devices", devices]
+                .map(String::from)
+                .into();
         for set in [
             "train.micro_batch=2",
-            "train.eval_every=2",
+            "train.eval_every=0",
             "train.save_every=0",
             "train.on_policy.prompts_per_step=6",
             "train.on_policy.batch=2",
-            "train.on_policy.max_tokens=12",
+            "train.on_policy.max_tokens=10",
             "train.on_policy.eval_prompts=4",
             &format!("train.parallel.shard=\"{shard}\""),
         ] {
@@ -182,9 +184,9 @@ fn on_policy_on_two_and_three_peers_gives_the_one_device_run() {
         let o = distill(&args);
         assert!(o.status.success(), "{name}: {}", text(&o));
         let samples = distill_data::Corpus::open(&out.join("on-policy")).unwrap();
-        assert_eq!(samples.len(), 18, "{name}: every sample committed once");
+        assert_eq!(samples.len(), 12, "{name}: every sample committed once");
         if shard == "parameters" {
-            let shards = out.join("checkpoints/step-000003/optimizer/shards.json");
+            let shards = out.join("checkpoints/step-000002/optimizer/shards.json");
             let s = std::fs::read_to_string(&shards).unwrap();
             assert!(s.contains("parameters"), "{name} did not run sharded: {s}");
         }
@@ -202,8 +204,8 @@ fn on_policy_on_two_and_three_peers_gives_the_one_device_run() {
             .collect()
     };
     let want = figures(&base);
-    assert_eq!(want.iter().filter(|(_, k, _)| k == "loss").count(), 3);
-    assert_eq!(want.iter().filter(|(_, k, _)| k == "eval_reverse_kl").count(), 3, "{want:?}");
+    assert_eq!(want.iter().filter(|(_, k, _)| k == "loss").count(), 2);
+    assert_eq!(want.iter().filter(|(_, k, _)| k == "eval_reverse_kl").count(), 2, "{want:?}");
     for (devices, world) in [("cpu:2", 2), ("cpu:3", 3)] {
         for shard in ["none", "parameters"] {
             let name = format!("{shard}-{world}");
@@ -212,8 +214,10 @@ fn on_policy_on_two_and_three_peers_gives_the_one_device_run() {
             assert_eq!(got.len(), want.len(), "{name}: {got:?} against {want:?}");
             for ((s, k, x), (s2, k2, y)) in want.iter().zip(&got) {
                 assert_eq!((s, k), (s2, k2), "{name}");
+                // The gradient norm sums squares over ranks in the collective's order: 1e-5.
+                let tol = if k == "grad_norm" { 1e-5 } else { 1e-6 };
                 let rel = (x - y).abs() / x.abs().max(1e-12);
-                assert!(rel <= 1e-6, "{name}: step {s} {k}: {y} against one device's {x}");
+                assert!(rel <= tol, "{name}: step {s} {k}: {y} against one device's {x}");
             }
             assert!(m.iter().filter(|v| v.get("loss").is_some()).all(|v| v["world"] == world));
         }

@@ -81,9 +81,15 @@ impl Observer for Quiet {}
 
 fn run(cfg: &TrainConfig, world: usize, resume: bool) -> Result<(), String> {
     let devices = vec![CpuDevice::default(); world];
-    distill_student::sft::train::<Autodiff<Cpu>>(cfg, serde_json::Value::Null, devices, resume, &mut Quiet)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    distill_student::sft::train::<Autodiff<Cpu>>(
+        cfg,
+        serde_json::Value::Null,
+        devices,
+        resume,
+        &mut Quiet,
+    )
+    .map(|_| ())
+    .map_err(|e| e.to_string())
 }
 
 fn metrics(output: &Path) -> Vec<serde_json::Value> {

@@ -6,9 +6,9 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{distill, text};
+use distill_student::train::TrainConfig;
 use distill_student::train::parallel::{Offload, ShardMode};
 use distill_student::train::plan::{MemoryPlan, RunShape, known_config, min_ranks};
-use distill_student::train::TrainConfig;
 
 fn shipped() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");
@@ -220,4 +220,44 @@ fn eval_and_rejection_sampling_may_not_judge_answers_differently() {
     std::fs::write(&bad, base.replace("boxed_only = false", "boxd_only = false")).unwrap();
     let o = distill(&["check-recipe", bad.to_str().unwrap()]);
     assert!(!o.status.success() && text(&o).contains("boxd_only"), "{}", text(&o));
+}
+
+/// Issue 28: `[train.on_policy.endpoint]` is the endpoint type `[generate.backend]` uses, so
+/// `check-recipe` names a misspelled field in it (it was an untyped table, read only at run time).
+#[test]
+fn a_misspelled_endpoint_field_is_refused_by_check_recipe() {
+    let d = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/quickstart-onpolicy.toml"),
+    )
+    .unwrap();
+    let section = |field: &str| {
+        format!(
+            "\n[on_policy.policy.endpoint]\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"teacher\"\n{field} = 2\n"
+        )
+    };
+    let good = d.path().join("good.toml");
+    std::fs::write(&good, format!("{base}{}", section("concurrency"))).unwrap();
+    let o = distill(&["check-recipe", good.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let bad = d.path().join("bad.toml");
+    std::fs::write(&bad, format!("{base}{}", section("concurency"))).unwrap();
+    let o = distill(&["check-recipe", bad.to_str().unwrap()]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("concurency"), "{}", text(&o));
+
+    // `[generate.backend]` is one variant per kind: a field of the other kind, or a misspelled
+    // one, is refused and named.
+    let local = "kind = \"local\"\nlocal = { model_dir = \"{teacher}\", batch = 16 }";
+    assert!(base.contains(local), "the quickstart's backend changed");
+    for (bad_backend, field) in [
+        (local.replace("\"local\"\n", "\"openai\"\n"), "local"),
+        (format!("{local}\ndevise = \"cpu\""), "devise"),
+    ] {
+        let bad = d.path().join(format!("backend-{field}.toml"));
+        std::fs::write(&bad, base.replace(local, &bad_backend)).unwrap();
+        let o = distill(&["check-recipe", bad.to_str().unwrap()]);
+        assert!(!o.status.success(), "{field}: {}", text(&o));
+        assert!(text(&o).contains(&format!("`{field}`")), "{field}: {}", text(&o));
+    }
 }

@@ -6,6 +6,7 @@
 
 pub mod columnar;
 pub mod corpus;
+pub mod endpoint;
 pub mod error;
 pub mod fsutil;
 pub mod import;

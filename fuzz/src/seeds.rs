@@ -8,6 +8,12 @@ use distill_data::{CorpusWriter, WriterOptions, synth};
 use distill_models::hf::{self, Assets, ExportOptions};
 use distill_models::{ModelConfig, spec};
 
+/// A tiny Llama's `config.json`: the checkpoint bytes are fuzzed against it.
+pub const TINY_CONFIG: &str = r#"{"architectures":["LlamaForCausalLM"],"model_type":"llama",
+"hidden_size":8,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2,
+"num_key_value_heads":1,"head_dim":4,"vocab_size":8,"max_position_embeddings":32,
+"rms_norm_eps":1e-6,"rope_theta":10000.0,"tie_word_embeddings":false,"dtype":"float32"}"#;
+
 /// The valid corpus the `manifest` and `shard` targets pair their input with.
 pub static MANIFEST: OnceLock<Vec<u8>> = OnceLock::new();
 pub static SHARD: OnceLock<Vec<u8>> = OnceLock::new();
@@ -81,8 +87,8 @@ pub fn make(seeds: &Path, templates: &Path) -> anyhow::Result<()> {
             )?;
         }
     }
-    // A tiny Llama checkpoint matching `targets::TINY_CONFIG`.
-    let cfg = ModelConfig::from_json(crate::targets::TINY_CONFIG)?;
+    // A tiny Llama checkpoint matching [`TINY_CONFIG`].
+    let cfg = ModelConfig::from_json(TINY_CONFIG)?;
     let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = spec::param_specs(&cfg)
         .into_iter()
         .map(|p| {

@@ -80,17 +80,11 @@ fn gguf(data: &[u8], dir: &Path) -> Result<(), String> {
     import::import(&path, &dir.join("out"), &opts).map(drop).map_err(s)
 }
 
-/// A tiny Llama's `config.json`: the checkpoint bytes are fuzzed against it.
-pub const TINY_CONFIG: &str = r#"{"architectures":["LlamaForCausalLM"],"model_type":"llama",
-"hidden_size":8,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2,
-"num_key_value_heads":1,"head_dim":4,"vocab_size":8,"max_position_embeddings":32,
-"rms_norm_eps":1e-6,"rope_theta":10000.0,"tie_word_embeddings":false,"dtype":"float32"}"#;
-
 /// Loading a model directory: safetensors header, tensor table, dtypes, shapes against the config.
 fn safetensors(data: &[u8], dir: &Path) -> Result<(), String> {
     let st = dir.join("st");
     std::fs::create_dir_all(&st).map_err(s)?;
-    std::fs::write(st.join("config.json"), TINY_CONFIG).map_err(s)?;
+    std::fs::write(st.join("config.json"), crate::seeds::TINY_CONFIG).map_err(s)?;
     std::fs::write(st.join("model.safetensors"), data).map_err(s)?;
     hf::load_model::<NdArray>(&st, &Default::default()).map(drop).map_err(s)
 }

@@ -160,6 +160,37 @@ impl TextTokenizer {
         ids
     }
 
+    /// How `other`'s vocabulary differs from this one (id → token, as each maps them), or `None`
+    /// when they are the same. Embedding sizes may differ (Qwen2.5 pads its embeddings past the
+    /// tokenizer's ids), which is compatible: only the ids the tokenizers know are compared.
+    /// Worded for a student (`self`) against its teacher (`other`).
+    pub fn vocabulary_difference(&self, other: &TextTokenizer) -> Option<String> {
+        let by_id = |tok: &TextTokenizer| {
+            let mut v: Vec<(u32, String)> =
+                tok.inner().get_vocab(true).into_iter().map(|(t, i)| (i, t)).collect();
+            v.sort();
+            v
+        };
+        let (sv, tv) = (by_id(self), by_id(other));
+        let first = sv.iter().zip(&tv).find(|(a, b)| a != b).map(|(a, b)| (a.clone(), b.clone()));
+        Some(match (first, sv.len().cmp(&tv.len())) {
+            (None, std::cmp::Ordering::Equal) => return None,
+            (Some(((i, a), (j, b))), _) if i == j => {
+                format!("the first differing id is {i}: {a:?} in the student, {b:?} in the teacher")
+            }
+            (Some(((i, a), (j, b))), _) => format!(
+                "the first difference is at id {}: the student has {a:?} = {i}, the teacher {b:?} = {j}",
+                i.min(j)
+            ),
+            (None, _) => format!(
+                "the first {} ids agree, but the student has {} ids and the teacher {}",
+                sv.len().min(tv.len()),
+                sv.len(),
+                tv.len()
+            ),
+        })
+    }
+
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }

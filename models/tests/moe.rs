@@ -239,7 +239,7 @@ fn a_missing_expert_tensor_is_named() {
     assert!(e.contains(gone), "{e}");
 }
 
-/// Expert load is recorded per sparse layer while asked for (every token counted `top_k` times),
+/// Expert load comes back from the forward pass per sparse layer (every token counted `top_k` times),
 /// and DeepSeek-V3's bias update moves each expert's score-correction bias by the rate toward
 /// balance: down for the overloaded, up for the idle.
 #[test]
@@ -250,16 +250,16 @@ fn routing_load_is_recorded_and_the_v3_bias_moves_toward_balance() {
     let (b, t) = (2, 9);
     let ids: Vec<i64> = (0..(b * t) as i64).map(|i| 3 + (i * 7) % 90).collect();
     let x = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(ids, [b, t]), &dev);
-    distill_models::model::routing_load::start();
-    m.model.forward(x, masks::positions(b, t, 0, &dev), &rope, &AttnMask::Causal);
-    let load = distill_models::model::routing_load::take().unwrap();
+    let pos = || masks::positions(b, t, 0, &dev);
+    let (_, load) = m.model.forward_hidden_routed(x.clone(), pos(), &rope, &AttnMask::Causal, None);
     assert_eq!(load.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
     for counts in load.values() {
         assert_eq!(counts.len(), 8);
         assert_eq!(counts.iter().sum::<u64>(), (b * t * 2) as u64);
     }
-    // Not recording: nothing is kept.
-    assert!(distill_models::model::routing_load::take().is_none());
+    // Each pass returns its own counts: nothing carries over from the one before.
+    let (_, again) = m.model.forward_hidden_routed(x, pos(), &rope, &AttnMask::Causal, None);
+    assert_eq!(again, load);
     let FeedForward::Sparse(moe) = &mut m.model.model.layers[1].mlp else { panic!("sparse") };
     let before: Vec<f32> =
         moe.e_score_correction_bias.as_ref().unwrap().val().into_data().to_vec().unwrap();

@@ -29,7 +29,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let t0 = Instant::now();
     let mut w = CorpusWriter::open(
         &dir,
-        WriterOptions { provenance: super::corpus::provenance(), ..Default::default() },
+        WriterOptions { provenance: crate::stages::provenance(), ..Default::default() },
     )?;
     let pb = crate::progress::bar(Some(a.prompts * 4), "traces");
     for t in synth::traces(1, a.prompts, 4) {

@@ -8,8 +8,10 @@ use anyhow::{Context, bail};
 use distill_teacher::backend::SamplingSpec;
 use distill_teacher::backend::local::LocalConfig;
 use distill_teacher::backend::openai::OpenAiConfig;
-use distill_teacher::eval::{BenchSpec, BenchSummary, EvalConfig, evaluate};
-use distill_teacher::run::{BackendConfig, BackendKind, RetryConfig};
+use distill_teacher::eval::{BenchSpec, EvalConfig};
+use distill_teacher::run::{BackendConfig, RetryConfig};
+
+use crate::stages::eval::{print_table, run_eval};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -65,7 +67,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 loaded.print_check(crate::recipe::Stage::Eval)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            super::run::ensure_prepared(&loaded, crate::recipe::Stage::Eval)?;
+            crate::stages::ensure_prepared(&loaded, crate::recipe::Stage::Eval)?;
             loaded.preflight(&[crate::recipe::Stage::Eval], false, false)?;
             loaded.eval()?.clone()
         }
@@ -80,17 +82,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 fn flags(a: &Args) -> anyhow::Result<EvalConfig> {
     let backend = match (&a.model, &a.endpoint) {
         // The same defaults as a recipe's (one set of defaults, in the config types).
-        (Some(m), None) => BackendConfig {
-            kind: BackendKind::Local,
-            endpoints: vec![],
-            local: Some(LocalConfig::new(m.clone())),
-            device: a.device,
-        },
-        (None, Some(u)) => BackendConfig {
-            kind: BackendKind::Openai,
+        (Some(m), None) => {
+            BackendConfig::Local { local: LocalConfig::new(m.clone()), device: a.device }
+        }
+        (None, Some(u)) => BackendConfig::Openai {
             endpoints: vec![OpenAiConfig::new(u.clone(), a.served_model.clone())],
-            local: None,
-            device: a.device,
         },
         _ => bail!("give --model DIR (local engine) or --endpoint URL"),
     };
@@ -121,41 +117,4 @@ fn flags(a: &Args) -> anyhow::Result<EvalConfig> {
         output: a.out.clone(),
         math: None,
     })
-}
-
-/// Check the inputs, build the backend, evaluate.
-pub fn run_eval(cfg: &EvalConfig) -> anyhow::Result<Vec<BenchSummary>> {
-    for b in &cfg.benchmarks {
-        if !b.file.exists() {
-            bail!("benchmark {}: {} does not exist", b.name, b.file.display());
-        }
-    }
-    let teachers = distill_teacher::backend::build(&cfg.backend)?;
-    let pb = crate::progress::bar(Some(1), "problems");
-    let out = evaluate(cfg, &teachers, |name, done, total| {
-        pb.set_length(total as u64);
-        pb.set_position(done as u64);
-        pb.set_message(name.to_string());
-    })?;
-    pb.finish_and_clear();
-    Ok(out)
-}
-
-pub fn print_table(s: &[BenchSummary]) {
-    println!(
-        "{:<16} {:>8} {:>4} {:>8} {:>8} {:>10} {:>10}",
-        "benchmark", "problems", "k", "pass@1", "cons@k", "tokens", "truncated"
-    );
-    for b in s {
-        println!(
-            "{:<16} {:>8} {:>4} {:>7.1}% {:>7.1}% {:>10.0} {:>9.1}%",
-            b.name,
-            b.problems,
-            b.k,
-            100.0 * b.pass_at_1,
-            100.0 * b.cons_at_k,
-            b.mean_completion_tokens,
-            100.0 * b.truncated_share
-        );
-    }
 }

@@ -72,8 +72,8 @@ fn run_on<B: Backend>(a: &Args, device: B::Device) -> anyhow::Result<ExitCode> {
     let mut prompts = Vec::new();
     let mut labels: Vec<String> = a.prompt.clone();
     if let Some(path) = &a.chat {
-        let msgs = super::tokenize::read_chat(path)?;
-        let text = super::tokenize::render_chat(&tok, &msgs, false)?.0;
+        let msgs = crate::chat::read_chat(path)?;
+        let text = crate::chat::render_chat(&tok, &msgs, false)?.0;
         prompts.push(tok.encode(&text)?);
         labels.push(path.display().to_string());
     }

@@ -43,8 +43,8 @@ fn run_on<B: Backend>(a: &Args, device: B::Device) -> anyhow::Result<ExitCode> {
     let tok = TextTokenizer::from_dir(&a.model)?;
     let text = match (&a.chat, &a.text) {
         (Some(path), _) => {
-            let msgs = super::tokenize::read_chat(path)?;
-            super::tokenize::render_chat(&tok, &msgs, false)?.0
+            let msgs = crate::chat::read_chat(path)?;
+            crate::chat::render_chat(&tok, &msgs, false)?.0
         }
         (None, Some(t)) => t.clone(),
         (None, None) => unreachable!("clap requires one"),

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use distill_models::ModelConfig;
 use distill_student::train::parallel::ShardMode;
-use distill_student::train::plan::{MemoryPlan, RunShape, known_config, min_ranks};
+use distill_student::train::plan::{
+    HOST_BANDWIDTH_GBS, MemoryPlan, PCIE_GBS, RunShape, known_config, min_ranks,
+};
 use distill_student::train::{TrainConfig, machine_memory_gb};
 
 #[derive(clap::Args)]
@@ -74,9 +76,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let per_node = gpus.min(8);
     let off = &plans[plans.len() - 1];
     let cost = off.offload_cost();
-    // A PCIe 5.0 x16 link moves about 50 GB/s each way in practice; a two-socket host's memory
-    // about 400 GB/s, shared by its ranks.
-    let (pcie_gbs, host_bw_gbs) = (50.0, 400.0);
+    let (pcie_gbs, host_bw_gbs) = (PCIE_GBS, HOST_BANDWIDTH_GBS);
     let offload_s = cost.seconds(pcie_gbs, host_bw_gbs, per_node);
     if a.json {
         let rows: Vec<serde_json::Value> = plans

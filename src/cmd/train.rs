@@ -2,9 +2,9 @@
 
 use std::process::ExitCode;
 
-use distill_student::train::data::DataReport;
-use distill_student::train::{Observer, StepMetrics, Summary, TrainConfig};
-use indicatif::ProgressBar;
+use distill_student::train::TrainConfig;
+
+use crate::stages::train::{eval_losses, run_train};
 
 use crate::recipe::{RecipeArgs, Stage};
 
@@ -34,53 +34,6 @@ pub struct Args {
     coordinator: Option<String>,
 }
 
-struct Bar {
-    pb: ProgressBar,
-    /// What `eval` reports: the held-out loss, or an on-policy run's held-out reverse KL.
-    eval_name: &'static str,
-}
-
-impl Observer for Bar {
-    fn started(&mut self, total: u64, start: u64, d: &DataReport) {
-        self.pb.set_length(total);
-        self.pb.set_position(start);
-        if d.traces == 0 {
-            // A purely on-policy run reads no corpus.
-            return;
-        }
-        eprintln!(
-            "data: {} traces → {} train / {} eval examples ({} failed, {} truncated, {} overlong dropped; {} truncated to fit); {} train tokens, {} on assistant turns; {} with aligned teacher log-probs",
-            d.traces,
-            d.train_examples,
-            d.eval_examples,
-            d.dropped_failed,
-            d.dropped_truncated,
-            d.dropped_overlong,
-            d.truncated,
-            d.train_tokens,
-            d.assistant_tokens,
-            d.kd_aligned
-        );
-    }
-    fn step(&mut self, m: &StepMetrics) {
-        self.pb.set_position(m.step);
-        self.pb.set_message(format!(
-            "loss {:.4} | lr {:.2e} | gnorm {:.2} | {:.0} tok/s | MFU {:.1}%",
-            m.loss,
-            m.lr,
-            m.grad_norm,
-            m.tokens_per_s,
-            100.0 * m.mfu
-        ));
-    }
-    fn eval(&mut self, step: u64, loss: f64) {
-        self.pb.println(format!("step {step}: {} {loss:.4}", self.eval_name));
-    }
-    fn saved(&mut self, dir: &std::path::Path) {
-        self.pb.println(format!("checkpoint {}", dir.display()));
-    }
-}
-
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let loaded = a.recipe.load()?;
     if a.check {
@@ -100,7 +53,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     if let Some(c) = a.coordinator {
         cfg.parallel.coordinator = Some(c);
     }
-    super::run::ensure_prepared(&loaded, Stage::Train)?;
+    crate::stages::ensure_prepared(&loaded, Stage::Train)?;
     loaded.preflight(&[Stage::Train], false, false)?;
     let recipe = serde_json::to_value(&loaded.resolved)?;
     let s = run_train(&cfg, recipe, a.resume)?;
@@ -112,157 +65,4 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     println!("exported {}", s.export_dir.display());
     println!("curves {}", cfg.output.join("loss.png").display());
     Ok(ExitCode::SUCCESS)
-}
-
-/// "3.1416 → 2.7183", or only the final loss (a resumed run did not measure the first here).
-pub fn eval_losses(first: Option<f64>, last: Option<f64>) -> String {
-    match (first, last) {
-        (Some(a), Some(b)) => format!("{a:.4} → {b:.4}"),
-        (None, Some(b)) => format!("{b:.4} (the run resumed: its first evaluation was earlier)"),
-        (Some(a), None) => format!("{a:.4}"),
-        (None, None) => "not measured (eval_fraction = 0?)".into(),
-    }
-}
-
-/// Train on the configured device, then draw the curves.
-// A device is `Copy` on CPU but not on every backend the dispatch instantiates.
-#[allow(clippy::clone_on_copy)]
-pub fn run_train(
-    cfg: &TrainConfig,
-    recipe: serde_json::Value,
-    resume: bool,
-) -> anyhow::Result<Summary> {
-    cfg.validate()?;
-    let kinds = cfg.device_kinds()?;
-    let nodes = cfg.parallel.nodes.max(1);
-    if kinds.len() * nodes > 1 {
-        eprintln!(
-            "data parallel: {} ranks ({} node(s) × {}; this is node {}), shard = {}",
-            kinds.len() * nodes,
-            nodes,
-            cfg.parallel.devices.as_deref().unwrap_or(""),
-            cfg.parallel.node_rank,
-            cfg.parallel.shard.name()
-        );
-    }
-    let eval_name = if cfg.on_policy.is_some() { "held-out reverse KL" } else { "eval loss" };
-    let mut obs = Bar { pb: crate::progress::bar(Some(1), "steps"), eval_name };
-    if let Some(op) = &cfg.on_policy {
-        same_vocabulary(&cfg.model, &op.teacher)?;
-        let judge = math_judge();
-        // The teacher behind an endpoint, or (built on the first device below) the local engine.
-        let mut endpoint = endpoint_scorer(op)?;
-        let summary = crate::backend::dispatch_many!(kinds, |B, devices| {
-            let mut scorer: Box<dyn distill_models::score::Scorer + Send> = match endpoint.take() {
-                Some(e) => Box::new(e),
-                None => Box::new(local_scorer::<B>(op, &devices[0])?),
-            };
-            distill_student::onpolicy::train_on_policy::<burn::backend::Autodiff<B>>(
-                cfg,
-                scorer.as_mut(),
-                Some(&judge),
-                recipe,
-                devices,
-                resume,
-                &mut obs,
-            )
-        })?;
-        obs.pb.finish_and_clear();
-        crate::plot::training_curves(
-            &cfg.output.join("metrics.jsonl"),
-            &cfg.output.join("loss.png"),
-        )?;
-        return Ok(summary);
-    }
-    let summary = crate::backend::dispatch_many!(kinds, |B, devices| {
-        if cfg.activation_checkpointing {
-            distill_student::sft::train::<
-                burn::backend::Autodiff<
-                    B,
-                    burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing,
-                >,
-            >(cfg, recipe, devices, resume, &mut obs)
-        } else {
-            distill_student::sft::train::<burn::backend::Autodiff<B>>(cfg, recipe, devices, resume, &mut obs)
-        }
-    })?;
-    obs.pb.finish_and_clear();
-    crate::plot::training_curves(&cfg.output.join("metrics.jsonl"), &cfg.output.join("loss.png"))?;
-    Ok(summary)
-}
-
-/// How on-policy samples of prompts with a reference answer are judged: as rejection sampling
-/// judges (the answer after any `<think>` block, math equivalence).
-pub fn math_judge() -> impl Fn(&str, &str) -> (Option<String>, bool) {
-    let math = distill_teacher::verify::math::MathConfig::default();
-    move |gold: &str, text: &str| {
-        let (reasoning, answer, _) = distill_data::think::split_think(text);
-        distill_teacher::verify::math::judge(gold, &reasoning, &answer, &math)
-    }
-}
-
-/// The teacher behind a vLLM server, when `op` names an endpoint.
-pub fn endpoint_scorer(
-    op: &distill_student::onpolicy::OnPolicyConfig,
-) -> anyhow::Result<Option<distill_teacher::backend::score::EndpointScorer>> {
-    use distill_teacher::backend::openai::{OpenAiClient, OpenAiConfig};
-    let Some(ep) = &op.endpoint else { return Ok(None) };
-    let ocfg: OpenAiConfig = serde_json::from_value(ep.clone())
-        .map_err(|e| anyhow::anyhow!("[train.on_policy.endpoint]: {e}"))?;
-    Ok(Some(distill_teacher::backend::score::EndpointScorer {
-        client: OpenAiClient::new(ocfg, None)?,
-        policy: Default::default(),
-    }))
-}
-
-/// The teacher on `device`, scored by the local engine.
-pub fn local_scorer<B: burn::prelude::Backend>(
-    op: &distill_student::onpolicy::OnPolicyConfig,
-    device: &B::Device,
-) -> anyhow::Result<distill_models::score::LocalScorer<B>> {
-    let t = distill_models::hf::load_model::<B>(&op.teacher, device)?;
-    let name = op
-        .teacher
-        .file_name()
-        .map_or_else(|| "teacher".into(), |n| n.to_string_lossy().to_string());
-    Ok(distill_models::score::LocalScorer::new(t.model, &t.config, device.clone(), name))
-}
-
-/// On-policy distillation scores the student's token ids with the teacher: both must read them
-/// the same way. Refused before any model loads when the tokenizers' vocabularies differ.
-pub fn same_vocabulary(student: &std::path::Path, teacher: &std::path::Path) -> anyhow::Result<()> {
-    use distill_models::tokenizer::TextTokenizer;
-    let s = TextTokenizer::from_dir(student)?;
-    let t = TextTokenizer::from_dir(teacher)?;
-    // id → token, as each tokenizer maps them (embedding sizes may differ: Qwen2.5 pads its
-    // embeddings past the tokenizer's ids, which is compatible).
-    let by_id = |tok: &TextTokenizer| {
-        let mut v: Vec<(u32, String)> =
-            tok.inner().get_vocab(true).into_iter().map(|(t, i)| (i, t)).collect();
-        v.sort();
-        v
-    };
-    let (sv, tv) = (by_id(&s), by_id(&t));
-    let first = sv.iter().zip(&tv).find(|(a, b)| a != b).map(|(a, b)| (a.clone(), b.clone()));
-    let msg = match (first, sv.len().cmp(&tv.len())) {
-        (None, std::cmp::Ordering::Equal) => return Ok(()),
-        (Some(((i, a), (j, b))), _) if i == j => {
-            format!("the first differing id is {i}: {a:?} in the student, {b:?} in the teacher")
-        }
-        (Some(((i, a), (j, b))), _) => format!(
-            "the first difference is at id {}: the student has {a:?} = {i}, the teacher {b:?} = {j}",
-            i.min(j)
-        ),
-        (None, _) => format!(
-            "the first {} ids agree, but the student has {} ids and the teacher {}",
-            sv.len().min(tv.len()),
-            sv.len(),
-            tv.len()
-        ),
-    };
-    anyhow::bail!(
-        "[train.on_policy] the student ({}) and the teacher ({}) have different vocabularies, so the teacher cannot score the student's token ids: {msg}",
-        student.display(),
-        teacher.display()
-    )
 }

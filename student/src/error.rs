@@ -22,6 +22,24 @@ pub enum Error {
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 
+    /// A recipe field out of range or inconsistent: `[section] what is wrong`.
+    #[error("[{section}] {msg}")]
+    Config { section: &'static str, msg: String },
+
+    /// A checkpoint that cannot be resumed from, and why.
+    #[error("checkpoint {} is unusable: {msg}", dir.display())]
+    Checkpoint { dir: PathBuf, msg: String },
+
+    /// A step whose loss or gradient is not finite; nothing was saved.
+    #[error(
+        "non-finite {what} at step {step} (loss {loss}, grad norm {grad_norm}); stopped without saving. Last good checkpoint: {last}"
+    )]
+    NonFinite { what: &'static str, step: u64, loss: f64, grad_norm: f64, last: String },
+
+    /// Reading a tensor back from the device failed.
+    #[error("reading a tensor back: {0}")]
+    Readback(String),
+
     #[error("{0}")]
     Invalid(String),
 

@@ -15,8 +15,8 @@ use distill_models::rope::Rope;
 use distill_models::weights::{Collect, WeightSink};
 use distill_student::train::data::Example;
 use distill_student::train::optim::{AdamW, OptimConfig};
-use distill_student::train::pack;
 use distill_student::train::optimizer_step;
+use distill_student::train::pack;
 use serde_json::Value;
 
 type B = Autodiff<Cpu>;

@@ -11,7 +11,7 @@ use distill_data::{EndpointKind, FinishReason};
 use distill_teacher::BackendError;
 use distill_teacher::backend::{ChatRequest, Choice, Completion, SamplingSpec, Teacher};
 use distill_teacher::eval::{BenchSpec, EvalConfig, evaluate, fields_for, majority};
-use distill_teacher::run::{BackendConfig, BackendKind, RetryConfig};
+use distill_teacher::run::{BackendConfig, RetryConfig};
 
 /// Answers each problem with a fixed `\boxed{…}`, looked up by the prompt text.
 struct Oracle {
@@ -80,12 +80,7 @@ fn cfg(out: PathBuf, benchmarks: Vec<BenchSpec>) -> EvalConfig {
         benchmarks,
         k: 2,
         sampling: SamplingSpec::default(),
-        backend: BackendConfig {
-            kind: BackendKind::Openai,
-            endpoints: vec![],
-            local: None,
-            device: distill_models::device::DeviceKind::Cpu,
-        },
+        backend: BackendConfig::Openai { endpoints: vec![] },
         retry: RetryConfig { max_attempts: 1, ..Default::default() },
         output: out,
         math: None,

@@ -113,10 +113,8 @@ impl CorpusWriter {
             // The one exception: a `manifest.json.tmp` alone is this writer's own first
             // manifest, cut off by a kill before its rename; it is removed below.
             let first_tmp = format!("{MANIFEST_FILE}.tmp");
-            let mut others: Vec<String> = list_dir(dir)?
-                .into_iter()
-                .filter(|n| n != ".lock" && *n != first_tmp)
-                .collect();
+            let mut others: Vec<String> =
+                list_dir(dir)?.into_iter().filter(|n| n != ".lock" && *n != first_tmp).collect();
             if !others.is_empty() {
                 others.sort();
                 let shards = others.iter().filter(|n| n.ends_with(".zst")).count();

@@ -378,9 +378,8 @@ fn run_one(a: Args) -> anyhow::Result<ExitCode> {
     } else {
         serde_json::Value::Null
     };
-    let peak = a.peak_tflops.unwrap_or_else(distill_student::train::cpu_peak_tflops)
-        * 1e12
-        * world as f64;
+    let peak =
+        a.peak_tflops.unwrap_or_else(distill_student::train::cpu_peak_tflops) * 1e12 * world as f64;
     let mfu = 6.0 * params as f64 * tokens / step_s / peak;
     let mode = serde_json::from_value::<ShardMode>(json!(a.shard)).unwrap_or_default();
     let shape = RunShape {

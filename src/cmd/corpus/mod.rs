@@ -124,7 +124,4 @@ impl WriteArgs {
     }
 }
 
-/// The command line, for shard provenance.
-pub fn provenance() -> serde_json::Value {
-    serde_json::json!({ "command": std::env::args().collect::<Vec<_>>().join(" ") })
-}
+pub use crate::stages::provenance;

@@ -38,7 +38,7 @@ pub struct OnPolicyConfig {
     /// `base_url`, `model`, `api_key_env`, `concurrency`, …): it scores each sample with
     /// `prompt_logprobs` instead of the local engine.
     #[serde(default)]
-    pub endpoint: Option<serde_json::Value>,
+    pub endpoint: Option<distill_data::endpoint::OpenAiConfig>,
     /// `reverse_kl` (sampled-token estimator) or `gkd` (generalised JSD over the top-k).
     #[serde(default = "default_loss")]
     pub loss: LossKind,
@@ -102,7 +102,7 @@ fn default_top_k() -> usize {
 
 impl OnPolicyConfig {
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::Invalid(format!("[train.on_policy] {m}")));
+        let bad = |msg: String| Err(Error::Config { section: "train.on_policy", msg });
         if !(0.0..=1.0).contains(&self.beta) {
             return bad(format!("beta {} must be in [0, 1]", self.beta));
         }

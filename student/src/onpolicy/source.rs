@@ -454,7 +454,12 @@ impl<'a> OnPolicySource<'a> {
         let verdicts = match (sh.judge, &r.prompt.reference) {
             (Some(j), Some(gold)) => {
                 let (extracted, passed) = j(gold, &text);
-                vec![distill_data::Verdict { verifier: "math".into(), passed, extracted, reason: None }]
+                vec![distill_data::Verdict {
+                    verifier: "math".into(),
+                    passed,
+                    extracted,
+                    reason: None,
+                }]
             }
             _ => vec![],
         };
@@ -534,8 +539,7 @@ impl<B: AutodiffBackend> BatchSource<B> for OnPolicySource<'_> {
         if self.corpus_dir.join("manifest.json").exists() {
             for t in Corpus::open(&self.corpus_dir)?.iter() {
                 let t = t?;
-                if t.metadata.get("step").and_then(|s| s.as_u64()).is_some_and(|s| s > state.step)
-                {
+                if t.metadata.get("step").and_then(|s| s.as_u64()).is_some_and(|s| s > state.step) {
                     self.kept.insert(t.id.clone(), t);
                 }
             }
@@ -549,8 +553,7 @@ impl<B: AutodiffBackend> BatchSource<B> for OnPolicySource<'_> {
         let (cfg, op) = (sh.cfg, sh.op);
         let step = state.step + 1;
         let mut figures = serde_json::Map::new();
-        if let Some(sft) = self.sft.as_mut().filter(|_| !on_policy_step(op.lambda, op.seed, step))
-        {
+        if let Some(sft) = self.sft.as_mut().filter(|_| !on_policy_step(op.lambda, op.seed, step)) {
             let (micro, _) = sft.next_batch(state);
             figures.insert("objective".into(), json!("sft"));
             return Ok(StepBatch {
@@ -577,7 +580,11 @@ impl<B: AutodiffBackend> BatchSource<B> for OnPolicySource<'_> {
         let all_kept = view.rank() == 0 && ids.iter().all(|id| self.kept.contains_key(id));
         let reused = view.sum(&[if all_kept { 1.0 } else { 0.0 }])?[0] > 0.0;
         let mine: Vec<String> = if reused {
-            if view.rank() == 0 { ids.iter().map(|id| self.kept[id].to_json()).collect() } else { vec![] }
+            if view.rank() == 0 {
+                ids.iter().map(|id| self.kept[id].to_json()).collect()
+            } else {
+                vec![]
+            }
         } else {
             let model = view.inference_model()?;
             let refs: Vec<&Rendered> = picks.iter().map(|&p| &sh.train[p]).collect();
@@ -623,7 +630,9 @@ impl<B: AutodiffBackend> BatchSource<B> for OnPolicySource<'_> {
             .zip(&ids)
             .map(|(&p, id)| match got.get(id) {
                 Some(t) => sample_of(t, p, &self.corpus_dir),
-                None => Err(Error::Invalid(format!("on-policy sample {id} came back from no rank"))),
+                None => {
+                    Err(Error::Invalid(format!("on-policy sample {id} came back from no rank")))
+                }
             })
             .collect::<Result<_>>()?;
         let examples: Vec<Example> = samples
@@ -684,14 +693,15 @@ pub fn train_on_policy<B: AutodiffBackend>(
     let op = cfg
         .on_policy
         .as_ref()
-        .ok_or_else(|| Error::Invalid("[train.on_policy] is missing".into()))?;
+        .ok_or_else(|| Error::Config { section: "train.on_policy", msg: "is missing".into() })?;
     let tok = TextTokenizer::from_dir(&cfg.model)?;
     check_template_tokens(&tok)?;
     let (train, eval) = split_prompts(op, &tok, cfg.data.max_seq_len)?;
     // The SFT share, when mixing.
     let sft = if op.lambda < 1.0 { Some(Arc::new(SftData::load(cfg, &tok)?)) } else { None };
-    let total = cfg.max_steps.ok_or_else(|| {
-        Error::Invalid("[train] max_steps: an on-policy run needs a step count".into())
+    let total = cfg.max_steps.ok_or_else(|| Error::Config {
+        section: "train",
+        msg: "max_steps: an on-policy run needs a step count".into(),
     })?;
     let pad = pad_id(&tok);
     let sh = Shared {

@@ -225,14 +225,13 @@ pub fn load_model<B: Backend>(
 ) -> Result<(RunState, distill_models::hf::Loaded<B>)> {
     let state = load_state(dir)?;
     let loaded = distill_models::hf::load_model::<B>(dir, device)
-        .map_err(|e| Error::Invalid(format!("checkpoint {} is unusable: {e}", dir.display())))?;
+        .map_err(|e| Error::Checkpoint { dir: dir.to_path_buf(), msg: e.to_string() })?;
     Ok((state, loaded))
 }
 
 /// A checkpoint's `state.json`, checked.
 pub fn load_state(dir: &Path) -> Result<RunState> {
-    let bad =
-        |msg: String| Error::Invalid(format!("checkpoint {} is unusable: {msg}", dir.display()));
+    let bad = |msg: String| Error::Checkpoint { dir: dir.to_path_buf(), msg };
     let sp = dir.join("state.json");
     let text = std::fs::read_to_string(&sp).map_err(|e| bad(format!("state.json: {e}")))?;
     let state: RunState =
@@ -256,8 +255,7 @@ pub fn load_optimizer<O: Backend, H: Backend>(
     par: &Parallel<O>,
     device: &H::Device,
 ) -> Result<AdamW<H>> {
-    let bad =
-        |msg: String| Error::Invalid(format!("checkpoint {} is unusable: {msg}", dir.display()));
+    let bad = |msg: String| Error::Checkpoint { dir: dir.to_path_buf(), msg };
     let opt_dir = dir.join("optimizer");
     let mut opt = AdamW::new(optim);
     opt.step = step;

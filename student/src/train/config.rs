@@ -161,7 +161,7 @@ impl TrainConfig {
         }
         self.optim.validate()?;
         self.parallel.validate()?;
-        let bad = |m: &str| Err(Error::Invalid(format!("[train] {m}")));
+        let bad = |m: &str| Err(Error::Config { section: "train", msg: m.to_string() });
         if self.micro_batch == 0 || self.grad_accum == 0 {
             return bad("micro_batch and grad_accum must be at least 1");
         }
@@ -216,8 +216,10 @@ impl TrainConfig {
     /// The devices of this node, one rank each: `[train.parallel] devices`, else `[train] device`.
     pub fn device_kinds(&self) -> Result<Vec<DeviceKind>> {
         match &self.parallel.devices {
-            Some(d) => distill_models::device::parse_devices(d)
-                .map_err(|e| Error::Invalid(format!("[train.parallel] devices: {e}"))),
+            Some(d) => distill_models::device::parse_devices(d).map_err(|e| Error::Config {
+                section: "train.parallel",
+                msg: format!("devices: {e}"),
+            }),
             None => Ok(vec![self.device]),
         }
     }

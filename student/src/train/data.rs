@@ -136,7 +136,7 @@ pub struct DataReport {
 
 impl DataConfig {
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::Invalid(format!("[train.data] {m}")));
+        let bad = |msg: String| Err(Error::Config { section: "train.data", msg });
         if self.corpus.is_empty() {
             return bad("corpus: name at least one corpus directory".into());
         }
@@ -330,7 +330,6 @@ pub fn load(
     }
     Ok((train, eval, report))
 }
-
 
 /// Check that the student's tokenizer has every special token its chat template writes.
 pub fn check_template_tokens(tok: &TextTokenizer) -> Result<()> {

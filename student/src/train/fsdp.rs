@@ -56,11 +56,11 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, TensorData};
 
+use super::divergence::Divergence;
 use super::loss::{Head, LossSums, inputs, losses_from_hidden};
 use super::optim::AdamW;
 use super::pack::Batch;
 use super::parallel::Parallel;
-use super::divergence::Divergence;
 use super::step::{StepOutcome, StepSpec, mean_losses, sums_of_squares};
 use crate::error::{Error, Result};
 use distill_models::ModelConfig;
@@ -257,7 +257,7 @@ impl<I: Backend> Fsdp<I> {
                     .into_data()
                     .convert::<f32>()
                     .into_vec::<f32>()
-                    .map_err(|e| Error::Invalid(format!("{e:?}")))?;
+                    .map_err(|e| Error::Readback(format!("{e:?}")))?;
                 let v = if s.kind == Kind::Weight {
                     let (d_out, d_in) = (s.shape[0], s.shape[1]);
                     let mut t = vec![0f32; v.len()];
@@ -537,6 +537,7 @@ pub fn fsdp_step<B: AutodiffBackend>(
         tokens: n_tokens,
         comm_s,
         offload_s: 0.0,
+        routing: Default::default(),
     };
     if let Acc::Host(_, secs) = &acc {
         outcome.offload_s = *secs;

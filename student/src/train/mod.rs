@@ -25,8 +25,7 @@ pub mod step;
 
 pub use config::{ComputeDtype, ExportConfig, ExportDtype, TrainConfig};
 pub use metrics::{
-    MoeLoad, Observer, StepMetrics, Summary, cpu_peak_tflops, host_peak_rss_mb,
-    machine_memory_gb,
+    MoeLoad, Observer, StepMetrics, Summary, cpu_peak_tflops, host_peak_rss_mb, machine_memory_gb,
 };
 pub use run::uses_units;
 pub use source::{BatchSource, StepBatch, StudentView};

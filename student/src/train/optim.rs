@@ -90,7 +90,10 @@ impl OptimConfig {
         if ok {
             Ok(())
         } else {
-            Err(crate::Error::Invalid(format!("[train.optim] has an out-of-range value: {self:?}")))
+            Err(crate::Error::Config {
+                section: "train.optim",
+                msg: format!("has an out-of-range value: {self:?}"),
+            })
         }
     }
 }

@@ -156,7 +156,7 @@ fn host_port(s: &str) -> std::result::Result<(String, u16), String> {
 impl ParallelConfig {
     /// The node layout of a multi-node run (`None` for one node).
     pub fn node_spec(&self) -> Result<Option<NodeSpec>> {
-        let bad = |m: String| Error::Invalid(format!("[train.parallel] {m}"));
+        let bad = |msg: String| Error::Config { section: "train.parallel", msg };
         if self.nodes == 0 {
             return Err(bad("nodes must be at least 1".into()));
         }
@@ -226,28 +226,34 @@ impl ParallelConfig {
 impl ParallelConfig {
     pub fn validate(&self) -> Result<()> {
         if !(self.bucket_mb.is_finite() && self.bucket_mb > 0.0) {
-            return Err(Error::Invalid(format!(
-                "[train.parallel] bucket_mb must be a positive number of MB, not {}",
-                self.bucket_mb
-            )));
+            return Err(Error::Config {
+                section: "train.parallel",
+                msg: format!("bucket_mb must be a positive number of MB, not {}", self.bucket_mb),
+            });
         }
         if self.offload == Offload::Cpu && self.shard != ShardMode::Parameters {
-            return Err(Error::Invalid(format!(
-                "[train.parallel] offload = \"cpu\" needs shard = \"parameters\" (it is \"{}\"): the \
-                 offloaded state is the parameter shards' f32 master and moments",
-                self.shard.name()
-            )));
+            return Err(Error::Config {
+                section: "train.parallel",
+                msg: format!(
+                    "offload = \"cpu\" needs shard = \"parameters\" (it is \"{}\"): the offloaded \
+                     state is the parameter shards' f32 master and moments",
+                    self.shard.name()
+                ),
+            });
         }
         if let Some(gb) = self.host_memory_gb
             && !(gb.is_finite() && gb > 0.0)
         {
-            return Err(Error::Invalid(format!(
-                "[train.parallel] host_memory_gb must be a positive number of GB, not {gb}"
-            )));
+            return Err(Error::Config {
+                section: "train.parallel",
+                msg: format!("host_memory_gb must be a positive number of GB, not {gb}"),
+            });
         }
         if let Some(d) = &self.devices {
-            distill_models::device::parse_devices(d)
-                .map_err(|e| Error::Invalid(format!("[train.parallel] devices: {e}")))?;
+            distill_models::device::parse_devices(d).map_err(|e| Error::Config {
+                section: "train.parallel",
+                msg: format!("devices: {e}"),
+            })?;
         }
         self.node_spec()?;
         Ok(())
@@ -456,7 +462,7 @@ impl<B: Backend> Comm<B> {
         r.into_data()
             .convert::<f64>()
             .into_vec::<f64>()
-            .map_err(|e| Error::Invalid(format!("{e:?}")))
+            .map_err(|e| Error::Readback(format!("{e:?}")))
     }
 
     /// True on every rank when `ok` is true on every rank: a barrier that carries failure.

@@ -33,8 +33,8 @@
 
 use serde::Serialize;
 
-use super::parallel::ShardMode;
 use super::config::TrainConfig;
+use super::parallel::ShardMode;
 use distill_models::config::ModelConfig;
 
 /// Exact parameter count of a config (weights, biases, norms; every expert of an MoE).
@@ -288,6 +288,11 @@ impl MemoryPlan {
         }
     }
 }
+
+/// What offload's figures assume: a PCIe 5.0 x16 link moves about 50 GB/s each way in practice.
+pub const PCIE_GBS: f64 = 50.0;
+/// A two-socket host's memory bandwidth, GB/s, shared by the node's ranks.
+pub const HOST_BANDWIDTH_GBS: f64 = 400.0;
 
 /// Bytes one rank moves per optimizer step under offload.
 #[derive(Debug, Clone, Copy, Default, Serialize)]

@@ -20,8 +20,8 @@ use super::config::TrainConfig;
 use super::data::DataReport;
 use super::fsdp::{Fsdp, FsdpOptions};
 use super::metrics::{
-    MoeLoad, Observer, StepMetrics, Summary, cpu_peak_tflops, host_peak_rss_mb,
-    machine_memory_gb, reopen_metrics,
+    MoeLoad, Observer, StepMetrics, Summary, cpu_peak_tflops, host_peak_rss_mb, machine_memory_gb,
+    reopen_metrics,
 };
 use super::optim::AdamW;
 use super::parallel::{Comm, Layout, Offload, Parallel, ShardMode};
@@ -53,7 +53,7 @@ pub fn train<B: AutodiffBackend>(
 ) -> Result<Summary> {
     cfg.validate()?;
     if devices.is_empty() {
-        return Err(Error::Invalid("[train] no device to train on".into()));
+        return Err(Error::Config { section: "train", msg: "no device to train on".into() });
     }
     let nodes = cfg.parallel.node_spec()?;
     let world = devices.len() * nodes.as_ref().map_or(1, |n| n.count);
@@ -104,7 +104,9 @@ pub fn train<B: AutodiffBackend>(
     super::parallel::launch::<B::InnerBackend, Summary>(
         devices,
         nodes.as_ref(),
-        |comm, device| fit::<B>(cfg, &recipe, resume, make(comm.rank, comm.world)?, comm, device, obs),
+        |comm, device| {
+            fit::<B>(cfg, &recipe, resume, make(comm.rank, comm.world)?, comm, device, obs)
+        },
         |comm, device| {
             fit::<B>(cfg, &recipe, resume, make(comm.rank, comm.world)?, comm, device, &mut Quiet)
         },
@@ -134,7 +136,7 @@ fn fit<'s, B: AutodiffBackend>(
         None => (RunState::fresh(recipe.clone()), cfg.model.clone()),
     };
     let unusable = |e: distill_models::Error| match &resume_dir {
-        Some(dir) => Error::Invalid(format!("checkpoint {} is unusable: {e}", dir.display())),
+        Some(dir) => Error::Checkpoint { dir: dir.clone(), msg: e.to_string() },
         None => e.into(),
     };
     let config = distill_models::ModelConfig::from_file(&weights_dir.join("config.json"))
@@ -238,6 +240,22 @@ fn fit<'s, B: AutodiffBackend>(
     let elapsed0 = state.elapsed_s;
     let mut last_eval = None;
     let fault = injected_fault();
+    // A checkpoint of the weights (gathered under sharding), AdamW's moments and the run state;
+    // returns the weights (rank 0's; empty elsewhere).
+    let save = |student: &Student<B>, opt: &AdamW<B::InnerBackend>, state: &RunState| {
+        let weights = student.consolidate(&par, &device)?;
+        let dir = checkpoint::save(
+            &ckpt_root,
+            &weights,
+            &config,
+            &student.moments(opt),
+            state,
+            cfg.keep_checkpoints,
+            &par,
+            &device,
+        )?;
+        Ok::<_, Error>((weights, dir))
+    };
     // Seconds spent in this invocation's optimizer steps, and how many ran (the time budget).
     let (mut steps_s, mut steps_here) = (0.0f64, 0u64);
     while state.step < total {
@@ -275,14 +293,11 @@ fn fit<'s, B: AutodiffBackend>(
         let out = match &mut student {
             Student::Whole(model) => {
                 let sparse = sparse_layers(model);
-                if !sparse.is_empty() {
-                    distill_models::model::routing_load::start();
-                }
                 let out =
                     parallel_step(model, &rope, &mut opt, micro, &spec, &device, &par, false)?;
                 if !sparse.is_empty() {
-                    moe_load =
-                        Some(balance_experts(model, &sparse, cfg.moe_bias_update, &par, &device)?);
+                    let (rate, r) = (cfg.moe_bias_update, &out.routing);
+                    moe_load = Some(balance_experts(model, &sparse, r, rate, &par, &device)?);
                 }
                 out
             }
@@ -296,11 +311,13 @@ fn fit<'s, B: AutodiffBackend>(
             let last = checkpoint::list(&ckpt_root)?
                 .pop()
                 .map_or("none".to_string(), |(_, d)| d.display().to_string());
-            return Err(Error::Invalid(format!(
-                "non-finite {} at step {} (loss {loss}, grad norm {grad_norm}); stopped without saving. Last good checkpoint: {last}",
-                if loss.is_finite() { "gradient" } else { "loss" },
-                state.step + 1
-            )));
+            return Err(Error::NonFinite {
+                what: if loss.is_finite() { "gradient" } else { "loss" },
+                step: state.step + 1,
+                loss,
+                grad_norm,
+                last,
+            });
         }
         state.step += 1;
         state.tokens_seen += seen;
@@ -350,16 +367,7 @@ fn fit<'s, B: AutodiffBackend>(
                 f.sync_all().at(&metrics_path)?;
             }
             state.elapsed_s = elapsed0 + t_run.elapsed().as_secs_f64();
-            let dir = checkpoint::save(
-                &ckpt_root,
-                &student.consolidate(&par, &device)?,
-                &config,
-                &student.moments(&opt),
-                &state,
-                cfg.keep_checkpoints,
-                &par,
-                &device,
-            )?;
+            let (_, dir) = save(&student, &opt, &state)?;
             if lead {
                 obs.saved(&dir);
             }
@@ -376,17 +384,7 @@ fn fit<'s, B: AutodiffBackend>(
         f.sync_all().at(&metrics_path)?;
     }
     state.elapsed_s = elapsed0 + t_run.elapsed().as_secs_f64();
-    let weights = student.consolidate(&par, &device)?;
-    let dir = checkpoint::save(
-        &ckpt_root,
-        &weights,
-        &config,
-        &student.moments(&opt),
-        &state,
-        cfg.keep_checkpoints,
-        &par,
-        &device,
-    )?;
+    let (weights, dir) = save(&student, &opt, &state)?;
     if lead {
         obs.saved(&dir);
     }
@@ -413,7 +411,6 @@ fn fit<'s, B: AutodiffBackend>(
     })
 }
 
-
 /// The sparse layers of a model and their expert counts.
 fn sparse_layers<B: Backend>(model: &CausalLm<B>) -> Vec<(usize, usize)> {
     model
@@ -433,11 +430,11 @@ fn sparse_layers<B: Backend>(model: &CausalLm<B>) -> Vec<(usize, usize)> {
 fn balance_experts<B: AutodiffBackend>(
     model: &mut CausalLm<B>,
     sparse: &[(usize, usize)],
+    recorded: &distill_models::model::RoutingLoad,
     rate: f64,
     par: &Parallel<B::InnerBackend>,
     device: &B::Device,
 ) -> Result<MoeLoad> {
-    let recorded = distill_models::model::routing_load::take().unwrap_or_default();
     let mut flat = Vec::new();
     for &(layer, experts) in sparse {
         let l = recorded.get(&layer);

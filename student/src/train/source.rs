@@ -161,7 +161,7 @@ impl<B: AutodiffBackend> StudentView<'_, B> {
             .into_data()
             .convert::<f32>()
             .into_vec::<f32>()
-            .map_err(|e| Error::Invalid(format!("{e:?}")))?;
+            .map_err(|e| Error::Readback(format!("{e:?}")))?;
         let mut out = Vec::with_capacity(world);
         let mut from = 0;
         for (len, slot) in lens.iter().zip(&slots) {

@@ -10,12 +10,12 @@ use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
 
 use super::divergence::Divergence;
-use super::loss::losses;
+use super::loss::{Head, inputs, losses_from_hidden};
 use super::optim::AdamW;
 use super::pack::Batch;
 use super::parallel::{Comm, Layout, Parallel, ShardMode};
 use crate::error::{Error, Result};
-use distill_models::model::{CausalLm, ParamMut};
+use distill_models::model::{CausalLm, ParamMut, RoutingLoad};
 use distill_models::rope::Rope;
 
 /// Casts every float parameter to the compute dtype. Under autodiff the cast is part of the graph,
@@ -81,6 +81,9 @@ pub struct StepOutcome {
     pub comm_s: f64,
     /// Seconds spent on offload: gradient slices to the host, the host's update, slices back.
     pub offload_s: f64,
+    /// The tokens each expert of each sparse layer got in this rank's micro-batches (empty for a
+    /// dense model, and under the unit-by-unit schedule).
+    pub routing: RoutingLoad,
 }
 
 /// One optimizer step on one device (world size 1), with per-tensor gradient norms.
@@ -142,6 +145,7 @@ pub fn parallel_step<B: AutodiffBackend>(
     let mut comm_s = 0.0;
     let mut acc: Vec<G<B>> = vec![None; np];
     let (mut ce_total, mut kd_total) = (0.0f64, 0.0f64);
+    let mut routing = RoutingLoad::new();
     let add = |a: G<B>, b: G<B>| match (a, b) {
         (Some(a), Some(b)) => Some(a + b),
         (a, b) => a.or(b),
@@ -158,9 +162,17 @@ pub fn parallel_step<B: AutodiffBackend>(
             } else {
                 model.clone().map(&mut CastParams(compute))
             };
+            // As `loss::losses` (or `divergence::losses`), keeping the forward's routing.
+            let (input, mask, positions) = inputs(b, device);
+            let (hidden, routed) = fwd.forward_hidden_routed(input, positions, rope, &mask, None);
+            for (layer, counts) in routed {
+                let v = routing.entry(layer).or_insert_with(|| vec![0; counts.len()]);
+                v.iter_mut().zip(&counts).for_each(|(a, b)| *a += b);
+            }
+            let head = Head::of(&fwd);
             let l = match objective {
-                None => losses(&fwd, rope, b, device),
-                Some(d) => super::divergence::losses(&fwd, rope, b, device, d),
+                None => losses_from_hidden(&head, hidden, b, device),
+                Some(d) => super::divergence::losses_from_hidden(&head, hidden, b, device, d),
             };
             let loss = l.objective(w, n_tokens, n_kd, &mut ce_total, &mut kd_total);
             let grads = loss.backward();
@@ -240,6 +252,7 @@ pub fn parallel_step<B: AutodiffBackend>(
         tokens: n_tokens,
         comm_s,
         offload_s: 0.0,
+        routing,
     };
     if whole && !par.replicated() {
         // ZeRO-1: keep the owned ranges for the update.
@@ -313,5 +326,5 @@ pub(crate) fn sums_of_squares<'a, B: Backend>(
         .into_data()
         .convert::<f64>()
         .into_vec::<f64>()
-        .map_err(|e| Error::Invalid(format!("{e:?}")))
+        .map_err(|e| Error::Readback(format!("{e:?}")))
 }

@@ -8,29 +8,34 @@ use super::local::LocalConfig;
 use super::openai::OpenAiConfig;
 use super::retry::RetryPolicy;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BackendKind {
-    /// OpenAI-compatible servers.
-    Openai,
-    /// distill's own engine.
-    Local,
+/// `[generate.backend]` (and `[eval.backend]`): one variant per `kind`, each with only its own
+/// fields, so a field of another kind (or a misspelled one) is refused when the recipe is read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BackendConfig {
+    /// OpenAI-compatible servers: one or more endpoints; requests are balanced by whichever has a
+    /// free slot.
+    Openai { endpoints: Vec<OpenAiConfig> },
+    /// distill's own engine, on `device` (`cpu`, `cuda` or `cuda:N`).
+    Local {
+        local: LocalConfig,
+        #[serde(default)]
+        device: distill_models::device::DeviceKind,
+    },
 }
 
-/// `[generate.backend]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackendConfig {
-    pub kind: BackendKind,
-    /// For `openai`: one or more endpoints; requests are balanced by whichever has a free slot.
-    #[serde(default)]
-    pub endpoints: Vec<OpenAiConfig>,
-    /// For `local`.
-    #[serde(default)]
-    pub local: Option<LocalConfig>,
-    /// For `local`: `cpu`, `cuda` or `cuda:N`.
-    #[serde(default)]
-    pub device: distill_models::device::DeviceKind,
+impl BackendConfig {
+    /// The endpoints of an `openai` backend (none for `local`).
+    pub fn endpoints(&self) -> &[OpenAiConfig] {
+        match self {
+            BackendConfig::Openai { endpoints } => endpoints,
+            BackendConfig::Local { .. } => &[],
+        }
+    }
+
+    pub fn is_local(&self) -> bool {
+        matches!(self, BackendConfig::Local { .. })
+    }
 }
 
 /// `[generate.retry]`.

@@ -15,21 +15,20 @@ use distill_data::{EndpointKind, FinishReason, Message, TokenLogprobs};
 use distill_models::device::{DeviceKind, OnDevice, on_device};
 use serde::{Deserialize, Serialize};
 
-use self::config::{BackendConfig, BackendKind};
+use self::config::BackendConfig;
 use crate::error::{BackendError, Error, Result};
 
 /// The teachers a `[…backend]` section names, checked before any long work: an endpoint that
 /// does not answer, a missing model directory or an unknown device is an error here.
 pub fn build(backend: &BackendConfig) -> Result<Vec<Arc<dyn Teacher>>> {
-    match backend.kind {
-        BackendKind::Openai => {
-            if backend.endpoints.is_empty() {
+    match backend {
+        BackendConfig::Openai { endpoints } => {
+            if endpoints.is_empty() {
                 return Err(Error::Config(
                     "backend kind openai needs at least one endpoint".into(),
                 ));
             }
-            backend
-                .endpoints
+            endpoints
                 .iter()
                 .map(|e| {
                     preflight(&e.base_url)?;
@@ -38,12 +37,9 @@ pub fn build(backend: &BackendConfig) -> Result<Vec<Arc<dyn Teacher>>> {
                 })
                 .collect()
         }
-        BackendKind::Local => {
-            let local = backend.local.as_ref().ok_or_else(|| {
-                Error::Config("backend kind local needs `local = { model_dir = … }`".into())
-            })?;
+        BackendConfig::Local { local, device } => {
             check_model_dir(&local.model_dir)?;
-            let kind: DeviceKind = backend.device;
+            let kind: DeviceKind = *device;
             struct Load<'a>(&'a local::LocalConfig);
             impl OnDevice for Load<'_> {
                 type Output = Result<Arc<dyn Teacher>>;

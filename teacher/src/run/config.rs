@@ -6,7 +6,7 @@ use distill_data::prompts::FieldMap;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::SamplingSpec;
-use crate::backend::config::{BackendConfig, BackendKind, RetryConfig};
+use crate::backend::config::{BackendConfig, RetryConfig};
 use crate::error::{Error, Result};
 use crate::verify::VerifyConfig;
 
@@ -95,12 +95,9 @@ impl GenerateConfig {
             return bad("keep (K) cannot exceed samples (N)");
         }
         self.fields.validate().map_err(|e| Error::Config(format!("[generate.fields] {e}")))?;
-        match self.backend.kind {
-            BackendKind::Openai if self.backend.endpoints.is_empty() => {
+        match &self.backend {
+            BackendConfig::Openai { endpoints } if endpoints.is_empty() => {
                 bad("backend kind openai needs at least one [[generate.backend.endpoints]]")
-            }
-            BackendKind::Local if self.backend.local.is_none() => {
-                bad("backend kind local needs [generate.backend.local] with model_dir")
             }
             // Written as ranges so that NaN is refused too.
             _ if !(0.0..=f64::INFINITY).contains(&self.sampling.temperature)

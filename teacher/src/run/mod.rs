@@ -25,7 +25,7 @@ use distill_data::{CorpusWriter, WriterOptions};
 pub use self::config::GenerateConfig;
 pub use self::prompts::{PromptSet, load_prompts};
 pub use self::report::{FailedPrompt, GenerateReport, Progress, SkippedLine};
-pub use crate::backend::config::{BackendConfig, BackendKind, RetryConfig};
+pub use crate::backend::config::{BackendConfig, RetryConfig};
 use crate::backend::pool::Pool;
 use crate::backend::{ChatRequest, Teacher};
 use crate::error::Result;
@@ -90,7 +90,7 @@ pub fn generate(
         teachers: teachers.iter().map(|t| t.describe()).collect(),
         ..Default::default()
     };
-    let max_n = cfg.backend.endpoints.iter().map(|e| e.max_n).min().unwrap_or(u32::MAX).max(1);
+    let max_n = cfg.backend.endpoints().iter().map(|e| e.max_n).min().unwrap_or(u32::MAX).max(1);
     let base_seed = cfg.sampling.seed.unwrap_or(0);
     let pool: Pool<Job> = Pool::start(&teachers, &cfg.retry.policy());
     let mut states: Vec<PromptState> = (0..prompts.len()).map(|_| PromptState::default()).collect();
@@ -235,7 +235,7 @@ pub fn generate(
     report.elapsed_s = t0.elapsed().as_secs_f64();
     report.completion_tokens_per_s = report.completion_tokens as f64 / report.elapsed_s.max(1e-9);
     // The local engine runs on one device: its cost is the run's wall time on it.
-    if cfg.backend.kind == BackendKind::Local {
+    if cfg.backend.is_local() {
         report.device_hours = Some(report.elapsed_s / 3600.0);
         report.unpriced_requests = 0;
     }

@@ -59,7 +59,7 @@ fn arm(cfg: &TrainConfig, recipe: &serde_json::Value, what: &str) -> anyhow::Res
     }
     let resume =
         !distill_student::train::checkpoint::list(&cfg.output.join("checkpoints"))?.is_empty();
-    let s = crate::cmd::train::run_train(cfg, recipe.clone(), resume)
+    let s = super::train::run_train(cfg, recipe.clone(), resume)
         .with_context(|| format!("the {what} arm"))?;
     let a = Arm {
         steps: s.steps,
@@ -82,7 +82,7 @@ pub fn run(l: &Loaded) -> anyhow::Result<serde_json::Value> {
     let train = l.train()?;
     let recipe = serde_json::to_value(&l.resolved)?;
     let op_cfg = l.on_policy_train()?;
-    crate::cmd::train::same_vocabulary(&op_cfg.model, &o.policy.teacher)?;
+    super::train::same_vocabulary(&op_cfg.model, &o.policy.teacher)?;
     let on = arm(&op_cfg, &recipe, "on-policy")?;
     if !o.compare {
         return Ok(json!({"on_policy": on, "on_policy_dir": op_cfg.output}));
@@ -99,7 +99,7 @@ pub fn run(l: &Loaded) -> anyhow::Result<serde_json::Value> {
     let held = held_out(l, &students)?;
     // Agreement needs the teacher's weights here: not with an endpoint teacher.
     let agree = match &o.policy.endpoint {
-        None => Some(crate::agreement::measure(
+        None => Some(super::agreement::measure(
             train,
             &o.policy.teacher,
             &students.iter().map(|(_, d)| *d).collect::<Vec<_>>(),
@@ -139,13 +139,13 @@ pub fn run(l: &Loaded) -> anyhow::Result<serde_json::Value> {
 #[allow(clippy::clone_on_copy)]
 fn held_out(l: &Loaded, students: &[(&str, &Path)]) -> anyhow::Result<Vec<HeldOut>> {
     let (o, train) = (l.on_policy()?, l.train()?);
-    let judge = crate::cmd::train::math_judge();
-    let mut endpoint = crate::cmd::train::endpoint_scorer(&o.policy)?;
+    let judge = super::train::math_judge();
+    let mut endpoint = super::train::endpoint_scorer(&o.policy)?;
     let kind = train.device_kinds()?.first().copied().unwrap_or_default();
     crate::backend::dispatch!(kind, |B, device| {
         let scorer: Box<dyn distill_models::score::Scorer> = match endpoint.take() {
             Some(e) => Box::new(e),
-            None => Box::new(crate::cmd::train::local_scorer::<B>(&o.policy, &device)?),
+            None => Box::new(super::train::local_scorer::<B>(&o.policy, &device)?),
         };
         let pb = crate::progress::bar(Some(students.len() as u64), "students sampled");
         let mut out = Vec::with_capacity(students.len());
