@@ -36,6 +36,18 @@ pub enum Error {
     )]
     NonFinite { what: &'static str, step: u64, loss: f64, grad_norm: f64, last: String },
 
+    /// The run does not fit the devices' or the host's memory (the plan says what to change).
+    #[error("{0}")]
+    DoesNotFit(String),
+
+    /// `--resume` without a checkpoint, or a fresh run over existing ones.
+    #[error("{0}")]
+    Resume(String),
+
+    /// A prompt that cannot be rendered or tokenized.
+    #[error("prompt {id}: {msg}")]
+    Prompt { id: String, msg: String },
+
     /// Reading a tensor back from the device failed.
     #[error("reading a tensor back: {0}")]
     Readback(String),

@@ -120,12 +120,13 @@ fn render(prompts: Vec<Prompt>, tok: &TextTokenizer) -> Result<Vec<Rendered>> {
     prompts
         .into_iter()
         .map(|p| {
-            let text = chat
-                .render(&p.messages, true)
-                .map_err(|e| Error::Invalid(format!("prompt {}: the chat template: {e}", p.id)))?;
+            let text = chat.render(&p.messages, true).map_err(|e| Error::Prompt {
+                id: p.id.clone(),
+                msg: format!("the chat template: {e}"),
+            })?;
             let mut ids = tok
                 .encode(&text)
-                .map_err(|e| Error::Invalid(format!("prompt {}: tokenizing: {e}", p.id)))?;
+                .map_err(|e| Error::Prompt { id: p.id.clone(), msg: format!("tokenizing: {e}") })?;
             if let Some(b) = bos
                 && ids.first() != Some(&b)
             {

@@ -5,8 +5,8 @@
 //! divergences), [`optim`] (AdamW, schedule, clipping), [`step`] (one optimizer step),
 //! [`parallel`] and [`fsdp`] (data parallelism and sharding around the model and the optimizer),
 //! [`checkpoint`], [`plan`] (memory), [`metrics`], [`source`] (what an objective supplies) and
-//! [`run`], the loop that strings them together. The objectives live beside it: `crate::sft`
-//! (corpus rows) and `crate::onpolicy` (sample → score → batch).
+//! [`run`], the loop that strings them together. The objectives live beside it: `sft.rs`
+//! (corpus rows) and `onpolicy/` (sample → score → batch).
 
 pub mod checkpoint;
 pub mod config;

@@ -42,8 +42,7 @@ pub enum ShardMode {
     Optimizer,
     /// ZeRO-2: moments and the accumulated gradient sharded.
     Gradients,
-    /// ZeRO-3 / FSDP: the parameters too, gathered unit by unit for the step (see
-    /// [`super::fsdp`]).
+    /// ZeRO-3 / FSDP: the parameters too, gathered unit by unit for the step (see `fsdp.rs`).
     Parameters,
 }
 

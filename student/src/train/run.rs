@@ -68,7 +68,7 @@ pub fn train<B: AutodiffBackend>(
         machine_memory_gb() / if cfg.on_cuda() { 1.0 } else { devices.len() as f64 }
     });
     if plan.total_gb() > have {
-        return Err(Error::Invalid(format!(
+        return Err(Error::DoesNotFit(format!(
             "this run needs about {:.0} GB per rank but a device has {have:.0} GB:\n{}\nlower max_seq_len or micro_batch, turn on activation_checkpointing, add devices, or shard more ([train.parallel] shard = \"optimizer\", \"gradients\" or \"parameters\"); `distill plan` shows every mode",
             plan.total_gb(),
             plan.table()
@@ -87,7 +87,7 @@ pub fn train<B: AutodiffBackend>(
                 .iter()
                 .map(|(name, b)| format!("{name} {:.2} GB", b / 1e9))
                 .collect();
-            return Err(Error::Invalid(format!(
+            return Err(Error::DoesNotFit(format!(
                 "offload = \"cpu\" needs about {need:.1} GB of host memory on this node but it has {host:.1} GB ([train.parallel] host_memory_gb, default: this machine's RAM): {} rank(s) × {:.2} GB of offloaded state ({}){}; add devices or nodes so each rank's share shrinks, or turn offload off if the devices can hold it (`distill plan` shows every mode)",
                 devices.len(),
                 plan.host_gb(),
@@ -467,9 +467,9 @@ pub fn resume_from(root: &Path, resume: bool) -> Result<Option<PathBuf>> {
     let mut existing = checkpoint::list(root)?;
     match (resume, existing.is_empty()) {
         (true, true) => {
-            Err(Error::Invalid(format!("--resume: no checkpoint under {}", root.display())))
+            Err(Error::Resume(format!("--resume: no checkpoint under {}", root.display())))
         }
-        (false, false) => Err(Error::Invalid(format!(
+        (false, false) => Err(Error::Resume(format!(
             "{} already holds checkpoints; pass --resume to continue the run, or choose another output",
             root.display()
         ))),

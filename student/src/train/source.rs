@@ -1,7 +1,7 @@
-//! Where a step's batches come from. The loop ([`super::run`]) is one for every objective; an
+//! Where a step's batches come from. The loop (`train/run.rs`) is one for every objective; an
 //! objective is a [`BatchSource`]: the batches of each step and the loss to take on them, and its
-//! held-out figure. SFT and offline KD read packed corpus rows (`crate::sft`); on-policy
-//! distillation samples, scores and batches (`crate::onpolicy`).
+//! held-out figure. SFT and offline KD read packed corpus rows (`sft.rs`); on-policy
+//! distillation samples, scores and batches (`onpolicy/`).
 //!
 //! A source sees the student through a [`StudentView`]: the current weights as an inference model
 //! (to sample from), the held-out cross-entropy, and the collectives a source needs to split its
