@@ -31,7 +31,7 @@ pub use cache::{AttnMask, KV_BLOCK, KvCache, LayerKv};
 pub use deepseek::MlaAttention;
 pub use linear::{Linear, matmul_2d};
 pub use llama::{Attention, Mlp};
-pub use moe::{RoutingLoad, SparseMoe};
+pub use moe::{RoutingLoad, SparseMoe, add_routing};
 pub use norm::RmsNorm;
 
 /// A layer's attention: grouped-query (Llama, Qwen) or latent (DeepSeek).

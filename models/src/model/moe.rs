@@ -53,11 +53,14 @@ pub(crate) fn layer_of(name: &str) -> usize {
 /// and to update DeepSeek-V3's score-correction bias.
 pub type RoutingLoad = std::collections::BTreeMap<usize, Vec<u64>>;
 
-/// Add one layer's counts to `load`.
-fn record(load: &std::cell::RefCell<RoutingLoad>, layer: usize, counts: &[u64]) {
-    let mut m = load.borrow_mut();
-    let v = m.entry(layer).or_insert_with(|| vec![0; counts.len()]);
+/// Add one layer's counts to `load` (a forward pass's, or a step's over its micro-batches).
+pub fn add_routing(load: &mut RoutingLoad, layer: usize, counts: &[u64]) {
+    let v = load.entry(layer).or_insert_with(|| vec![0; counts.len()]);
     v.iter_mut().zip(counts).for_each(|(a, b)| *a += b);
+}
+
+fn record(load: &std::cell::RefCell<RoutingLoad>, layer: usize, counts: &[u64]) {
+    add_routing(&mut load.borrow_mut(), layer, counts);
 }
 
 impl<B: Backend> SparseMoe<B> {

@@ -15,7 +15,7 @@ use super::optim::AdamW;
 use super::pack::Batch;
 use super::parallel::{Comm, Layout, Parallel, ShardMode};
 use crate::error::{Error, Result};
-use distill_models::model::{CausalLm, ParamMut, RoutingLoad};
+use distill_models::model::{CausalLm, ParamMut, RoutingLoad, add_routing};
 use distill_models::rope::Rope;
 
 /// Casts every float parameter to the compute dtype. Under autodiff the cast is part of the graph,
@@ -166,8 +166,7 @@ pub fn parallel_step<B: AutodiffBackend>(
             let (input, mask, positions) = inputs(b, device);
             let (hidden, routed) = fwd.forward_hidden_routed(input, positions, rope, &mask, None);
             for (layer, counts) in routed {
-                let v = routing.entry(layer).or_insert_with(|| vec![0; counts.len()]);
-                v.iter_mut().zip(&counts).for_each(|(a, b)| *a += b);
+                add_routing(&mut routing, layer, &counts);
             }
             let head = Head::of(&fwd);
             let l = match objective {
