@@ -165,6 +165,7 @@ fn batches(
                 kd,
                 kd_k,
                 kd_token: vec![],
+                rl: vec![],
                 real_tokens: rows * seq,
             }
         })

@@ -36,9 +36,9 @@ use crate::train::run::train as train_loop;
 use crate::train::{BatchSource, Observer, StepBatch, StudentView, Summary, TrainConfig};
 
 /// A prompt rendered for the student (and, sharing its vocabulary, the teacher).
-struct Rendered {
-    prompt: Prompt,
-    ids: Vec<u32>,
+pub(crate) struct Rendered {
+    pub(crate) prompt: Prompt,
+    pub(crate) ids: Vec<u32>,
 }
 
 /// One on-policy sample with the teacher's scores.
@@ -102,7 +102,7 @@ fn sample_metrics(samples: &[Sample]) -> serde_json::Value {
 }
 
 /// The seed of prompt `id`'s sample at `step` (independent of the batch it is in).
-fn sample_seed(seed: u64, step: u64, id: &str) -> u64 {
+pub(crate) fn sample_seed(seed: u64, step: u64, id: &str) -> u64 {
     let h = blake3::hash(format!("{seed}:{step}:{id}").as_bytes());
     u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
 }
@@ -112,10 +112,11 @@ fn trace_prompt_id(step: u64, id: &str) -> String {
     format!("on-policy/step-{step:06}/{id}")
 }
 
-fn render(prompts: Vec<Prompt>, tok: &TextTokenizer) -> Result<Vec<Rendered>> {
-    let chat = tok.chat.as_ref().ok_or_else(|| {
-        Error::Invalid("[train.on_policy] the student's tokenizer has no chat template".into())
-    })?;
+pub(crate) fn render(prompts: Vec<Prompt>, tok: &TextTokenizer) -> Result<Vec<Rendered>> {
+    let chat = tok
+        .chat
+        .as_ref()
+        .ok_or_else(|| Error::Invalid("the student's tokenizer has no chat template".into()))?;
     let bos = tok.add_bos.then(|| tok.bos_token.as_deref().and_then(|b| tok.token_id(b))).flatten();
     prompts
         .into_iter()
@@ -223,11 +224,12 @@ fn example(r: &Rendered, scores: &TokenLogprobs, vocab: usize) -> Example {
             logprobs: top_lps,
             token_logprobs: scores.token_logprobs.clone(),
         }),
+        rl: None,
     }
 }
 
 /// Micro-batches of one row per example, each padded to its longest row.
-fn micro_batches(examples: &[Example], micro: usize, pad: u32) -> Vec<Batch> {
+pub(crate) fn micro_batches(examples: &[Example], micro: usize, pad: u32) -> Vec<Batch> {
     let idx: Vec<usize> = (0..examples.len()).collect();
     idx.chunks(micro.max(1))
         .map(|c| {
@@ -255,26 +257,53 @@ fn split_prompts(
     tok: &TextTokenizer,
     seq: usize,
 ) -> Result<(Vec<Rendered>, Vec<Rendered>)> {
-    let dataset = dataset_name(&op.prompts);
-    let (prompts, _) = read_prompts(&op.prompts, &dataset, &op.fields, &ReadOptions::default())?;
-    if prompts.len() <= op.eval_prompts {
+    let set = PromptSet {
+        section: "train.on_policy",
+        path: &op.prompts,
+        fields: &op.fields,
+        eval_prompts: op.eval_prompts,
+        seed: op.seed,
+    };
+    split_prompt_set(&set, tok, seq)
+}
+
+/// A prompt file and its held-out share, as an objective's section names them.
+pub(crate) struct PromptSet<'a> {
+    pub(crate) section: &'static str,
+    pub(crate) path: &'a Path,
+    pub(crate) fields: &'a distill_data::FieldMap,
+    pub(crate) eval_prompts: usize,
+    pub(crate) seed: u64,
+}
+
+/// [`split_prompts`] for any section's prompt file.
+pub(crate) fn split_prompt_set(
+    set: &PromptSet<'_>,
+    tok: &TextTokenizer,
+    seq: usize,
+) -> Result<(Vec<Rendered>, Vec<Rendered>)> {
+    let dataset = dataset_name(set.path);
+    let (prompts, _) = read_prompts(set.path, &dataset, set.fields, &ReadOptions::default())?;
+    if prompts.len() <= set.eval_prompts {
         return Err(Error::Invalid(format!(
-            "[train.on_policy] {}: {} prompts, but eval_prompts = {} leaves none to train on",
-            op.prompts.display(),
+            "[{}] {}: {} prompts, but eval_prompts = {} leaves none to train on",
+            set.section,
+            set.path.display(),
             prompts.len(),
-            op.eval_prompts
+            set.eval_prompts
         )));
     }
-    let order = pack::shuffled(prompts.len(), op.seed, u64::MAX);
+    let order = pack::shuffled(prompts.len(), set.seed, u64::MAX);
     let mut prompts: Vec<Option<Prompt>> = prompts.into_iter().map(Some).collect();
     let eval_p: Vec<Prompt> =
-        order[..op.eval_prompts].iter().map(|&i| prompts[i].take().expect("once")).collect();
+        order[..set.eval_prompts].iter().map(|&i| prompts[i].take().expect("once")).collect();
     let train_p: Vec<Prompt> = prompts.into_iter().flatten().collect();
     let eval = render(eval_p, tok)?;
     let train = render(train_p, tok)?;
     if let Some(r) = train.iter().chain(&eval).find(|r| r.ids.len() >= seq) {
         return Err(Error::Invalid(format!(
-            "[train.on_policy] prompt {} is {} tokens: no room for a completion within max_seq_len {seq}",
+            "[{}] prompt {} is {} tokens: no room for a completion within max_seq_len {seq}",
+            set.section,
             r.prompt.id,
             r.ids.len()
         )));
@@ -511,7 +540,7 @@ impl<'a> OnPolicySource<'a> {
 }
 
 /// Traces as JSON lines, and back.
-fn lines_of(traces: &[String]) -> Vec<u8> {
+pub(crate) fn lines_of(traces: &[String]) -> Vec<u8> {
     traces.join("\n").into_bytes()
 }
 
@@ -648,7 +677,7 @@ impl<B: AutodiffBackend> BatchSource<B> for OnPolicySource<'_> {
         Ok(StepBatch {
             micro: micro_batches(&examples, cfg.micro_batch, sh.pad),
             kd_weight: 0.0,
-            objective: Some(op.divergence()),
+            objective: Some(op.divergence().into()),
             epoch: state.epoch as f64,
             figures,
         })

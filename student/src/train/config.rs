@@ -85,6 +85,9 @@ pub struct TrainConfig {
     /// teacher scores, a divergence is minimised; `[train.data]` feeds the SFT share.
     #[serde(default)]
     pub on_policy: Option<crate::onpolicy::OnPolicyConfig>,
+    /// RL with verifiable rewards (GRPO, Dr. GRPO, DAPO) on the student's own rollouts.
+    #[serde(default)]
+    pub grpo: Option<crate::grpo::GrpoConfig>,
 }
 
 /// `[train] compute_dtype`.
@@ -157,7 +160,23 @@ impl TrainConfig {
                     self.data.validate()?;
                 }
             }
+            None if self.grpo.is_some() => {}
             None => self.data.validate()?,
+        }
+        if let Some(g) = &self.grpo {
+            g.validate()?;
+            if self.on_policy.is_some() {
+                return Err(Error::Config {
+                    section: "train",
+                    msg: "[train.grpo] and [train.on_policy] are two objectives: keep one".into(),
+                });
+            }
+            if self.max_step_seconds.is_some() {
+                return Err(Error::Config {
+                    section: "train",
+                    msg: "max_step_seconds applies to SFT runs; a GRPO run counts max_steps".into(),
+                });
+            }
         }
         self.optim.validate()?;
         self.parallel.validate()?;

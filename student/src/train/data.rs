@@ -113,6 +113,23 @@ pub struct Example {
     /// `true` where the token is assistant output (a loss target).
     pub assistant: Vec<bool>,
     pub kd: Option<KdTargets>,
+    /// An RL sample's completion: its advantage and log-probs.
+    pub rl: Option<RlTargets>,
+}
+
+/// An RL sample's completion tokens `start..start + n` (one entry per token in the vectors).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RlTargets {
+    pub start: usize,
+    /// The sample's advantage (every token of it gets this one).
+    pub advantage: f32,
+    /// Each token's weight in `Σ w·ℓ / N` (the aggregation of the loss type).
+    pub weight: f32,
+    /// `[n]` the sampling policy's log-probs (NaN: the current policy's, held constant); their
+    /// count is the number of tokens scored.
+    pub old_logprobs: Vec<f32>,
+    /// `[n]` the reference model's log-probs (empty without a reference).
+    pub ref_logprobs: Vec<f32>,
 }
 
 /// What became of the corpus.
@@ -257,7 +274,7 @@ pub fn example(
         })
     });
     Ok((
-        Example { id: t.id.clone(), prompt_id: t.prompt_id.clone(), ids, assistant, kd },
+        Example { id: t.id.clone(), prompt_id: t.prompt_id.clone(), ids, assistant, kd, rl: None },
         truncated,
     ))
 }

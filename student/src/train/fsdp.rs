@@ -56,11 +56,12 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, TensorData};
 
-use super::divergence::Divergence;
-use super::loss::{Head, LossSums, inputs, losses_from_hidden};
+use super::loss::{Head, LossSums, inputs};
+use super::objective::Objective;
 use super::optim::AdamW;
 use super::pack::Batch;
 use super::parallel::Parallel;
+use super::policy::PolicyFigures;
 use super::step::{StepOutcome, StepSpec, mean_losses, sums_of_squares};
 use crate::error::{Error, Result};
 use distill_models::ModelConfig;
@@ -485,6 +486,7 @@ struct Rounds<I: Backend> {
     acc: Acc<I>,
     ce_total: f64,
     kd_total: f64,
+    policy: PolicyFigures,
     comm_s: f64,
 }
 
@@ -516,13 +518,14 @@ pub fn fsdp_step<B: AutodiffBackend>(
         };
         rounds::<B>(f, rope, micro, (w, spec.objective), n_tokens, n_kd, device, &mut comms)
     })?;
-    let Rounds { acc, ce_total, kd_total, mut comm_s } = r;
+    let Rounds { acc, ce_total, kd_total, policy: pf, mut comm_s } = r;
 
     let t = Instant::now();
-    let sums = par.comm.sum(&[ce_total, kd_total], device)?;
+    let sums = par.comm.sum(&[ce_total, kd_total, pf.tokens, pf.clipped, pf.kl], device)?;
     comm_s += t.elapsed().as_secs_f64();
     let world = par.world();
     let (ce_total, kd_total) = if world == 1 { (ce_total, kd_total) } else { (sums[0], sums[1]) };
+    let pf = PolicyFigures { tokens: sums[2], clipped: sums[3], kl: sums[4] };
     let (loss, ce, kd) = mean_losses(ce_total, kd_total, n_tokens, n_kd, w);
 
     // Global norm from the owned slices (f64 sums of squares, summed over ranks).
@@ -538,6 +541,7 @@ pub fn fsdp_step<B: AutodiffBackend>(
         comm_s,
         offload_s: 0.0,
         routing: Default::default(),
+        policy: pf,
     };
     if let Acc::Host(_, secs) = &acc {
         outcome.offload_s = *secs;
@@ -584,7 +588,7 @@ fn rounds<B: AutodiffBackend>(
     f: &Fsdp<B::InnerBackend>,
     rope: &Rope<B>,
     micro: &[Batch],
-    (w, objective): (f64, Option<Divergence>),
+    (w, objective): (f64, Option<Objective>),
     n_tokens: usize,
     n_kd: usize,
     device: &B::Device,
@@ -598,6 +602,7 @@ fn rounds<B: AutodiffBackend>(
     let mut acc =
         if f.host.is_some() { Acc::Host(vec![None; np], 0.0) } else { Acc::Device(vec![None; np]) };
     let (mut ce_total, mut kd_total) = (0.0f64, 0.0f64);
+    let mut pf = PolicyFigures::default();
     let view = f.view();
     let units = &f.units;
     let n_layers = units.layers.len();
@@ -671,10 +676,9 @@ fn rounds<B: AutodiffBackend>(
             let wse = we.take().map(|we| leaves::<B>(we, true));
             let (norm, head) = build_head::<B>(&view, &wsh, wse.as_ref().map(|v| v[0].clone()));
             let hidden = norm.forward(xl.clone());
-            let l: LossSums<B> = match objective {
-                None => losses_from_hidden(&head, hidden, b, device),
-                Some(d) => super::divergence::losses_from_hidden(&head, hidden, b, device, d),
-            };
+            let (l, figures): (LossSums<B>, _) =
+                super::objective::losses_from_hidden(&head, hidden, b, device, objective);
+            pf.add(&figures);
             let loss = l.objective(w, n_tokens, n_kd, &mut ce_total, &mut kd_total);
             let grads = loss.backward();
             gh = leaf_grads::<B>(&wsh, &grads);
@@ -730,7 +734,7 @@ fn rounds<B: AutodiffBackend>(
         let s = comms.scatter(&units.embed, g)?;
         acc.add(units.embed.clone(), s);
     }
-    Ok(Rounds { acc, ce_total, kd_total, comm_s: comms.waited })
+    Ok(Rounds { acc, ce_total, kd_total, policy: pf, comm_s: comms.waited })
 }
 
 fn f_vocab(v: &FsdpView<'_>) -> usize {
@@ -780,7 +784,7 @@ pub fn eval_sums<I: Backend>(
         };
         if let (Some((b, _)), Some(xv)) = (prepared.as_ref(), x.take()) {
             let (norm, head) = build_head::<I>(&view, &wh, we.map(|v| v[0].clone()));
-            let l = losses_from_hidden(&head, norm.forward(xv), b, device);
+            let l = super::loss::losses_from_hidden(&head, norm.forward(xv), b, device);
             sum += l.ce.into_scalar().elem::<f64>();
             n += l.tokens;
         }

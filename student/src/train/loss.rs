@@ -237,6 +237,7 @@ mod chunked_tests {
             kd,
             kd_k: k,
             kd_token: vec![],
+            rl: vec![],
             real_tokens: rows * len,
         };
         let run = |chunked: bool| {

@@ -74,6 +74,8 @@ pub struct Batch {
     /// The teacher's log-prob of the target at each `kd` position (aligned with `kd`; empty
     /// when the examples carry none).
     pub kd_token: Vec<f32>,
+    /// RL tokens: advantage, weight and log-probs at positions that predict a sampled token.
+    pub rl: Vec<super::policy::RlToken>,
     /// Tokens that are not padding.
     pub real_tokens: usize,
 }
@@ -96,6 +98,7 @@ pub fn build(examples: &[Example], rows: &[Vec<usize>], len: usize, pad: u32) ->
         kd: vec![],
         kd_k: 0,
         kd_token: vec![],
+        rl: vec![],
         real_tokens: 0,
     };
     for (r, row) in rows.iter().enumerate() {
@@ -130,6 +133,21 @@ pub fn build(examples: &[Example], rows: &[Vec<usize>], len: usize, pad: u32) ->
                         kd.ids[s.clone()].to_vec(),
                         kd.logprobs[s].to_vec(),
                     ));
+                }
+            }
+            if let Some(rl) = &ex.rl {
+                for (j, &old) in rl.old_logprobs.iter().enumerate() {
+                    let tok = rl.start + j;
+                    if tok == 0 || tok >= l || b.targets[r * len + at + tok - 1].is_none() {
+                        continue;
+                    }
+                    b.rl.push(super::policy::RlToken {
+                        pos: r * len + at + tok - 1,
+                        advantage: rl.advantage,
+                        weight: rl.weight,
+                        old_logprob: old,
+                        ref_logprob: rl.ref_logprobs.get(j).copied().unwrap_or(f32::NAN),
+                    });
                 }
             }
             at += l;
@@ -168,6 +186,7 @@ mod tests {
             ids,
             assistant: a,
             kd: None,
+            rl: None,
         };
         let exs =
             vec![ex(vec![1, 2, 3], vec![false, true, true]), ex(vec![7, 8], vec![false, true])];

@@ -348,6 +348,11 @@ fn fit<'s, B: AutodiffBackend>(
         for (k, v) in batch.figures {
             line[k.as_str()] = v;
         }
+        if out.policy.tokens > 0.0 {
+            // The policy loss's own figures, on the weights this step started from.
+            line["clip_fraction"] = json!(out.policy.clipped / out.policy.tokens);
+            line["kl_ref"] = json!(out.policy.kl / out.policy.tokens);
+        }
         log(&mut metrics, &metrics_path, line)?;
         if lead {
             obs.step(&m);

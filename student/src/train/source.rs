@@ -15,9 +15,9 @@ use serde_json::{Map, Value};
 
 use super::checkpoint::RunState;
 use super::data::DataReport;
-use super::divergence::Divergence;
 use super::fsdp::Fsdp;
 use super::loss::losses;
+use super::objective::Objective;
 use super::pack::Batch;
 use super::parallel::Parallel;
 use crate::error::{Error, Result};
@@ -33,8 +33,8 @@ pub struct StepBatch {
     pub micro: Vec<Batch>,
     /// SFT's weight on the teacher's top-k (0: cross-entropy only).
     pub kd_weight: f64,
-    /// `None`: SFT's loss; else an on-policy divergence on the student's own samples.
-    pub objective: Option<Divergence>,
+    /// `None`: SFT's loss; else an on-policy divergence or the RL policy loss.
+    pub objective: Option<Objective>,
     /// Passes over the source's data so far (fractional), for the metrics line.
     pub epoch: f64,
     /// The source's own figures, added to the step's metrics line.

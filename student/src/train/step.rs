@@ -9,11 +9,12 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
 
-use super::divergence::Divergence;
-use super::loss::{Head, inputs, losses_from_hidden};
+use super::loss::{Head, inputs};
+use super::objective::{Objective, losses_from_hidden};
 use super::optim::AdamW;
 use super::pack::Batch;
 use super::parallel::{Comm, Layout, Parallel, ShardMode};
+use super::policy::PolicyFigures;
 use crate::error::{Error, Result};
 use distill_models::model::{CausalLm, ParamMut, RoutingLoad, add_routing};
 use distill_models::rope::Rope;
@@ -59,8 +60,9 @@ pub struct StepSpec {
     /// The forward/backward dtype.
     pub compute: DType,
     /// `None`: SFT (cross-entropy, plus the KD term by `kd_weight`); else an on-policy
-    /// divergence to the teacher on the student's own samples (`crate::onpolicy`).
-    pub objective: Option<Divergence>,
+    /// divergence to the teacher on the student's own samples (`crate::onpolicy`), or the RL
+    /// policy loss (`crate::grpo`).
+    pub objective: Option<Objective>,
 }
 
 /// What one optimizer step did.
@@ -84,6 +86,8 @@ pub struct StepOutcome {
     /// The tokens each expert of each sparse layer got in this rank's micro-batches (empty for a
     /// dense model, and under the unit-by-unit schedule).
     pub routing: RoutingLoad,
+    /// The policy loss's clip and KL sums over the step's RL tokens (all ranks; zero otherwise).
+    pub policy: PolicyFigures,
 }
 
 /// One optimizer step on one device (world size 1), with per-tensor gradient norms.
@@ -146,6 +150,7 @@ pub fn parallel_step<B: AutodiffBackend>(
     let mut acc: Vec<G<B>> = vec![None; np];
     let (mut ce_total, mut kd_total) = (0.0f64, 0.0f64);
     let mut routing = RoutingLoad::new();
+    let mut pf = PolicyFigures::default();
     let add = |a: G<B>, b: G<B>| match (a, b) {
         (Some(a), Some(b)) => Some(a + b),
         (a, b) => a.or(b),
@@ -169,10 +174,8 @@ pub fn parallel_step<B: AutodiffBackend>(
                 add_routing(&mut routing, layer, &counts);
             }
             let head = Head::of(&fwd);
-            let l = match objective {
-                None => losses_from_hidden(&head, hidden, b, device),
-                Some(d) => super::divergence::losses_from_hidden(&head, hidden, b, device, d),
-            };
+            let (l, f) = losses_from_hidden(&head, hidden, b, device, objective);
+            pf.add(&f);
             let loss = l.objective(w, n_tokens, n_kd, &mut ce_total, &mut kd_total);
             let grads = loss.backward();
             for (i, (_, p)) in model.params_mut().into_iter().enumerate() {
@@ -203,7 +206,7 @@ pub fn parallel_step<B: AutodiffBackend>(
         }
     }
     let t = Instant::now();
-    let sums = par.comm.sum(&[ce_total, kd_total], device)?;
+    let sums = par.comm.sum(&[ce_total, kd_total, pf.tokens, pf.clipped, pf.kl], device)?;
     // Whole reduced gradients on every rank, except under `gradients` (owned ranges only).
     let whole = par.replicated() || par.mode == ShardMode::Optimizer;
     if whole {
@@ -211,6 +214,7 @@ pub fn parallel_step<B: AutodiffBackend>(
     }
     comm_s += t.elapsed().as_secs_f64();
     let (ce_total, kd_total) = if world == 1 { (ce_total, kd_total) } else { (sums[0], sums[1]) };
+    let pf = PolicyFigures { tokens: sums[2], clipped: sums[3], kl: sums[4] };
     let (loss, ce, kd) = mean_losses(ce_total, kd_total, n_tokens, n_kd, w);
 
     // Global norm: per-tensor sums of squares of what this rank holds, in parameter order, summed
@@ -252,6 +256,7 @@ pub fn parallel_step<B: AutodiffBackend>(
         comm_s,
         offload_s: 0.0,
         routing,
+        policy: pf,
     };
     if whole && !par.replicated() {
         // ZeRO-1: keep the owned ranges for the update.

@@ -63,7 +63,14 @@ fn check(name: &str) {
                 logprobs: tlps,
                 token_logprobs: tok,
             };
-            Example { id: "s".into(), prompt_id: "p".into(), ids, assistant, kd: Some(kd) }
+            Example {
+                id: "s".into(),
+                prompt_id: "p".into(),
+                ids,
+                assistant,
+                kd: Some(kd),
+                rl: None,
+            }
         })
         .collect();
     let len: usize = examples.iter().map(|e| e.ids.len()).sum();
@@ -83,7 +90,7 @@ fn check(name: &str) {
             max_grad_norm: 0.0,
             lr: 0.0,
             compute: DType::F32,
-            objective: Some(div),
+            objective: Some(div.into()),
         };
         let out =
             single_step(&mut model, &rope, &mut opt, std::slice::from_ref(&batch), &spec, &dev);

@@ -23,6 +23,7 @@ fn packed_documents_lose_what_they_lose_alone() {
         assistant: (0..ids.len()).map(|i| i >= prompt).collect(),
         ids,
         kd: None,
+        rl: None,
     };
     let docs = vec![
         ex(vec![5, 17, 42, 8, 77, 3, 19, 2], 3),

@@ -52,6 +52,7 @@ fn check_split(name: &str, compute: DType, tol: f64, split: bool) {
             ids: d[0].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect(),
             assistant: d[1].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() == 1).collect(),
             kd: None,
+            rl: None,
         })
         .collect();
     let len: usize = examples.iter().map(|e| e.ids.len()).sum();
