@@ -111,6 +111,9 @@ pub fn training_curves(metrics: &Path, out: &Path) -> anyhow::Result<()> {
     let (mut loss, mut eval, mut lr, mut gn) = (vec![], vec![], vec![], vec![]);
     // On-policy runs: the reverse KL of the samples and of held-out samples, EOS and pass rates.
     let (mut rkl, mut eval_rkl, mut eos, mut pass) = (vec![], vec![], vec![], vec![]);
+    // GRPO runs: reward, held-out pass@1, clip fraction, KL to the reference, entropy, length.
+    let (mut reward, mut eval_pass, mut clip, mut kl) = (vec![], vec![], vec![], vec![]);
+    let (mut entropy, mut length, mut dropped) = (vec![], vec![], vec![]);
     for l in text.lines() {
         let v: serde_json::Value = serde_json::from_str(l)?;
         let step = v["step"].as_f64().unwrap_or(0.0);
@@ -129,6 +132,19 @@ pub fn training_curves(metrics: &Path, out: &Path) -> anyhow::Result<()> {
         if let Some(x) = v["pass_rate"].as_f64() {
             pass.push((step, x));
         }
+        for (key, points) in [
+            ("reward_mean", &mut reward),
+            ("eval_pass_rate", &mut eval_pass),
+            ("clip_fraction", &mut clip),
+            ("kl_ref", &mut kl),
+            ("entropy", &mut entropy),
+            ("sample_tokens", &mut length),
+            ("groups_dropped", &mut dropped),
+        ] {
+            if let Some(x) = v[key].as_f64() {
+                points.push((step, x));
+            }
+        }
         if let Some(x) = v["loss"].as_f64() {
             loss.push((step, x));
             lr.push((step, v["lr"].as_f64().unwrap_or(0.0)));
@@ -136,10 +152,13 @@ pub fn training_curves(metrics: &Path, out: &Path) -> anyhow::Result<()> {
         }
     }
     let on_policy = !rkl.is_empty() || !eval_rkl.is_empty();
+    let rl = !reward.is_empty();
     let mut panels = vec![
         Panel {
             title: "Loss".into(),
-            y_label: if on_policy {
+            y_label: if rl {
+                "policy loss"
+            } else if on_policy {
                 "divergence (nats/token)"
             } else {
                 "cross-entropy (nats/token)"
@@ -187,11 +206,43 @@ pub fn training_curves(metrics: &Path, out: &Path) -> anyhow::Result<()> {
                 Series { name: "ending in EOS".into(), points: eos, color: GREEN, dots: false },
                 Series {
                     name: "passing the verifier".into(),
-                    points: pass,
+                    points: pass.clone(),
                     color: MAGENTA,
                     dots: false,
                 },
             ],
+        });
+    }
+    if rl {
+        let s =
+            |name: &str, points, color| Series { name: name.into(), points, color, dots: false };
+        panels.push(Panel {
+            title: "Reward and pass rate".into(),
+            y_label: "mean".into(),
+            series: vec![
+                s("reward (rollouts)", reward, BLUE),
+                s("pass rate (rollouts)", pass, GREEN),
+                Series {
+                    name: "held-out pass@1".into(),
+                    points: eval_pass,
+                    color: RED,
+                    dots: true,
+                },
+            ],
+        });
+        panels.push(Panel {
+            title: "Policy".into(),
+            y_label: "per token".into(),
+            series: vec![
+                s("clip fraction", clip, MAGENTA),
+                s("KL to the reference", kl, RED),
+                s("entropy (nats)", entropy, BLUE),
+            ],
+        });
+        panels.push(Panel {
+            title: "Rollouts".into(),
+            y_label: "count".into(),
+            series: vec![s("tokens per sample", length, GREEN), s("groups dropped", dropped, RED)],
         });
     }
     line_chart(out, &panels, "optimizer step")

@@ -666,6 +666,9 @@ impl Loaded {
                 if let Some(t) = &r.train {
                     v.push(Input::model("[train] model", &t.model));
                     v.extend(t.data.corpus.iter().map(|c| Input::file("[train.data] corpus", c)));
+                    if let Some(g) = &t.grpo {
+                        v.push(Input::file("[train.grpo] prompts", &g.prompts));
+                    }
                 }
             }
             Stage::OnPolicy => {

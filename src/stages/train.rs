@@ -83,8 +83,33 @@ pub fn run_train(
             cfg.parallel.shard.name()
         );
     }
-    let eval_name = if cfg.on_policy.is_some() { "held-out reverse KL" } else { "eval loss" };
+    let eval_name = if cfg.on_policy.is_some() {
+        "held-out reverse KL"
+    } else if cfg.grpo.is_some() {
+        "held-out pass@1"
+    } else {
+        "eval loss"
+    };
     let mut obs = Bar { pb: crate::progress::bar(Some(1), "steps"), eval_name };
+    if cfg.grpo.is_some() {
+        let judge = math_judge();
+        let summary = crate::backend::dispatch_many!(kinds, |B, devices| {
+            distill_student::grpo::train_grpo::<burn::backend::Autodiff<B>>(
+                cfg,
+                Some(&judge),
+                recipe,
+                devices,
+                resume,
+                &mut obs,
+            )
+        })?;
+        obs.pb.finish_and_clear();
+        crate::plot::training_curves(
+            &cfg.output.join("metrics.jsonl"),
+            &cfg.output.join("loss.png"),
+        )?;
+        return Ok(summary);
+    }
     if let Some(op) = &cfg.on_policy {
         same_vocabulary(&cfg.model, &op.teacher)?;
         let judge = math_judge();

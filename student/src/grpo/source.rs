@@ -493,7 +493,7 @@ impl<B: AutodiffBackend> BatchSource<B> for GrpoSource<'_, B::InnerBackend> {
     }
 
     fn eval_key(&self) -> &'static str {
-        "eval_pass_rate"
+        if self.sh.rewards.needs_references() { "eval_pass_rate" } else { "eval_reward" }
     }
 
     fn start(&mut self, state: &RunState, view: &StudentView<'_, B>) -> Result<()> {
@@ -560,17 +560,18 @@ impl<B: AutodiffBackend> BatchSource<B> for GrpoSource<'_, B::InnerBackend> {
     }
 
     /// pass@1 on the held-out prompts: `eval_samples` samples each (fixed seeds), the share the
-    /// accuracy reward passes.
+    /// accuracy reward passes; without an accuracy reward, the samples' mean reward.
     fn eval(&mut self, view: &StudentView<'_, B>) -> Result<Option<f64>> {
         let sh = self.sh;
         if sh.eval.is_empty() {
             return Ok(None);
         }
         let model = view.inference_model()?;
-        let (passed, n) =
+        let (passed, reward, n) =
             pass_sums(sh, &model, view.config, view.device, (view.rank(), view.world()))?;
-        let r = view.sum(&[passed, n])?;
-        Ok((r[1] > 0.0).then(|| r[0] / r[1]))
+        let r = view.sum(&[passed, reward, n])?;
+        let figure = if sh.rewards.needs_references() { r[0] } else { r[1] };
+        Ok((r[2] > 0.0).then(|| figure / r[2]))
     }
 }
 
@@ -583,100 +584,97 @@ fn rollouts<A: AutodiffBackend>(
     block: u64,
     block_index: u64,
 ) -> Result<(Vec<Rolled>, Map<String, Value>)> {
-    {
-        let sh = this.sh;
-        let g = sh.g;
-        let names = sh.rewards.names();
-        let mine = this.kept.remove(&block);
-        let reused = view.sum(&[if mine.is_some() { 1.0 } else { 0.0 }])?[0] > 0.0;
-        let mut all: Vec<(Rolled, bool)> = Vec::new();
-        let mut traces: Vec<Trace> = Vec::new();
-        let gather = |lines: Vec<String>,
-                      all: &mut Vec<(Rolled, bool)>,
-                      traces: &mut Vec<Trace>|
-         -> Result<()> {
-            for part in view.all_gather_bytes(&lines_of(&lines))? {
-                let text = String::from_utf8(part)
-                    .map_err(|e| Error::Invalid(format!("rollouts from another rank: {e}")))?;
-                for line in text.lines() {
-                    let t = Trace::from_json(line)?;
-                    all.push(rolled_of(&t, &names, &this.corpus_dir)?);
-                    traces.push(t);
-                }
+    let sh = this.sh;
+    let g = sh.g;
+    let names = sh.rewards.names();
+    let mine = this.kept.remove(&block);
+    let reused = view.sum(&[if mine.is_some() { 1.0 } else { 0.0 }])?[0] > 0.0;
+    let mut all: Vec<(Rolled, bool)> = Vec::new();
+    let mut traces: Vec<Trace> = Vec::new();
+    let gather = |lines: Vec<String>,
+                  all: &mut Vec<(Rolled, bool)>,
+                  traces: &mut Vec<Trace>|
+     -> Result<()> {
+        for part in view.all_gather_bytes(&lines_of(&lines))? {
+            let text = String::from_utf8(part)
+                .map_err(|e| Error::Invalid(format!("rollouts from another rank: {e}")))?;
+            for line in text.lines() {
+                let t = Trace::from_json(line)?;
+                all.push(rolled_of(&t, &names, &this.corpus_dir)?);
+                traces.push(t);
             }
-            Ok(())
-        };
-        let mut rounds = 0;
-        if reused {
-            let lines: Vec<String> = mine.unwrap_or_default().iter().map(Trace::to_json).collect();
+        }
+        Ok(())
+    };
+    let mut rounds = 0;
+    if reused {
+        let lines: Vec<String> = mine.unwrap_or_default().iter().map(Trace::to_json).collect();
+        gather(lines, &mut all, &mut traces)?;
+        rounds = all.iter().map(|(x, _)| x.round + 1).max().unwrap_or(0);
+    } else {
+        let model = view.inference_model()?;
+        if g.beta > 0.0 && this.reference.is_none() {
+            this.reference =
+                Some(hf::load_model::<A::InnerBackend>(&sh.cfg.model, view.device)?.model);
+        }
+        let n = sh.train.len();
+        let mut informative = 0;
+        while rounds < g.max_sampling_rounds {
+            let groups = picks(n, g, block_index, block, rounds);
+            let lines = roll_round(
+                sh,
+                &model,
+                view.config,
+                this.reference.as_ref(),
+                view.device,
+                (view.rank(), view.world()),
+                block,
+                state.step,
+                rounds,
+                &groups,
+            )?;
+            let before = all.len();
             gather(lines, &mut all, &mut traces)?;
-            rounds = all.iter().map(|(x, _)| x.round + 1).max().unwrap_or(0);
-        } else {
-            let model = view.inference_model()?;
-            if g.beta > 0.0 && this.reference.is_none() {
-                this.reference =
-                    Some(hf::load_model::<A::InnerBackend>(&sh.cfg.model, view.device)?.model);
-            }
-            let n = sh.train.len();
-            let mut informative = 0;
-            while rounds < g.max_sampling_rounds {
-                let groups = picks(n, g, block_index, block, rounds);
-                let lines = roll_round(
-                    sh,
-                    &model,
-                    view.config,
-                    this.reference.as_ref(),
-                    view.device,
-                    (view.rank(), view.world()),
-                    block,
-                    state.step,
-                    rounds,
-                    &groups,
-                )?;
-                let before = all.len();
-                gather(lines, &mut all, &mut traces)?;
-                informative += all[before..].iter().filter(|(x, d)| !d && x.index == 0).count();
-                rounds += 1;
-                if !g.dynamic() || informative >= g.prompts_per_step {
-                    break;
-                }
-            }
-            if let Some(w) = this.writer.as_mut() {
-                for t in &traces {
-                    if !w.committed_ids().contains(&t.id) {
-                        w.append(t.clone())?;
-                    }
-                }
-                // Durable before the step that uses them.
-                w.commit()?;
+            informative += all[before..].iter().filter(|(x, d)| !d && x.index == 0).count();
+            rounds += 1;
+            if !g.dynamic() || informative >= g.prompts_per_step {
+                break;
             }
         }
-        // Rank order of the gathers is not the groups' order: sort by (round, group, index).
-        let mut order: Vec<usize> = (0..all.len()).collect();
-        order.sort_by_key(|&i| (all[i].0.round, all[i].0.group, all[i].0.index));
-        let sampled: Vec<&(Rolled, bool)> = order.iter().map(|&i| &all[i]).collect();
-        let dropped = sampled.iter().filter(|(x, d)| *d && x.index == 0).count();
-        // The first prompts_per_step informative groups (all groups without dynamic sampling);
-        // when too few are informative, the dropped ones of round 0 fill the step (their
-        // advantages are zero: only the KL term moves them).
-        let mut keep: Vec<Rolled> = Vec::new();
-        let mut groups_kept = 0;
-        for (x, d) in &sampled {
-            if !d && (groups_kept < g.prompts_per_step || x.index != 0) {
-                if x.index == 0 {
-                    groups_kept += 1;
-                }
-                if groups_kept <= g.prompts_per_step {
-                    keep.push(x.clone());
+        if let Some(w) = this.writer.as_mut() {
+            for t in &traces {
+                if !w.committed_ids().contains(&t.id) {
+                    w.append(t.clone())?;
                 }
             }
+            // Durable before the step that uses them.
+            w.commit()?;
         }
-        if keep.is_empty() {
-            keep = sampled.iter().filter(|(x, _)| x.round == 0).map(|(x, _)| x.clone()).collect();
-        }
-        let figures = rollout_figures(&keep, &names, dropped, rounds);
-        Ok((keep, figures))
     }
+    // Rank order of the gathers is not the groups' order: sort by (round, group, index).
+    let mut order: Vec<usize> = (0..all.len()).collect();
+    order.sort_by_key(|&i| (all[i].0.round, all[i].0.group, all[i].0.index));
+    let sampled: Vec<&(Rolled, bool)> = order.iter().map(|&i| &all[i]).collect();
+    let dropped = sampled.iter().filter(|(x, d)| *d && x.index == 0).count();
+    // The first prompts_per_step informative groups (all groups without dynamic sampling);
+    // when too few are informative, the dropped ones of round 0 fill the step (their
+    // advantages are zero: only the KL term moves them).
+    let mut chosen: Vec<(usize, usize)> = Vec::new();
+    for (x, d) in &sampled {
+        if !d && x.index == 0 && chosen.len() < g.prompts_per_step {
+            chosen.push((x.round, x.group));
+        }
+    }
+    let mut keep: Vec<Rolled> = sampled
+        .iter()
+        .filter(|(x, _)| chosen.contains(&(x.round, x.group)))
+        .map(|(x, _)| x.clone())
+        .collect();
+    if keep.is_empty() {
+        keep = sampled.iter().filter(|(x, _)| x.round == 0).map(|(x, _)| x.clone()).collect();
+    }
+    let figures = rollout_figures(&keep, &names, dropped, rounds);
+    Ok((keep, figures))
 }
 
 /// The step's rollout figures: reward mean and std (and per component), pass rate, length, EOS
@@ -715,14 +713,14 @@ fn rollout_figures(
     m
 }
 
-/// (passed, samples) of this rank's share of the held-out pass@1 sampling.
+/// (passed, Σ reward, samples) of this rank's share of the held-out pass@1 sampling.
 fn pass_sums<B: Backend>(
     sh: &Shared<'_>,
     model: &CausalLm<B>,
     config: &ModelConfig,
     device: &B::Device,
     (rank, world): (usize, usize),
-) -> Result<(f64, f64)> {
+) -> Result<(f64, f64, f64)> {
     let g = sh.g;
     let ro = sh.roller();
     let k = g.eval_samples;
@@ -736,7 +734,7 @@ fn pass_sums<B: Backend>(
             (0..k).map(move |i| (p, rollout_seed(g.seed, u64::MAX, 0, &r.prompt.id, i)))
         })
         .collect();
-    let (mut passed, mut n) = (0.0, 0.0);
+    let (mut passed, mut total, mut n) = (0.0, 0.0, 0.0);
     for (c, chunk) in ids.chunks(g.batch.max(1)).enumerate() {
         if c % world != rank {
             continue;
@@ -747,7 +745,7 @@ fn pass_sums<B: Backend>(
         for ((p, _), c) in chunk.iter().zip(got) {
             let text = sh.tok.decode(&c.ids, true).unwrap_or_default();
             let eos = c.ids.last().is_some_and(|l| eos.contains(l));
-            let (_, parts) = sh.rewards.score(&Rollout {
+            let (reward, parts) = sh.rewards.score(&Rollout {
                 prompt: &sh.eval[*p].prompt,
                 text: &text,
                 tokens: c.ids.len(),
@@ -755,10 +753,11 @@ fn pass_sums<B: Backend>(
             });
             let i = sh.rewards.names().iter().position(|n| *n == "accuracy");
             passed += i.map_or(0.0, |i| (parts[i] > 0.5) as u8 as f64);
+            total += reward;
             n += 1.0;
         }
     }
-    Ok((passed, n))
+    Ok((passed, total, n))
 }
 
 /// A student's held-out pass@1.
@@ -767,6 +766,7 @@ pub struct EvalPass {
     pub prompts: usize,
     pub samples_per_prompt: usize,
     pub pass_rate: f64,
+    pub mean_reward: f64,
 }
 
 fn shared<'a>(
@@ -824,11 +824,12 @@ pub fn measure_pass_rate<B: Backend>(
         });
     }
     let loaded = hf::load_model::<B>(model_dir, device)?;
-    let (passed, n) = pass_sums(&sh, &loaded.model, &loaded.config, device, (0, 1))?;
+    let (passed, reward, n) = pass_sums(&sh, &loaded.model, &loaded.config, device, (0, 1))?;
     Ok(EvalPass {
         prompts: sh.eval.len(),
         samples_per_prompt: g.eval_samples,
         pass_rate: passed / n.max(1.0),
+        mean_reward: reward / n.max(1.0),
     })
 }
 
