@@ -194,7 +194,20 @@ pre {{ background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: .85em; m
     let train_dir = run_dir.join("train");
     if train_dir.join("loss.png").exists() {
         h.push_str("<h2>Training</h2>");
-        if let Some(st) = read_json(&run_dir.join("stages/train.json")) {
+        if let Some(st) = read_json(&run_dir.join("stages/train.json"))
+            && st["outputs"]["data"]["traces"].as_u64() == Some(0)
+            && let Some(held_out) = st["outputs"]["held_out"].as_str()
+        {
+            // An objective that reads prompts, not traces (GRPO).
+            let f = |k: &str| st["outputs"][k].as_f64().map_or("n/a".into(), |v| format!("{v:.4}"));
+            let _ = write!(
+                h,
+                "<p>{} optimizer steps on the student's own samples; {held_out} {} → {}.</p>",
+                st["outputs"]["steps"],
+                f("first_eval_loss"),
+                f("final_eval_loss")
+            );
+        } else if let Some(st) = read_json(&run_dir.join("stages/train.json")) {
             let d = &st["outputs"]["data"];
             let _ = write!(
                 h,

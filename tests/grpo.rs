@@ -344,3 +344,68 @@ fn a_killed_grpo_run_resumes_bit_exactly() {
         );
     }
 }
+
+/// DAPO's dynamic sampling: a group whose rewards are all equal teaches nothing (its advantages
+/// are zero); it is committed marked `dropped` and another round of prompts is sampled until the
+/// step has `prompts_per_step` informative groups or `max_sampling_rounds` ran out. The language
+/// reward of a tiny random student's 4-token completions is often 1 for a whole group.
+#[test]
+fn dapo_drops_groups_whose_rewards_are_all_equal_and_samples_more() {
+    let d = tempfile::tempdir().unwrap();
+    let student = tiny_student(d.path());
+    let out = d.path().join("dapo");
+    let extra = "loss = \"dapo\"\nmax_sampling_rounds = 4";
+    let r = recipe(d.path(), &student, &out, 2, extra);
+    let o = distill(&[
+        "train",
+        "--recipe",
+        r.to_str().unwrap(),
+        "--set",
+        "train.grpo.max_tokens=4",
+        "--set",
+        "train.grpo.num_iterations=1",
+        "--set",
+        "train.grpo.beta=0.0",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let m = metrics(&out);
+    let st = steps(&m);
+    let seen: Vec<(u64, u64)> = st
+        .iter()
+        .map(|v| (v["groups_dropped"].as_u64().unwrap(), v["sampling_rounds"].as_u64().unwrap()))
+        .collect();
+    eprintln!("(groups dropped, rounds) per step: {seen:?}");
+    assert!(seen.iter().any(|(d, r)| *d > 0 && *r > 1), "no step dropped and refilled: {seen:?}");
+    let traces: Vec<distill_data::Trace> =
+        distill_data::Corpus::open(&out.join("rl")).unwrap().iter().map(|t| t.unwrap()).collect();
+    let mut groups: std::collections::BTreeMap<String, Vec<&distill_data::Trace>> =
+        Default::default();
+    for t in &traces {
+        groups.entry(t.prompt_id.clone()).or_default().push(t);
+    }
+    for (step, v) in (1u64..).zip(&st) {
+        let of_step: Vec<&Vec<&distill_data::Trace>> =
+            groups.values().filter(|g| g[0].metadata["step"].as_u64() == Some(step)).collect();
+        let (mut kept, mut dropped) = (0u64, 0u64);
+        for g in &of_step {
+            assert_eq!(g.len(), 4);
+            let r: Vec<f64> = g.iter().map(|t| t.metadata["reward"].as_f64().unwrap()).collect();
+            let equal = r.iter().all(|x| *x == r[0]);
+            let d = g[0].metadata["dropped"].as_bool().unwrap();
+            assert_eq!(d, equal, "{}: dropped = {d}, rewards {r:?}", g[0].prompt_id);
+            if d {
+                dropped += 1;
+            } else {
+                kept += 1;
+            }
+        }
+        assert_eq!(v["groups_dropped"].as_u64().unwrap(), dropped, "step {step}");
+        let rounds = v["sampling_rounds"].as_u64().unwrap();
+        assert_eq!(of_step.len() as u64, rounds * 4, "step {step}: 4 prompts a round");
+        // More rounds only while fewer than 4 groups were informative.
+        assert!(kept >= 4 || rounds == 4, "step {step}: {kept} kept after {rounds} rounds");
+        if rounds > 1 {
+            assert!(kept < 4 + 4, "step {step}: a round too many");
+        }
+    }
+}

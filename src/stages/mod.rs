@@ -120,14 +120,15 @@ pub fn run_stage(stage: Stage, l: &Loaded) -> anyhow::Result<serde_json::Value> 
             let resume = !distill_student::train::checkpoint::list(&t.output.join("checkpoints"))?
                 .is_empty();
             let s = train::run_train(t, serde_json::to_value(&l.resolved)?, resume)?;
+            let held_out = train::held_out_name(t);
             println!(
-                "  {} steps; held-out loss {}; export {}",
+                "  {} steps; {held_out} {}; export {}",
                 s.steps,
                 train::eval_losses(s.first_eval_loss, s.final_eval_loss),
                 s.export_dir.display()
             );
             Ok(
-                json!({"export": s.export_dir, "steps": s.steps, "first_eval_loss": s.first_eval_loss, "final_eval_loss": s.final_eval_loss, "data": s.data}),
+                json!({"export": s.export_dir, "steps": s.steps, "first_eval_loss": s.first_eval_loss, "final_eval_loss": s.final_eval_loss, "held_out": held_out, "data": s.data}),
             )
         }
         Stage::OnPolicy => onpolicy::run(l),

@@ -62,6 +62,16 @@ pub fn eval_losses(first: Option<f64>, last: Option<f64>) -> String {
     }
 }
 
+/// What a run's held-out figure is.
+pub fn held_out_name(cfg: &TrainConfig) -> &'static str {
+    match (&cfg.on_policy, &cfg.grpo) {
+        (Some(_), _) => "held-out reverse KL",
+        (None, Some(g)) if g.rewards.accuracy != 0.0 => "held-out pass@1",
+        (None, Some(_)) => "held-out mean reward",
+        (None, None) => "held-out loss",
+    }
+}
+
 /// Train on the configured device, then draw the curves.
 // A device is `Copy` on CPU but not on every backend the dispatch instantiates.
 #[allow(clippy::clone_on_copy)]
@@ -83,13 +93,7 @@ pub fn run_train(
             cfg.parallel.shard.name()
         );
     }
-    let eval_name = if cfg.on_policy.is_some() {
-        "held-out reverse KL"
-    } else if cfg.grpo.is_some() {
-        "held-out pass@1"
-    } else {
-        "eval loss"
-    };
+    let eval_name = held_out_name(cfg);
     let mut obs = Bar { pb: crate::progress::bar(Some(1), "steps"), eval_name };
     if cfg.grpo.is_some() {
         let judge = math_judge();
