@@ -50,6 +50,7 @@ use crate::train::data::{DataReport, Example, RlTargets, check_template_tokens, 
 use crate::train::loss::{Head, inputs};
 use crate::train::objective::Objective;
 use crate::train::run::train as train_loop;
+use crate::train::step::CastParams;
 use crate::train::{BatchSource, Observer, StepBatch, StudentView, Summary, TrainConfig};
 
 /// One rollout, as committed and read back.
@@ -302,7 +303,12 @@ fn trace(
             distill_data::FinishReason::Length
         },
         teacher: distill_data::Teacher {
-            model: "student".into(),
+            // The model that sampled: the student being trained.
+            model: sh
+                .cfg
+                .model
+                .file_name()
+                .map_or_else(|| "student".into(), |n| n.to_string_lossy().to_string()),
             endpoint: distill_data::EndpointKind::Local,
             sampling: Sampling {
                 temperature: Some(g.temperature),
@@ -433,13 +439,21 @@ fn roll_round<B: Backend>(
             .map(|(k, (t, _))| example(rendered[k / g.group_size], t))
             .collect();
         let temp = g.temperature;
-        let pol = token_logprobs(model, config, &examples, ro.micro_batch, ro.pad, temp, device)?;
-        let refs = match reference {
-            Some(m) => {
-                Some(token_logprobs(m, config, &examples, ro.micro_batch, ro.pad, temp, device)?)
+        // In the step's compute dtype, as the step's forward is: with μ > 1 the ratio's first
+        // iteration is then 1 up to the order of the sums, not up to bf16's rounding.
+        let compute = sh.cfg.compute();
+        let cast = |m: &CausalLm<B>| {
+            if compute == burn::tensor::DType::F32 {
+                m.clone()
+            } else {
+                m.clone().map(&mut CastParams(compute))
             }
-            None => None,
         };
+        let logprobs = |m: &CausalLm<B>| {
+            token_logprobs(&cast(m), config, &examples, ro.micro_batch, ro.pad, temp, device)
+        };
+        let pol = logprobs(model)?;
+        let refs = reference.map(logprobs).transpose()?;
         for (j, grp) in sampled.chunks(g.group_size).enumerate() {
             let r = rendered[j];
             let gi = c * per_call + j;

@@ -4,11 +4,9 @@
 //! uninterrupted run's steps exactly. The last two use a tiny random student with SmolLM2's
 //! tokenizer and the language-consistency reward, with β > 0 and μ = 2.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::{distill, smollm2, text, tiny_student};
+use crate::common::{distill, smollm2, text, tiny_student};
 
 fn recipe(dir: &Path, student: &Path, out: &Path, steps: usize, extra: &str) -> PathBuf {
     let r = dir.join(format!("grpo-{}.toml", out.file_name().unwrap().to_string_lossy()));

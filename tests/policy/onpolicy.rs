@@ -3,11 +3,9 @@
 //! samples under the teacher falls; every sample is kept with the teacher's scores; a SIGKILL and
 //! `--resume` repeat no committed sample; a teacher with another vocabulary is refused.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::{distill, smollm2, text};
+use crate::common::{distill, smollm2, text};
 
 fn recipe(dir: &Path, student: &Path, teacher: &Path, out: &Path, extra: &str) -> PathBuf {
     recipe_steps(dir, student, teacher, out, extra, 12)
@@ -343,7 +341,7 @@ fn vllm_scoring_stub(
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(conn.try_clone().unwrap());
                 let mut conn = conn;
-                while let Some((head, body)) = common::read_request(&mut reader) {
+                while let Some((head, body)) = crate::common::read_request(&mut reader) {
                     let reply = if head.starts_with("GET /version") {
                         r#"{"version": "0.10.1.1"}"#.to_string()
                     } else if head.starts_with("POST /v1/completions") {
