@@ -445,7 +445,9 @@ impl<'a> OnPolicySource<'a> {
     }
 
     /// Sample and score this rank's groups of `prompts` (every rank passes the same list):
-    /// `(index in prompts, scores, the student's log-probs)`.
+    /// `(index in prompts, scores, the student's log-probs)`. The groups are decoded one by one
+    /// (group c holds prompts `c·batch ..`, on rank c mod world), and the teacher scores all of
+    /// this rank's samples in one call, so an endpoint teacher gets them all in flight at once.
     fn sample_mine<B: AutodiffBackend>(
         &self,
         view: &StudentView<'_, B>,
@@ -455,15 +457,21 @@ impl<'a> OnPolicySource<'a> {
     ) -> Result<Vec<(usize, TokenLogprobs, Vec<f32>)>> {
         let sm = self.sampler::<B::InnerBackend>(view.config, view.device);
         let g = self.sh.op.batch.max(1);
-        let mut out = Vec::new();
+        let (mut at, mut mine, mut my_seeds) = (Vec::new(), Vec::new(), Vec::new());
         for (c, (p, s)) in prompts.chunks(g).zip(seeds.chunks(g)).enumerate() {
-            if c % view.world() != view.rank() {
-                continue;
+            if c % view.world() == view.rank() {
+                at.extend((0..p.len()).map(|i| c * g + i));
+                mine.extend_from_slice(p);
+                my_seeds.extend_from_slice(s);
             }
-            let got = sample_and_score(&sm, model, p, s)?;
-            out.extend(got.into_iter().enumerate().map(|(i, (t, mine))| (c * g + i, t, mine)));
         }
-        Ok(out)
+        if mine.is_empty() {
+            return Ok(vec![]);
+        }
+        // Only the last group can be short, and it is last here too: `sample_and_score` decodes
+        // the same groups of `batch`.
+        let got = sample_and_score(&sm, model, &mine, &my_seeds)?;
+        Ok(at.into_iter().zip(got).map(|(i, (t, lps))| (i, t, lps)).collect())
     }
 
     /// A sample of training prompt `r` at `step` as the trace the corpus keeps.
