@@ -95,9 +95,10 @@ pub fn run_train(
     }
     let eval_name = held_out_name(cfg);
     let mut obs = Bar { pb: crate::progress::bar(Some(1), "steps"), eval_name };
-    if cfg.grpo.is_some() {
-        let judge = math_judge();
-        let summary = crate::backend::dispatch_many!(kinds, |B, devices| {
+    // The objective: GRPO, on-policy distillation, or SFT; one loop runs each.
+    let judge = math_judge();
+    let summary = if cfg.grpo.is_some() {
+        crate::backend::dispatch_many!(kinds, |B, devices| {
             distill_student::grpo::train_grpo::<burn::backend::Autodiff<B>>(
                 cfg,
                 Some(&judge),
@@ -106,20 +107,12 @@ pub fn run_train(
                 resume,
                 &mut obs,
             )
-        })?;
-        obs.pb.finish_and_clear();
-        crate::plot::training_curves(
-            &cfg.output.join("metrics.jsonl"),
-            &cfg.output.join("loss.png"),
-        )?;
-        return Ok(summary);
-    }
-    if let Some(op) = &cfg.on_policy {
+        })?
+    } else if let Some(op) = &cfg.on_policy {
         same_vocabulary(&cfg.model, &op.teacher)?;
-        let judge = math_judge();
         // The teacher behind an endpoint, or (built on the first device below) the local engine.
         let mut endpoint = endpoint_scorer(op)?;
-        let summary = crate::backend::dispatch_many!(kinds, |B, devices| {
+        crate::backend::dispatch_many!(kinds, |B, devices| {
             let mut scorer: Box<dyn distill_models::score::Scorer + Send> = match endpoint.take() {
                 Some(e) => Box::new(e),
                 None => Box::new(local_scorer::<B>(op, &devices[0])?),
@@ -133,28 +126,23 @@ pub fn run_train(
                 resume,
                 &mut obs,
             )
-        })?;
-        obs.pb.finish_and_clear();
-        crate::plot::training_curves(
-            &cfg.output.join("metrics.jsonl"),
-            &cfg.output.join("loss.png"),
-        )?;
-        return Ok(summary);
-    }
-    let summary = crate::backend::dispatch_many!(kinds, |B, devices| {
-        if cfg.activation_checkpointing {
-            distill_student::sft::train::<
-                burn::backend::Autodiff<
-                    B,
-                    burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing,
-                >,
-            >(cfg, recipe, devices, resume, &mut obs)
-        } else {
-            distill_student::sft::train::<burn::backend::Autodiff<B>>(
-                cfg, recipe, devices, resume, &mut obs,
-            )
-        }
-    })?;
+        })?
+    } else {
+        crate::backend::dispatch_many!(kinds, |B, devices| {
+            if cfg.activation_checkpointing {
+                distill_student::sft::train::<
+                    burn::backend::Autodiff<
+                        B,
+                        burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing,
+                    >,
+                >(cfg, recipe, devices, resume, &mut obs)
+            } else {
+                distill_student::sft::train::<burn::backend::Autodiff<B>>(
+                    cfg, recipe, devices, resume, &mut obs,
+                )
+            }
+        })?
+    };
     obs.pb.finish_and_clear();
     crate::plot::training_curves(&cfg.output.join("metrics.jsonl"), &cfg.output.join("loss.png"))?;
     Ok(summary)
