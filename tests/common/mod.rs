@@ -15,6 +15,14 @@ pub fn distill(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_distill")).args(args).output().expect("run distill")
 }
 
+/// `distill` with extra environment variables for this process only: a test binary's own
+/// environment is shared by every test in it, and `set_var` beside running threads is a data race.
+pub fn distill_with_env(env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_distill"));
+    c.args(args).envs(env.iter().copied());
+    c.output().expect("run distill")
+}
+
 pub fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }

@@ -3,11 +3,11 @@
 //! prompt ids exactly, the top-20 last-position logits within 1e-3, the 32-token greedy
 //! continuations exactly; and our tokenizer.json against transformers' on varied text.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+
+use crate::common;
 
 use burn::prelude::*;
 use burn::tensor::TensorData;

@@ -3,13 +3,11 @@
 //! same world size bit for bit and at another within 1e-6; a rank that dies stops the others with
 //! an error naming it. World size 1 is itself checked against PyTorch (student/tests/train_step.rs).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use distill_models::Arch;
 use distill_models::checkpoint::Checkpoint;
 use distill_models::device::{Autodiff, Cpu, CpuDevice};
@@ -601,25 +599,27 @@ fn multi_node_mistakes_fail_at_start_with_a_clear_message() {
         "127.0.0.1:9",
     ]);
     assert!(!o.status.success() && text(&o).contains("tracel-ai/burn#4549"), "{}", text(&o));
-    // SAFETY: set before any thread of this test reads it; the value only gates multi-node runs.
-    unsafe { std::env::set_var(distill_student::train::parallel::MULTINODE_ENV, "1") };
-    // Nobody at the coordinator: a bounded wait, then an error that says what to check.
+    // Nobody at the coordinator: a bounded wait, then an error that says what to check. The gate
+    // is opened for this one process only (other tests share this binary's environment).
     let t0 = Instant::now();
-    let o = distill(&[
-        "train",
-        "--recipe",
-        r.to_str().unwrap(),
-        "--devices",
-        "cpu:1",
-        "--nodes",
-        "2",
-        "--node-rank",
-        "1",
-        "--coordinator",
-        &format!("127.0.0.1:{}", free_port()),
-        "--set",
-        "train.parallel.join_timeout_s=3",
-    ]);
+    let o = distill_with_env(
+        &[(distill_student::train::parallel::MULTINODE_ENV, "1")],
+        &[
+            "train",
+            "--recipe",
+            r.to_str().unwrap(),
+            "--devices",
+            "cpu:1",
+            "--nodes",
+            "2",
+            "--node-rank",
+            "1",
+            "--coordinator",
+            &format!("127.0.0.1:{}", free_port()),
+            "--set",
+            "train.parallel.join_timeout_s=3",
+        ],
+    );
     assert!(
         !o.status.success() && text(&o).contains("not every node joined within 3 s"),
         "{}",
@@ -637,13 +637,14 @@ fn multi_node_mistakes_fail_at_start_with_a_clear_message() {
     ] {
         let mut all = vec!["train", "--recipe", r.to_str().unwrap(), "--devices", "cpu:1"];
         all.extend(args);
-        let o = distill(&all);
+        let o = distill_with_env(&[(distill_student::train::parallel::MULTINODE_ENV, "1")], &all);
         assert!(!o.status.success() && text(&o).contains(says), "{says}: {}", text(&o));
     }
     // Two nodes with different device counts disagree about the world.
     let coordinator = format!("127.0.0.1:{}", free_port());
     let spawn = |rank: &str, devices: &str| {
         std::process::Command::new(env!("CARGO_BIN_EXE_distill"))
+            .env(distill_student::train::parallel::MULTINODE_ENV, "1")
             .args([
                 "train",
                 "--recipe",

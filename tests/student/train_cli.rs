@@ -1,12 +1,10 @@
 //! `distill train` end to end: resume after SIGKILL reproduces the uninterrupted run bit for bit,
 //! bad input fails clearly, and SmolLM2 learns from its own answers.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn losses(path: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(path)
