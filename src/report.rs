@@ -119,6 +119,36 @@ fn on_policy_section(h: &mut String, run_dir: &Path, o: &Value) -> anyhow::Resul
     Ok(())
 }
 
+/// `[train.grpo] compare`: GRPO against online RFT (SFT on its own passed samples) at equal time.
+fn grpo_comparison(h: &mut String, c: &Value) {
+    let _ = write!(
+        h,
+        "<p>Against more SFT at equal time: an <b>online RFT</b> arm (SFT on the samples the verifier passes, DeepSeekMath's Online RFT) from the same model, on the same prompts and rollout settings, for the seconds the GRPO run spent in optimizer steps (rollouts included). Both measure {} on the same {} held-out prompts, {} samples each, with the same seeds.</p>",
+        esc(c["figure"].as_str().unwrap_or("")),
+        c["held_out_prompts"],
+        c["samples_per_prompt"]
+    );
+    h.push_str("<table><tr><th>arm</th><th>optimizer steps</th><th>seconds in steps</th><th>before</th><th>after</th></tr>");
+    let arms: Vec<&Value> = c["arms"].as_array().into_iter().flatten().collect();
+    let afters: Vec<f64> = arms.iter().filter_map(|a| a["after"].as_f64()).collect();
+    let top = afters.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let unique = afters.iter().filter(|v| **v == top).count() == 1;
+    for a in &arms {
+        let after = a["after"].as_f64();
+        let class = if unique && after == Some(top) { " class=\"better\"" } else { "" };
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td{class}>{}</td></tr>",
+            esc(a["arm"].as_str().unwrap_or("")),
+            a["steps"],
+            a["step_seconds"].as_f64().unwrap_or(0.0),
+            a["before"].as_f64().map_or("–".into(), pct),
+            after.map_or("–".into(), pct),
+        );
+    }
+    h.push_str("</table>");
+}
+
 /// Write `RUN_DIR/report.html`; returns its path.
 pub fn write(run_dir: &Path) -> anyhow::Result<PathBuf> {
     anyhow::ensure!(run_dir.exists(), "run directory {} does not exist", run_dir.display());
@@ -230,6 +260,9 @@ pre {{ background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: .85em; m
             );
         }
         h.push_str(&img(&train_dir.join("loss.png"), "training curves")?);
+        if let Some(c) = read_json(&run_dir.join("eval/grpo-comparison.json")) {
+            grpo_comparison(&mut h, &c);
+        }
     }
 
     // On-policy distillation, and SFT against SFT + on-policy at equal time.

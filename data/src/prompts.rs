@@ -330,7 +330,9 @@ fn read_parquet_prompts(
     let mut report = PromptReport { file: path.to_path_buf(), ..Default::default() };
     let mut seen = HashSet::new();
     let mut out = Vec::new();
-    for item in crate::columnar::ParquetRows::open(path)? {
+    let limits =
+        crate::columnar::Limits { max_row_bytes: opts.max_line_bytes, ..Default::default() };
+    for item in crate::columnar::ParquetRows::open_with(path, limits)? {
         let (row, mut obj) = item?;
         report.lines = row + 1;
         // A null cell is a missing field, as an absent key is in JSONL.

@@ -169,3 +169,119 @@ fn a_leading_byte_order_mark_is_accepted() {
     );
     assert_eq!(line, 2, "{_msg}");
 }
+
+/// A small valid Parquet prompt file (distill's own writer), its bytes, and where its footer
+/// starts.
+fn parquet_prompts(dir: &tempfile::TempDir, rows: &[(&str, &str)]) -> (PathBuf, Vec<u8>, usize) {
+    use arrow_schema::{DataType, Field, Schema};
+    let p = dir.path().join("ok.parquet");
+    let schema = Schema::new(vec![
+        Field::new("question", DataType::Utf8, false),
+        Field::new("answer", DataType::Utf8, false),
+    ]);
+    let mut sink = distill_data::columnar::ParquetSink::create(&p, schema).unwrap();
+    for (q, a) in rows {
+        sink.push(serde_json::json!({"question": q, "answer": a})).unwrap();
+    }
+    sink.finish().unwrap();
+    let bytes = std::fs::read(&p).unwrap();
+    let n = bytes.len();
+    let flen = u32::from_le_bytes(bytes[n - 8..n - 4].try_into().unwrap()) as usize;
+    (p, bytes, n - 8 - flen)
+}
+
+/// `bytes` with its footer's `old` replaced by `new` (the footer length rewritten).
+fn patched(bytes: &[u8], start: usize, old: &[u8], new: &[u8]) -> Vec<u8> {
+    let footer = &bytes[start..bytes.len() - 8];
+    let at = footer.windows(old.len()).position(|w| w == old).expect("pattern in the footer");
+    let mut f = footer[..at].to_vec();
+    f.extend(new);
+    f.extend(&footer[at + old.len()..]);
+    let mut out = bytes[..start].to_vec();
+    out.extend(&f);
+    out.extend((f.len() as u32).to_le_bytes());
+    out.extend(b"PAR1");
+    out
+}
+
+/// Hostile Parquet metadata (issue 33): a schema element with a negative or huge `num_children`
+/// panicked or reserved gigabytes inside the `parquet` crate; a list count of 2^31 did the same.
+/// Each is now an error naming the file, before the crate reads the footer.
+#[test]
+fn hostile_parquet_metadata_is_a_named_error_not_a_panic() {
+    let d = tempfile::tempdir().unwrap();
+    let (p, bytes, start) = parquet_prompts(&d, &[("What is 1 + 1?", "2"), ("3 + 4?", "7")]);
+    let map = FieldMap { prompt: Some("question".into()), ..FieldMap::default() };
+    let opts = ReadOptions::default();
+    let (ps, _) = read_prompts(&p, "p", &map, &opts).unwrap();
+    assert_eq!(ps.len(), 2);
+    // The root schema element: name "arrow_schema" (field 4), then num_children 2 (field 5,
+    // zigzag 4).
+    let mut root = vec![0x48, 12];
+    root.extend(b"arrow_schema");
+    let with = |tail: &[u8]| -> Vec<u8> {
+        let mut v = root.clone();
+        v.extend(tail);
+        v
+    };
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("negative", with(&[0x15, 0x01]), "-1 children"),
+        ("huge", with(&[0x15, 0xfe, 0xff, 0xff, 0xff, 0x0f]), "2147483647 children"),
+    ];
+    for (name, new, says) in cases {
+        let bad = file(
+            &d,
+            &format!("{name}.parquet"),
+            &patched(&bytes, start, &with(&[0x15, 0x04]), &new),
+        );
+        let e = read_prompts(&bad, "p", &map, &opts).unwrap_err().to_string();
+        assert!(e.contains(&format!("{name}.parquet")) && e.contains(says), "{name}: {e}");
+    }
+    // The schema list (field 2 of the footer: 3 elements) claiming 2^31.
+    let bad = file(
+        &d,
+        "list.parquet",
+        &patched(&bytes, start, &[0x19, 0x3c], &[0x19, 0xfc, 0x80, 0x80, 0x80, 0x80, 0x08]),
+    );
+    let e = read_prompts(&bad, "p", &map, &opts).unwrap_err().to_string();
+    assert!(e.contains("list.parquet") && e.contains("2147483648 elements"), "{e}");
+    // A footer length past the file.
+    let mut long = bytes.clone();
+    let n = long.len();
+    long[n - 8..n - 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    let bad = file(&d, "long.parquet", &long);
+    let e = read_prompts(&bad, "p", &map, &opts).unwrap_err().to_string();
+    assert!(e.contains("long.parquet") && e.contains("footer claims"), "{e}");
+}
+
+/// A dictionary-encoded column repeats one long string on every row: the file is a few
+/// kilobytes, its rows decode to megabytes. A row over `max_line_bytes` is an error naming it,
+/// and so is a file whose rows decode to more than its limit (64 × its size, at least
+/// `min_decoded_bytes`), before the rest is decoded.
+#[test]
+fn a_parquet_file_that_expands_past_its_limits_stops_with_the_row() {
+    let d = tempfile::tempdir().unwrap();
+    let long = "x".repeat(64 << 10);
+    let rows: Vec<(&str, &str)> = (0..200).map(|_| (long.as_str(), "1")).collect();
+    let (p, bytes, _) = parquet_prompts(&d, &rows);
+    assert!(bytes.len() < 64 << 10, "the file should be small: {} bytes", bytes.len());
+    let map = FieldMap { prompt: Some("question".into()), ..FieldMap::default() };
+    let e = read_prompts(&p, "p", &map, &ReadOptions { skip_bad: false, max_line_bytes: 32 << 10 })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ok.parquet") && e.contains("row 0 decodes to"), "{e}");
+    let limits =
+        distill_data::columnar::Limits { max_row_bytes: 1 << 20, min_decoded_bytes: 1 << 20 };
+    let mut read = 0;
+    let mut err = None;
+    for r in distill_data::columnar::ParquetRows::open_with(&p, limits).unwrap() {
+        match r {
+            Ok(_) => read += 1,
+            Err(e) => err = Some(e.to_string()),
+        }
+    }
+    let e = err.expect("the decoded limit stops the file");
+    assert!(e.contains("ok.parquet") && e.contains("decode to more than"), "{e}");
+    // Rows of 64 KiB in batches of 64: the first batch (4 MiB) is already past 1 MiB.
+    assert!(read < 200, "{read} rows read");
+}

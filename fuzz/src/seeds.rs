@@ -78,6 +78,28 @@ pub fn make(seeds: &Path, templates: &Path) -> anyhow::Result<()> {
 
 4", "reasoning_content": "adding"}]}"#,
     )?;
+    // Prompts as Parquet (distill's own writer: zstd, dictionary pages): plain columns and a
+    // chat column (list<struct<role, content>>).
+    {
+        use arrow_schema::{DataType, Field, Schema};
+        let p = std::env::temp_dir().join(format!("distill-fuzz-{}.parquet", std::process::id()));
+        let schema = Schema::new(vec![
+            Field::new("question", DataType::Utf8, false),
+            Field::new("answer", DataType::Utf8, true),
+            Field::new("messages", distill_data::columnar::chat_type(), true),
+        ]);
+        let mut sink = distill_data::columnar::ParquetSink::create(&p, schema)?;
+        for (q, a) in [("What is 6*7?", Some("42")), ("Hi", None), ("What is 6*7?", Some("42"))] {
+            sink.push(serde_json::json!({
+                "question": q,
+                "answer": a,
+                "messages": [{"role": "user", "content": q}],
+            }))?;
+        }
+        sink.finish()?;
+        put("parquet/00-prompts.parquet", &std::fs::read(&p)?)?;
+        std::fs::remove_file(&p)?;
+    }
     for e in std::fs::read_dir(templates)? {
         let p = e?.path();
         if p.extension().is_some_and(|x| x == "jinja") {

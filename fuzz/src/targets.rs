@@ -42,7 +42,21 @@ pub const TARGETS: &[Target] = &[
     Target { name: "chat-template", run: chat_template, names: &[], max_len: 1 << 14 },
     Target { name: "math-verify", run: math_verify, names: &[], max_len: 1 << 14 },
     Target { name: "import-row", run: import_row, names: &[], max_len: 1 << 16 },
+    Target { name: "parquet", run: parquet, names: &["prompts.parquet"], max_len: 1 << 16 },
 ];
+
+/// A Parquet prompt file (what `generate` and `corpus import` read): the footer and page
+/// headers checked, then every row decoded, within a decoded-size limit the memory bound holds.
+fn parquet(data: &[u8], dir: &Path) -> Result<(), String> {
+    use distill_data::columnar::{Limits, ParquetRows};
+    let path = dir.join("prompts.parquet");
+    std::fs::write(&path, data).map_err(s)?;
+    let limits = Limits { max_row_bytes: 1 << 20, min_decoded_bytes: 16 << 20 };
+    for row in ParquetRows::open_with(&path, limits).map_err(s)? {
+        row.map_err(s)?;
+    }
+    Ok(())
+}
 
 /// `distill corpus import`'s row parsers (chat and Open-R1 rows, as JSONL lines): every row
 /// either becomes traces the corpus can hold or is a clean error.

@@ -15,6 +15,7 @@ use crate::recipe::{Loaded, Stage};
 pub mod agreement;
 pub mod eval;
 pub mod generate;
+pub mod grpo_compare;
 pub mod onpolicy;
 pub mod train;
 
@@ -127,8 +128,12 @@ pub fn run_stage(stage: Stage, l: &Loaded) -> anyhow::Result<serde_json::Value> 
                 train::eval_losses(s.first_eval_loss, s.final_eval_loss),
                 s.export_dir.display()
             );
+            let comparison = match &t.grpo {
+                Some(g) if g.compare => Some(grpo_compare::run(l, t, &s)?),
+                _ => None,
+            };
             Ok(
-                json!({"export": s.export_dir, "steps": s.steps, "first_eval_loss": s.first_eval_loss, "final_eval_loss": s.final_eval_loss, "held_out": held_out, "data": s.data}),
+                json!({"export": s.export_dir, "steps": s.steps, "first_eval_loss": s.first_eval_loss, "final_eval_loss": s.final_eval_loss, "held_out": held_out, "data": s.data, "comparison": comparison}),
             )
         }
         Stage::OnPolicy => onpolicy::run(l),

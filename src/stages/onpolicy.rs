@@ -24,12 +24,18 @@ pub struct Arm {
     /// evaluation, checkpoints and export are outside it in both arms.
     pub step_seconds: f64,
     pub export: PathBuf,
+    /// The run's own held-out figure before its first step and after its last (its
+    /// `held_out_name`), where it measured one.
+    #[serde(default)]
+    pub first_eval: Option<f64>,
+    #[serde(default)]
+    pub final_eval: Option<f64>,
     /// The run's configuration (a changed recipe does not silently reuse an old arm).
     pub config: serde_json::Value,
 }
 
 /// The sum of the steps' `step_s` in a run's metrics.jsonl.
-fn step_seconds(metrics: &Path) -> anyhow::Result<f64> {
+pub(super) fn step_seconds(metrics: &Path) -> anyhow::Result<f64> {
     let text = std::fs::read_to_string(metrics)
         .with_context(|| format!("reading {}", metrics.display()))?;
     let mut total = 0.0;
@@ -42,7 +48,11 @@ fn step_seconds(metrics: &Path) -> anyhow::Result<f64> {
 }
 
 /// Train `cfg` unless its `arm.json` says it finished with this configuration.
-fn arm(cfg: &TrainConfig, recipe: &serde_json::Value, what: &str) -> anyhow::Result<Arm> {
+pub(super) fn arm(
+    cfg: &TrainConfig,
+    recipe: &serde_json::Value,
+    what: &str,
+) -> anyhow::Result<Arm> {
     let done = cfg.output.join("arm.json");
     let config = serde_json::to_value(cfg)?;
     if done.exists() {
@@ -65,6 +75,8 @@ fn arm(cfg: &TrainConfig, recipe: &serde_json::Value, what: &str) -> anyhow::Res
         steps: s.steps,
         step_seconds: step_seconds(&cfg.output.join("metrics.jsonl"))?,
         export: s.export_dir,
+        first_eval: s.first_eval_loss,
+        final_eval: s.final_eval_loss,
         config,
     };
     atomic_write(&done, &serde_json::to_vec_pretty(&a)?)?;

@@ -407,3 +407,126 @@ fn dapo_drops_groups_whose_rewards_are_all_equal_and_samples_more() {
         }
     }
 }
+
+/// `[train.grpo] compare` through `distill run`: after the GRPO run, an online-RFT arm from the
+/// same model gets the seconds the GRPO run spent in steps; both measure held-out pass@1 from the
+/// same start with the same seeds (`eval/grpo-comparison.json`, the report). In the arm, a
+/// sample's advantage is the verifier's verdict, and a step is SFT on the passed samples alone:
+/// its loss (the training forward's cross-entropy) is the mean negative log-prob, at temperature
+/// 1, that the rollout's scoring pass committed for exactly those samples' tokens.
+#[test]
+fn grpo_compare_gives_online_rft_the_same_time_and_rft_trains_on_passed_samples_only() {
+    let (_, model) = smollm2();
+    let d = tempfile::tempdir().unwrap();
+    let all = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/data/arithmetic-prompts.jsonl"),
+    )
+    .unwrap();
+    let bare: Vec<&str> = all.lines().filter(|l| l.contains("\"bare-")).collect();
+    let prompts = d.path().join("bare.jsonl");
+    std::fs::write(&prompts, bare.join("\n") + "\n").unwrap();
+    let run_dir = d.path().join("run");
+    let r = d.path().join("compare.toml");
+    std::fs::write(
+        &r,
+        format!(
+            r#"[recipe]
+name = "grpo-compare"
+run_dir = "{}"
+[train]
+model = "{}"
+output = "{{run_dir}}/train"
+max_steps = 2
+micro_batch = 8
+save_every = 0
+eval_every = 0
+[train.data]
+corpus = []
+max_seq_len = 80
+[train.optim]
+lr = 3e-5
+warmup_steps = 0
+min_lr_ratio = 1.0
+max_grad_norm = 1.0
+weight_decay = 0.0
+[train.grpo]
+prompts = "{}"
+fields = {{ prompt = "question", id = "id", answer = "answer" }}
+group_size = 8
+prompts_per_step = 2
+batch = 16
+max_tokens = 12
+temperature = 1.0
+eval_prompts = 4
+eval_samples = 2
+seed = 3
+compare = true
+"#,
+            run_dir.display(),
+            model.display(),
+            prompts.display()
+        ),
+    )
+    .unwrap();
+    let o = distill(&["run", r.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let c: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run_dir.join("eval/grpo-comparison.json")).unwrap(),
+    )
+    .unwrap();
+    let arms = c["arms"].as_array().unwrap();
+    assert_eq!(
+        (arms[0]["arm"].as_str(), arms[1]["arm"].as_str()),
+        (Some("grpo"), Some("online_rft"))
+    );
+    // The same start measured the same way.
+    assert!(arms[0]["before"].is_number() && arms[1]["after"].is_number(), "{c}");
+    assert_eq!(arms[0]["before"], arms[1]["before"], "{c}");
+    // Equal time: the arm stops at the step count nearest the GRPO run's seconds.
+    let (t_grpo, t_rft) =
+        (arms[0]["step_seconds"].as_f64().unwrap(), arms[1]["step_seconds"].as_f64().unwrap());
+    let rft_steps = arms[1]["steps"].as_f64().unwrap();
+    assert!(rft_steps >= 1.0);
+    assert!((t_rft - t_grpo).abs() <= t_rft / rft_steps + 1e-9, "{t_rft} s against {t_grpo} s");
+    let report = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
+    assert!(report.contains("online RFT"), "the report has no comparison");
+
+    // The arm's steps: SFT on the passed samples.
+    let arm = run_dir.join("rft-arm");
+    let traces: Vec<distill_data::Trace> =
+        distill_data::Corpus::open(&arm.join("rl")).unwrap().iter().map(|t| t.unwrap()).collect();
+    let m = metrics(&arm);
+    let st = steps(&m);
+    assert_eq!(st.len() as f64, rft_steps);
+    let mut trained = 0;
+    for (step, v) in (1u64..).zip(&st) {
+        assert_eq!(v["objective"], "online_rft");
+        let of_step: Vec<&distill_data::Trace> =
+            traces.iter().filter(|t| t.metadata["step"].as_u64() == Some(step)).collect();
+        assert_eq!(of_step.len(), 16, "step {step}");
+        let mut passed = Vec::new();
+        for t in &of_step {
+            let pass = t.metadata["rewards"]["accuracy"].as_f64().unwrap() > 0.5;
+            assert_eq!(t.metadata["advantage"].as_f64().unwrap(), pass as u8 as f64, "{}", t.id);
+            if pass {
+                passed.push(*t);
+            }
+        }
+        assert_eq!(v["rft_samples"].as_u64().unwrap(), passed.len() as u64, "step {step}");
+        if passed.is_empty() {
+            // Nothing to learn from: a step without gradient.
+            assert_eq!(v["grad_norm"].as_f64().unwrap(), 0.0, "step {step}: {v}");
+            continue;
+        }
+        trained += 1;
+        let lp: Vec<f32> = passed
+            .iter()
+            .flat_map(|t| t.logprobs.as_ref().unwrap().token_logprobs.clone())
+            .collect();
+        let nll = -lp.iter().map(|x| *x as f64).sum::<f64>() / lp.len() as f64;
+        let loss = v["loss"].as_f64().unwrap();
+        assert!((loss - nll).abs() < 1e-4 * nll.max(1.0), "step {step}: loss {loss}, NLL {nll}");
+    }
+    eprintln!("grpo compare: {c}");
+    assert!(trained > 0, "no step of the arm had a passed sample");
+}

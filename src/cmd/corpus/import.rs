@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use distill_data::columnar::{ParquetRows, is_parquet};
+use distill_data::columnar::{Limits, ParquetRows, is_parquet};
 use distill_data::import::{ImportFormat, parse_line, parse_row};
 use distill_data::prompts::{JsonlLines, dataset_name};
 use distill_data::{CorpusWriter, Trace};
@@ -35,7 +35,7 @@ pub struct Args {
     /// Commit (make durable) every N records; a crash loses at most this many.
     #[arg(long, default_value_t = 10_000)]
     commit_every: u64,
-    /// Lines longer than this are bad input.
+    /// Lines (and Parquet rows, as JSON) longer than this are bad input.
     #[arg(long, default_value_t = 64 << 20)]
     max_line_bytes: usize,
     #[command(flatten)]
@@ -58,7 +58,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         let dataset = a.dataset.clone().unwrap_or_else(|| dataset_name(path));
         // (where, the row's traces or why it is bad), from JSONL lines or Parquet rows.
         let rows: Box<dyn Iterator<Item = anyhow::Result<Row>>> = if is_parquet(path) {
-            let rows = ParquetRows::open(path)?;
+            let limits = Limits { max_row_bytes: a.max_line_bytes, ..Default::default() };
+            let rows = ParquetRows::open_with(path, limits)?;
             let (fmt, ds, model) = (a.format, dataset.clone(), a.model.clone());
             Box::new(rows.map(move |r| {
                 let (row, obj) = r?;

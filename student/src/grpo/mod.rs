@@ -30,6 +30,11 @@ pub enum LossType {
     /// DAPO: the token mean over the step's completion tokens; clip-higher and dynamic sampling
     /// by default.
     Dapo,
+    /// Online rejection-sampling fine-tuning (DeepSeekMath's Online RFT; STaR, online): the same
+    /// rollouts, but the step is plain SFT (token-mean cross-entropy at temperature 1) on the
+    /// samples the accuracy reward passes; the failed ones are not trained on. The "more SFT"
+    /// arm of a GRPO comparison (`compare`).
+    OnlineRft,
 }
 
 /// `[train.grpo]`.
@@ -88,6 +93,11 @@ pub struct GrpoConfig {
     pub eval_samples: usize,
     #[serde(default)]
     pub seed: u64,
+    /// `distill run` only: after the run, an online-RFT arm (`loss = "online_rft"`) from the same
+    /// model, on the same prompts and rollout settings, for the same seconds of optimizer steps;
+    /// both measured on the held-out prompts (`eval/grpo-comparison.json`, the report).
+    #[serde(default)]
+    pub compare: bool,
 }
 
 fn default_fields() -> FieldMap {
@@ -147,6 +157,28 @@ impl GrpoConfig {
         if self.eval_prompts > 0 && self.eval_samples == 0 {
             return bad("eval_samples must be at least 1".into());
         }
+        if self.loss == LossType::OnlineRft {
+            if self.rewards.accuracy <= 0.0 {
+                return bad("loss = \"online_rft\" trains on the samples the accuracy reward passes: set [train.grpo.rewards] accuracy > 0".into());
+            }
+            if self.beta != 0.0 {
+                return bad(
+                    "loss = \"online_rft\" is plain SFT on the passed samples: beta must be 0"
+                        .into(),
+                );
+            }
+        }
+        if self.compare {
+            if self.loss == LossType::OnlineRft {
+                return bad("compare runs an online_rft arm beside this run: this run's loss must be grpo, dr_grpo or dapo".into());
+            }
+            if self.eval_prompts == 0 || self.rewards.accuracy <= 0.0 {
+                return bad(
+                    "compare measures held-out pass@1: set eval_prompts ≥ 1 and an accuracy reward"
+                        .into(),
+                );
+            }
+        }
         self.rewards.validate()?;
         self.fields.validate()?;
         Ok(())
@@ -178,6 +210,7 @@ impl GrpoConfig {
             LossType::Grpo => "grpo",
             LossType::DrGrpo => "dr_grpo",
             LossType::Dapo => "dapo",
+            LossType::OnlineRft => "online_rft",
         }
     }
 }
@@ -213,8 +246,9 @@ pub fn token_weights(loss: LossType, lens: &[usize], max_tokens: usize) -> Vec<f
             LossType::Grpo => (n as f64 / (l.max(1) as f64 * s)) as f32,
             // Σ ℓ / (S · max_tokens)
             LossType::DrGrpo => (n as f64 / (s * max_tokens as f64)) as f32,
-            // Σ ℓ / N
-            LossType::Dapo => 1.0,
+            // Σ ℓ / N (online RFT trains by SFT's loss instead; this weighs the all-failed
+            // step's zero-advantage fallback)
+            LossType::Dapo | LossType::OnlineRft => 1.0,
         })
         .collect()
 }

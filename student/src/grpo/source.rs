@@ -39,7 +39,7 @@ use distill_models::tokenizer::TextTokenizer;
 use serde_json::{Map, Value, json};
 
 use super::reward::{Rewards, Rollout};
-use super::{GrpoConfig, advantages, token_weights, uninformative};
+use super::{GrpoConfig, LossType, advantages, token_weights, uninformative};
 use crate::error::{Error, Result};
 use crate::onpolicy::Judge;
 use crate::onpolicy::source::{
@@ -485,8 +485,21 @@ fn roll_round<B: Backend>(
                 texts.push(text);
             }
             let rs: Vec<f64> = rolled.iter().map(|x| x.reward).collect();
-            let drop = g.dynamic() && uninformative(&rs);
-            for (x, a) in rolled.iter_mut().zip(advantages(&rs, g.group_size, g.scales_rewards())) {
+            let (adv, drop) = if g.loss == LossType::OnlineRft {
+                // 1 for a sample the accuracy reward passes (it is trained on), else 0; a group
+                // with none passed teaches nothing.
+                let acc = ro.rewards.names().iter().position(|n| *n == "accuracy");
+                let adv: Vec<f64> = rolled
+                    .iter()
+                    .map(|x| acc.map_or(0.0, |i| (x.parts[i] > 0.5) as u8 as f64))
+                    .collect();
+                let drop = g.dynamic() && adv.iter().all(|a| *a == 0.0);
+                (adv, drop)
+            } else {
+                let drop = g.dynamic() && uninformative(&rs);
+                (advantages(&rs, g.group_size, g.scales_rewards()), drop)
+            };
+            for (x, a) in rolled.iter_mut().zip(adv) {
                 x.advantage = a;
             }
             for (x, text) in rolled.iter().zip(texts) {
@@ -547,6 +560,26 @@ impl<B: AutodiffBackend> BatchSource<B> for GrpoSource<'_, B::InnerBackend> {
         figures.insert("iteration".into(), json!(step - block));
         if step == block {
             figures.insert("rollout_s".into(), json!(t_roll.elapsed().as_secs_f64()));
+        }
+        if g.loss == LossType::OnlineRft {
+            // SFT on the passed samples: the loop's cross-entropy, a token mean over them.
+            let passed: Vec<Example> = rolled
+                .iter()
+                .filter(|x| x.advantage > 0.0)
+                .map(|x| Example { rl: None, ..example(&sh.train[x.prompt], &x.tokens) })
+                .collect();
+            figures.insert("rft_samples".into(), json!(passed.len()));
+            if !passed.is_empty() {
+                return Ok(StepBatch {
+                    micro: micro_batches(&passed, cfg.micro_batch, sh.pad),
+                    kd_weight: 0.0,
+                    objective: None,
+                    epoch: block_index as f64 * g.prompts_per_step as f64 / sh.train.len() as f64,
+                    figures,
+                });
+            }
+            // None passed: the policy step below with every advantage 0 (no gradient), as a
+            // GRPO step whose groups all tie.
         }
         let lens: Vec<usize> = rolled.iter().map(|x| x.tokens.len()).collect();
         let weights = token_weights(g.loss, &lens, g.max_tokens);

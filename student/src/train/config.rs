@@ -31,7 +31,8 @@ pub struct TrainConfig {
     pub max_steps: Option<u64>,
     /// Stop once the optimizer steps have run this many seconds, at the step count nearest to it
     /// (the steps' own time: loading, evaluation and export do not count; `max_steps`/`epochs`
-    /// still cap the run). The SFT arm of an equal-time comparison uses it (`[on_policy] compare`).
+    /// still cap the run). The arms of the equal-time comparisons use it (`[on_policy] compare`,
+    /// `[train.grpo] compare`).
     #[serde(default)]
     pub max_step_seconds: Option<f64>,
     /// Rows per forward/backward. Memory grows with it; throughput too until the device is full.
@@ -169,12 +170,6 @@ impl TrainConfig {
                 return Err(Error::Config {
                     section: "train",
                     msg: "[train.grpo] and [train.on_policy] are two objectives: keep one".into(),
-                });
-            }
-            if self.max_step_seconds.is_some() {
-                return Err(Error::Config {
-                    section: "train",
-                    msg: "max_step_seconds applies to SFT runs; a GRPO run counts max_steps".into(),
                 });
             }
         }
