@@ -43,7 +43,15 @@ pub const TARGETS: &[Target] = &[
     Target { name: "math-verify", run: math_verify, names: &[], max_len: 1 << 14 },
     Target { name: "import-row", run: import_row, names: &[], max_len: 1 << 16 },
     Target { name: "parquet", run: parquet, names: &["prompts.parquet"], max_len: 1 << 16 },
+    Target { name: "score-reply", run: score_reply, names: &[], max_len: 1 << 16 },
 ];
+
+/// An endpoint teacher's scoring reply (vLLM's `prompt_logprobs`), as the on-policy scorer reads
+/// it for a 3-token prompt and a 2-token completion with top-2.
+fn score_reply(data: &[u8], _: &Path) -> Result<(), String> {
+    let v: serde_json::Value = serde_json::from_slice(data).map_err(s)?;
+    distill_teacher::backend::openai::parse_prompt_logprobs(&v, &[1, 2, 3], &[4, 5], 2).map(drop)
+}
 
 /// A Parquet prompt file (what `generate` and `corpus import` read): the footer and page
 /// headers checked, then every row decoded, within a decoded-size limit the memory bound holds.

@@ -412,8 +412,9 @@ fn dapo_drops_groups_whose_rewards_are_all_equal_and_samples_more() {
 /// same model gets the seconds the GRPO run spent in steps; both measure held-out pass@1 from the
 /// same start with the same seeds (`eval/grpo-comparison.json`, the report). In the arm, a
 /// sample's advantage is the verifier's verdict, and a step is SFT on the passed samples alone:
-/// its loss (the training forward's cross-entropy) is the mean negative log-prob, at temperature
-/// 1, that the rollout's scoring pass committed for exactly those samples' tokens.
+/// its loss (the training forward's cross-entropy) is the mean negative log-prob that the
+/// rollout's scoring pass committed (at temperature 1, the loss's, for online RFT) for exactly
+/// those samples' tokens.
 #[test]
 fn grpo_compare_gives_online_rft_the_same_time_and_rft_trains_on_passed_samples_only() {
     let (_, model) = smollm2();
@@ -432,6 +433,7 @@ fn grpo_compare_gives_online_rft_the_same_time_and_rft_trains_on_passed_samples_
         format!(
             r#"[recipe]
 name = "grpo-compare"
+description = "GRPO against online RFT at equal time"
 run_dir = "{}"
 [train]
 model = "{}"
@@ -455,8 +457,8 @@ fields = {{ prompt = "question", id = "id", answer = "answer" }}
 group_size = 8
 prompts_per_step = 2
 batch = 16
-max_tokens = 12
-temperature = 1.0
+max_tokens = 16
+temperature = 0.7
 eval_prompts = 4
 eval_samples = 2
 seed = 3

@@ -236,8 +236,8 @@ const CHUNK_META: &[i16] = &[4, 1, 3];
 const CODEC: &[i16] = &[4, 1, 3, 4];
 const NUM_VALUES: &[i16] = &[4, 1, 3, 5];
 const COMPRESSED: &[i16] = &[4, 1, 3, 7];
-const DATA_PAGE: &[i16] = &[4, 1, 3, 9];
-const DICT_PAGE: &[i16] = &[4, 1, 3, 11];
+const DATA_PAGE_AT: &[i16] = &[4, 1, 3, 9];
+const DICT_PAGE_AT: &[i16] = &[4, 1, 3, 11];
 
 fn walk_footer(buf: &[u8]) -> Result<Footer, Refusal> {
     let mut f = Footer::default();
@@ -250,8 +250,8 @@ fn walk_footer(buf: &[u8]) -> Result<Footer, Refusal> {
             Event::Int(p, v) if p == CODEC => chunk.codec = v,
             Event::Int(p, v) if p == NUM_VALUES => chunk.num_values = v,
             Event::Int(p, v) if p == COMPRESSED => chunk.compressed = v,
-            Event::Int(p, v) if p == DATA_PAGE => chunk.data_page_offset = v,
-            Event::Int(p, v) if p == DICT_PAGE => chunk.dictionary_page_offset = Some(v),
+            Event::Int(p, v) if p == DATA_PAGE_AT => chunk.data_page_offset = v,
+            Event::Int(p, v) if p == DICT_PAGE_AT => chunk.dictionary_page_offset = Some(v),
             Event::StructEnd(p) if p == CHUNK_META => f.chunks.push(std::mem::take(&mut chunk)),
             _ => {}
         }
@@ -450,7 +450,8 @@ mod tests {
         assert!(check_schema(&[1, 2, 0, 0]).is_ok());
         assert!(check_schema(&[2, -1, 0]).unwrap_err().contains("-1 children"));
         assert!(check_schema(&[1, i64::from(i32::MAX)]).unwrap_err().contains("children"));
-        assert!(check_schema(&[3, 0, 0]).unwrap_err().contains("more children"));
+        assert!(check_schema(&[3, 0, 0]).unwrap_err().contains("root claims 3"));
+        assert!(check_schema(&[2, 1, 0]).unwrap_err().contains("more children"));
         assert!(check_schema(&[1, 0, 0]).unwrap_err().contains("no parent"));
         let deep: Vec<i64> = (0..100).map(|i| if i < 99 { 1 } else { 0 }).collect();
         assert!(check_schema(&deep).unwrap_err().contains("deeper"));
@@ -565,8 +566,8 @@ mod tests {
         // A chunk that claims bytes past the data.
         let e = checked(&file(10, 1, Some(1 << 40))).unwrap_err();
         assert!(e.contains("outside the file"), "{e}");
-        // A chunk shorter than its page's body.
-        let e = checked(&file(10, 1, Some(6))).unwrap_err();
+        // A chunk shorter than its page's body (the header is 11 bytes, the body 3).
+        let e = checked(&file(10, 1, Some(13))).unwrap_err();
         assert!(e.contains("past its chunk's end"), "{e}");
         // A zstd page that inflates to a mebibyte where its header says 10 bytes.
         let bomb = zstd::bulk::compress(&vec![0u8; 1 << 20], 19).unwrap();

@@ -438,7 +438,9 @@ fn roll_round<B: Backend>(
             .enumerate()
             .map(|(k, (t, _))| example(rendered[k / g.group_size], t))
             .collect();
-        let temp = g.temperature;
+        // At the temperature the loss uses: the sampling one for the policy losses, 1 for online
+        // RFT's cross-entropy.
+        let temp = if g.loss == LossType::OnlineRft { 1.0 } else { g.temperature };
         // In the step's compute dtype, as the step's forward is: with μ > 1 the ratio's first
         // iteration is then 1 up to the order of the sums, not up to bf16's rounding.
         let compute = sh.cfg.compute();

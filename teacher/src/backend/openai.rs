@@ -483,52 +483,58 @@ impl OpenAiClient {
         let url = format!("{}/completions", self.cfg.base_url.trim_end_matches('/'));
         let mut resp = self.post(&url, &b)?;
         let v = self.json_body(&mut resp, reply_limit(ids.len() as u64 + 1, k as u64))?;
-        let entries = v
-            .pointer("/choices/0/prompt_logprobs")
-            .and_then(Value::as_array)
-            .ok_or_else(|| self.malformed("no choices[0].prompt_logprobs (is this vLLM?)"))?;
-        if entries.len() != ids.len() {
-            return Err(self.malformed(format!(
-                "prompt_logprobs has {} entries for {} prompt tokens",
-                entries.len(),
-                ids.len()
-            )));
-        }
-        let mut lp = TokenLogprobs::new(k as u32);
-        for (j, (&tok, e)) in completion.iter().zip(&entries[prompt.len()..]).enumerate() {
-            let m = e.as_object().ok_or_else(|| {
-                self.malformed(format!("prompt_logprobs[{}] is not an object", prompt.len() + j))
-            })?;
-            let mut own = None;
-            let mut top: Vec<(u64, u32, f32)> = Vec::with_capacity(m.len());
-            for (key, x) in m {
-                let id: u32 = key.parse().map_err(|_| {
-                    self.malformed(format!("prompt_logprobs key {key:?} is not a token id"))
-                })?;
-                let l =
-                    x.get("logprob").and_then(Value::as_f64).ok_or_else(|| {
-                        self.malformed("a prompt_logprobs entry without `logprob`")
-                    })? as f32;
-                let rank = x.get("rank").and_then(Value::as_u64).unwrap_or(u64::MAX);
-                if id == tok {
-                    own = Some(l);
-                }
-                if rank >= 1 && rank <= k as u64 {
-                    top.push((rank, id, l));
-                }
-            }
-            let own = own.ok_or_else(|| {
-                self.malformed(format!(
-                    "prompt_logprobs[{}] does not score the prompt token {tok}",
-                    prompt.len() + j
-                ))
-            })?;
-            top.sort_by_key(|t| (t.0, t.1));
-            let top: Vec<(u32, f32)> = top.into_iter().map(|(_, i, l)| (i, l)).collect();
-            lp.push(tok, own, &top);
-        }
-        Ok(lp)
+        parse_prompt_logprobs(&v, prompt, completion, k).map_err(|e| self.malformed(e))
     }
+}
+
+/// vLLM's `prompt_logprobs` reply (`choices[0].prompt_logprobs`, one entry per prompt token, each
+/// `{"<id>": {"logprob", "rank"}}`) as the completion tokens' log-probs and top-`k`. The reply is
+/// the endpoint's: every entry is checked, nothing in it is trusted to index or size anything.
+pub fn parse_prompt_logprobs(
+    v: &Value,
+    prompt: &[u32],
+    completion: &[u32],
+    k: usize,
+) -> Result<TokenLogprobs, String> {
+    let n = prompt.len() + completion.len();
+    let entries = v
+        .pointer("/choices/0/prompt_logprobs")
+        .and_then(Value::as_array)
+        .ok_or("no choices[0].prompt_logprobs (is this vLLM?)")?;
+    if entries.len() != n {
+        return Err(format!("prompt_logprobs has {} entries for {n} prompt tokens", entries.len()));
+    }
+    let mut lp = TokenLogprobs::new(k as u32);
+    for (j, (&tok, e)) in completion.iter().zip(&entries[prompt.len()..]).enumerate() {
+        let m = e
+            .as_object()
+            .ok_or_else(|| format!("prompt_logprobs[{}] is not an object", prompt.len() + j))?;
+        let mut own = None;
+        let mut top: Vec<(u64, u32, f32)> = Vec::with_capacity(m.len().min(k + 1));
+        for (key, x) in m {
+            let id: u32 = key
+                .parse()
+                .map_err(|_| format!("prompt_logprobs key {key:?} is not a token id"))?;
+            let l = x
+                .get("logprob")
+                .and_then(Value::as_f64)
+                .ok_or("a prompt_logprobs entry without `logprob`")? as f32;
+            let rank = x.get("rank").and_then(Value::as_u64).unwrap_or(u64::MAX);
+            if id == tok {
+                own = Some(l);
+            }
+            if rank >= 1 && rank <= k as u64 {
+                top.push((rank, id, l));
+            }
+        }
+        let own = own.ok_or_else(|| {
+            format!("prompt_logprobs[{}] does not score the prompt token {tok}", prompt.len() + j)
+        })?;
+        top.sort_by_key(|t| (t.0, t.1));
+        let top: Vec<(u32, f32)> = top.into_iter().map(|(_, i, l)| (i, l)).collect();
+        lp.push(tok, own, &top);
+    }
+    Ok(lp)
 }
 
 impl Teacher for OpenAiClient {
