@@ -59,6 +59,19 @@ language_target = "en"
     r
 }
 
+/// The bare problems of the bundled arithmetic prompts ("What is 7 + 5?"), on which
+/// SmolLM2-135M-Instruct starts at about a fifth, as `dir/bare.jsonl`.
+fn bare_prompts(dir: &Path) -> PathBuf {
+    let all = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/data/arithmetic-prompts.jsonl"),
+    )
+    .unwrap();
+    let bare: Vec<&str> = all.lines().filter(|l| l.contains("\"bare-")).collect();
+    let prompts = dir.join("bare.jsonl");
+    std::fs::write(&prompts, bare.join("\n") + "\n").unwrap();
+    prompts
+}
+
 fn metrics(out: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap()
@@ -79,13 +92,7 @@ fn steps(m: &[serde_json::Value]) -> Vec<&serde_json::Value> {
 fn smollm2_learns_arithmetic_from_the_verifier_alone() {
     let (_, model) = smollm2();
     let d = tempfile::tempdir().unwrap();
-    let all = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/data/arithmetic-prompts.jsonl"),
-    )
-    .unwrap();
-    let bare: Vec<&str> = all.lines().filter(|l| l.contains("\"bare-")).collect();
-    let prompts = d.path().join("bare.jsonl");
-    std::fs::write(&prompts, bare.join("\n") + "\n").unwrap();
+    let prompts = bare_prompts(d.path());
     let out = d.path().join("run");
     let r = d.path().join("grpo.toml");
     std::fs::write(
@@ -419,13 +426,7 @@ fn dapo_drops_groups_whose_rewards_are_all_equal_and_samples_more() {
 fn grpo_compare_gives_online_rft_the_same_time_and_rft_trains_on_passed_samples_only() {
     let (_, model) = smollm2();
     let d = tempfile::tempdir().unwrap();
-    let all = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/data/arithmetic-prompts.jsonl"),
-    )
-    .unwrap();
-    let bare: Vec<&str> = all.lines().filter(|l| l.contains("\"bare-")).collect();
-    let prompts = d.path().join("bare.jsonl");
-    std::fs::write(&prompts, bare.join("\n") + "\n").unwrap();
+    let prompts = bare_prompts(d.path());
     let run_dir = d.path().join("run");
     let r = d.path().join("compare.toml");
     std::fs::write(
