@@ -43,8 +43,11 @@ static LAUNCHED: AtomicU64 = AtomicU64::new(0);
 /// up (another logger was installed first, or cubecl's configuration was already read).
 static INSTALLED: OnceLock<Option<PathBuf>> = OnceLock::new();
 
+/// Counts cubecl's kernel compilations and launches from its log (builds with a cubecl backend).
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
 struct Counter;
 
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
 impl log::Log for Counter {
     fn enabled(&self, meta: &log::Metadata) -> bool {
         meta.target().starts_with("cubecl")
