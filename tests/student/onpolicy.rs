@@ -91,10 +91,10 @@ fn the_students_reverse_kl_falls_on_its_own_samples() {
     let (_, teacher) = smollm2();
     let d = tempfile::tempdir().unwrap();
     let student = warm_student(d.path(), &teacher);
-    // Reverse KL trains for 12 steps and must fall; GKD (its loss is checked against TRL's
-    // formula in student/tests/onpolicy_loss.rs) runs 4 steps here, for the loop's mechanics
+    // Reverse KL trains for 8 steps and must fall; GKD (its loss is checked against TRL's
+    // formula in student/tests/onpolicy_loss.rs) runs 2 steps here, for the loop's mechanics
     // with that loss: its metrics, its samples and their scores.
-    let arms = [("gkd", "loss = \"gkd\"\nbeta = 0.5", 4), ("rkl", "loss = \"reverse_kl\"", 12)];
+    let arms = [("gkd", "loss = \"gkd\"\nbeta = 0.5", 2), ("rkl", "loss = \"reverse_kl\"", 8)];
     for (name, extra, n) in arms {
         let out = d.path().join(name);
         let r = recipe_steps(d.path(), &student, &teacher, &out, extra, n);
@@ -230,7 +230,8 @@ fn a_killed_run_resumes_without_repeating_or_losing_a_committed_sample() {
     let d = tempfile::tempdir().unwrap();
     let student = warm_student(d.path(), &teacher);
     let out = d.path().join("run");
-    let r = recipe(d.path(), &student, &teacher, &out, "loss = \"reverse_kl\"");
+    // 8 steps: a checkpoint at step 4, the kill after step 6's samples, steps 7 and 8 fresh.
+    let r = recipe_steps(d.path(), &student, &teacher, &out, "loss = \"reverse_kl\"", 8);
     // SIGKILL once step 6's samples are committed (after the step-4 checkpoint).
     let mut child = Command::new(env!("CARGO_BIN_EXE_distill"))
         .args(["train", "--recipe", r.to_str().unwrap()])
@@ -264,7 +265,7 @@ fn a_killed_run_resumes_without_repeating_or_losing_a_committed_sample() {
     }
     // Nothing repeated: one sample per prompt and step, and the repeated steps (5, 6) used the
     // committed samples instead of sampling and asking the teacher again.
-    assert_eq!(after.len(), 12 * 8);
+    assert_eq!(after.len(), 8 * 8);
     assert_eq!(by_id.len(), after.len());
     let m = metrics(&out);
     for step in 5..=(before.len() / 8) as u64 {
@@ -272,7 +273,7 @@ fn a_killed_run_resumes_without_repeating_or_losing_a_committed_sample() {
         assert_eq!(line["samples_reused"], true, "step {step}: {line}");
     }
     let last = m.iter().rev().find(|v| v.get("loss").is_some()).unwrap();
-    assert_eq!(last["step"], 12);
+    assert_eq!(last["step"], 8);
     assert_eq!(last["samples_reused"], false);
 }
 
