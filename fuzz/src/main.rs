@@ -8,6 +8,7 @@
 //! the file it is about. Failing inputs are saved under `fuzz/crashers/<target>/` and replayed
 //! on every later run.
 
+mod hub;
 mod mutate;
 mod seeds;
 mod targets;

@@ -104,6 +104,9 @@ pub fn make(seeds: &Path, templates: &Path) -> anyhow::Result<()> {
         "score-reply/00-vllm.json",
         br#"{"id": "cmpl-1", "object": "text_completion", "choices": [{"index": 0, "text": "x", "prompt_logprobs": [null, {"2": {"logprob": -1.5, "rank": 3, "decoded_token": "b"}, "8": {"logprob": -0.2, "rank": 1}}, {"3": {"logprob": -0.5, "rank": 1}}, {"4": {"logprob": -0.1, "rank": 1}, "9": {"logprob": -2.0, "rank": 2}}, {"5": {"logprob": -0.9, "rank": 2}, "7": {"logprob": -0.3, "rank": 1}}]}]}"#,
     )?;
+    for (name, bytes) in crate::hub::seeds() {
+        put(&format!("hub/{name}"), &bytes)?;
+    }
     for e in std::fs::read_dir(templates)? {
         let p = e?.path();
         if p.extension().is_some_and(|x| x == "jinja") {

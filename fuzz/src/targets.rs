@@ -44,6 +44,9 @@ pub const TARGETS: &[Target] = &[
     Target { name: "import-row", run: import_row, names: &[], max_len: 1 << 16 },
     Target { name: "parquet", run: parquet, names: &["prompts.parquet"], max_len: 1 << 16 },
     Target { name: "score-reply", run: score_reply, names: &[], max_len: 1 << 16 },
+    // `distill fetch` against a fake Hub answering with the input (fuzz/src/hub.rs): a process
+    // per input, so far fewer executions per second than the in-process targets.
+    Target { name: "hub", run: crate::hub::run, names: &[], max_len: 1 << 14 },
 ];
 
 /// An endpoint teacher's scoring reply (vLLM's `prompt_logprobs`), as the on-policy scorer reads
