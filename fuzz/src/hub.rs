@@ -302,25 +302,18 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     };
     let bytes = http("200 OK", &[], &lfs);
     let join = |parts: [Vec<u8>; 4]| parts.join(SEP);
+    // A valid fetch whose LFS bytes are on `host`.
+    let valid = |host: &str| {
+        join([
+            listing(&files, COMMIT),
+            small_answer(&git_sha1, COMMIT),
+            redirect(host),
+            bytes.clone(),
+        ])
+    };
     vec![
-        (
-            "00-valid.http",
-            join([
-                listing(&files, COMMIT),
-                small_answer(&git_sha1, COMMIT),
-                redirect("{SELF}"),
-                bytes.clone(),
-            ]),
-        ),
-        (
-            "01-lfs-on-another-host.http",
-            join([
-                listing(&files, COMMIT),
-                small_answer(&git_sha1, COMMIT),
-                redirect("{OTHER}"),
-                bytes.clone(),
-            ]),
-        ),
+        ("00-valid.http", valid("{SELF}")),
+        ("01-lfs-on-another-host.http", valid("{OTHER}")),
         (
             "02-etag-a-path.http",
             join([
