@@ -271,18 +271,22 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         out.extend_from_slice(body);
         out
     };
-    let listing = |names: &[&str], sha: &str| {
+    let listing_body = |names: &[&str]| {
         let siblings: Vec<_> = names.iter().map(|n| serde_json::json!({"rfilename": n})).collect();
-        let body = serde_json::json!({"id": "test-org/tiny", "sha": sha, "siblings": siblings});
-        http("200 OK", &[("Content-Type", "application/json".into())], body.to_string().as_bytes())
+        serde_json::json!({"id": "test-org/tiny", "sha": COMMIT, "siblings": siblings}).to_string()
+    };
+    let listing = |names: &[&str]| {
+        http(
+            "200 OK",
+            &[("Content-Type", "application/json".into())],
+            listing_body(names).as_bytes(),
+        )
     };
     // A listing whose body ends with the connection (no Content-Length): `{ROOT}` changes its
     // length when it is filled in.
     let open_listing = |names: &[&str]| {
-        let siblings: Vec<_> = names.iter().map(|n| serde_json::json!({"rfilename": n})).collect();
-        let body = serde_json::json!({"id": "test-org/tiny", "sha": COMMIT, "siblings": siblings});
         let head = "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: application/json\r\n\r\n";
-        format!("{head}{body}").into_bytes()
+        format!("{head}{}", listing_body(names)).into_bytes()
     };
     let files = ["config.json", "model.safetensors"];
     let small_answer = |etag: &str, commit: &str| {
@@ -304,12 +308,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let join = |parts: [Vec<u8>; 4]| parts.join(SEP);
     // A valid fetch whose LFS bytes are on `host`.
     let valid = |host: &str| {
-        join([
-            listing(&files, COMMIT),
-            small_answer(&git_sha1, COMMIT),
-            redirect(host),
-            bytes.clone(),
-        ])
+        join([listing(&files), small_answer(&git_sha1, COMMIT), redirect(host), bytes.clone()])
     };
     vec![
         ("00-valid.http", valid("{SELF}")),
@@ -317,7 +316,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         (
             "02-etag-a-path.http",
             join([
-                listing(&files, COMMIT),
+                listing(&files),
                 small_answer("{ROOT}/victim.txt", COMMIT),
                 redirect("{SELF}"),
                 bytes.clone(),
@@ -335,7 +334,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         (
             "04-redirects.http",
             join([
-                listing(&files, COMMIT),
+                listing(&files),
                 http(
                     "302 Found",
                     &[("Location", "/test-org/tiny/resolve/x/config.json".into())],
